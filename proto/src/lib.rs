@@ -1,0 +1,18 @@
+//! ssofleet's wire protocol and the mTLS plumbing every process shares.
+//!
+//! # Layout
+//! - [`pb`]: code generated from `proto/ssofleet/v1/*.proto` (the agent and operator services).
+//! - [`identity`]: SPIFFE-style peer identities carried in URI SANs (`spiffe://<td>/agent/<node>`).
+//! - [`tls`]: server and client rustls configurations built from PEM files, with errors that name the file.
+//! - [`transport`]: the coordinator's TLS accept loop and the clients' TLS connector for tonic.
+#![forbid(unsafe_code)]
+
+pub mod identity;
+pub mod tls;
+pub mod transport;
+
+/// Generated protobuf and gRPC code (package `ssofleet.v1`).
+pub mod pb {
+    #![allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used)]
+    tonic::include_proto!("ssofleet.v1");
+}
