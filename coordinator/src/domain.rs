@@ -1,0 +1,112 @@
+//! Domain newtypes shared by the coordinator's layers. The wire (proto) and storage convert into these
+//! at their boundaries, so nothing downstream re-checks raw strings.
+
+use std::fmt;
+
+/// A node (SSO server) name: case-insensitive like a Windows host name, kept in lower case.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeName(String);
+
+impl NodeName {
+    /// Checks the characters (letters, digits, `-`, `_`, `.`) and folds to lower case.
+    pub fn new(raw: &str) -> Result<Self, String> {
+        fleet_proto::identity::valid_name(raw, "node name")
+            .map(|n| Self(n.to_ascii_lowercase()))
+            .map_err(|_| {
+                format!(
+                    "{raw:?} is not a valid node name (letters, digits, '-', '_' and '.', starting with a letter or digit)"
+                )
+            })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The first DNS label: `sso-dev-01.corp.example` → `sso-dev-01`.
+    pub fn short(&self) -> &str {
+        self.0.split('.').next().unwrap_or(&self.0)
+    }
+}
+
+impl fmt::Display for NodeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An environment name (one SSO system), as written in the inventory.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EnvName(String);
+
+impl EnvName {
+    pub fn new(raw: &str) -> Result<Self, String> {
+        if raw.is_empty() {
+            return Err("the environment name is empty".into());
+        }
+        let ok = raw.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && raw
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if ok {
+            Ok(Self(raw.to_string()))
+        } else {
+            Err(format!(
+                "{raw:?} is not a valid environment name (letters, digits, '-', '_' and '.', starting with a letter or digit)"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EnvName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Whether a node is its environment's master secret server or a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Master,
+    Member,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Master => "master",
+            Role::Member => "member",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names_fold_case_and_reject_bad_characters() {
+        assert_eq!(NodeName::new("SSO-Dev-01").unwrap().as_str(), "sso-dev-01");
+        assert_eq!(
+            NodeName::new("sso01.corp.example").unwrap().short(),
+            "sso01"
+        );
+        assert!(NodeName::new("").is_err());
+        assert!(NodeName::new("bad name").is_err());
+        assert!(NodeName::new(r"corp\sso01").is_err());
+    }
+
+    #[test]
+    fn environment_names() {
+        assert!(EnvName::new("prod-eu").is_ok());
+        assert_eq!(
+            EnvName::new("").unwrap_err(),
+            "the environment name is empty"
+        );
+        assert!(EnvName::new("a b").is_err());
+    }
+}

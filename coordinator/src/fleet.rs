@@ -1,0 +1,265 @@
+//! The live view of the fleet: which agent is attached over which stream, its latest facts, when it
+//! was last heard from. One task owns this state; the gRPC services talk to it through [`FleetHandle`].
+//!
+//! A node has at most one live session. A new attach replaces the old session (the agent reconnected
+//! before the old stream was noticed dead); a session silent past the heartbeat timeout is closed and
+//! the node shown detached.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use fleet_proto::pb;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::domain::{NodeName, Role};
+use crate::inventory::Inventory;
+
+/// Outbound half of an agent's stream.
+pub type AgentSender = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;
+
+/// A live stream from one agent process.
+#[derive(Debug)]
+pub struct Session {
+    pub id: u64,
+    pub sender: AgentSender,
+    /// Cancelled when the session is closed from this side (timeout, replaced).
+    pub closed: CancellationToken,
+    pub remote_addr: Option<SocketAddr>,
+    pub agent_version: String,
+    pub agent_instance_id: String,
+}
+
+#[derive(Debug, Default)]
+struct NodeEntry {
+    session: Option<Session>,
+    attached_since: Option<SystemTime>,
+    last_seen: Option<SystemTime>,
+    last_seen_at: Option<tokio::time::Instant>,
+    facts: Option<pb::Facts>,
+    agent_version: String,
+    remote_addr: Option<SocketAddr>,
+}
+
+enum Command {
+    Attach {
+        node: NodeName,
+        session: Session,
+        facts: Option<pb::Facts>,
+    },
+    Seen {
+        node: NodeName,
+        session: u64,
+    },
+    Facts {
+        node: NodeName,
+        session: u64,
+        facts: pb::Facts,
+    },
+    Detach {
+        node: NodeName,
+        session: u64,
+        reason: String,
+    },
+    List(oneshot::Sender<Vec<pb::NodeStatus>>),
+}
+
+/// Talks to the fleet task. Cheap to clone.
+#[derive(Clone)]
+pub struct FleetHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl FleetHandle {
+    /// Starts the fleet task for `inventory`; it ends when `shutdown` is cancelled.
+    pub fn spawn(inventory: Inventory, heartbeat_timeout: Duration, shutdown: CancellationToken) -> Self {
+        let (tx, rx) = mpsc::channel(1024);
+        let nodes = inventory
+            .nodes()
+            .map(|(_, n, _)| (n.clone(), NodeEntry::default()))
+            .collect();
+        let task = FleetTask {
+            inventory,
+            nodes,
+            heartbeat_timeout,
+        };
+        tokio::spawn(task.run(rx, shutdown));
+        Self { tx }
+    }
+
+    pub async fn attach(&self, node: NodeName, session: Session, facts: Option<pb::Facts>) {
+        let _ = self.tx.send(Command::Attach { node, session, facts }).await;
+    }
+
+    pub async fn seen(&self, node: NodeName, session: u64) {
+        let _ = self.tx.send(Command::Seen { node, session }).await;
+    }
+
+    pub async fn facts(&self, node: NodeName, session: u64, facts: pb::Facts) {
+        let _ = self.tx.send(Command::Facts { node, session, facts }).await;
+    }
+
+    pub async fn detach(&self, node: NodeName, session: u64, reason: String) {
+        let _ = self.tx.send(Command::Detach { node, session, reason }).await;
+    }
+
+    /// Every inventory node, in inventory order; `None` once the task has stopped.
+    pub async fn list(&self) -> Option<Vec<pb::NodeStatus>> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::List(tx)).await.ok()?;
+        rx.await.ok()
+    }
+}
+
+struct FleetTask {
+    inventory: Inventory,
+    nodes: HashMap<NodeName, NodeEntry>,
+    heartbeat_timeout: Duration,
+}
+
+impl FleetTask {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval((self.heartbeat_timeout / 4).max(Duration::from_millis(50)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = tick.tick() => self.expire_silent(),
+                command = rx.recv() => match command {
+                    Some(command) => self.handle(command),
+                    None => break,
+                },
+            }
+        }
+        for entry in self.nodes.values_mut() {
+            if let Some(session) = entry.session.take() {
+                session.closed.cancel();
+            }
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Attach { node, session, facts } => {
+                let Some(entry) = self.nodes.get_mut(&node) else {
+                    return;
+                };
+                if let Some(old) = entry.session.take() {
+                    tracing::info!(node = %node, "agent {node} re-attached; closing its previous stream");
+                    old.closed.cancel();
+                }
+                let version = facts
+                    .as_ref()
+                    .and_then(|f| f.esso_version.clone())
+                    .unwrap_or_else(|| "none".into());
+                tracing::info!(
+                    node = %node,
+                    peer = ?session.remote_addr,
+                    agent_version = %session.agent_version,
+                    esso_version = %version,
+                    "agent {node} attached"
+                );
+                let now = SystemTime::now();
+                entry.attached_since = Some(now);
+                entry.last_seen = Some(now);
+                entry.last_seen_at = Some(tokio::time::Instant::now());
+                entry.agent_version = session.agent_version.clone();
+                entry.remote_addr = session.remote_addr;
+                if facts.is_some() {
+                    entry.facts = facts;
+                }
+                entry.session = Some(session);
+            }
+            Command::Seen { node, session } => {
+                if let Some(entry) = self.live_entry(&node, session) {
+                    entry.last_seen = Some(SystemTime::now());
+                    entry.last_seen_at = Some(tokio::time::Instant::now());
+                }
+            }
+            Command::Facts { node, session, facts } => {
+                if let Some(entry) = self.live_entry(&node, session) {
+                    entry.facts = Some(facts);
+                    entry.last_seen = Some(SystemTime::now());
+                    entry.last_seen_at = Some(tokio::time::Instant::now());
+                }
+            }
+            Command::Detach { node, session, reason } => {
+                if let Some(entry) = self.live_entry(&node, session) {
+                    if let Some(old) = entry.session.take() {
+                        old.closed.cancel();
+                    }
+                    entry.attached_since = None;
+                    tracing::warn!(node = %node, "agent {node} detached: {reason}");
+                }
+            }
+            Command::List(reply) => {
+                let _ = reply.send(self.statuses());
+            }
+        }
+    }
+
+    /// The entry of `node` if `session` is its current session (stale sessions are ignored).
+    fn live_entry(&mut self, node: &NodeName, session: u64) -> Option<&mut NodeEntry> {
+        self.nodes
+            .get_mut(node)
+            .filter(|e| e.session.as_ref().is_some_and(|s| s.id == session))
+    }
+
+    fn expire_silent(&mut self) {
+        let now = tokio::time::Instant::now();
+        for (node, entry) in &mut self.nodes {
+            let silent = entry
+                .last_seen_at
+                .is_some_and(|seen| now.duration_since(seen) > self.heartbeat_timeout);
+            if entry.session.is_some() && silent {
+                if let Some(session) = entry.session.take() {
+                    let _ = session
+                        .sender
+                        .try_send(Err(Status::unavailable("heartbeat timeout: stream closed by the coordinator")));
+                    session.closed.cancel();
+                }
+                entry.attached_since = None;
+                tracing::warn!(
+                    node = %node,
+                    "agent {node} detached: nothing heard for more than {}",
+                    humantime::format_duration(self.heartbeat_timeout)
+                );
+            }
+        }
+    }
+
+    fn statuses(&self) -> Vec<pb::NodeStatus> {
+        self.inventory
+            .nodes()
+            .map(|(env, node, role)| {
+                let entry = self.nodes.get(node);
+                let facts = entry.and_then(|e| e.facts.clone());
+                pb::NodeStatus {
+                    name: node.to_string(),
+                    environment: env.name.to_string(),
+                    role: match role {
+                        Role::Master => pb::Role::Master,
+                        Role::Member => pb::Role::Member,
+                    } as i32,
+                    attached: entry.is_some_and(|e| e.session.is_some()),
+                    version: facts.as_ref().and_then(|f| f.esso_version.clone()),
+                    last_seen_unix_ms: entry.and_then(|e| e.last_seen).map(unix_ms),
+                    attached_since_unix_ms: entry.and_then(|e| e.attached_since).map(unix_ms),
+                    agent_version: entry.map(|e| e.agent_version.clone()).unwrap_or_default(),
+                    remote_addr: entry
+                        .and_then(|e| e.remote_addr)
+                        .map(|a| a.to_string())
+                        .unwrap_or_default(),
+                    facts,
+                }
+            })
+            .collect()
+    }
+}
+
+pub fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,351 @@
+//! The gRPC layer: authorization by certificate identity, the agent service and the operator service.
+//! `tonic::Status` appears only here.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use fleet_proto::identity::{PeerIdentity, Role};
+use fleet_proto::pb;
+use fleet_proto::pb::agent_message::Body as AgentBody;
+use fleet_proto::pb::coordinator_message::Body as CoordinatorBody;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::domain::NodeName;
+use crate::fleet::{FleetHandle, Session, unix_ms};
+use crate::inventory::Inventory;
+
+/// How long an agent has to send its `Hello` after opening the stream.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A tonic interceptor admitting only peers whose certificate names `role` in `trust_domain`; the
+/// identity is put into the request extensions for the handlers.
+pub fn require_role(
+    role: Role,
+    trust_domain: String,
+    service: &'static str,
+) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |mut request: Request<()>| {
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
+        let Some(leaf) = request.peer_certs().and_then(|c| c.first().cloned()) else {
+            tracing::warn!(%peer, "refused a call to the {service} service from {peer}: no client certificate");
+            return Err(Status::unauthenticated("a client certificate is required"));
+        };
+        let identity = match PeerIdentity::from_certificate_der(&leaf) {
+            Ok(identity) => identity,
+            Err(e) => {
+                tracing::warn!(%peer, "refused a call to the {service} service from {peer}: {e}");
+                return Err(Status::unauthenticated(format!("certificate refused: {e}")));
+            }
+        };
+        if identity.trust_domain() != trust_domain {
+            tracing::warn!(%peer, identity = %identity, "refused {identity} from {peer} on the {service} service: trust domain is not {trust_domain}");
+            return Err(Status::permission_denied(format!(
+                "{identity} is not in trust domain {trust_domain}"
+            )));
+        }
+        if identity.role() != role {
+            tracing::warn!(
+                %peer, identity = %identity,
+                "refused {identity} from {peer} on the {service} service: only {role} certificates may use it"
+            );
+            return Err(Status::permission_denied(format!(
+                "the {service} service is for {role} certificates; this certificate is {identity}"
+            )));
+        }
+        request.extensions_mut().insert(identity);
+        Ok(request)
+    }
+}
+
+fn caller(extensions: &tonic::Extensions) -> Result<PeerIdentity, Status> {
+    extensions
+        .get::<PeerIdentity>()
+        .cloned()
+        .ok_or_else(|| Status::internal("no caller identity (interceptor missing)"))
+}
+
+/// Shared by both services.
+pub struct Shared {
+    pub inventory: Inventory,
+    pub fleet: FleetHandle,
+    pub epoch: u64,
+    pub coordinator_id: String,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub shutdown: CancellationToken,
+    next_session: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(
+        inventory: Inventory,
+        fleet: FleetHandle,
+        epoch: u64,
+        heartbeat_interval: Duration,
+        heartbeat_timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            inventory,
+            fleet,
+            epoch,
+            coordinator_id: uuid::Uuid::new_v4().to_string(),
+            heartbeat_interval,
+            heartbeat_timeout,
+            shutdown,
+            next_session: AtomicU64::new(1),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Agent service
+
+pub struct AgentService {
+    pub shared: Arc<Shared>,
+}
+
+fn millis_u32(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+#[tonic::async_trait]
+impl pb::agent_service_server::AgentService for AgentService {
+    type AttachStream = ReceiverStream<Result<pb::CoordinatorMessage, Status>>;
+
+    async fn attach(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let identity = caller(request.extensions())?;
+        let remote_addr = request.remote_addr();
+        let peer = remote_addr.map_or_else(|| "?".to_string(), |a| a.to_string());
+        let cert_node = identity
+            .node()
+            .and_then(|n| NodeName::new(n).ok())
+            .ok_or_else(|| Status::internal("agent identity without a node name"))?;
+        let shared = &self.shared;
+        if shared.inventory.find_node(&cert_node).is_none() {
+            tracing::warn!(
+                node = %cert_node, %peer,
+                "refused agent {cert_node} from {peer}: node {cert_node} is not in the inventory {}",
+                shared.inventory.path.display()
+            );
+            return Err(Status::permission_denied(format!(
+                "node {cert_node} is not in the coordinator's inventory"
+            )));
+        }
+
+        let mut inbound = request.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(pb::AgentMessage { body: Some(AgentBody::Hello(hello)) }))) => hello,
+            Ok(Ok(Some(_))) => {
+                tracing::warn!(node = %cert_node, %peer, "refused agent {cert_node} from {peer}: its first message was not a hello");
+                return Err(Status::invalid_argument("the first message must be a hello"));
+            }
+            Ok(Ok(None)) | Ok(Err(_)) => {
+                return Err(Status::cancelled("the agent closed the stream before its hello"));
+            }
+            Err(_) => {
+                tracing::warn!(node = %cert_node, %peer, "refused agent {cert_node} from {peer}: no hello within {HELLO_TIMEOUT:?}");
+                return Err(Status::deadline_exceeded("no hello received in time"));
+            }
+        };
+        match NodeName::new(&hello.node) {
+            Ok(said) if said == cert_node => {}
+            _ => {
+                tracing::warn!(
+                    node = %cert_node, %peer,
+                    "refused agent from {peer}: its certificate is for node {cert_node} but its configuration says node {:?}",
+                    hello.node
+                );
+                return Err(Status::permission_denied(format!(
+                    "this certificate is for node {cert_node}, but agent.toml says node {:?}",
+                    hello.node
+                )));
+            }
+        }
+
+        let (tx, rx) = mpsc::channel(256);
+        let welcome = pb::CoordinatorMessage {
+            body: Some(CoordinatorBody::Welcome(pb::Welcome {
+                epoch: shared.epoch,
+                coordinator_id: shared.coordinator_id.clone(),
+                heartbeat_interval_ms: millis_u32(shared.heartbeat_interval),
+                heartbeat_timeout_ms: millis_u32(shared.heartbeat_timeout),
+                acks: Vec::new(),
+            })),
+        };
+        tx.send(Ok(welcome))
+            .await
+            .map_err(|_| Status::cancelled("the agent left"))?;
+
+        let session_id = shared.next_session.fetch_add(1, Ordering::Relaxed);
+        let closed = shared.shutdown.child_token();
+        let session = Session {
+            id: session_id,
+            sender: tx.clone(),
+            closed: closed.clone(),
+            remote_addr,
+            agent_version: hello.agent_version.clone(),
+            agent_instance_id: hello.agent_instance_id.clone(),
+        };
+        shared.fleet.attach(cert_node.clone(), session, hello.facts).await;
+
+        tokio::spawn(send_heartbeats(tx, shared.heartbeat_interval, closed.clone()));
+        tokio::spawn(receive(
+            shared.fleet.clone(),
+            cert_node,
+            session_id,
+            inbound,
+            closed,
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+async fn send_heartbeats(
+    tx: mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
+    interval: Duration,
+    closed: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            () = closed.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let beat = pb::CoordinatorMessage {
+            body: Some(CoordinatorBody::Heartbeat(pb::Heartbeat {
+                sent_at_unix_ms: unix_ms(SystemTime::now()),
+                attempts_in_flight: 0,
+            })),
+        };
+        if tx.send(Ok(beat)).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn receive(
+    fleet: FleetHandle,
+    node: NodeName,
+    session: u64,
+    mut inbound: Streaming<pb::AgentMessage>,
+    closed: CancellationToken,
+) {
+    let reason = loop {
+        let message = tokio::select! {
+            () = closed.cancelled() => return,
+            message = inbound.message() => message,
+        };
+        match message {
+            Ok(Some(pb::AgentMessage { body: Some(body) })) => match body {
+                AgentBody::Heartbeat(_) => fleet.seen(node.clone(), session).await,
+                AgentBody::Facts(facts) => fleet.facts(node.clone(), session, facts).await,
+                AgentBody::Hello(_) => {
+                    tracing::warn!(node = %node, "agent {node} sent a second hello; ignored");
+                    fleet.seen(node.clone(), session).await;
+                }
+                AgentBody::Event(_) | AgentBody::AssignmentAck(_) | AgentBody::AttemptReport(_) => {
+                    // Steps are dispatched by the rollout engine, which is not built yet; no agent
+                    // receives an assignment, so none can report on one.
+                    tracing::warn!(node = %node, "agent {node} reported on a step attempt this coordinator never dispatched; ignored");
+                    fleet.seen(node.clone(), session).await;
+                }
+            },
+            Ok(Some(pb::AgentMessage { body: None })) => fleet.seen(node.clone(), session).await,
+            Ok(None) => break "the agent closed its stream".to_string(),
+            Err(status) => break format!("stream error: {}", status.message()),
+        }
+    };
+    fleet.detach(node, session, reason).await;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Operator service
+
+pub struct OperatorService {
+    pub shared: Arc<Shared>,
+}
+
+fn not_built(what: &str) -> Status {
+    Status::unimplemented(format!(
+        "{what} is not built yet in this coordinator (it lands with the upgrade workflow)"
+    ))
+}
+
+type WatchStream = ReceiverStream<Result<pb::RunEvent, Status>>;
+
+#[tonic::async_trait]
+impl pb::operator_service_server::OperatorService for OperatorService {
+    async fn list_nodes(
+        &self,
+        request: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let operator = caller(request.extensions())?;
+        tracing::debug!(operator = %operator, "list nodes");
+        let nodes = self
+            .shared
+            .fleet
+            .list()
+            .await
+            .ok_or_else(|| Status::unavailable("the coordinator is shutting down"))?;
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+
+    async fn plan(
+        &self,
+        _request: Request<pb::PlanRequest>,
+    ) -> Result<Response<pb::PlanResponse>, Status> {
+        Err(not_built("planning"))
+    }
+
+    async fn start_run(
+        &self,
+        _request: Request<pb::StartRunRequest>,
+    ) -> Result<Response<pb::StartRunResponse>, Status> {
+        Err(not_built("starting a run"))
+    }
+
+    type WatchRunStream = WatchStream;
+
+    async fn watch_run(
+        &self,
+        _request: Request<pb::WatchRunRequest>,
+    ) -> Result<Response<Self::WatchRunStream>, Status> {
+        Err(not_built("watching a run"))
+    }
+
+    async fn get_run(&self, _request: Request<pb::GetRunRequest>) -> Result<Response<pb::Run>, Status> {
+        Err(not_built("showing a run"))
+    }
+
+    async fn list_runs(
+        &self,
+        _request: Request<pb::ListRunsRequest>,
+    ) -> Result<Response<pb::ListRunsResponse>, Status> {
+        Err(not_built("listing runs"))
+    }
+
+    async fn control(
+        &self,
+        _request: Request<pb::ControlRequest>,
+    ) -> Result<Response<pb::ControlResponse>, Status> {
+        Err(not_built("run control"))
+    }
+
+    async fn audit(
+        &self,
+        _request: Request<pb::AuditRequest>,
+    ) -> Result<Response<pb::AuditResponse>, Status> {
+        Err(not_built("the audit trail"))
+    }
+}
