@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use fleet_proto::config::{Problem, deserialize, line_of};
+
 use crate::domain::{EnvName, NodeName, Role};
 
 /// A validated inventory.
@@ -166,16 +168,6 @@ impl Inventory {
     }
 }
 
-/// One problem in the inventory: where and what.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// 1-based; 0 when the file could not be read at all.
-    pub line: usize,
-    /// The key path, e.g. `environment[1].members[0]` (array indexes count from 0).
-    pub key: String,
-    pub message: String,
-}
-
 /// An invalid inventory: every problem found, each naming the file, line and key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InventoryError {
@@ -185,66 +177,12 @@ pub struct InventoryError {
 
 impl fmt::Display for InventoryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let file = self.file.display();
-        for (i, p) in self.problems.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            match (p.line, p.key.is_empty()) {
-                (0, _) => write!(f, "{file}: {}", p.message)?,
-                (line, true) => write!(f, "{file}: line {line}: {}", p.message)?,
-                (line, false) => write!(f, "{file}: line {line}, key {}: {}", p.key, p.message)?,
-            }
-        }
-        Ok(())
+        let lines: Vec<String> = self.problems.iter().map(|p| p.display_in(&self.file)).collect();
+        f.write_str(&lines.join("\n"))
     }
 }
 
 impl std::error::Error for InventoryError {}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    let offset = offset.min(text.len());
-    text.as_bytes()[..offset].iter().filter(|b| **b == b'\n').count() + 1
-}
-
-fn deserialize(text: &str) -> Result<RawInventory, Problem> {
-    let de = toml::Deserializer::parse(text).map_err(|e| Problem {
-        line: e.span().map_or(1, |s| line_of(text, s.start)),
-        key: String::new(),
-        message: format!("TOML syntax: {}", e.message().trim()),
-    })?;
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        // `Spanned<T>` deserializes through a private wrapper field; it is no key of the file.
-        let path = e
-            .path()
-            .to_string()
-            .split('.')
-            .filter(|segment| !segment.starts_with("$__serde_spanned"))
-            .collect::<Vec<_>>()
-            .join(".");
-        let inner = e.into_inner();
-        let message = inner.message().trim().to_string();
-        let message = match message.strip_prefix("unknown field ") {
-            Some(rest) => format!("unknown key {rest}"),
-            None => toml_terms(&message),
-        };
-        Problem {
-            line: inner.span().map_or(1, |s| line_of(text, s.start)),
-            key: if path == "." { String::new() } else { path },
-            message,
-        }
-    })
-}
-
-/// serde speaks of Rust types; the reader of the message wrote TOML.
-fn toml_terms(message: &str) -> String {
-    message
-        .replace("expected i64", "expected an integer")
-        .replace("expected u16", "expected an integer")
-        .replace("expected a sequence", "expected an array")
-        .replace("expected a map", "expected a table")
-        .replace("struct ", "table ")
-}
 
 // ---------------------------------------------------------------------------------------------------
 // The file as written

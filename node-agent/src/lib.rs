@@ -1,1 +1,18 @@
+//! The ssofleet node agent: runs on each SSO server, dials out to the coordinator, and runs the actions
+//! of its local catalogue.
+//!
+//! # Layout
+//! - [`config`]: `agent.toml`, validated once.
+//! - [`catalogue`]: the closed list of actions and the placeholders of their argument templates.
+//! - [`runner`]: runs a configured command with a timeout and reads its line protocol.
+//! - [`facts`]: the `facts` action.
+//! - [`backoff`]: exponential backoff with jitter for re-attaching.
+//! - [`attach`]: the long-lived stream to the coordinator.
+#![forbid(unsafe_code)]
 
+pub mod attach;
+pub mod backoff;
+pub mod catalogue;
+pub mod config;
+pub mod facts;
+pub mod runner;

@@ -1,0 +1,269 @@
+//! Attaching to the coordinator: one long-lived `Attach` stream, heartbeats both ways, and re-attaching
+//! with backoff whenever the stream ends, forever, until shutdown.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fleet_proto::identity::Role;
+use fleet_proto::pb;
+use fleet_proto::pb::agent_message::Body as AgentBody;
+use fleet_proto::pb::agent_service_client::AgentServiceClient;
+use fleet_proto::pb::coordinator_message::Body as CoordinatorBody;
+use fleet_proto::tls::TlsMaterial;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::config::AgentConfig;
+use crate::facts;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Until the coordinator's welcome says otherwise.
+const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Tls(#[from] fleet_proto::tls::TlsError),
+    #[error("state directory {}: {detail}", path.display())]
+    StateDir {
+        path: std::path::PathBuf,
+        detail: String,
+    },
+}
+
+/// Why one attach attempt ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    #[error("{0}")]
+    Connect(String),
+    #[error("the coordinator refused this agent: {0}")]
+    Refused(String),
+    #[error("{0}")]
+    Lost(String),
+}
+
+/// The agent process: loads its TLS material, then attaches until `shutdown`.
+pub struct Agent {
+    config: AgentConfig,
+    tls: Arc<rustls::ClientConfig>,
+    instance_id: String,
+    started_at: SystemTime,
+    highest_epoch: u64,
+}
+
+impl Agent {
+    pub fn new(config: AgentConfig) -> Result<Self, AgentError> {
+        let material = TlsMaterial::load(&config.tls, Role::Agent)?;
+        if material.identity().node() != Some(config.node.as_str()) {
+            tracing::error!(
+                "{}: node is {:?} but the certificate {} names {}; the coordinator will refuse this agent",
+                config.path.display(),
+                config.node,
+                config.tls.cert.display(),
+                material.identity()
+            );
+        }
+        let tls = material.client_config(material.coordinator_identity())?;
+        std::fs::create_dir_all(&config.state_dir).map_err(|e| AgentError::StateDir {
+            path: config.state_dir.clone(),
+            detail: e.to_string(),
+        })?;
+        Ok(Self {
+            config,
+            tls,
+            instance_id: uuid_v4(),
+            started_at: SystemTime::now(),
+            highest_epoch: 0,
+        })
+    }
+
+    /// Attaches, and re-attaches with backoff whenever the stream ends, until `shutdown`.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(self.config.reconnect_initial, self.config.reconnect_max);
+        loop {
+            let mut welcomed = false;
+            let end = tokio::select! {
+                () = shutdown.cancelled() => return,
+                end = self.session(&mut welcomed, &shutdown) => end,
+            };
+            if welcomed {
+                backoff.reset();
+            }
+            let delay = backoff.next_delay();
+            match &end {
+                SessionEnd::Refused(_) => tracing::error!(
+                    coordinator = %self.config.coordinator,
+                    "{end}; retrying in {}", humantime::format_duration(round_ms(delay))
+                ),
+                _ => tracing::warn!(
+                    coordinator = %self.config.coordinator,
+                    "{end}; re-attaching in {}", humantime::format_duration(round_ms(delay))
+                ),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn session(&mut self, welcomed: &mut bool, shutdown: &CancellationToken) -> SessionEnd {
+        let params = self.fact_params();
+        let facts = facts::collect(&self.config, &params).await;
+        if !facts.error.is_empty() {
+            tracing::warn!(node = %self.config.node, "facts: {}", facts.error);
+        }
+        let url = &self.config.coordinator;
+        let channel = match fleet_proto::transport::connect(url, self.tls.clone(), CONNECT_TIMEOUT).await {
+            Ok(channel) => channel,
+            Err(e) => return SessionEnd::Connect(e.to_string()),
+        };
+        let (tx, rx) = mpsc::channel::<pb::AgentMessage>(256);
+        let hello = pb::Hello {
+            node: self.config.node.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            facts: Some(facts),
+            highest_epoch_seen: self.highest_epoch,
+            attempts: Vec::new(),
+            agent_instance_id: self.instance_id.clone(),
+            started_at_unix_ms: unix_ms(self.started_at),
+        };
+        if tx.send(message(AgentBody::Hello(hello))).await.is_err() {
+            return SessionEnd::Lost("the outbound stream closed before the hello".into());
+        }
+        let mut client = AgentServiceClient::new(channel);
+        let mut inbound = match client.attach(ReceiverStream::new(rx)).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return classify(&status, url),
+        };
+
+        let welcome = match tokio::time::timeout(DEFAULT_HEARTBEAT_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(pb::CoordinatorMessage { body: Some(CoordinatorBody::Welcome(w)) }))) => w,
+            Ok(Ok(Some(_))) => return SessionEnd::Lost("the coordinator's first message was not a welcome".into()),
+            Ok(Ok(None)) => return SessionEnd::Lost("the coordinator closed the stream before its welcome".into()),
+            Ok(Err(status)) => return classify(&status, url),
+            Err(_) => return SessionEnd::Lost("no welcome from the coordinator in time".into()),
+        };
+        *welcomed = true;
+        self.highest_epoch = self.highest_epoch.max(welcome.epoch);
+        let interval = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(100)));
+        let timeout = Duration::from_millis(u64::from(welcome.heartbeat_timeout_ms))
+            .max(interval * 2);
+        tracing::info!(
+            node = %self.config.node, coordinator = %url, epoch = welcome.epoch,
+            "attached to {url} as {} (coordinator epoch {})", self.config.node, welcome.epoch
+        );
+
+        let mut heartbeat = tokio::time::interval(interval);
+        heartbeat.tick().await;
+        loop {
+            let next = tokio::select! {
+                () = shutdown.cancelled() => return SessionEnd::Lost("shutting down".into()),
+                _ = heartbeat.tick() => {
+                    let beat = pb::Heartbeat { sent_at_unix_ms: unix_ms(SystemTime::now()), attempts_in_flight: 0 };
+                    if tx.send(message(AgentBody::Heartbeat(beat))).await.is_err() {
+                        return SessionEnd::Lost("the stream to the coordinator closed".into());
+                    }
+                    continue;
+                }
+                next = tokio::time::timeout(timeout, inbound.message()) => next,
+            };
+            let body = match next {
+                Err(_) => {
+                    return SessionEnd::Lost(format!(
+                        "nothing heard from the coordinator for {}",
+                        humantime::format_duration(timeout)
+                    ));
+                }
+                Ok(Err(status)) => return classify(&status, url),
+                Ok(Ok(None)) => return SessionEnd::Lost("the coordinator closed the stream".into()),
+                Ok(Ok(Some(pb::CoordinatorMessage { body: None }))) => continue,
+                Ok(Ok(Some(pb::CoordinatorMessage { body: Some(body) }))) => body,
+            };
+            match body {
+                CoordinatorBody::Heartbeat(_) | CoordinatorBody::EventAck(_) => {}
+                CoordinatorBody::Welcome(_) => tracing::warn!("a second welcome from the coordinator; ignored"),
+                CoordinatorBody::RefreshFacts(request) => {
+                    let mut params = self.fact_params();
+                    if !request.installer.is_empty() {
+                        params.insert("installer".into(), request.installer);
+                    }
+                    let facts = facts::collect(&self.config, &params).await;
+                    if tx.send(message(AgentBody::Facts(facts))).await.is_err() {
+                        return SessionEnd::Lost("the stream to the coordinator closed".into());
+                    }
+                }
+                CoordinatorBody::Assign(assignment) => {
+                    // Refused in the open rather than acknowledged and dropped: this agent cannot run steps.
+                    tracing::error!(
+                        attempt_id = %assignment.attempt_id, step = %assignment.step,
+                        "refusing step assignment: running steps is not built into this agent yet"
+                    );
+                    let ack = pb::AssignmentAck {
+                        attempt_id: assignment.attempt_id,
+                        decision: pb::AssignmentDecision::Invalid as i32,
+                        reason: "running steps is not built into this agent yet".into(),
+                        report: None,
+                    };
+                    if tx.send(message(AgentBody::AssignmentAck(ack))).await.is_err() {
+                        return SessionEnd::Lost("the stream to the coordinator closed".into());
+                    }
+                }
+                CoordinatorBody::AttemptQuery(query) => {
+                    // No attempt was ever accepted, so every attempt asked about is unknown here.
+                    for attempt_id in query.attempt_ids {
+                        let report = pb::AttemptReport {
+                            attempt_id,
+                            state: pb::AttemptState::Unknown as i32,
+                            ..Default::default()
+                        };
+                        if tx.send(message(AgentBody::AttemptReport(report))).await.is_err() {
+                            return SessionEnd::Lost("the stream to the coordinator closed".into());
+                        }
+                    }
+                }
+                CoordinatorBody::Cancel(_) | CoordinatorBody::ContinueAttempt(_) => {
+                    tracing::warn!("the coordinator addressed a step attempt this agent never accepted; ignored");
+                }
+            }
+        }
+    }
+
+    fn fact_params(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([("node".to_string(), self.config.node.clone())])
+    }
+}
+
+fn classify(status: &tonic::Status, url: &str) -> SessionEnd {
+    use tonic::Code;
+    match status.code() {
+        Code::PermissionDenied | Code::Unauthenticated => SessionEnd::Refused(status.message().to_string()),
+        Code::Unavailable | Code::Unknown => {
+            let detail = std::error::Error::source(status)
+                .map(fleet_proto::transport::describe_chain)
+                .unwrap_or_else(|| status.message().to_string());
+            SessionEnd::Lost(format!("connection to {url} lost: {detail}"))
+        }
+        _ => SessionEnd::Lost(format!("stream ended: {}", status.message())),
+    }
+}
+
+fn message(body: AgentBody) -> pb::AgentMessage {
+    pb::AgentMessage { body: Some(body) }
+}
+
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn uuid_v4() -> String {
+    uuid::Uuid::new_v4().to_string()
+}

@@ -1,0 +1,316 @@
+//! `agent.toml` (SPEC §6): read once and validated into [`AgentConfig`]. Relative paths are relative to
+//! the file. Every problem names the file, the line and the key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fleet_proto::config::{Problem, deserialize, line_of};
+use fleet_proto::tls::TlsFiles;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::catalogue::{ActionName, PLACEHOLDERS, check_template};
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub path: PathBuf,
+    /// As written in the file (lower-cased); the coordinator checks it against the certificate.
+    pub node: String,
+    pub coordinator: String,
+    pub state_dir: PathBuf,
+    pub tls: TlsFiles,
+    pub backup_password_file: Option<PathBuf>,
+    pub actions: BTreeMap<ActionName, ActionOverride>,
+    pub reconnect_initial: Duration,
+    pub reconnect_max: Duration,
+    pub reboot: RebootPolicy,
+}
+
+/// A configured command that replaces an action's built-in implementation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionOverride {
+    pub program: PathBuf,
+    /// Argument templates with `{placeholder}`s, expanded per step.
+    pub args: Vec<String>,
+    pub timeout: Option<Duration>,
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebootPolicy {
+    Never,
+    IfRequired,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let lines: Vec<String> = self.problems.iter().map(|p| p.display_in(&self.file)).collect();
+        f.write_str(&lines.join("\n"))
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    node: Spanned<String>,
+    coordinator: Spanned<String>,
+    state_dir: Spanned<String>,
+    tls: RawTls,
+    #[serde(default)]
+    secrets: RawSecrets,
+    #[serde(default)]
+    actions: BTreeMap<Spanned<String>, RawAction>,
+    #[serde(default)]
+    reconnect: RawReconnect,
+    reboot: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSecrets {
+    backup_password_file: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAction {
+    program: Spanned<String>,
+    #[serde(default)]
+    args: Vec<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawReconnect {
+    initial: Option<Spanned<String>>,
+    max: Option<Spanned<String>>,
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            problems: vec![Problem {
+                line: 0,
+                key: String::new(),
+                message: format!("cannot read the file: {e}"),
+            }],
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let fail = |problems| ConfigError {
+            file: path.to_path_buf(),
+            problems,
+        };
+        let raw: Raw = deserialize(text).map_err(|p| fail(vec![p]))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let rel = |p: &str| base.join(p);
+        let mut ctx = Ctx {
+            text,
+            problems: Vec::new(),
+        };
+
+        let node = raw.node.get_ref().trim().to_ascii_lowercase();
+        if fleet_proto::identity::valid_name(&node, "node name").is_err() {
+            ctx.problem(
+                raw.node.span(),
+                "node",
+                format!(
+                    "{:?} is not a valid node name (letters, digits, '-', '_' and '.', starting with a letter or digit)",
+                    raw.node.get_ref()
+                ),
+            );
+        }
+        let coordinator = raw.coordinator.get_ref().trim().to_string();
+        if !coordinator.starts_with("https://") {
+            ctx.problem(
+                raw.coordinator.span(),
+                "coordinator",
+                format!("{coordinator:?} must be an https:// URL, e.g. \"https://coord.corp.example:7443\""),
+            );
+        }
+        let reconnect_initial = ctx.duration(&raw.reconnect.initial, "reconnect.initial", Duration::from_millis(500));
+        let reconnect_max = ctx.duration(&raw.reconnect.max, "reconnect.max", Duration::from_secs(30));
+
+        let mut actions = BTreeMap::new();
+        for (name, action) in &raw.actions {
+            let key = format!("actions.{}", name.get_ref());
+            let Ok(action_name) = name.get_ref().parse::<ActionName>() else {
+                ctx.problem(
+                    name.span(),
+                    &key,
+                    format!(
+                        "{:?} is not an action of the catalogue: use one of {}",
+                        name.get_ref(),
+                        ActionName::ALL.map(|a| a.as_str()).join(", ")
+                    ),
+                );
+                continue;
+            };
+            if action.program.get_ref().trim().is_empty() {
+                ctx.problem(action.program.span(), &format!("{key}.program"), "the program is empty".into());
+            }
+            for (i, arg) in action.args.iter().enumerate() {
+                if let Err(e) = check_template(arg.get_ref()) {
+                    ctx.problem(
+                        arg.span(),
+                        &format!("{key}.args[{i}]"),
+                        format!("{e}; the placeholders are {}", PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(", ")),
+                    );
+                }
+            }
+            let timeout = action
+                .timeout
+                .as_ref()
+                .map(|t| ctx.duration_of(t, &format!("{key}.timeout"), Duration::from_secs(600)));
+            actions.insert(
+                action_name,
+                ActionOverride {
+                    program: rel(action.program.get_ref().trim()),
+                    args: action.args.iter().map(|a| a.get_ref().clone()).collect(),
+                    timeout,
+                    env: action.env.clone(),
+                },
+            );
+        }
+        let reboot = match raw.reboot.as_ref().map(|r| (r, r.get_ref().as_str())) {
+            None | Some((_, "never")) => RebootPolicy::Never,
+            Some((_, "if-required")) => RebootPolicy::IfRequired,
+            Some((at, other)) => {
+                ctx.problem(
+                    at.span(),
+                    "reboot",
+                    format!("{other:?} is not a reboot policy: use \"never\" or \"if-required\""),
+                );
+                RebootPolicy::Never
+            }
+        };
+        if !ctx.problems.is_empty() {
+            ctx.problems.sort_by_key(|p| p.line);
+            return Err(fail(ctx.problems));
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            node,
+            coordinator,
+            state_dir: rel(raw.state_dir.get_ref()),
+            tls: TlsFiles {
+                ca: rel(&raw.tls.ca),
+                cert: rel(&raw.tls.cert),
+                key: rel(&raw.tls.key),
+            },
+            backup_password_file: raw.secrets.backup_password_file.as_deref().map(rel),
+            actions,
+            reconnect_initial,
+            reconnect_max: reconnect_max.max(reconnect_initial),
+            reboot,
+        })
+    }
+}
+
+struct Ctx<'a> {
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Ctx<'_> {
+    fn problem(&mut self, at: std::ops::Range<usize>, key: &str, message: String) {
+        self.problems.push(Problem {
+            line: line_of(self.text, at.start),
+            key: key.to_string(),
+            message,
+        });
+    }
+
+    fn duration(&mut self, raw: &Option<Spanned<String>>, key: &str, default: Duration) -> Duration {
+        raw.as_ref().map_or(default, |d| self.duration_of(d, key, default))
+    }
+
+    fn duration_of(&mut self, raw: &Spanned<String>, key: &str, default: Duration) -> Duration {
+        match humantime::parse_duration(raw.get_ref().trim()) {
+            Ok(v) if !v.is_zero() => v,
+            _ => {
+                self.problem(
+                    raw.span(),
+                    key,
+                    format!("{:?} is not a duration longer than zero; write e.g. \"10m\" or \"500ms\"", raw.get_ref()),
+                );
+                default
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"node = "SSO-DEV-01"
+coordinator = "https://coord.corp.example:7443"
+state_dir = 'state'
+[tls]
+ca = "ca.pem"
+cert = "agent.pem"
+key = "agent-key.pem"
+[secrets]
+backup_password_file = 'backup-password'
+[actions.backup_secret]
+program = "/opt/fake-esso/ssoconfig"
+args = ["-backupSecret", "{backup_file}"]
+timeout = "10m"
+"#;
+
+    fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::parse(Path::new("/etc/ssofleet/agent.toml"), text)
+    }
+
+    #[test]
+    fn parses_the_spec_example() {
+        let c = parse(VALID).unwrap();
+        assert_eq!(c.node, "sso-dev-01");
+        assert_eq!(c.state_dir, PathBuf::from("/etc/ssofleet/state"));
+        assert_eq!(c.tls.cert, PathBuf::from("/etc/ssofleet/agent.pem"));
+        let action = &c.actions[&ActionName::BackupSecret];
+        assert_eq!(action.program, PathBuf::from("/opt/fake-esso/ssoconfig"));
+        assert_eq!(action.timeout, Some(Duration::from_secs(600)));
+        assert_eq!(c.reboot, RebootPolicy::Never);
+    }
+
+    #[test]
+    fn problems_name_line_and_key() {
+        let e = parse(&VALID.replace("[actions.backup_secret]", "[actions.backup_secrets]")).unwrap_err();
+        let shown = e.to_string();
+        assert!(shown.starts_with("/etc/ssofleet/agent.toml: line 10, key actions.backup_secrets: "), "{shown}");
+
+        let e = parse(&VALID.replace("{backup_file}", "{backupfile}")).unwrap_err();
+        assert!(e.to_string().contains("line 12, key actions.backup_secret.args[1]: unknown placeholder {backupfile}"), "{e}");
+
+        let e = parse(&VALID.replace("https://", "http://")).unwrap_err();
+        assert!(e.to_string().contains("line 2, key coordinator"), "{e}");
+
+        let e = parse(&VALID.replace("[tls]", "[tls]\npassword = 1")).unwrap_err();
+        assert!(e.to_string().contains("line 5, key tls.password: unknown key `password`"), "{e}");
+    }
+}

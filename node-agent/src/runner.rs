@@ -1,0 +1,347 @@
+//! Runs one configured command as a child process (SPEC §6): arguments never pass through a shell,
+//! a secret goes only to standard input, the step's timeout is enforced, standard output is read as the
+//! line protocol (`::progress::`, `::output::`, anything else is log), and the last lines of standard
+//! error are kept for the failure message.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+
+/// How many lines of standard error a failure carries.
+pub const STDERR_TAIL: usize = 20;
+
+/// How long to keep reading output after the process exited (a grandchild may hold the pipes open).
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub struct CommandSpec {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub timeout: Duration,
+    /// Written to standard input, then closed. Never logged.
+    pub stdin_secret: Option<String>,
+}
+
+impl CommandSpec {
+    /// The command line as it may be shown (the secret is on stdin, never here).
+    pub fn display(&self) -> String {
+        std::iter::once(self.program.display().to_string())
+            .chain(self.args.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// What a running command reports, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    Progress { percent: u32, message: String },
+    Output { key: String, value: String },
+    Stdout(String),
+    Stderr(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// `None` when the process was killed (timeout) or ended by a signal.
+    pub exit_code: Option<i32>,
+    pub timed_out: bool,
+    pub outputs: BTreeMap<String, String>,
+    pub stderr_tail: Vec<String>,
+    pub duration: Duration,
+}
+
+impl Outcome {
+    pub fn succeeded(&self) -> bool {
+        !self.timed_out && self.exit_code == Some(0)
+    }
+
+    /// A one-line reason for a failed outcome.
+    pub fn failure(&self, what: &str) -> String {
+        let code = match (self.timed_out, self.exit_code) {
+            (true, _) => format!(
+                "{what} did not finish within {}; it was stopped",
+                humantime::format_duration(self.duration_rounded())
+            ),
+            (false, Some(code)) => format!("{what} exited with code {code}"),
+            (false, None) => format!("{what} was ended by a signal"),
+        };
+        match self.stderr_tail.last() {
+            Some(last) => format!("{code}: {last}"),
+            None => code,
+        }
+    }
+
+    fn duration_rounded(&self) -> Duration {
+        Duration::from_secs(self.duration.as_secs())
+    }
+}
+
+/// Parses one line of standard output.
+pub fn parse_line(line: &str) -> Report {
+    if let Some(rest) = line.strip_prefix("::progress::") {
+        let rest = rest.trim_start();
+        let (number, message) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+        if let Ok(percent) = number.parse::<u32>() {
+            if percent <= 100 {
+                return Report::Progress {
+                    percent,
+                    message: message.trim().to_string(),
+                };
+            }
+        }
+    } else if let Some(rest) = line.strip_prefix("::output::") {
+        if let Some((key, value)) = rest.trim_start().split_once('=') {
+            let key = key.trim();
+            if !key.is_empty() {
+                return Report::Output {
+                    key: key.to_string(),
+                    value: value.trim_end().to_string(),
+                };
+            }
+        }
+    }
+    Report::Stdout(line.to_string())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+}
+
+/// Runs `spec`, sending each report to `reports` as it happens.
+pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Outcome, RunError> {
+    let started = Instant::now();
+    let mut command = Command::new(&spec.program);
+    command
+        .args(&spec.args)
+        .envs(&spec.env)
+        .stdin(if spec.stdin_secret.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    // Its own process group, so that a timeout stops the program and everything it started.
+    #[cfg(unix)]
+    command.process_group(0);
+    let mut child = command.spawn().map_err(|source| RunError::Spawn {
+        program: spec.program.display().to_string(),
+        source,
+    })?;
+    if let (Some(secret), Some(mut stdin)) = (&spec.stdin_secret, child.stdin.take()) {
+        // A program that exits without reading its input is its own failure; report that, not EPIPE.
+        let _ = stdin.write_all(secret.as_bytes()).await;
+        let _ = stdin.write_all(b"\n").await;
+        drop(stdin);
+    }
+
+    let (line_tx, mut lines) = mpsc::channel::<(bool, String)>(256);
+    if let Some(stdout) = child.stdout.take() {
+        tokio::spawn(forward_lines(stdout, false, line_tx.clone()));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(forward_lines(stderr, true, line_tx.clone()));
+    }
+    drop(line_tx);
+
+    let mut outputs = BTreeMap::new();
+    let mut tail: VecDeque<String> = VecDeque::with_capacity(STDERR_TAIL);
+    let mut handle = |is_stderr: bool, line: String, outputs: &mut BTreeMap<String, String>| {
+        let report = if is_stderr {
+            if tail.len() == STDERR_TAIL {
+                tail.pop_front();
+            }
+            tail.push_back(line.clone());
+            Report::Stderr(line)
+        } else {
+            parse_line(&line)
+        };
+        if let Report::Output { key, value } = &report {
+            outputs.insert(key.clone(), value.clone());
+        }
+        report
+    };
+
+    let deadline = tokio::time::Instant::now() + spec.timeout;
+    let mut timed_out = false;
+    let mut status = None;
+    let mut open = true;
+    while status.is_none() {
+        tokio::select! {
+            line = lines.recv(), if open => match line {
+                Some((is_stderr, line)) => {
+                    let report = handle(is_stderr, line, &mut outputs);
+                    let _ = reports.send(report).await;
+                }
+                None => open = false,
+            },
+            exit = child.wait() => status = Some(exit),
+            () = tokio::time::sleep_until(deadline) => {
+                timed_out = true;
+                kill_tree(&mut child);
+                status = Some(child.wait().await);
+            }
+        }
+    }
+    // Output still in the pipes after the exit.
+    let drain_until = tokio::time::Instant::now() + DRAIN_GRACE;
+    while open {
+        match tokio::time::timeout_at(drain_until, lines.recv()).await {
+            Ok(Some((is_stderr, line))) => {
+                let report = handle(is_stderr, line, &mut outputs);
+                let _ = reports.send(report).await;
+            }
+            Ok(None) | Err(_) => open = false,
+        }
+    }
+    let exit_code = match status {
+        Some(Ok(status)) if !timed_out => status.code(),
+        _ => None,
+    };
+    Ok(Outcome {
+        exit_code,
+        timed_out,
+        outputs,
+        stderr_tail: tail.into_iter().collect(),
+        duration: started.elapsed(),
+    })
+}
+
+/// Stops the child and, on Unix, every process of its group.
+fn kill_tree(child: &mut tokio::process::Child) {
+    #[cfg(unix)]
+    if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    let _ = child.start_kill();
+}
+
+async fn forward_lines(
+    pipe: impl tokio::io::AsyncRead + Unpin,
+    is_stderr: bool,
+    tx: mpsc::Sender<(bool, String)>,
+) {
+    let mut reader = BufReader::new(pipe);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                // Windows tools write CRLF and sometimes a legacy code page: keep what is readable.
+                let line = String::from_utf8_lossy(&buf).trim_end_matches(['\r', '\n']).to_string();
+                if tx.send((is_stderr, line)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_line_protocol() {
+        assert_eq!(
+            parse_line("::progress:: 40 copying files"),
+            Report::Progress { percent: 40, message: "copying files".into() }
+        );
+        assert_eq!(
+            parse_line("::progress:: 100"),
+            Report::Progress { percent: 100, message: String::new() }
+        );
+        assert_eq!(
+            parse_line("::output:: version=3.0.7"),
+            Report::Output { key: "version".into(), value: "3.0.7".into() }
+        );
+        assert_eq!(
+            parse_line("::output:: products=biztalk,his"),
+            Report::Output { key: "products".into(), value: "biztalk,his".into() }
+        );
+        // Malformed protocol lines are kept as log output, not lost.
+        for line in ["::progress:: 140 too much", "::progress:: x", "::output:: novalue", "hello"] {
+            assert_eq!(parse_line(line), Report::Stdout(line.into()));
+        }
+    }
+
+    fn sh(script: &str, timeout: Duration) -> CommandSpec {
+        CommandSpec {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: BTreeMap::new(),
+            timeout,
+            stdin_secret: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn runs_a_command_and_reports_in_order() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let spec = sh(
+            "echo '::progress:: 50 half'; echo '::output:: version=3.0.7'; echo plain; echo oops >&2; exit 3",
+            Duration::from_secs(20),
+        );
+        let outcome = run(&spec, tx).await.unwrap();
+        assert_eq!(outcome.exit_code, Some(3));
+        assert!(!outcome.succeeded());
+        assert_eq!(outcome.outputs.get("version").map(String::as_str), Some("3.0.7"));
+        assert_eq!(outcome.stderr_tail, ["oops"]);
+        assert_eq!(outcome.failure("facts"), "facts exited with code 3: oops");
+        let mut stdout = Vec::new();
+        while let Ok(report) = rx.try_recv() {
+            if !matches!(report, Report::Stderr(_)) {
+                stdout.push(report);
+            }
+        }
+        assert_eq!(
+            stdout,
+            [
+                Report::Progress { percent: 50, message: "half".into() },
+                Report::Output { key: "version".into(), value: "3.0.7".into() },
+                Report::Stdout("plain".into()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_command_past_its_timeout_is_stopped() {
+        let (tx, _rx) = mpsc::channel(64);
+        let outcome = run(&sh("sleep 30", Duration::from_millis(200)), tx).await.unwrap();
+        assert!(outcome.timed_out);
+        assert_eq!(outcome.exit_code, None);
+        assert!(outcome.duration < Duration::from_secs(10));
+        assert!(!outcome.succeeded());
+        assert!(outcome.failure("install_sso").starts_with("install_sso did not finish within"));
+    }
+
+    #[tokio::test]
+    async fn the_secret_goes_to_stdin_only() {
+        let (tx, _rx) = mpsc::channel(64);
+        let mut spec = sh("read pw; echo \"::output:: got=$pw\"", Duration::from_secs(20));
+        spec.stdin_secret = Some("s3cret".into());
+        assert!(!spec.display().contains("s3cret"));
+        let outcome = run(&spec, tx).await.unwrap();
+        assert!(outcome.succeeded(), "{outcome:?}");
+        assert_eq!(outcome.outputs.get("got").map(String::as_str), Some("s3cret"));
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_a_clear_error() {
+        let (tx, _rx) = mpsc::channel(1);
+        let mut spec = sh("", Duration::from_secs(1));
+        spec.program = "/nonexistent/ssoconfig".into();
+        let e = run(&spec, tx).await.unwrap_err();
+        assert!(e.to_string().starts_with("cannot start /nonexistent/ssoconfig"), "{e}");
+    }
+}

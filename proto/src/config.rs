@@ -1,0 +1,72 @@
+//! Reading TOML configuration with positions: every problem names the line and the key path, for the
+//! inventory (`fleet.toml`) and the agent's `agent.toml` alike.
+
+use serde::de::DeserializeOwned;
+
+/// One problem in a configuration file: where and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based; 0 when the file could not be read at all.
+    pub line: usize,
+    /// The key path, e.g. `environment[1].members[0]` (array indexes count from 0).
+    pub key: String,
+    pub message: String,
+}
+
+impl Problem {
+    /// `FILE: line N, key K: message`, the one format every configuration error uses.
+    pub fn display_in(&self, file: &std::path::Path) -> String {
+        let file = file.display();
+        match (self.line, self.key.is_empty()) {
+            (0, _) => format!("{file}: {}", self.message),
+            (line, true) => format!("{file}: line {line}: {}", self.message),
+            (line, false) => format!("{file}: line {line}, key {}: {}", self.key, self.message),
+        }
+    }
+}
+
+/// The 1-based line of byte `offset` in `text`.
+pub fn line_of(text: &str, offset: usize) -> usize {
+    let offset = offset.min(text.len());
+    text.as_bytes()[..offset].iter().filter(|b| **b == b'\n').count() + 1
+}
+
+/// Deserializes `text`; a syntax or type error becomes a [`Problem`] with its line and key path.
+pub fn deserialize<T: DeserializeOwned>(text: &str) -> Result<T, Problem> {
+    let de = toml::Deserializer::parse(text).map_err(|e| Problem {
+        line: e.span().map_or(1, |s| line_of(text, s.start)),
+        key: String::new(),
+        message: format!("TOML syntax: {}", e.message().trim()),
+    })?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        // `Spanned<T>` deserializes through a private wrapper field; it is no key of the file.
+        let path = e
+            .path()
+            .to_string()
+            .split('.')
+            .filter(|segment| !segment.starts_with("$__serde_spanned"))
+            .collect::<Vec<_>>()
+            .join(".");
+        let inner = e.into_inner();
+        let message = inner.message().trim().to_string();
+        let message = match message.strip_prefix("unknown field ") {
+            Some(rest) => format!("unknown key {rest}"),
+            None => toml_terms(&message),
+        };
+        Problem {
+            line: inner.span().map_or(1, |s| line_of(text, s.start)),
+            key: if path == "." { String::new() } else { path },
+            message,
+        }
+    })
+}
+
+/// serde speaks of Rust types; the reader of the message wrote TOML.
+fn toml_terms(message: &str) -> String {
+    message
+        .replace("expected i64", "expected an integer")
+        .replace("expected u16", "expected an integer")
+        .replace("expected a sequence", "expected an array")
+        .replace("expected a map", "expected a table")
+        .replace("struct ", "table ")
+}
