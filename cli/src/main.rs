@@ -1,1 +1,312 @@
-fn main() {}
+//! `fleetctl`: the operator's command line (SPEC §7).
+#![forbid(unsafe_code)]
+
+mod certs;
+mod error;
+mod nodes;
+mod remote;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::error::{CliError, Result};
+
+#[derive(Parser)]
+#[command(name = "fleetctl", version, about = "Operate an ssofleet: certificates, inventory, nodes, upgrades")]
+struct Cli {
+    /// The coordinator's URL.
+    #[arg(long, global = true, env = "FLEET_COORDINATOR", default_value = "https://localhost:7443")]
+    coordinator: String,
+    /// Directory holding ca.pem, operator.pem and operator-key.pem.
+    #[arg(long, global = true, env = "FLEET_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make the fleet's certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Work with inventory files.
+    #[command(subcommand)]
+    Inventory(InventoryCommand),
+    /// Every inventory node: attached or not, environment, role, version, last seen.
+    Nodes,
+    /// The steps `upgrade` would run, in order, and the plan's hash.
+    Plan(Selection),
+    /// Start an upgrade run and follow it to the end.
+    Upgrade(UpgradeArgs),
+    /// The host-security migration workflow on one environment.
+    Migrate {
+        #[arg(long)]
+        env: String,
+        #[arg(long)]
+        detach: bool,
+    },
+    /// List runs.
+    Runs,
+    /// Show one run.
+    Run {
+        #[command(subcommand)]
+        command: RunCommand,
+    },
+    /// Follow a run live.
+    Watch { id: String },
+    /// A node's step output in a run.
+    Logs {
+        id: String,
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        step: Option<String>,
+    },
+    /// Pause a run: in-flight steps finish, nothing new starts.
+    Pause { id: String },
+    /// Resume a paused or halted run.
+    Resume { id: String },
+    /// Abort a run.
+    Abort { id: String },
+    /// Approve a gate or an attended install.
+    Approve {
+        id: String,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Retry a node's failed step.
+    Retry {
+        id: String,
+        #[arg(long)]
+        node: String,
+    },
+    /// Skip a node's failed step.
+    Skip {
+        id: String,
+        #[arg(long)]
+        node: String,
+    },
+    /// Who did what, when.
+    Audit { id: Option<String> },
+    /// A local coordinator and simulated agents running an upgrade end to end.
+    Demo,
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// A CA, a coordinator certificate and an operator certificate.
+    Init {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = certs::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+        /// A host name or IP address the coordinator is reached by (repeatable; default localhost and 127.0.0.1).
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        /// The name in the operator certificate.
+        #[arg(long, default_value = "admin")]
+        operator_name: String,
+        /// Validity of the coordinator and operator certificates, in days.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// One more certificate, signed by the CA in --ca-dir.
+    Issue {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long, conflicts_with = "operator", required_unless_present = "operator")]
+        agent: Option<String>,
+        #[arg(long)]
+        operator: Option<String>,
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum InventoryCommand {
+    /// Validate a fleet.toml offline.
+    Check { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum RunCommand {
+    Show { id: String },
+}
+
+#[derive(Args)]
+struct Selection {
+    #[arg(long, conflicts_with = "env", required_unless_present = "env")]
+    all: bool,
+    #[arg(long)]
+    env: Vec<String>,
+    #[arg(long)]
+    master_only: bool,
+}
+
+#[derive(Args)]
+struct UpgradeArgs {
+    #[command(flatten)]
+    selection: Selection,
+    #[arg(long)]
+    max_parallel: Option<u32>,
+    #[arg(long)]
+    max_failures: Option<u32>,
+    #[arg(long)]
+    plan_hash: Option<String>,
+    #[arg(long)]
+    detach: bool,
+}
+
+fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fleetctl: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fleetctl: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Certs(CertsCommand::Init { out, trust_domain, sans, operator_name, days, force }) => {
+            let written = certs::init(&out, &trust_domain, &sans, &operator_name, days, force)?;
+            report_written(cli.output, &written);
+            Ok(())
+        }
+        Command::Certs(CertsCommand::Issue { out, ca_dir, agent, operator, days, force }) => {
+            let who = match (&agent, &operator) {
+                (Some(node), None) => certs::IssueFor::Agent(node),
+                (None, Some(name)) => certs::IssueFor::Operator(name),
+                _ => return Err(CliError::Usage("name exactly one of --agent NODE or --operator NAME".into())),
+            };
+            let written = certs::issue(&out, &ca_dir, who, days, force)?;
+            report_written(cli.output, &written);
+            Ok(())
+        }
+        Command::Inventory(InventoryCommand::Check { file }) => inventory_check(&file, cli.output),
+        Command::Nodes => {
+            let mut remote = remote::connect(&cli.coordinator, cli.tls_dir.as_ref()).await?;
+            nodes::show(&mut remote, cli.output).await
+        }
+        Command::Plan(_) => not_built("plan"),
+        Command::Upgrade(_) => not_built("upgrade"),
+        Command::Migrate { .. } => not_built("migrate"),
+        Command::Runs => not_built("runs"),
+        Command::Run { command: RunCommand::Show { .. } } => not_built("run show"),
+        Command::Watch { .. } => not_built("watch"),
+        Command::Logs { .. } => not_built("logs"),
+        Command::Pause { .. } => not_built("pause"),
+        Command::Resume { .. } => not_built("resume"),
+        Command::Abort { .. } => not_built("abort"),
+        Command::Approve { .. } => not_built("approve"),
+        Command::Retry { .. } => not_built("retry"),
+        Command::Skip { .. } => not_built("skip"),
+        Command::Audit { .. } => not_built("audit"),
+        Command::Demo => not_built("demo"),
+    }
+}
+
+fn not_built(command: &str) -> Result<()> {
+    Err(CliError::Usage(format!(
+        "`fleetctl {command}` is not built yet: this version has certificates, `inventory check` and `nodes`; \
+         the upgrade workflow (plan, upgrade, runs, control, demo) comes next"
+    )))
+}
+
+fn report_written(output: Output, written: &[PathBuf]) {
+    match output {
+        Output::Json => {
+            let files: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+            println!("{}", serde_json::json!({ "written": files }));
+        }
+        Output::Text => {
+            for path in written {
+                println!("wrote {}", path.display());
+            }
+        }
+    }
+}
+
+fn inventory_check(file: &std::path::Path, output: Output) -> Result<()> {
+    use fleet_coordinator::inventory::Inventory;
+    match Inventory::load(file) {
+        Ok(inv) => {
+            match output {
+                Output::Json => {
+                    let environments: Vec<serde_json::Value> = inv
+                        .environments
+                        .iter()
+                        .map(|e| {
+                            serde_json::json!({
+                                "name": e.name.as_str(),
+                                "master": e.master.as_str(),
+                                "members": e.members.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+                                "gate": e.gate.to_string(),
+                            })
+                        })
+                        .collect();
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "file": file.display().to_string(),
+                            "valid": true,
+                            "target_version": inv.upgrade.target_version,
+                            "environments": environments,
+                        })
+                    );
+                }
+                Output::Text => println!(
+                    "{}: valid: {} environment(s), {} node(s), target version {}",
+                    file.display(),
+                    inv.environments.len(),
+                    inv.node_count(),
+                    inv.upgrade.target_version
+                ),
+            }
+            Ok(())
+        }
+        Err(e) => {
+            if output == Output::Json {
+                let problems: Vec<serde_json::Value> = e
+                    .problems
+                    .iter()
+                    .map(|p| serde_json::json!({ "line": p.line, "key": p.key, "message": p.message }))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({ "file": file.display().to_string(), "valid": false, "problems": problems })
+                );
+            }
+            Err(CliError::Usage(format!("invalid inventory:\n{e}")))
+        }
+    }
+}

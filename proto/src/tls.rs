@@ -149,6 +149,20 @@ fn looks_like_pem(bytes: &[u8]) -> bool {
 impl TlsMaterial {
     /// Reads and checks the three files; `role` is the role this process's certificate must name.
     pub fn load(files: &TlsFiles, role: Role) -> Result<Self, TlsError> {
+        let material = Self::load_any_role(files)?;
+        if material.identity.role() != role {
+            return Err(TlsError::WrongRole {
+                path: files.cert.clone(),
+                found: material.identity.uri(),
+                expected: role,
+            });
+        }
+        Ok(material)
+    }
+
+    /// Reads and checks the three files, whatever role the certificate names. For clients whose server
+    /// is the authority on who may call what (fleetctl: the coordinator refuses a wrong role, exit 3).
+    pub fn load_any_role(files: &TlsFiles) -> Result<Self, TlsError> {
         let ca_certs = read_certs(&files.ca)?;
         let mut roots = RootCertStore::empty();
         for cert in ca_certs {
@@ -177,13 +191,6 @@ impl TlsMaterial {
                 source,
             }
         })?;
-        if identity.role() != role {
-            return Err(TlsError::WrongRole {
-                path: files.cert.clone(),
-                found: identity.uri(),
-                expected: role,
-            });
-        }
         Ok(Self {
             roots: Arc::new(roots),
             key: Arc::new(key),
