@@ -6,7 +6,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if std::env::var_os("PROTOC").is_none() {
         config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     }
-    let files = ["proto/ssofleet/v1/agent.proto", "proto/ssofleet/v1/operator.proto"];
+    let files = [
+        "proto/ssofleet/v1/agent.proto",
+        "proto/ssofleet/v1/operator.proto",
+    ];
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -39,7 +39,8 @@ fn validity(params: &mut CertificateParams, days: i64) {
 type Outputs = Vec<(&'static str, String, bool)>;
 
 fn write_all(out: &Path, files: &Outputs, force: bool) -> Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(out).map_err(|e| usage(format!("{}: cannot create: {e}", out.display())))?;
+    std::fs::create_dir_all(out)
+        .map_err(|e| usage(format!("{}: cannot create: {e}", out.display())))?;
     if !force {
         let existing: Vec<String> = files
             .iter()
@@ -57,7 +58,8 @@ fn write_all(out: &Path, files: &Outputs, force: bool) -> Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     for (name, content, secret) in files {
         let path = out.join(name);
-        write_file(&path, content, *secret).map_err(|e| usage(format!("{}: cannot write: {e}", path.display())))?;
+        write_file(&path, content, *secret)
+            .map_err(|e| usage(format!("{}: cannot write: {e}", path.display())))?;
         written.push(path);
     }
     Ok(written)
@@ -87,9 +89,18 @@ fn write_file(path: &Path, content: &str, secret: bool) -> std::io::Result<()> {
 
 fn leaf(holder: &Holder<'_>, trust_domain: &str, days: i64) -> Result<CertificateParams> {
     let (identity, common_name) = match holder {
-        Holder::Coordinator { .. } => (PeerIdentity::coordinator(trust_domain), "ssofleet coordinator".to_string()),
-        Holder::Agent(node) => (PeerIdentity::agent(trust_domain, node), format!("ssofleet agent {node}")),
-        Holder::Operator(name) => (PeerIdentity::operator(trust_domain, name), format!("ssofleet operator {name}")),
+        Holder::Coordinator { .. } => (
+            PeerIdentity::coordinator(trust_domain),
+            "ssofleet coordinator".to_string(),
+        ),
+        Holder::Agent(node) => (
+            PeerIdentity::agent(trust_domain, node),
+            format!("ssofleet agent {node}"),
+        ),
+        Holder::Operator(name) => (
+            PeerIdentity::operator(trust_domain, name),
+            format!("ssofleet operator {name}"),
+        ),
     };
     let identity = identity.map_err(usage)?;
     let mut params = CertificateParams::default();
@@ -106,10 +117,11 @@ fn leaf(holder: &Holder<'_>, trust_domain: &str, days: i64) -> Result<Certificat
                 let san = san.trim();
                 params.subject_alt_names.push(match san.parse::<IpAddr>() {
                     Ok(ip) => SanType::IpAddress(ip),
-                    Err(_) => SanType::DnsName(
-                        san.try_into()
-                            .map_err(|e| usage(format!("--san {san:?} is not a host name or IP address: {e}")))?,
-                    ),
+                    Err(_) => SanType::DnsName(san.try_into().map_err(|e| {
+                        usage(format!(
+                            "--san {san:?} is not a host name or IP address: {e}"
+                        ))
+                    })?),
                 });
             }
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -128,17 +140,41 @@ fn sign(params: &CertificateParams, issuer: &Issuer<'_, KeyPair>) -> Result<(Str
 }
 
 /// `certs init`: a CA, a coordinator certificate and an operator certificate.
-pub fn init(out: &Path, trust_domain: &str, sans: &[String], operator: &str, days: i64, force: bool) -> Result<Vec<PathBuf>> {
+pub fn init(
+    out: &Path,
+    trust_domain: &str,
+    sans: &[String],
+    operator: &str,
+    days: i64,
+    force: bool,
+) -> Result<Vec<PathBuf>> {
     let td_check = PeerIdentity::coordinator(trust_domain).map_err(usage)?;
     let trust_domain = td_check.trust_domain().to_string();
     let mut ca = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, format!("ssofleet CA ({trust_domain})"));
+    // A distinct name per CA: two fleets' CAs must not look like one another to a verifier.
+    let made = time::OffsetDateTime::now_utc();
+    dn.push(
+        DnType::CommonName,
+        format!(
+            "ssofleet CA ({trust_domain}) {}-{:04x}",
+            made.unix_timestamp(),
+            fastrand::u16(..)
+        ),
+    );
     ca.distinguished_name = dn;
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     // The CA names its trust domain, so that `certs issue` needs nothing else.
-    ca.subject_alt_names = vec![SanType::URI(format!("spiffe://{trust_domain}").try_into().map_err(usage)?)];
+    ca.subject_alt_names = vec![SanType::URI(
+        format!("spiffe://{trust_domain}")
+            .try_into()
+            .map_err(usage)?,
+    )];
     validity(&mut ca, CA_DAYS);
     let ca_key = KeyPair::generate().map_err(usage)?;
     let ca_cert = ca.self_signed(&ca_key).map_err(usage)?;
@@ -147,9 +183,19 @@ pub fn init(out: &Path, trust_domain: &str, sans: &[String], operator: &str, day
     let issuer = Issuer::new(ca, ca_key);
 
     let default_sans = ["localhost".to_string(), "127.0.0.1".to_string()];
-    let sans = if sans.is_empty() { &default_sans[..] } else { sans };
-    let (coord_pem, coord_key) = sign(&leaf(&Holder::Coordinator { sans }, &trust_domain, days)?, &issuer)?;
-    let (op_pem, op_key) = sign(&leaf(&Holder::Operator(operator), &trust_domain, days)?, &issuer)?;
+    let sans = if sans.is_empty() {
+        &default_sans[..]
+    } else {
+        sans
+    };
+    let (coord_pem, coord_key) = sign(
+        &leaf(&Holder::Coordinator { sans }, &trust_domain, days)?,
+        &issuer,
+    )?;
+    let (op_pem, op_key) = sign(
+        &leaf(&Holder::Operator(operator), &trust_domain, days)?,
+        &issuer,
+    )?;
     write_all(
         out,
         &vec![
@@ -171,7 +217,13 @@ pub enum IssueFor<'a> {
 }
 
 /// `certs issue`: one more certificate, signed by the CA in `ca_dir`.
-pub fn issue(out: &Path, ca_dir: &Path, who: IssueFor<'_>, days: i64, force: bool) -> Result<Vec<PathBuf>> {
+pub fn issue(
+    out: &Path,
+    ca_dir: &Path,
+    who: IssueFor<'_>,
+    days: i64,
+    force: bool,
+) -> Result<Vec<PathBuf>> {
     let ca_path = ca_dir.join("ca.pem");
     let ca_key_path = ca_dir.join("ca-key.pem");
     let read = |p: &Path| {
@@ -181,11 +233,20 @@ pub fn issue(out: &Path, ca_dir: &Path, who: IssueFor<'_>, days: i64, force: boo
         })
     };
     let ca_pem = read(&ca_path)?;
-    let ca_key = KeyPair::from_pem(&read(&ca_key_path)?)
-        .map_err(|e| usage(format!("{}: not a usable private key: {e}", ca_key_path.display())))?;
-    let trust_domain = ca_trust_domain(&ca_pem).map_err(|e| usage(format!("{}: {e}", ca_path.display())))?;
-    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)
-        .map_err(|e| usage(format!("{}: not a usable CA certificate: {e}", ca_path.display())))?;
+    let ca_key = KeyPair::from_pem(&read(&ca_key_path)?).map_err(|e| {
+        usage(format!(
+            "{}: not a usable private key: {e}",
+            ca_key_path.display()
+        ))
+    })?;
+    let trust_domain =
+        ca_trust_domain(&ca_pem).map_err(|e| usage(format!("{}: {e}", ca_path.display())))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(|e| {
+        usage(format!(
+            "{}: not a usable CA certificate: {e}",
+            ca_path.display()
+        ))
+    })?;
     let (holder, stem) = match who {
         IssueFor::Agent(node) => (Holder::Agent(node), "agent"),
         IssueFor::Operator(name) => (Holder::Operator(name), "operator"),
@@ -196,7 +257,8 @@ pub fn issue(out: &Path, ca_dir: &Path, who: IssueFor<'_>, days: i64, force: boo
         _ => ("operator.pem", "operator-key.pem"),
     };
     // Copying ca.pem over an identical one is no loss; anything else needs --force.
-    let same_ca = std::fs::read_to_string(out.join("ca.pem")).is_ok_and(|existing| existing == ca_pem);
+    let same_ca =
+        std::fs::read_to_string(out.join("ca.pem")).is_ok_and(|existing| existing == ca_pem);
     let mut files: Outputs = vec![(cert_name, pem, false), (key_name, key, true)];
     if !same_ca {
         files.insert(0, ("ca.pem", ca_pem, false));
@@ -208,8 +270,10 @@ pub fn issue(out: &Path, ca_dir: &Path, who: IssueFor<'_>, days: i64, force: boo
 fn ca_trust_domain(ca_pem: &str) -> Result<String, String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    let der = CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(|e| format!("not a PEM certificate: {e}"))?;
-    let (_, cert) = X509Certificate::from_der(&der).map_err(|e| format!("cannot parse the certificate: {e}"))?;
+    let der = CertificateDer::from_pem_slice(ca_pem.as_bytes())
+        .map_err(|e| format!("not a PEM certificate: {e}"))?;
+    let (_, cert) = X509Certificate::from_der(&der)
+        .map_err(|e| format!("cannot parse the certificate: {e}"))?;
     let sans = cert.subject_alternative_name().map_err(|e| e.to_string())?;
     sans.iter()
         .flat_map(|ext| ext.value.general_names.iter())
@@ -232,29 +296,58 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca_dir = dir.path().join("ca");
         init(&ca_dir, "corp.example", &[], "alice", 365, false).unwrap();
-        let coordinator = TlsMaterial::load(&TlsFiles::in_dir(&ca_dir, "coordinator"), Role::Coordinator).unwrap();
-        assert_eq!(coordinator.identity().uri(), "spiffe://corp.example/coordinator");
-        let operator = TlsMaterial::load(&TlsFiles::in_dir(&ca_dir, "operator"), Role::Operator).unwrap();
+        let coordinator =
+            TlsMaterial::load(&TlsFiles::in_dir(&ca_dir, "coordinator"), Role::Coordinator)
+                .unwrap();
+        assert_eq!(
+            coordinator.identity().uri(),
+            "spiffe://corp.example/coordinator"
+        );
+        let operator =
+            TlsMaterial::load(&TlsFiles::in_dir(&ca_dir, "operator"), Role::Operator).unwrap();
         assert_eq!(operator.identity().operator_name(), Some("alice"));
 
         let agent_dir = dir.path().join("agent");
-        let written = issue(&agent_dir, &ca_dir, IssueFor::Agent("SSO-DEV-01"), 30, false).unwrap();
-        let names: Vec<String> = written.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        let written = issue(
+            &agent_dir,
+            &ca_dir,
+            IssueFor::Agent("SSO-DEV-01"),
+            30,
+            false,
+        )
+        .unwrap();
+        let names: Vec<String> = written
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
         assert_eq!(names, ["ca.pem", "agent.pem", "agent-key.pem"]);
         let agent = TlsMaterial::load(&TlsFiles::in_dir(&agent_dir, "agent"), Role::Agent).unwrap();
-        assert_eq!(agent.identity().uri(), "spiffe://corp.example/agent/sso-dev-01");
+        assert_eq!(
+            agent.identity().uri(),
+            "spiffe://corp.example/agent/sso-dev-01"
+        );
 
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(agent_dir.join("agent-key.pem")).unwrap().permissions().mode();
+            let mode = std::fs::metadata(agent_dir.join("agent-key.pem"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
 
         // Nothing is overwritten without --force.
         let e = init(&ca_dir, "corp.example", &[], "alice", 365, false).unwrap_err();
         assert!(e.to_string().contains("refusing to overwrite"), "{e}");
-        let e = issue(&agent_dir, &ca_dir, IssueFor::Agent("sso-dev-01"), 30, false).unwrap_err();
+        let e = issue(
+            &agent_dir,
+            &ca_dir,
+            IssueFor::Agent("sso-dev-01"),
+            30,
+            false,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("agent.pem"), "{e}");
         issue(&agent_dir, &ca_dir, IssueFor::Agent("sso-dev-01"), 30, true).unwrap();
     }
@@ -265,7 +358,14 @@ mod tests {
         let e = issue(dir.path(), dir.path(), IssueFor::Agent("n1"), 30, false).unwrap_err();
         assert!(e.to_string().ends_with("ca.pem: file not found"), "{e}");
         init(dir.path(), "t.example", &[], "admin", 30, false).unwrap();
-        let e = issue(&dir.path().join("x"), dir.path(), IssueFor::Agent("bad name"), 30, false).unwrap_err();
+        let e = issue(
+            &dir.path().join("x"),
+            dir.path(),
+            IssueFor::Agent("bad name"),
+            30,
+            false,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("node name"), "{e}");
     }
 }

@@ -34,11 +34,14 @@ impl CliError {
                 let detail = std::error::Error::source(status)
                     .map(fleet_proto::transport::describe_chain)
                     .unwrap_or_else(|| message.to_string());
-                CliError::Unreachable(format!("cannot reach the coordinator at {coordinator}: {detail}"))
+                CliError::Unreachable(format!(
+                    "cannot reach the coordinator at {coordinator}: {detail}"
+                ))
             }
-            Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition | Code::Unimplemented => {
-                CliError::Usage(message.to_string())
-            }
+            Code::InvalidArgument
+            | Code::NotFound
+            | Code::FailedPrecondition
+            | Code::Unimplemented => CliError::Usage(message.to_string()),
             _ => CliError::Failed(message.to_string()),
         }
     }

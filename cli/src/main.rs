@@ -14,10 +14,19 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::error::{CliError, Result};
 
 #[derive(Parser)]
-#[command(name = "fleetctl", version, about = "Operate an ssofleet: certificates, inventory, nodes, upgrades")]
+#[command(
+    name = "fleetctl",
+    version,
+    about = "Operate an ssofleet: certificates, inventory, nodes, upgrades"
+)]
 struct Cli {
     /// The coordinator's URL.
-    #[arg(long, global = true, env = "FLEET_COORDINATOR", default_value = "https://localhost:7443")]
+    #[arg(
+        long,
+        global = true,
+        env = "FLEET_COORDINATOR",
+        default_value = "https://localhost:7443"
+    )]
     coordinator: String,
     /// Directory holding ca.pem, operator.pem and operator-key.pem.
     #[arg(long, global = true, env = "FLEET_TLS_DIR")]
@@ -130,7 +139,11 @@ enum CertsCommand {
         out: PathBuf,
         #[arg(long)]
         ca_dir: PathBuf,
-        #[arg(long, conflicts_with = "operator", required_unless_present = "operator")]
+        #[arg(
+            long,
+            conflicts_with = "operator",
+            required_unless_present = "operator"
+        )]
         agent: Option<String>,
         #[arg(long)]
         operator: Option<String>,
@@ -179,7 +192,10 @@ struct UpgradeArgs {
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("fleetctl: cannot start the async runtime: {e}");
@@ -197,16 +213,34 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Certs(CertsCommand::Init { out, trust_domain, sans, operator_name, days, force }) => {
+        Command::Certs(CertsCommand::Init {
+            out,
+            trust_domain,
+            sans,
+            operator_name,
+            days,
+            force,
+        }) => {
             let written = certs::init(&out, &trust_domain, &sans, &operator_name, days, force)?;
             report_written(cli.output, &written);
             Ok(())
         }
-        Command::Certs(CertsCommand::Issue { out, ca_dir, agent, operator, days, force }) => {
+        Command::Certs(CertsCommand::Issue {
+            out,
+            ca_dir,
+            agent,
+            operator,
+            days,
+            force,
+        }) => {
             let who = match (&agent, &operator) {
                 (Some(node), None) => certs::IssueFor::Agent(node),
                 (None, Some(name)) => certs::IssueFor::Operator(name),
-                _ => return Err(CliError::Usage("name exactly one of --agent NODE or --operator NAME".into())),
+                _ => {
+                    return Err(CliError::Usage(
+                        "name exactly one of --agent NODE or --operator NAME".into(),
+                    ));
+                }
             };
             let written = certs::issue(&out, &ca_dir, who, days, force)?;
             report_written(cli.output, &written);
@@ -221,7 +255,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Upgrade(_) => not_built("upgrade"),
         Command::Migrate { .. } => not_built("migrate"),
         Command::Runs => not_built("runs"),
-        Command::Run { command: RunCommand::Show { .. } } => not_built("run show"),
+        Command::Run {
+            command: RunCommand::Show { .. },
+        } => not_built("run show"),
         Command::Watch { .. } => not_built("watch"),
         Command::Logs { .. } => not_built("logs"),
         Command::Pause { .. } => not_built("pause"),

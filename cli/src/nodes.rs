@@ -78,13 +78,25 @@ fn ago(ms: Option<i64>, now: SystemTime) -> String {
     let then = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
     match now.duration_since(then) {
         Ok(d) if d < Duration::from_secs(1) => "just now".into(),
-        Ok(d) => format!("{} ago", humantime::format_duration(Duration::from_secs(d.as_secs()))),
+        Ok(d) => format!(
+            "{} ago",
+            humantime::format_duration(Duration::from_secs(d.as_secs()))
+        ),
         Err(_) => "just now".into(),
     }
 }
 
 fn table(nodes: &[pb::NodeStatus], now: SystemTime) -> String {
-    let header = ["NODE", "ENVIRONMENT", "ROLE", "ATTACHED", "VERSION", "SERVICE", "LAST SEEN", "NOTE"];
+    let header = [
+        "NODE",
+        "ENVIRONMENT",
+        "ROLE",
+        "ATTACHED",
+        "VERSION",
+        "SERVICE",
+        "LAST SEEN",
+        "NOTE",
+    ];
     let rows: Vec<[String; 8]> = nodes
         .iter()
         .map(|n| {
@@ -142,7 +154,10 @@ mod tests {
                 attached: true,
                 version: Some("3.0.7".into()),
                 last_seen_unix_ms: Some(now_ms - 5_000),
-                facts: Some(pb::Facts { service: pb::ServiceState::Running as i32, ..Default::default() }),
+                facts: Some(pb::Facts {
+                    service: pb::ServiceState::Running as i32,
+                    ..Default::default()
+                }),
                 ..Default::default()
             },
             pb::NodeStatus {
@@ -154,9 +169,18 @@ mod tests {
         ];
         let text = table(&nodes, now);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], "NODE        ENVIRONMENT  ROLE    ATTACHED  VERSION  SERVICE  LAST SEEN  NOTE");
-        assert_eq!(lines[1], "sso-dev-01  dev          master  yes       3.0.7    running  5s ago");
-        assert_eq!(lines[2], "sso-dev-02  dev          member  no        -        unknown  never");
+        assert_eq!(
+            lines[0],
+            "NODE        ENVIRONMENT  ROLE    ATTACHED  VERSION  SERVICE  LAST SEEN  NOTE"
+        );
+        assert_eq!(
+            lines[1],
+            "sso-dev-01  dev          master  yes       3.0.7    running  5s ago"
+        );
+        assert_eq!(
+            lines[2],
+            "sso-dev-02  dev          member  no        -        unknown  never"
+        );
         let json = to_json(&nodes[1]);
         assert_eq!(json["attached"], false);
         assert_eq!(json["version"], Value::Null);

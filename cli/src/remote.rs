@@ -39,7 +39,9 @@ pub async fn connect(coordinator: &str, tls_dir: Option<&PathBuf>) -> Result<Rem
         .await
         .map_err(|e| match e {
             fleet_proto::transport::ConnectError::BadUrl { .. } => CliError::Usage(e.to_string()),
-            fleet_proto::transport::ConnectError::Unreachable { .. } => CliError::Unreachable(e.to_string()),
+            fleet_proto::transport::ConnectError::Unreachable { .. } => {
+                CliError::Unreachable(e.to_string())
+            }
         })?;
     Ok(Remote {
         url: coordinator.to_string(),

@@ -44,7 +44,10 @@ impl EnvName {
         if raw.is_empty() {
             return Err("the environment name is empty".into());
         }
-        let ok = raw.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        let ok = raw
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
             && raw
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));

@@ -45,6 +45,10 @@ mod tests {
         assert_eq!(super::take_next(dir.path()).unwrap(), 1);
         assert_eq!(super::take_next(dir.path()).unwrap(), 2);
         std::fs::write(dir.path().join("epoch"), "garbage").unwrap();
-        assert!(super::take_next(dir.path()).unwrap_err().contains("corrupt epoch file"));
+        assert!(
+            super::take_next(dir.path())
+                .unwrap_err()
+                .contains("corrupt epoch file")
+        );
     }
 }

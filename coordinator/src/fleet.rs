@@ -74,7 +74,11 @@ pub struct FleetHandle {
 
 impl FleetHandle {
     /// Starts the fleet task for `inventory`; it ends when `shutdown` is cancelled.
-    pub fn spawn(inventory: Inventory, heartbeat_timeout: Duration, shutdown: CancellationToken) -> Self {
+    pub fn spawn(
+        inventory: Inventory,
+        heartbeat_timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(1024);
         let nodes = inventory
             .nodes()
@@ -90,7 +94,14 @@ impl FleetHandle {
     }
 
     pub async fn attach(&self, node: NodeName, session: Session, facts: Option<pb::Facts>) {
-        let _ = self.tx.send(Command::Attach { node, session, facts }).await;
+        let _ = self
+            .tx
+            .send(Command::Attach {
+                node,
+                session,
+                facts,
+            })
+            .await;
     }
 
     pub async fn seen(&self, node: NodeName, session: u64) {
@@ -98,11 +109,25 @@ impl FleetHandle {
     }
 
     pub async fn facts(&self, node: NodeName, session: u64, facts: pb::Facts) {
-        let _ = self.tx.send(Command::Facts { node, session, facts }).await;
+        let _ = self
+            .tx
+            .send(Command::Facts {
+                node,
+                session,
+                facts,
+            })
+            .await;
     }
 
     pub async fn detach(&self, node: NodeName, session: u64, reason: String) {
-        let _ = self.tx.send(Command::Detach { node, session, reason }).await;
+        let _ = self
+            .tx
+            .send(Command::Detach {
+                node,
+                session,
+                reason,
+            })
+            .await;
     }
 
     /// Every inventory node, in inventory order; `None` once the task has stopped.
@@ -121,7 +146,8 @@ struct FleetTask {
 
 impl FleetTask {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval((self.heartbeat_timeout / 4).max(Duration::from_millis(50)));
+        let mut tick =
+            tokio::time::interval((self.heartbeat_timeout / 4).max(Duration::from_millis(50)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -142,7 +168,11 @@ impl FleetTask {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Attach { node, session, facts } => {
+            Command::Attach {
+                node,
+                session,
+                facts,
+            } => {
                 let Some(entry) = self.nodes.get_mut(&node) else {
                     return;
                 };
@@ -178,14 +208,22 @@ impl FleetTask {
                     entry.last_seen_at = Some(tokio::time::Instant::now());
                 }
             }
-            Command::Facts { node, session, facts } => {
+            Command::Facts {
+                node,
+                session,
+                facts,
+            } => {
                 if let Some(entry) = self.live_entry(&node, session) {
                     entry.facts = Some(facts);
                     entry.last_seen = Some(SystemTime::now());
                     entry.last_seen_at = Some(tokio::time::Instant::now());
                 }
             }
-            Command::Detach { node, session, reason } => {
+            Command::Detach {
+                node,
+                session,
+                reason,
+            } => {
                 if let Some(entry) = self.live_entry(&node, session) {
                     if let Some(old) = entry.session.take() {
                         old.closed.cancel();
@@ -215,9 +253,9 @@ impl FleetTask {
                 .is_some_and(|seen| now.duration_since(seen) > self.heartbeat_timeout);
             if entry.session.is_some() && silent {
                 if let Some(session) = entry.session.take() {
-                    let _ = session
-                        .sender
-                        .try_send(Err(Status::unavailable("heartbeat timeout: stream closed by the coordinator")));
+                    let _ = session.sender.try_send(Err(Status::unavailable(
+                        "heartbeat timeout: stream closed by the coordinator",
+                    )));
                     session.closed.cancel();
                 }
                 entry.attached_since = None;

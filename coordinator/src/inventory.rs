@@ -73,7 +73,10 @@ pub struct Window {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SqlAuth {
     /// SQL authentication; the password is read from the file when needed, never kept in config.
-    Sql { user: String, password_file: PathBuf },
+    Sql {
+        user: String,
+        password_file: PathBuf,
+    },
     /// Windows integrated authentication, where the platform supports it.
     Integrated,
 }
@@ -158,10 +161,10 @@ impl Inventory {
             problems: Vec::new(),
         };
         let inventory = check.inventory(path, raw);
-        if check.problems.is_empty() {
-            if let Some(inventory) = inventory {
-                return Ok(inventory);
-            }
+        if check.problems.is_empty()
+            && let Some(inventory) = inventory
+        {
+            return Ok(inventory);
         }
         check.problems.sort_by_key(|p| p.line);
         Err(fail(check.problems))
@@ -177,7 +180,11 @@ pub struct InventoryError {
 
 impl fmt::Display for InventoryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let lines: Vec<String> = self.problems.iter().map(|p| p.display_in(&self.file)).collect();
+        let lines: Vec<String> = self
+            .problems
+            .iter()
+            .map(|p| p.display_in(&self.file))
+            .collect();
         f.write_str(&lines.join("\n"))
     }
 }
@@ -302,7 +309,10 @@ impl Checker<'_> {
                 self.problem(
                     raw,
                     key,
-                    format!("{value} is out of range: it must be a whole number from {min} to {}", u32::MAX),
+                    format!(
+                        "{value} is out of range: it must be a whole number from {min} to {}",
+                        u32::MAX
+                    ),
                 );
                 None
             }
@@ -360,7 +370,11 @@ impl Checker<'_> {
             );
         }
         if raw.installer.get_ref().trim().is_empty() {
-            self.problem(&raw.installer, "upgrade.installer", "the installer path is empty");
+            self.problem(
+                &raw.installer,
+                "upgrade.installer",
+                "the installer path is empty",
+            );
         }
         valid_version.then(|| Upgrade {
             target_version: version.to_string(),
@@ -404,7 +418,10 @@ impl Checker<'_> {
                     self.problem(
                         &raw.name,
                         &name_key,
-                        format!("environment {:?} is defined twice (first on line {first})", name.as_str()),
+                        format!(
+                            "environment {:?} is defined twice (first on line {first})",
+                            name.as_str()
+                        ),
                     );
                 }
                 Some(name)
@@ -440,19 +457,19 @@ impl Checker<'_> {
         let mut members_ok = true;
         for (j, member) in raw.members.iter().enumerate() {
             let member_key = format!("{key}.members[{j}]");
-            if let Some(master) = &master {
-                if NodeName::new(member.get_ref()).is_ok_and(|m| &m == master) {
-                    self.problem(
-                        member,
-                        member_key,
-                        format!(
-                            "{:?} is this environment's master; a member must be another server",
-                            master.as_str()
-                        ),
-                    );
-                    members_ok = false;
-                    continue;
-                }
+            if let Some(master) = &master
+                && NodeName::new(member.get_ref()).is_ok_and(|m| &m == master)
+            {
+                self.problem(
+                    member,
+                    member_key,
+                    format!(
+                        "{:?} is this environment's master; a member must be another server",
+                        master.as_str()
+                    ),
+                );
+                members_ok = false;
+                continue;
             }
             match self.node(member, &member_key, &env_label, seen) {
                 Some(m) => members.push(m),
@@ -462,7 +479,11 @@ impl Checker<'_> {
 
         let backup_dir = raw.backup_dir.get_ref().trim().to_string();
         if backup_dir.is_empty() {
-            self.problem(&raw.backup_dir, format!("{key}.backup_dir"), "the backup directory is empty");
+            self.problem(
+                &raw.backup_dir,
+                format!("{key}.backup_dir"),
+                "the backup directory is empty",
+            );
         }
         let window = match &raw.window {
             None => Some(None),
@@ -470,7 +491,9 @@ impl Checker<'_> {
         };
         let sso_database = match &raw.sso_database {
             None => Some(None),
-            Some(db) => self.sso_database(db, &format!("{key}.sso_database")).map(Some),
+            Some(db) => self
+                .sso_database(db, &format!("{key}.sso_database"))
+                .map(Some),
         };
         if backup_dir.is_empty() || !members_ok {
             return None;
@@ -504,7 +527,10 @@ impl Checker<'_> {
         let line = self.line(raw);
         match seen.get(&node) {
             Some((env, first)) if env == env_label => {
-                let message = format!("duplicate node name {:?} (first on line {first})", node.as_str());
+                let message = format!(
+                    "duplicate node name {:?} (first on line {first})",
+                    node.as_str()
+                );
                 self.problem(raw, key, message);
                 None
             }
@@ -551,7 +577,11 @@ impl Checker<'_> {
         let mut days = Vec::new();
         let mut ok = true;
         if raw.days.is_empty() {
-            self.problem(spanned, format!("{key}.days"), "no day listed: name at least one of mon, tue, wed, thu, fri, sat, sun");
+            self.problem(
+                spanned,
+                format!("{key}.days"),
+                "no day listed: name at least one of mon, tue, wed, thu, fri, sat, sun",
+            );
             ok = false;
         }
         for (i, day) in raw.days.iter().enumerate() {
@@ -567,7 +597,11 @@ impl Checker<'_> {
             };
             match parsed {
                 Some(d) if days.contains(&d) => {
-                    self.problem(day, format!("{key}.days[{i}]"), format!("{:?} is listed twice", day.get_ref()));
+                    self.problem(
+                        day,
+                        format!("{key}.days[{i}]"),
+                        format!("{:?} is listed twice", day.get_ref()),
+                    );
                     ok = false;
                 }
                 Some(d) => days.push(d),
@@ -575,7 +609,10 @@ impl Checker<'_> {
                     self.problem(
                         day,
                         format!("{key}.days[{i}]"),
-                        format!("{:?} is not a day: use mon, tue, wed, thu, fri, sat or sun", day.get_ref()),
+                        format!(
+                            "{:?} is not a day: use mon, tue, wed, thu, fri, sat or sun",
+                            day.get_ref()
+                        ),
                     );
                     ok = false;
                 }
@@ -583,11 +620,15 @@ impl Checker<'_> {
         }
         let start = self.time_of_day(&raw.start, &format!("{key}.start"));
         let end = self.time_of_day(&raw.end, &format!("{key}.end"));
-        if let (Some(s), Some(e)) = (start, end) {
-            if s == e {
-                self.problem(&raw.end, format!("{key}.end"), "the window ends when it starts: it would be empty");
-                ok = false;
-            }
+        if let (Some(s), Some(e)) = (start, end)
+            && s == e
+        {
+            self.problem(
+                &raw.end,
+                format!("{key}.end"),
+                "the window ends when it starts: it would be empty",
+            );
+            ok = false;
         }
         let tz_name = raw.tz.get_ref().trim().to_string();
         let tz = match jiff::tz::TimeZone::get(&tz_name) {
@@ -625,17 +666,29 @@ impl Checker<'_> {
             }
         });
         if parsed.is_none() {
-            self.problem(raw, key, format!("{text:?} is not a time of day: write HH:MM, e.g. \"22:00\""));
+            self.problem(
+                raw,
+                key,
+                format!("{text:?} is not a time of day: write HH:MM, e.g. \"22:00\""),
+            );
         }
         parsed
     }
 
-    fn sso_database(&mut self, spanned: &Spanned<RawSsoDatabase>, key: &str) -> Option<SsoDatabase> {
+    fn sso_database(
+        &mut self,
+        spanned: &Spanned<RawSsoDatabase>,
+        key: &str,
+    ) -> Option<SsoDatabase> {
         let raw = spanned.get_ref();
         let mut ok = true;
         let server = raw.server.get_ref().trim().to_string();
         if server.is_empty() {
-            self.problem(&raw.server, format!("{key}.server"), "the SQL Server host is empty");
+            self.problem(
+                &raw.server,
+                format!("{key}.server"),
+                "the SQL Server host is empty",
+            );
             ok = false;
         }
         let port = match &raw.port {
@@ -643,7 +696,11 @@ impl Checker<'_> {
             Some(p) => match u16::try_from(*p.get_ref()) {
                 Ok(port) if port > 0 => Some(port),
                 _ => {
-                    self.problem(p, format!("{key}.port"), format!("{} is not a TCP port (1 to 65535)", p.get_ref()));
+                    self.problem(
+                        p,
+                        format!("{key}.port"),
+                        format!("{} is not a TCP port (1 to 65535)", p.get_ref()),
+                    );
                     None
                 }
             },
@@ -659,21 +716,35 @@ impl Checker<'_> {
         };
         let integrated = raw.integrated.as_ref().is_some_and(|i| *i.get_ref());
         let auth = match (&raw.user, &raw.password_file, integrated) {
-            (Some(user), Some(file), false) if !user.get_ref().trim().is_empty() => Some(SqlAuth::Sql {
-                user: user.get_ref().trim().to_string(),
-                password_file: self.base.join(file.get_ref()),
-            }),
+            (Some(user), Some(file), false) if !user.get_ref().trim().is_empty() => {
+                Some(SqlAuth::Sql {
+                    user: user.get_ref().trim().to_string(),
+                    password_file: self.base.join(file.get_ref()),
+                })
+            }
             (None, None, true) => Some(SqlAuth::Integrated),
             (Some(_), _, true) | (_, Some(_), true) => {
-                self.problem(spanned, format!("{key}.integrated"), "choose either integrated = true or user + password_file, not both");
+                self.problem(
+                    spanned,
+                    format!("{key}.integrated"),
+                    "choose either integrated = true or user + password_file, not both",
+                );
                 None
             }
             (Some(user), None, false) => {
-                self.problem(user, format!("{key}.password_file"), "user is set but password_file is missing: name the file holding the password");
+                self.problem(
+                    user,
+                    format!("{key}.password_file"),
+                    "user is set but password_file is missing: name the file holding the password",
+                );
                 None
             }
             (None, Some(file), false) => {
-                self.problem(file, format!("{key}.user"), "password_file is set but user is missing");
+                self.problem(
+                    file,
+                    format!("{key}.user"),
+                    "password_file is set but user is missing",
+                );
                 None
             }
             (Some(user), Some(_), false) => {
@@ -681,7 +752,11 @@ impl Checker<'_> {
                 None
             }
             (None, None, false) => {
-                self.problem(spanned, key, "no credentials: set user + password_file, or integrated = true");
+                self.problem(
+                    spanned,
+                    key,
+                    "no credentials: set user + password_file, or integrated = true",
+                );
                 None
             }
         };

@@ -61,7 +61,10 @@ impl Coordinator {
     /// Loads and checks the inventory, the TLS material and the state directory.
     pub fn load(settings: &settings::Settings) -> Result<Self, StartError> {
         let inventory = Inventory::load(&settings.inventory)?;
-        let tls = TlsMaterial::load(&TlsFiles::in_dir(&settings.tls_dir, "coordinator"), Role::Coordinator)?;
+        let tls = TlsMaterial::load(
+            &TlsFiles::in_dir(&settings.tls_dir, "coordinator"),
+            Role::Coordinator,
+        )?;
         std::fs::create_dir_all(&settings.state_dir).map_err(|e| StartError::StateDir {
             path: settings.state_dir.clone(),
             detail: e.to_string(),
@@ -76,14 +79,22 @@ impl Coordinator {
     }
 
     /// Serves agents and operators on `listener` until `shutdown` is cancelled.
-    pub async fn run(self, listener: TcpListener, shutdown: CancellationToken) -> Result<(), StartError> {
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), StartError> {
         let epoch = epoch::take_next(&self.state_dir).map_err(|detail| StartError::StateDir {
             path: self.state_dir.clone(),
             detail,
         })?;
         let server_config = self.tls.server_config()?;
         let trust_domain = self.tls.identity().trust_domain().to_string();
-        let fleet = FleetHandle::spawn(self.inventory.clone(), self.heartbeat_timeout, shutdown.clone());
+        let fleet = FleetHandle::spawn(
+            self.inventory.clone(),
+            self.heartbeat_timeout,
+            shutdown.clone(),
+        );
         let shared = Arc::new(Shared::new(
             self.inventory,
             fleet,
@@ -93,7 +104,9 @@ impl Coordinator {
             shutdown.clone(),
         ));
         let agents = AgentServiceServer::with_interceptor(
-            AgentService { shared: shared.clone() },
+            AgentService {
+                shared: shared.clone(),
+            },
             require_role(Role::Agent, trust_domain.clone(), "agent"),
         );
         let operators = OperatorServiceServer::with_interceptor(

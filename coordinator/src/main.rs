@@ -27,7 +27,10 @@ async fn main() -> ExitCode {
     let listener = match tokio::net::TcpListener::bind(settings.listen).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("fleet-coordinator: cannot listen on {}: {e}", settings.listen);
+            eprintln!(
+                "fleet-coordinator: cannot listen on {}: {e}",
+                settings.listen
+            );
             return ExitCode::from(2);
         }
     };

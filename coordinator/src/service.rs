@@ -144,13 +144,19 @@ impl pb::agent_service_server::AgentService for AgentService {
 
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
-            Ok(Ok(Some(pb::AgentMessage { body: Some(AgentBody::Hello(hello)) }))) => hello,
+            Ok(Ok(Some(pb::AgentMessage {
+                body: Some(AgentBody::Hello(hello)),
+            }))) => hello,
             Ok(Ok(Some(_))) => {
                 tracing::warn!(node = %cert_node, %peer, "refused agent {cert_node} from {peer}: its first message was not a hello");
-                return Err(Status::invalid_argument("the first message must be a hello"));
+                return Err(Status::invalid_argument(
+                    "the first message must be a hello",
+                ));
             }
             Ok(Ok(None)) | Ok(Err(_)) => {
-                return Err(Status::cancelled("the agent closed the stream before its hello"));
+                return Err(Status::cancelled(
+                    "the agent closed the stream before its hello",
+                ));
             }
             Err(_) => {
                 tracing::warn!(node = %cert_node, %peer, "refused agent {cert_node} from {peer}: no hello within {HELLO_TIMEOUT:?}");
@@ -196,9 +202,16 @@ impl pb::agent_service_server::AgentService for AgentService {
             agent_version: hello.agent_version.clone(),
             agent_instance_id: hello.agent_instance_id.clone(),
         };
-        shared.fleet.attach(cert_node.clone(), session, hello.facts).await;
+        shared
+            .fleet
+            .attach(cert_node.clone(), session, hello.facts)
+            .await;
 
-        tokio::spawn(send_heartbeats(tx, shared.heartbeat_interval, closed.clone()));
+        tokio::spawn(send_heartbeats(
+            tx,
+            shared.heartbeat_interval,
+            closed.clone(),
+        ));
         tokio::spawn(receive(
             shared.fleet.clone(),
             cert_node,
@@ -324,7 +337,10 @@ impl pb::operator_service_server::OperatorService for OperatorService {
         Err(not_built("watching a run"))
     }
 
-    async fn get_run(&self, _request: Request<pb::GetRunRequest>) -> Result<Response<pb::Run>, Status> {
+    async fn get_run(
+        &self,
+        _request: Request<pb::GetRunRequest>,
+    ) -> Result<Response<pb::Run>, Status> {
         Err(not_built("showing a run"))
     }
 

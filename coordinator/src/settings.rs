@@ -74,7 +74,10 @@ impl Args {
     pub fn settings(self) -> Result<Settings, String> {
         let config_name = self.config_name();
         let (file, base) = match &self.config {
-            Some(path) => (read_file_settings(path)?, path.parent().map(Path::to_path_buf)),
+            Some(path) => (
+                read_file_settings(path)?,
+                path.parent().map(Path::to_path_buf),
+            ),
             None => (FileSettings::default(), None),
         };
         let rel = |p: PathBuf| match &base {
@@ -91,7 +94,10 @@ impl Args {
                 .transpose()
         };
         let missing = |what: &str| {
-            format!("missing --{what} (or `{}` in --config coordinator.toml)", what.replace('-', "_"))
+            format!(
+                "missing --{what} (or `{}` in --config coordinator.toml)",
+                what.replace('-', "_")
+            )
         };
         let heartbeat_interval = match self.heartbeat_interval {
             Some(d) => d,
@@ -120,7 +126,10 @@ impl Args {
             }
         }
         Ok(Settings {
-            listen: self.listen.or(file.listen).ok_or_else(|| missing("listen"))?,
+            listen: self
+                .listen
+                .or(file.listen)
+                .ok_or_else(|| missing("listen"))?,
             inventory: self
                 .inventory
                 .or(file.inventory.map(rel))
@@ -171,9 +180,14 @@ mod tests {
             "listen = \"127.0.0.1:7443\"\ninventory = \"fleet.toml\"\nstate_dir = \"state\"\ntls_dir = \"/etc/tls\"\nheartbeat_timeout = \"20s\"\n",
         )
         .unwrap();
-        let s = args(&["--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"])
-            .settings()
-            .unwrap();
+        let s = args(&[
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .settings()
+        .unwrap();
         assert_eq!(s.listen.port(), 0);
         assert_eq!(s.inventory, dir.path().join("fleet.toml"));
         assert_eq!(s.tls_dir, PathBuf::from("/etc/tls"));
@@ -189,15 +203,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("c.toml");
         std::fs::write(&config, "listen = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap();
-        let e = args(&["--config", config.to_str().unwrap()]).settings().unwrap_err();
+        let e = args(&["--config", config.to_str().unwrap()])
+            .settings()
+            .unwrap_err();
         assert!(e.contains("c.toml") && e.contains("listen_port"), "{e}");
 
         let e = args(&[
-            "--listen", "127.0.0.1:0", "--inventory", "f", "--state-dir", "s", "--tls-dir", "t",
-            "--heartbeat-interval", "10s", "--heartbeat-timeout", "5s",
+            "--listen",
+            "127.0.0.1:0",
+            "--inventory",
+            "f",
+            "--state-dir",
+            "s",
+            "--tls-dir",
+            "t",
+            "--heartbeat-interval",
+            "10s",
+            "--heartbeat-timeout",
+            "5s",
         ])
         .settings()
         .unwrap_err();
-        assert!(e.contains("must be longer than the heartbeat interval"), "{e}");
+        assert!(
+            e.contains("must be longer than the heartbeat interval"),
+            "{e}"
+        );
     }
 }

@@ -117,10 +117,11 @@ impl Agent {
             tracing::warn!(node = %self.config.node, "facts: {}", facts.error);
         }
         let url = &self.config.coordinator;
-        let channel = match fleet_proto::transport::connect(url, self.tls.clone(), CONNECT_TIMEOUT).await {
-            Ok(channel) => channel,
-            Err(e) => return SessionEnd::Connect(e.to_string()),
-        };
+        let channel =
+            match fleet_proto::transport::connect(url, self.tls.clone(), CONNECT_TIMEOUT).await {
+                Ok(channel) => channel,
+                Err(e) => return SessionEnd::Connect(e.to_string()),
+            };
         let (tx, rx) = mpsc::channel::<pb::AgentMessage>(256);
         let hello = pb::Hello {
             node: self.config.node.clone(),
@@ -140,18 +141,29 @@ impl Agent {
             Err(status) => return classify(&status, url),
         };
 
-        let welcome = match tokio::time::timeout(DEFAULT_HEARTBEAT_TIMEOUT, inbound.message()).await {
-            Ok(Ok(Some(pb::CoordinatorMessage { body: Some(CoordinatorBody::Welcome(w)) }))) => w,
-            Ok(Ok(Some(_))) => return SessionEnd::Lost("the coordinator's first message was not a welcome".into()),
-            Ok(Ok(None)) => return SessionEnd::Lost("the coordinator closed the stream before its welcome".into()),
+        let welcome = match tokio::time::timeout(DEFAULT_HEARTBEAT_TIMEOUT, inbound.message()).await
+        {
+            Ok(Ok(Some(pb::CoordinatorMessage {
+                body: Some(CoordinatorBody::Welcome(w)),
+            }))) => w,
+            Ok(Ok(Some(_))) => {
+                return SessionEnd::Lost(
+                    "the coordinator's first message was not a welcome".into(),
+                );
+            }
+            Ok(Ok(None)) => {
+                return SessionEnd::Lost(
+                    "the coordinator closed the stream before its welcome".into(),
+                );
+            }
             Ok(Err(status)) => return classify(&status, url),
             Err(_) => return SessionEnd::Lost("no welcome from the coordinator in time".into()),
         };
         *welcomed = true;
         self.highest_epoch = self.highest_epoch.max(welcome.epoch);
         let interval = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(100)));
-        let timeout = Duration::from_millis(u64::from(welcome.heartbeat_timeout_ms))
-            .max(interval * 2);
+        let timeout =
+            Duration::from_millis(u64::from(welcome.heartbeat_timeout_ms)).max(interval * 2);
         tracing::info!(
             node = %self.config.node, coordinator = %url, epoch = welcome.epoch,
             "attached to {url} as {} (coordinator epoch {})", self.config.node, welcome.epoch
@@ -179,13 +191,17 @@ impl Agent {
                     ));
                 }
                 Ok(Err(status)) => return classify(&status, url),
-                Ok(Ok(None)) => return SessionEnd::Lost("the coordinator closed the stream".into()),
+                Ok(Ok(None)) => {
+                    return SessionEnd::Lost("the coordinator closed the stream".into());
+                }
                 Ok(Ok(Some(pb::CoordinatorMessage { body: None }))) => continue,
                 Ok(Ok(Some(pb::CoordinatorMessage { body: Some(body) }))) => body,
             };
             match body {
                 CoordinatorBody::Heartbeat(_) | CoordinatorBody::EventAck(_) => {}
-                CoordinatorBody::Welcome(_) => tracing::warn!("a second welcome from the coordinator; ignored"),
+                CoordinatorBody::Welcome(_) => {
+                    tracing::warn!("a second welcome from the coordinator; ignored")
+                }
                 CoordinatorBody::RefreshFacts(request) => {
                     let mut params = self.fact_params();
                     if !request.installer.is_empty() {
@@ -208,7 +224,11 @@ impl Agent {
                         reason: "running steps is not built into this agent yet".into(),
                         report: None,
                     };
-                    if tx.send(message(AgentBody::AssignmentAck(ack))).await.is_err() {
+                    if tx
+                        .send(message(AgentBody::AssignmentAck(ack)))
+                        .await
+                        .is_err()
+                    {
                         return SessionEnd::Lost("the stream to the coordinator closed".into());
                     }
                 }
@@ -220,13 +240,19 @@ impl Agent {
                             state: pb::AttemptState::Unknown as i32,
                             ..Default::default()
                         };
-                        if tx.send(message(AgentBody::AttemptReport(report))).await.is_err() {
+                        if tx
+                            .send(message(AgentBody::AttemptReport(report)))
+                            .await
+                            .is_err()
+                        {
                             return SessionEnd::Lost("the stream to the coordinator closed".into());
                         }
                     }
                 }
                 CoordinatorBody::Cancel(_) | CoordinatorBody::ContinueAttempt(_) => {
-                    tracing::warn!("the coordinator addressed a step attempt this agent never accepted; ignored");
+                    tracing::warn!(
+                        "the coordinator addressed a step attempt this agent never accepted; ignored"
+                    );
                 }
             }
         }
@@ -240,7 +266,9 @@ impl Agent {
 fn classify(status: &tonic::Status, url: &str) -> SessionEnd {
     use tonic::Code;
     match status.code() {
-        Code::PermissionDenied | Code::Unauthenticated => SessionEnd::Refused(status.message().to_string()),
+        Code::PermissionDenied | Code::Unauthenticated => {
+            SessionEnd::Refused(status.message().to_string())
+        }
         Code::Unavailable | Code::Unknown => {
             let detail = std::error::Error::source(status)
                 .map(fleet_proto::transport::describe_chain)

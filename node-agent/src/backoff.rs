@@ -48,11 +48,19 @@ mod tests {
 
     #[test]
     fn grows_exponentially_within_jitter_bounds_and_resets() {
-        let mut b = Backoff::with_rng(Duration::from_millis(100), Duration::from_secs(2), fastrand::Rng::with_seed(7));
+        let mut b = Backoff::with_rng(
+            Duration::from_millis(100),
+            Duration::from_secs(2),
+            fastrand::Rng::with_seed(7),
+        );
         let mut ceiling = Duration::from_millis(100);
         for _ in 0..10 {
             let d = b.next_delay();
-            assert!(d >= ceiling / 2 && d <= ceiling, "{d:?} outside [{:?}, {ceiling:?}]", ceiling / 2);
+            assert!(
+                d >= ceiling / 2 && d <= ceiling,
+                "{d:?} outside [{:?}, {ceiling:?}]",
+                ceiling / 2
+            );
             ceiling = (ceiling * 2).min(Duration::from_secs(2));
         }
         b.reset();
@@ -63,8 +71,12 @@ mod tests {
     fn jitter_spreads_agents_apart() {
         let delays: std::collections::HashSet<Duration> = (0..20)
             .map(|seed| {
-                Backoff::with_rng(Duration::from_secs(1), Duration::from_secs(1), fastrand::Rng::with_seed(seed))
-                    .next_delay()
+                Backoff::with_rng(
+                    Duration::from_secs(1),
+                    Duration::from_secs(1),
+                    fastrand::Rng::with_seed(seed),
+                )
+                .next_delay()
             })
             .collect();
         assert!(delays.len() > 10, "only {} distinct delays", delays.len());

@@ -70,7 +70,10 @@ impl FromStr for ActionName {
     type Err = ();
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ActionName::ALL.into_iter().find(|a| a.as_str() == s).ok_or(())
+        ActionName::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or(())
     }
 }
 
@@ -129,15 +132,12 @@ fn walk(
     while let Some(i) = rest.find(['{', '}']) {
         out.push_str(&rest[..i]);
         let tail = &rest[i..];
-        if tail.starts_with("{{") {
+        if let Some(after) = tail.strip_prefix("{{") {
             out.push('{');
-            rest = &tail[2..];
-        } else if tail.starts_with("}}") {
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("}}").or_else(|| tail.strip_prefix('}')) {
             out.push('}');
-            rest = &tail[2..];
-        } else if tail.starts_with('}') {
-            out.push('}');
-            rest = &tail[1..];
+            rest = after;
         } else {
             let end = tail.find('}').ok_or(TemplateError::Unclosed)?;
             out.push_str(&value(&tail[1..end])?);
@@ -158,14 +158,23 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        assert_eq!(expand("{backup_dir}\\{node}.bak", &values).unwrap(), r"\\b\sso\n1.bak");
+        assert_eq!(
+            expand("{backup_dir}\\{node}.bak", &values).unwrap(),
+            r"\\b\sso\n1.bak"
+        );
         assert_eq!(expand("{{literal}}", &values).unwrap(), "{literal}");
         assert_eq!(
             expand("{run_id}", &values).unwrap_err(),
             TemplateError::NoValue("run_id".into())
         );
-        assert_eq!(expand("{x}", &values).unwrap_err(), TemplateError::Unknown("x".into()));
-        assert_eq!(expand("{node", &values).unwrap_err(), TemplateError::Unclosed);
+        assert_eq!(
+            expand("{x}", &values).unwrap_err(),
+            TemplateError::Unknown("x".into())
+        );
+        assert_eq!(
+            expand("{node", &values).unwrap_err(),
+            TemplateError::Unclosed
+        );
         assert!(check_template("-backupSecret {backup_file}").is_ok());
     }
 

@@ -51,7 +51,11 @@ pub struct ConfigError {
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let lines: Vec<String> = self.problems.iter().map(|p| p.display_in(&self.file)).collect();
+        let lines: Vec<String> = self
+            .problems
+            .iter()
+            .map(|p| p.display_in(&self.file))
+            .collect();
         f.write_str(&lines.join("\n"))
     }
 }
@@ -151,8 +155,13 @@ impl AgentConfig {
                 format!("{coordinator:?} must be an https:// URL, e.g. \"https://coord.corp.example:7443\""),
             );
         }
-        let reconnect_initial = ctx.duration(&raw.reconnect.initial, "reconnect.initial", Duration::from_millis(500));
-        let reconnect_max = ctx.duration(&raw.reconnect.max, "reconnect.max", Duration::from_secs(30));
+        let reconnect_initial = ctx.duration(
+            &raw.reconnect.initial,
+            "reconnect.initial",
+            Duration::from_millis(500),
+        );
+        let reconnect_max =
+            ctx.duration(&raw.reconnect.max, "reconnect.max", Duration::from_secs(30));
 
         let mut actions = BTreeMap::new();
         for (name, action) in &raw.actions {
@@ -170,14 +179,21 @@ impl AgentConfig {
                 continue;
             };
             if action.program.get_ref().trim().is_empty() {
-                ctx.problem(action.program.span(), &format!("{key}.program"), "the program is empty".into());
+                ctx.problem(
+                    action.program.span(),
+                    &format!("{key}.program"),
+                    "the program is empty".into(),
+                );
             }
             for (i, arg) in action.args.iter().enumerate() {
                 if let Err(e) = check_template(arg.get_ref()) {
                     ctx.problem(
                         arg.span(),
                         &format!("{key}.args[{i}]"),
-                        format!("{e}; the placeholders are {}", PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(", ")),
+                        format!(
+                            "{e}; the placeholders are {}",
+                            PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(", ")
+                        ),
                     );
                 }
             }
@@ -244,8 +260,14 @@ impl Ctx<'_> {
         });
     }
 
-    fn duration(&mut self, raw: &Option<Spanned<String>>, key: &str, default: Duration) -> Duration {
-        raw.as_ref().map_or(default, |d| self.duration_of(d, key, default))
+    fn duration(
+        &mut self,
+        raw: &Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
+        raw.as_ref()
+            .map_or(default, |d| self.duration_of(d, key, default))
     }
 
     fn duration_of(&mut self, raw: &Spanned<String>, key: &str, default: Duration) -> Duration {
@@ -255,7 +277,10 @@ impl Ctx<'_> {
                 self.problem(
                     raw.span(),
                     key,
-                    format!("{:?} is not a duration longer than zero; write e.g. \"10m\" or \"500ms\"", raw.get_ref()),
+                    format!(
+                        "{:?} is not a duration longer than zero; write e.g. \"10m\" or \"500ms\"",
+                        raw.get_ref()
+                    ),
                 );
                 default
             }
@@ -300,17 +325,30 @@ timeout = "10m"
 
     #[test]
     fn problems_name_line_and_key() {
-        let e = parse(&VALID.replace("[actions.backup_secret]", "[actions.backup_secrets]")).unwrap_err();
+        let e = parse(&VALID.replace("[actions.backup_secret]", "[actions.backup_secrets]"))
+            .unwrap_err();
         let shown = e.to_string();
-        assert!(shown.starts_with("/etc/ssofleet/agent.toml: line 10, key actions.backup_secrets: "), "{shown}");
+        assert!(
+            shown.starts_with("/etc/ssofleet/agent.toml: line 10, key actions.backup_secrets: "),
+            "{shown}"
+        );
 
         let e = parse(&VALID.replace("{backup_file}", "{backupfile}")).unwrap_err();
-        assert!(e.to_string().contains("line 12, key actions.backup_secret.args[1]: unknown placeholder {backupfile}"), "{e}");
+        assert!(
+            e.to_string().contains(
+                "line 12, key actions.backup_secret.args[1]: unknown placeholder {backupfile}"
+            ),
+            "{e}"
+        );
 
         let e = parse(&VALID.replace("https://", "http://")).unwrap_err();
         assert!(e.to_string().contains("line 2, key coordinator"), "{e}");
 
         let e = parse(&VALID.replace("[tls]", "[tls]\npassword = 1")).unwrap_err();
-        assert!(e.to_string().contains("line 5, key tls.password: unknown key `password`"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("line 5, key tls.password: unknown key `password`"),
+            "{e}"
+        );
     }
 }

@@ -22,7 +22,8 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 pub async fn collect(config: &AgentConfig, params: &BTreeMap<String, String>) -> pb::Facts {
     let mut facts = match config.actions.get(&ActionName::Facts) {
         Some(action) => {
-            let args: Result<Vec<String>, _> = action.args.iter().map(|a| expand(a, params)).collect();
+            let args: Result<Vec<String>, _> =
+                action.args.iter().map(|a| expand(a, params)).collect();
             match args {
                 Ok(args) => {
                     let spec = CommandSpec {

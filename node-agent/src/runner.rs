@@ -88,24 +88,21 @@ pub fn parse_line(line: &str) -> Report {
     if let Some(rest) = line.strip_prefix("::progress::") {
         let rest = rest.trim_start();
         let (number, message) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
-        if let Ok(percent) = number.parse::<u32>() {
-            if percent <= 100 {
-                return Report::Progress {
-                    percent,
-                    message: message.trim().to_string(),
-                };
-            }
+        if let Some(percent) = number.parse::<u32>().ok().filter(|p| *p <= 100) {
+            return Report::Progress {
+                percent,
+                message: message.trim().to_string(),
+            };
         }
-    } else if let Some(rest) = line.strip_prefix("::output::") {
-        if let Some((key, value)) = rest.trim_start().split_once('=') {
-            let key = key.trim();
-            if !key.is_empty() {
-                return Report::Output {
-                    key: key.to_string(),
-                    value: value.trim_end().to_string(),
-                };
-            }
-        }
+    } else if let Some((key, value)) = line
+        .strip_prefix("::output::")
+        .and_then(|rest| rest.trim_start().split_once('='))
+        .filter(|(key, _)| !key.trim().is_empty())
+    {
+        return Report::Output {
+            key: key.trim().to_string(),
+            value: value.trim_end().to_string(),
+        };
     }
     Report::Stdout(line.to_string())
 }
@@ -126,7 +123,11 @@ pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Ou
     command
         .args(&spec.args)
         .envs(&spec.env)
-        .stdin(if spec.stdin_secret.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if spec.stdin_secret.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
@@ -220,7 +221,10 @@ pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Ou
 fn kill_tree(child: &mut tokio::process::Child) {
     #[cfg(unix)]
     if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
     let _ = child.start_kill();
 }
@@ -238,7 +242,9 @@ async fn forward_lines(
             Ok(0) | Err(_) => return,
             Ok(_) => {
                 // Windows tools write CRLF and sometimes a legacy code page: keep what is readable.
-                let line = String::from_utf8_lossy(&buf).trim_end_matches(['\r', '\n']).to_string();
+                let line = String::from_utf8_lossy(&buf)
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string();
                 if tx.send((is_stderr, line)).await.is_err() {
                     return;
                 }
@@ -255,22 +261,39 @@ mod tests {
     fn parses_the_line_protocol() {
         assert_eq!(
             parse_line("::progress:: 40 copying files"),
-            Report::Progress { percent: 40, message: "copying files".into() }
+            Report::Progress {
+                percent: 40,
+                message: "copying files".into()
+            }
         );
         assert_eq!(
             parse_line("::progress:: 100"),
-            Report::Progress { percent: 100, message: String::new() }
+            Report::Progress {
+                percent: 100,
+                message: String::new()
+            }
         );
         assert_eq!(
             parse_line("::output:: version=3.0.7"),
-            Report::Output { key: "version".into(), value: "3.0.7".into() }
+            Report::Output {
+                key: "version".into(),
+                value: "3.0.7".into()
+            }
         );
         assert_eq!(
             parse_line("::output:: products=biztalk,his"),
-            Report::Output { key: "products".into(), value: "biztalk,his".into() }
+            Report::Output {
+                key: "products".into(),
+                value: "biztalk,his".into()
+            }
         );
         // Malformed protocol lines are kept as log output, not lost.
-        for line in ["::progress:: 140 too much", "::progress:: x", "::output:: novalue", "hello"] {
+        for line in [
+            "::progress:: 140 too much",
+            "::progress:: x",
+            "::output:: novalue",
+            "hello",
+        ] {
             assert_eq!(parse_line(line), Report::Stdout(line.into()));
         }
     }
@@ -295,7 +318,10 @@ mod tests {
         let outcome = run(&spec, tx).await.unwrap();
         assert_eq!(outcome.exit_code, Some(3));
         assert!(!outcome.succeeded());
-        assert_eq!(outcome.outputs.get("version").map(String::as_str), Some("3.0.7"));
+        assert_eq!(
+            outcome.outputs.get("version").map(String::as_str),
+            Some("3.0.7")
+        );
         assert_eq!(outcome.stderr_tail, ["oops"]);
         assert_eq!(outcome.failure("facts"), "facts exited with code 3: oops");
         let mut stdout = Vec::new();
@@ -307,8 +333,14 @@ mod tests {
         assert_eq!(
             stdout,
             [
-                Report::Progress { percent: 50, message: "half".into() },
-                Report::Output { key: "version".into(), value: "3.0.7".into() },
+                Report::Progress {
+                    percent: 50,
+                    message: "half".into()
+                },
+                Report::Output {
+                    key: "version".into(),
+                    value: "3.0.7".into()
+                },
                 Report::Stdout("plain".into()),
             ]
         );
@@ -317,23 +349,35 @@ mod tests {
     #[tokio::test]
     async fn a_command_past_its_timeout_is_stopped() {
         let (tx, _rx) = mpsc::channel(64);
-        let outcome = run(&sh("sleep 30", Duration::from_millis(200)), tx).await.unwrap();
+        let outcome = run(&sh("sleep 30", Duration::from_millis(200)), tx)
+            .await
+            .unwrap();
         assert!(outcome.timed_out);
         assert_eq!(outcome.exit_code, None);
         assert!(outcome.duration < Duration::from_secs(10));
         assert!(!outcome.succeeded());
-        assert!(outcome.failure("install_sso").starts_with("install_sso did not finish within"));
+        assert!(
+            outcome
+                .failure("install_sso")
+                .starts_with("install_sso did not finish within")
+        );
     }
 
     #[tokio::test]
     async fn the_secret_goes_to_stdin_only() {
         let (tx, _rx) = mpsc::channel(64);
-        let mut spec = sh("read pw; echo \"::output:: got=$pw\"", Duration::from_secs(20));
+        let mut spec = sh(
+            "read pw; echo \"::output:: got=$pw\"",
+            Duration::from_secs(20),
+        );
         spec.stdin_secret = Some("s3cret".into());
         assert!(!spec.display().contains("s3cret"));
         let outcome = run(&spec, tx).await.unwrap();
         assert!(outcome.succeeded(), "{outcome:?}");
-        assert_eq!(outcome.outputs.get("got").map(String::as_str), Some("s3cret"));
+        assert_eq!(
+            outcome.outputs.get("got").map(String::as_str),
+            Some("s3cret")
+        );
     }
 
     #[tokio::test]
@@ -342,6 +386,10 @@ mod tests {
         let mut spec = sh("", Duration::from_secs(1));
         spec.program = "/nonexistent/ssoconfig".into();
         let e = run(&spec, tx).await.unwrap_err();
-        assert!(e.to_string().starts_with("cannot start /nonexistent/ssoconfig"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("cannot start /nonexistent/ssoconfig"),
+            "{e}"
+        );
     }
 }

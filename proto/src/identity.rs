@@ -95,8 +95,8 @@ impl PeerIdentity {
                 IdentityKind::Agent(node.to_ascii_lowercase())
             }
             ["operator", name] => {
-                let name =
-                    valid_name(name, "operator name").map_err(|_| malformed("bad operator name"))?;
+                let name = valid_name(name, "operator name")
+                    .map_err(|_| malformed("bad operator name"))?;
                 IdentityKind::Operator(name.to_string())
             }
             _ => {
@@ -184,7 +184,10 @@ impl fmt::Display for PeerIdentity {
 pub fn valid_name<'a>(name: &'a str, what: &'static str) -> Result<&'a str, IdentityError> {
     let ok = !name.is_empty()
         && name.len() <= 253
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));

@@ -173,8 +173,8 @@ impl TlsMaterial {
         }
         let chain = read_certs(&files.cert)?;
         let key_der = read_key(&files.key)?;
-        let key = CertifiedKey::from_der(chain.clone(), key_der, &provider()).map_err(
-            |e| match e {
+        let key =
+            CertifiedKey::from_der(chain.clone(), key_der, &provider()).map_err(|e| match e {
                 rustls::Error::InconsistentKeys(_) => TlsError::KeyMismatch {
                     cert: files.cert.clone(),
                     key: files.key.clone(),
@@ -183,14 +183,12 @@ impl TlsMaterial {
                     path: files.key.clone(),
                     detail: other.to_string(),
                 },
-            },
-        )?;
-        let identity = PeerIdentity::from_certificate_der(&chain[0]).map_err(|source| {
-            TlsError::Identity {
+            })?;
+        let identity =
+            PeerIdentity::from_certificate_der(&chain[0]).map_err(|source| TlsError::Identity {
                 path: files.cert.clone(),
                 source,
-            }
-        })?;
+            })?;
         Ok(Self {
             roots: Arc::new(roots),
             key: Arc::new(key),
@@ -206,10 +204,9 @@ impl TlsMaterial {
     /// The coordinator's server configuration: TLS 1.2+, HTTP/2, a client certificate issued by the
     /// fleet CA required. Which roles may use which service is decided per request, from the identity.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
-                .build()
-                .map_err(|e| TlsError::Config(e.to_string()))?;
+        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Config(e.to_string()))?
@@ -224,10 +221,12 @@ impl TlsMaterial {
     /// A client configuration that presents this process's certificate and accepts only a server that
     /// chains to the fleet CA, matches the host name dialled, and names `expected` in its URI SAN.
     pub fn client_config(&self, expected: PeerIdentity) -> Result<Arc<ClientConfig>, TlsError> {
-        let inner =
-            rustls::client::WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider())
-                .build()
-                .map_err(|e| TlsError::Config(e.to_string()))?;
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            self.roots.clone(),
+            provider(),
+        )
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
         let verifier = Arc::new(ExpectedPeerVerifier { inner, expected });
         let mut config = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -320,9 +319,10 @@ impl ServerCertVerifier for ExpectedPeerVerifier {
 pub fn explain(error: &rustls::Error) -> String {
     use rustls::AlertDescription as A;
     match error {
-        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
-            "the peer's certificate was not issued by this fleet's CA".into()
-        }
+        rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        ) => "the peer's certificate was not issued by this fleet's CA".into(),
+        rustls::Error::InvalidCertificate(CertificateError::Other(other)) => other.to_string(),
         rustls::Error::InvalidCertificate(CertificateError::Expired) => {
             "the peer's certificate has expired".into()
         }
@@ -451,7 +451,10 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(e, TlsError::KeyMismatch { .. }), "{e}");
-        assert!(e.to_string().contains("does not match the certificate"), "{e}");
+        assert!(
+            e.to_string().contains("does not match the certificate"),
+            "{e}"
+        );
 
         // No SAN identity at all.
         let plain = pki.issue("plain", None);

@@ -72,7 +72,10 @@ fn log_refused(peer: SocketAddr, error: &std::io::Error) {
 }
 
 fn describe_io(error: &std::io::Error) -> String {
-    match error.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+    match error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
         Some(tls) => explain(tls),
         None => error.to_string(),
     }
@@ -97,12 +100,19 @@ pub async fn connect(
         url: url.to_string(),
         problem: problem.to_string(),
     };
-    let uri: Uri = url.parse().map_err(|e: http_error::InvalidUri| bad(&e.to_string()))?;
+    let uri: Uri = url
+        .parse()
+        .map_err(|e: http_error::InvalidUri| bad(&e.to_string()))?;
     if uri.scheme_str() != Some("https") {
-        return Err(bad("the scheme must be https:// (there is no plaintext mode)"));
+        return Err(bad(
+            "the scheme must be https:// (there is no plaintext mode)",
+        ));
     }
     let host = uri.host().ok_or_else(|| bad("no host"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let port = uri.port_u16().unwrap_or(443);
     let server_name = ServerName::try_from(host.clone()).map_err(|e| bad(&e.to_string()))?;
     // tonic refuses https:// URIs on a custom connector (it would add its own TLS): TLS is ours, so the

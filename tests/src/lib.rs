@@ -1,1 +1,442 @@
+//! Harness for ssofleet's end-to-end tests: starts the real `fleet-coordinator`, `fleet-agent` and
+//! `fleetctl` binaries on 127.0.0.1 port 0, with certificates made per test by `fleetctl certs`, each
+//! process logging to a file in the test's temporary directory. Processes are killed when dropped.
+//!
+//! The binaries are the workspace's own, found next to the test executable (`target/<profile>/`);
+//! `cargo test --workspace` builds them before any test runs.
+#![forbid(unsafe_code)]
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// A generous bound for things that happen in milliseconds on an idle machine: CI machines are shared.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// The path of one of the workspace's binaries.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test executable lives in target/<profile>/deps");
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    let built = std::fs::metadata(&path).and_then(|m| m.modified());
+    let Ok(built) = built else {
+        panic!(
+            "{} is missing: build the binaries first (`cargo test --workspace` does, or `cargo build --workspace --bins`)",
+            path.display()
+        );
+    };
+    // `cargo test -p fleet-tests` alone does not rebuild the other packages' binaries: never test old ones.
+    if let Some((source, changed)) = newest_source() {
+        assert!(
+            built >= *changed,
+            "{} is older than {}: rebuild with `cargo test --workspace` (or `cargo build --workspace --bins`)",
+            path.display(),
+            source.display()
+        );
+    }
+    path
+}
+
+/// The most recently modified source file of the workspace's crates.
+fn newest_source() -> Option<&'static (PathBuf, std::time::SystemTime)> {
+    static NEWEST: std::sync::OnceLock<Option<(PathBuf, std::time::SystemTime)>> =
+        std::sync::OnceLock::new();
+    NEWEST
+        .get_or_init(|| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
+            let mut newest: Option<(PathBuf, std::time::SystemTime)> = None;
+            let mut stack: Vec<PathBuf> = ["proto", "coordinator", "node-agent", "cli"]
+                .iter()
+                .map(|c| root.join(c))
+                .collect();
+            while let Some(dir) = stack.pop() {
+                for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    let path = entry.path();
+                    if path.is_dir() {
+                        stack.push(path);
+                    } else if path
+                        .extension()
+                        .is_some_and(|e| e == "rs" || e == "proto" || e == "toml")
+                        && let Ok(modified) = entry.metadata().and_then(|m| m.modified())
+                        && newest.as_ref().is_none_or(|(_, t)| modified > *t)
+                    {
+                        newest = Some((path, modified));
+                    }
+                }
+            }
+            newest
+        })
+        .as_ref()
+}
+
+/// The fixture scripts that stand in for Windows tools.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// Polls `check` until it returns `Some`, or fails after `within` with `what` and the last value seen.
+pub fn eventually<T>(within: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            start.elapsed() < within,
+            "timed out after {within:?} waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs `fleetctl` with `args` and returns its output.
+pub fn fleetctl(args: &[&str]) -> Output {
+    Command::new(bin("fleetctl"))
+        .args(args)
+        .env_remove("FLEET_COORDINATOR")
+        .env_remove("FLEET_TLS_DIR")
+        .stdin(Stdio::null())
+        .output()
+        .expect("fleetctl runs")
+}
+
+/// A test's working directory with a fleet CA made by `fleetctl certs init`.
+pub struct Fleet {
+    pub dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    pub fn new() -> Result<Self> {
+        let fleet = Self {
+            dir: tempfile::tempdir()?,
+        };
+        fleet.certs_init("tls")?;
+        Ok(fleet)
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// `fleetctl certs init --out <rel>`: a CA with coordinator and operator certificates.
+    pub fn certs_init(&self, rel: &str) -> Result<PathBuf> {
+        let out = self.path(rel);
+        let o = fleetctl(&["certs", "init", "--out", path_str(&out)?]);
+        if !o.status.success() {
+            bail!("certs init failed: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        Ok(out)
+    }
+
+    /// `fleetctl certs issue --agent NODE` signed by the CA in `ca_rel`, into `out_rel`.
+    pub fn issue_agent(&self, ca_rel: &str, node: &str, out_rel: &str) -> Result<PathBuf> {
+        let out = self.path(out_rel);
+        let o = fleetctl(&[
+            "certs",
+            "issue",
+            "--out",
+            path_str(&out)?,
+            "--ca-dir",
+            path_str(&self.path(ca_rel))?,
+            "--agent",
+            node,
+        ]);
+        if !o.status.success() {
+            bail!("certs issue failed: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        Ok(out)
+    }
+
+    pub fn write(&self, rel: &str, content: &str) -> Result<PathBuf> {
+        let path = self.path(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, content)?;
+        Ok(path)
+    }
+}
+
+pub fn path_str(p: &Path) -> Result<&str> {
+    p.to_str().context("non-UTF-8 path")
+}
+
+/// A child process whose standard error goes to a log file; killed on drop.
+pub struct Process {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn spawn(name: &str, command: &mut Command, log: PathBuf) -> Result<Self> {
+        let file = std::fs::File::create(&log)?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .env(
+                "FLEET_LOG",
+                "info,fleet_coordinator=debug,fleet_agent=debug",
+            )
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Self {
+            name: name.to_string(),
+            child: Some(child),
+            log,
+        })
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log has a line containing `needle`; an error if the process exits first.
+    pub fn wait_for_log_while_running(&mut self, needle: &str) -> Result<String> {
+        let start = Instant::now();
+        loop {
+            if let Some(line) = self.log_text().lines().find(|l| l.contains(needle)) {
+                return Ok(line.to_string());
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                self.child = None;
+                bail!(
+                    "{} exited ({status}) before logging {needle:?}:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            if start.elapsed() > PATIENCE {
+                bail!("{} did not log {needle:?} within {PATIENCE:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Waits until the log has a line containing `needle`, and returns that line.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        eventually(
+            PATIENCE,
+            &format!("{} to log {needle:?}", self.name),
+            || {
+                self.log_text()
+                    .lines()
+                    .find(|l| l.contains(needle))
+                    .map(str::to_string)
+            },
+        )
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`) with kill(1).
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let pid = self.pid().context("process already gone")?;
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -{signal} {pid} failed");
+        }
+        Ok(())
+    }
+
+    /// Waits for the process to exit by itself and returns its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let code = eventually(PATIENCE, &format!("{} to exit", self.name), || {
+            child.try_wait().ok().flatten().map(|s| s.code())
+        });
+        self.child = None;
+        code
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A running coordinator.
+pub struct Coordinator {
+    pub process: Process,
+    pub addr: SocketAddr,
+}
+
+pub struct CoordinatorOptions {
+    pub heartbeat_interval: &'static str,
+    pub heartbeat_timeout: &'static str,
+}
+
+impl Default for CoordinatorOptions {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: "200ms",
+            heartbeat_timeout: "1s",
+        }
+    }
+}
+
+impl Coordinator {
+    /// Starts `fleet-coordinator` on `listen` (use "127.0.0.1:0") with `fleet.toml`, `state/` and `tls/`
+    /// of the fleet directory, and waits for its `listening on` line.
+    pub fn start(fleet: &Fleet, listen: &str, options: &CoordinatorOptions) -> Result<Self> {
+        let log = next_log(fleet, "coordinator");
+        let mut process = Process::spawn(
+            "fleet-coordinator",
+            Command::new(bin("fleet-coordinator")).args([
+                "--listen",
+                listen,
+                "--inventory",
+                path_str(&fleet.path("fleet.toml"))?,
+                "--state-dir",
+                path_str(&fleet.path("state"))?,
+                "--tls-dir",
+                path_str(&fleet.path("tls"))?,
+                "--heartbeat-interval",
+                options.heartbeat_interval,
+                "--heartbeat-timeout",
+                options.heartbeat_timeout,
+            ]),
+            log,
+        )?;
+        let line = process.wait_for_log_while_running("listening on ")?;
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .context("no address after `listening on`")?
+            .parse()?;
+        Ok(Self { process, addr })
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// `fleetctl nodes --output json` as the operator of `tls/`.
+    pub fn nodes(&self, fleet: &Fleet) -> Result<Vec<serde_json::Value>> {
+        let o = fleetctl(&[
+            "--coordinator",
+            &self.url(),
+            "--tls-dir",
+            path_str(&fleet.path("tls"))?,
+            "--output",
+            "json",
+            "nodes",
+        ]);
+        if !o.status.success() {
+            bail!(
+                "fleetctl nodes failed ({}): {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        match serde_json::from_slice(&o.stdout)? {
+            serde_json::Value::Array(nodes) => Ok(nodes),
+            other => bail!("nodes printed no array: {other}"),
+        }
+    }
+
+    /// The `nodes` entry of `name`.
+    pub fn node(&self, fleet: &Fleet, name: &str) -> Result<serde_json::Value> {
+        self.nodes(fleet)?
+            .into_iter()
+            .find(|n| n["name"] == name)
+            .with_context(|| format!("node {name} not listed"))
+    }
+
+    /// Waits until `nodes` shows `name` attached (or detached).
+    pub fn wait_attached(&self, fleet: &Fleet, name: &str, attached: bool) -> serde_json::Value {
+        eventually(PATIENCE, &format!("{name} attached={attached}"), || {
+            self.node(fleet, name)
+                .ok()
+                .filter(|n| n["attached"] == attached)
+        })
+    }
+}
+
+fn next_log(fleet: &Fleet, stem: &str) -> PathBuf {
+    (1..)
+        .map(|i| fleet.path(&format!("{stem}.{i}.log")))
+        .find(|p| !p.exists())
+        .unwrap_or_else(|| fleet.path(&format!("{stem}.log")))
+}
+
+/// An agent's settings for [`Agent::start`].
+pub struct AgentSpec<'a> {
+    /// `node` in agent.toml.
+    pub node: &'a str,
+    /// Directory (relative to the fleet) holding ca.pem, agent.pem and agent-key.pem.
+    pub tls_rel: &'a str,
+    pub coordinator: &'a str,
+    /// The ESSO version the simulated facts tool reports ("" for none).
+    pub version: &'a str,
+}
+
+pub struct Agent {
+    pub process: Process,
+}
+
+impl Agent {
+    /// Writes `agents/<node>/agent.toml` (facts from the fixture tool) and starts `fleet-agent`.
+    pub fn start(fleet: &Fleet, spec: &AgentSpec<'_>) -> Result<Self> {
+        let tls = fleet.path(spec.tls_rel);
+        let config = format!(
+            r#"node = "{node}"
+coordinator = "{coordinator}"
+state_dir = "state"
+[tls]
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+[reconnect]
+initial = "100ms"
+max = "500ms"
+[actions.facts]
+program = "{facts}"
+env = {{ FAKE_ESSO_VERSION = "{version}", FAKE_ESSO_SERVICE = "running", FAKE_ESSO_PRODUCTS = "biztalk" }}
+"#,
+            node = spec.node,
+            coordinator = spec.coordinator,
+            ca = tls.join("ca.pem").display(),
+            cert = tls.join("agent.pem").display(),
+            key = tls.join("agent-key.pem").display(),
+            facts = fixture("esso-facts").display(),
+            version = spec.version,
+        );
+        let dir = format!("agents/{}", spec.node);
+        let path = fleet.write(&format!("{dir}/agent.toml"), &config)?;
+        let log = next_log(fleet, &format!("{dir}/agent"));
+        let process = Process::spawn(
+            &format!("fleet-agent {}", spec.node),
+            Command::new(bin("fleet-agent")).args(["--config", path_str(&path)?]),
+            log,
+        )?;
+        Ok(Self { process })
+    }
+}

@@ -48,7 +48,9 @@ fn problem(text: &str) -> (usize, String, String) {
 
 /// The 1-based line of `text` where `needle` first occurs.
 fn line_with(text: &str, needle: &str) -> usize {
-    let at = text.find(needle).unwrap_or_else(|| panic!("{needle:?} not in the text"));
+    let at = text
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle:?} not in the text"));
     text[..at].matches('\n').count() + 1
 }
 
@@ -75,7 +77,11 @@ fn parses_the_spec_example() {
     assert_eq!(names, ["dev", "prod"]);
     let dev = &inv.environments[0];
     assert_eq!(dev.master.as_str(), "sso-dev-01");
-    assert_eq!(dev.members[1].as_str(), "sso-dev-03", "node names fold to lower case");
+    assert_eq!(
+        dev.members[1].as_str(),
+        "sso-dev-03",
+        "node names fold to lower case"
+    );
     let window = dev.window.as_ref().unwrap();
     assert_eq!(window.days.len(), 2);
     assert_eq!(window.tz_name, "Europe/Berlin");
@@ -92,7 +98,9 @@ fn parses_the_spec_example() {
     assert_eq!(prod.gate, Gate::Soak(Duration::from_secs(600)));
     assert_eq!(prod.install, InstallMode::Attended);
     assert_eq!(inv.node_count(), 4);
-    let (env, role) = inv.find_node(&NodeName::new("sso-prod-01").unwrap()).unwrap();
+    let (env, role) = inv
+        .find_node(&NodeName::new("sso-prod-01").unwrap())
+        .unwrap();
     assert_eq!((env.name.as_str(), role), ("prod", Role::Master));
 }
 
@@ -113,7 +121,10 @@ fn defaults_apply_when_policy_and_gate_are_omitted() {
 fn unknown_keys_name_line_and_key() {
     let text = edit("gate = \"auto\"", "gate = \"auto\"\ngatee = 1");
     let (line, key, msg) = problem(&text);
-    assert_eq!((line, key.as_str()), (line_with(&text, "gatee"), "environment[0].gatee"));
+    assert_eq!(
+        (line, key.as_str()),
+        (line_with(&text, "gatee"), "environment[0].gatee")
+    );
     assert!(msg.starts_with("unknown key `gatee`"), "{msg}");
 
     let (line, key, _) = problem(&edit("max_failures = 1", "max_failure = 1"));
@@ -122,11 +133,17 @@ fn unknown_keys_name_line_and_key() {
     let (line, key, _) = problem(&edit("[policy]", "[polcy]"));
     assert_eq!((line, key.as_str()), (6, "polcy"));
 
-    let (line, key, _) = problem(&edit("tz = \"Europe/Berlin\"", "tz = \"Europe/Berlin\", zone = 1"));
+    let (line, key, _) = problem(&edit(
+        "tz = \"Europe/Berlin\"",
+        "tz = \"Europe/Berlin\", zone = 1",
+    ));
     assert_eq!((line, key.as_str()), (18, "environment[0].window.zone"));
 
     let (line, key, _) = problem(&edit("port = 1433", "port = 1433\npassword = \"x\""));
-    assert_eq!((line, key.as_str()), (22, "environment[0].sso_database.password"));
+    assert_eq!(
+        (line, key.as_str()),
+        (22, "environment[0].sso_database.password")
+    );
 }
 
 #[test]
@@ -167,31 +184,108 @@ fn an_empty_environment_name() {
 fn a_duplicate_environment_name() {
     let (line, key, msg) = problem(&edit("name = \"prod\"", "name = \"dev\""));
     assert_eq!((line, key.as_str()), (27, "environment[1].name"));
-    assert_eq!(msg, "environment \"dev\" is defined twice (first on line 12)");
+    assert_eq!(
+        msg,
+        "environment \"dev\" is defined twice (first on line 12)"
+    );
 }
 
 #[test]
 fn bad_values_name_their_key() {
     let cases = [
-        ("gate = \"soak 10m\"", "gate = \"soak ten\"", "soak ten", "environment[1].gate"),
-        ("gate = \"auto\"", "gate = \"later\"", "later", "environment[0].gate"),
-        ("install = \"attended\"", "install = \"quiet\"", "quiet", "environment[1].install"),
-        ("step_timeout = \"45m\"", "step_timeout = \"soon\"", "soon", "policy.step_timeout"),
-        ("max_parallel = 2", "max_parallel = 0", "max_parallel", "policy.max_parallel"),
-        ("max_failures = 1", "max_failures = -1", "max_failures", "policy.max_failures"),
-        ("target_version = \"3.0.7\"", "target_version = \"latest\"", "latest", "upgrade.target_version"),
-        ("master = \"sso-prod-01\"", "master = \"sso prod\"", "sso prod", "environment[1].master"),
-        ("\"Europe/Berlin\"", "\"Mars/Olympus\"", "Mars", "environment[0].window.tz"),
-        ("[\"sat\", \"sun\"]", "[\"sat\", \"sunday\"]", "sunday", "environment[0].window.days[1]"),
-        ("start = \"22:00\"", "start = \"10pm\"", "10pm", "environment[0].window.start"),
-        ("port = 1433", "port = 70000", "70000", "environment[0].sso_database.port"),
-        ("user = \"ssofleet\"\n", "", "password_file", "environment[0].sso_database.user"),
-        ("backup_dir = '\\\\backup01\\sso\\prod'", "backup_dir = ' '", "' '", "environment[1].backup_dir"),
+        (
+            "gate = \"soak 10m\"",
+            "gate = \"soak ten\"",
+            "soak ten",
+            "environment[1].gate",
+        ),
+        (
+            "gate = \"auto\"",
+            "gate = \"later\"",
+            "later",
+            "environment[0].gate",
+        ),
+        (
+            "install = \"attended\"",
+            "install = \"quiet\"",
+            "quiet",
+            "environment[1].install",
+        ),
+        (
+            "step_timeout = \"45m\"",
+            "step_timeout = \"soon\"",
+            "soon",
+            "policy.step_timeout",
+        ),
+        (
+            "max_parallel = 2",
+            "max_parallel = 0",
+            "max_parallel",
+            "policy.max_parallel",
+        ),
+        (
+            "max_failures = 1",
+            "max_failures = -1",
+            "max_failures",
+            "policy.max_failures",
+        ),
+        (
+            "target_version = \"3.0.7\"",
+            "target_version = \"latest\"",
+            "latest",
+            "upgrade.target_version",
+        ),
+        (
+            "master = \"sso-prod-01\"",
+            "master = \"sso prod\"",
+            "sso prod",
+            "environment[1].master",
+        ),
+        (
+            "\"Europe/Berlin\"",
+            "\"Mars/Olympus\"",
+            "Mars",
+            "environment[0].window.tz",
+        ),
+        (
+            "[\"sat\", \"sun\"]",
+            "[\"sat\", \"sunday\"]",
+            "sunday",
+            "environment[0].window.days[1]",
+        ),
+        (
+            "start = \"22:00\"",
+            "start = \"10pm\"",
+            "10pm",
+            "environment[0].window.start",
+        ),
+        (
+            "port = 1433",
+            "port = 70000",
+            "70000",
+            "environment[0].sso_database.port",
+        ),
+        (
+            "user = \"ssofleet\"\n",
+            "",
+            "password_file",
+            "environment[0].sso_database.user",
+        ),
+        (
+            "backup_dir = '\\\\backup01\\sso\\prod'",
+            "backup_dir = ' '",
+            "' '",
+            "environment[1].backup_dir",
+        ),
     ];
     for (from, to, needle, key) in cases {
         let text = edit(from, to);
         let (l, k, msg) = problem(&text);
-        assert_eq!((l, k.as_str()), (line_with(&text, needle), key), "{from} -> {to}: {msg}");
+        assert_eq!(
+            (l, k.as_str()),
+            (line_with(&text, needle), key),
+            "{from} -> {to}: {msg}"
+        );
     }
 }
 
@@ -204,7 +298,10 @@ fn type_and_missing_field_errors_name_line_and_key() {
     let (line, key, msg) = problem(&edit("master = \"sso-prod-01\"\n", ""));
     assert_eq!(key, "environment[1]");
     assert!(msg.contains("missing field `master`"), "{msg}");
-    assert!(line >= 26, "line {line}: the second [[environment]] starts on line 26");
+    assert!(
+        line >= 26,
+        "line {line}: the second [[environment]] starts on line 26"
+    );
 }
 
 #[test]
@@ -240,7 +337,8 @@ fn every_semantic_problem_is_listed_in_line_order_with_the_file() {
 fn an_unreadable_file_is_named() {
     let err = Inventory::load(Path::new("/nonexistent/fleet.toml")).unwrap_err();
     assert!(
-        err.to_string().starts_with("/nonexistent/fleet.toml: cannot read the file"),
+        err.to_string()
+            .starts_with("/nonexistent/fleet.toml: cannot read the file"),
         "{err}"
     );
 }

@@ -1,0 +1,141 @@
+//! Agents attach with their facts, show detached when killed or silent, and re-attach by themselves.
+
+use fleet_tests::{Agent, AgentSpec, Coordinator, CoordinatorOptions, Fleet, fleetctl, path_str};
+
+use crate::FLEET;
+
+fn agent(fleet: &Fleet, coordinator: &Coordinator, node: &str, version: &str) -> Agent {
+    let tls = format!("agents/{node}/tls");
+    fleet.issue_agent("tls", node, &tls).unwrap();
+    Agent::start(
+        fleet,
+        &AgentSpec {
+            node,
+            tls_rel: &tls,
+            coordinator: &coordinator.url(),
+            version,
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn agents_attach_with_facts_detach_when_killed_or_silent_and_reattach() {
+    let fleet = Fleet::new().unwrap();
+    fleet.write("fleet.toml", FLEET).unwrap();
+    let coordinator =
+        Coordinator::start(&fleet, "127.0.0.1:0", &CoordinatorOptions::default()).unwrap();
+    let mut a1 = agent(&fleet, &coordinator, "a1", "3.0.6");
+    let _a2 = agent(&fleet, &coordinator, "a2", "3.0.7");
+
+    // Attached, with the facts the (simulated) facts tool reported.
+    let n1 = coordinator.wait_attached(&fleet, "a1", true);
+    assert_eq!(n1["environment"], "dev");
+    assert_eq!(n1["role"], "master");
+    assert_eq!(n1["version"], "3.0.6");
+    assert_eq!(n1["facts"]["service"], "running");
+    assert_eq!(n1["facts"]["products"], serde_json::json!(["biztalk"]));
+    let n2 = coordinator.wait_attached(&fleet, "a2", true);
+    assert_eq!(
+        (n2["role"].as_str(), n2["version"].as_str()),
+        (Some("member"), Some("3.0.7"))
+    );
+    let p1 = coordinator.node(&fleet, "p1").unwrap();
+    assert_eq!(p1["attached"], false);
+    assert_eq!(p1["version"], serde_json::Value::Null);
+
+    // The table for people.
+    let o = fleetctl(&[
+        "--coordinator",
+        &coordinator.url(),
+        "--tls-dir",
+        path_str(&fleet.path("tls")).unwrap(),
+        "nodes",
+    ]);
+    assert!(o.status.success());
+    let table = String::from_utf8(o.stdout).unwrap();
+    assert!(table.starts_with("NODE"), "{table}");
+    assert!(
+        table.lines().any(|l| l.starts_with("a1")
+            && l.contains("master")
+            && l.contains("yes")
+            && l.contains("3.0.6")),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("p1") && l.contains(" no ")),
+        "{table}"
+    );
+
+    // Killed: the stream ends and the node shows detached.
+    a1.process.kill();
+    coordinator.wait_attached(&fleet, "a1", false);
+    coordinator.process.wait_for_log("agent a1 detached");
+
+    // Restarted: it re-attaches by itself.
+    let _a1 = agent_restart(&fleet, &coordinator, "a1");
+    coordinator.wait_attached(&fleet, "a1", true);
+}
+
+fn agent_restart(fleet: &Fleet, coordinator: &Coordinator, node: &str) -> Agent {
+    Agent::start(
+        fleet,
+        &AgentSpec {
+            node,
+            tls_rel: &format!("agents/{node}/tls"),
+            coordinator: &coordinator.url(),
+            version: "3.0.6",
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_silent_agent_is_detached_after_the_heartbeat_timeout_and_comes_back() {
+    let fleet = Fleet::new().unwrap();
+    fleet.write("fleet.toml", FLEET).unwrap();
+    let coordinator =
+        Coordinator::start(&fleet, "127.0.0.1:0", &CoordinatorOptions::default()).unwrap();
+    let a2 = agent(&fleet, &coordinator, "a2", "3.0.7");
+    coordinator.wait_attached(&fleet, "a2", true);
+
+    // Frozen, its TCP connection stays open but nothing is heard: only the heartbeat timeout can tell.
+    a2.process.signal("STOP").unwrap();
+    coordinator.wait_attached(&fleet, "a2", false);
+    let line = coordinator.process.wait_for_log("agent a2 detached");
+    assert!(line.contains("nothing heard for more than 1s"), "{line}");
+
+    // Thawed, it finds its stream closed and re-attaches by itself.
+    a2.process.signal("CONT").unwrap();
+    coordinator.wait_attached(&fleet, "a2", true);
+}
+
+#[test]
+fn agents_reattach_to_a_restarted_coordinator_which_takes_a_new_epoch() {
+    let fleet = Fleet::new().unwrap();
+    fleet.write("fleet.toml", FLEET).unwrap();
+    let mut coordinator =
+        Coordinator::start(&fleet, "127.0.0.1:0", &CoordinatorOptions::default()).unwrap();
+    assert!(coordinator.process.log_text().contains("epoch=1"));
+    let a1 = agent(&fleet, &coordinator, "a1", "3.0.6");
+    coordinator.wait_attached(&fleet, "a1", true);
+    a1.process.wait_for_log("coordinator epoch 1");
+
+    // SIGKILL, then a new coordinator on the same address and state directory.
+    let addr = coordinator.addr.to_string();
+    coordinator.process.kill();
+    let restarted = fleet_tests::eventually(
+        fleet_tests::PATIENCE,
+        "the coordinator to bind its old port again",
+        || Coordinator::start(&fleet, &addr, &CoordinatorOptions::default()).ok(),
+    );
+    assert!(
+        restarted.process.log_text().contains("epoch=2"),
+        "{}",
+        restarted.process.log_text()
+    );
+    restarted.wait_attached(&fleet, "a1", true);
+    a1.process.wait_for_log("coordinator epoch 2");
+}

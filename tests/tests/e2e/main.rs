@@ -1,0 +1,25 @@
+//! End-to-end tests of the foundation: real coordinator, agent and fleetctl processes over mutual TLS
+//! on 127.0.0.1, certificates made per test.
+#![allow(clippy::unwrap_used)]
+
+mod attach;
+mod inventory;
+mod refusals;
+
+/// A two-environment inventory: dev (a1 master, a2 member) and prod (p1 master).
+pub const FLEET: &str = r#"
+[upgrade]
+target_version = "3.0.7"
+installer = '/media/BizTalk/Setup.exe'
+
+[[environment]]
+name = "dev"
+master = "a1"
+members = ["a2"]
+backup_dir = '/backups/dev'
+
+[[environment]]
+name = "prod"
+master = "p1"
+backup_dir = '/backups/prod'
+"#;
