@@ -196,6 +196,17 @@ mod tests {
     }
 
     #[test]
+    fn the_deploy_example_is_valid() {
+        let example =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/coordinator.toml");
+        let s = args(&["--config", example.to_str().unwrap()])
+            .settings()
+            .unwrap();
+        assert_eq!(s.listen.port(), 7443);
+        assert_eq!(s.heartbeat_timeout, Duration::from_secs(15));
+    }
+
+    #[test]
     fn missing_and_bad_settings_are_named() {
         let e = args(&["--listen", "127.0.0.1:0"]).settings().unwrap_err();
         assert!(e.contains("missing --inventory"), "{e}");

@@ -324,6 +324,14 @@ timeout = "10m"
     }
 
     #[test]
+    fn the_deploy_example_is_valid() {
+        let example = include_str!("../../deploy/examples/agent.toml");
+        let c = AgentConfig::parse(Path::new("agent.toml"), example).unwrap();
+        assert_eq!(c.node, "sso-dev-01");
+        assert_eq!(c.reconnect_max, Duration::from_secs(30));
+    }
+
+    #[test]
     fn problems_name_line_and_key() {
         let e = parse(&VALID.replace("[actions.backup_secret]", "[actions.backup_secrets]"))
             .unwrap_err();

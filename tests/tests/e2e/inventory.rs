@@ -131,3 +131,15 @@ fn the_coordinator_names_a_bad_tls_file() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_deploy_example_inventory_is_valid() {
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/fleet.toml");
+    let o = fleetctl(&["inventory", "check", path_str(&example).unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("valid: 2 environment(s), 5 node(s)"),
+        "{o:?}"
+    );
+}
