@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use fleet_proto::identity::Role;
 use fleet_proto::pb::operator_service_client::OperatorServiceClient;
 use fleet_proto::tls::{TlsFiles, TlsMaterial};
 use tonic::transport::Channel;
@@ -29,9 +28,6 @@ pub async fn connect(coordinator: &str, tls_dir: Option<&PathBuf>) -> Result<Rem
     // here the files only have to be readable, PEM, and a matching key and certificate.
     let material = TlsMaterial::load_any_role(&TlsFiles::in_dir(tls_dir, "operator"))
         .map_err(|e| CliError::Usage(e.to_string()))?;
-    if material.identity().role() != Role::Operator {
-        tracing::debug!(identity = %material.identity(), "not an operator certificate; the coordinator will decide");
-    }
     let config = material
         .client_config(material.coordinator_identity())
         .map_err(|e| CliError::Usage(e.to_string()))?;

@@ -184,9 +184,12 @@ impl FleetTask {
                     .as_ref()
                     .and_then(|f| f.esso_version.clone())
                     .unwrap_or_else(|| "none".into());
+                let peer = session
+                    .remote_addr
+                    .map_or_else(|| "?".to_string(), |a| a.to_string());
                 tracing::info!(
                     node = %node,
-                    peer = ?session.remote_addr,
+                    %peer,
                     agent_version = %session.agent_version,
                     esso_version = %version,
                     "agent {node} attached"

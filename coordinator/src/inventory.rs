@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use fleet_proto::config::{Problem, deserialize, line_of};
+use fleet_proto::config::{ConfigError, Problem, deserialize, line_of, read_file};
 
 use crate::domain::{EnvName, NodeName, Role};
 
@@ -136,23 +136,12 @@ impl Inventory {
 
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Self, InventoryError> {
-        let text = std::fs::read_to_string(path).map_err(|e| InventoryError {
-            file: path.to_path_buf(),
-            problems: vec![Problem {
-                line: 0,
-                key: String::new(),
-                message: format!("cannot read the file: {e}"),
-            }],
-        })?;
-        Self::parse(path, &text)
+        Self::parse(path, &read_file(path)?)
     }
 
     /// Validates `text` as the content of `path` (used for messages and for relative paths).
     pub fn parse(path: &Path, text: &str) -> Result<Self, InventoryError> {
-        let fail = |problems| InventoryError {
-            file: path.to_path_buf(),
-            problems,
-        };
+        let fail = |problems| InventoryError::new(path, problems);
         let raw: RawInventory = deserialize(text).map_err(|p| fail(vec![p]))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let mut check = Checker {
@@ -172,24 +161,7 @@ impl Inventory {
 }
 
 /// An invalid inventory: every problem found, each naming the file, line and key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InventoryError {
-    pub file: PathBuf,
-    pub problems: Vec<Problem>,
-}
-
-impl fmt::Display for InventoryError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let lines: Vec<String> = self
-            .problems
-            .iter()
-            .map(|p| p.display_in(&self.file))
-            .collect();
-        f.write_str(&lines.join("\n"))
-    }
-}
-
-impl std::error::Error for InventoryError {}
+pub type InventoryError = ConfigError;
 
 // ---------------------------------------------------------------------------------------------------
 // The file as written

@@ -15,7 +15,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(settings.log_json);
+    fleet_proto::logging::init(settings.log_json);
     let coordinator = match Coordinator::load(&settings) {
         Ok(c) => c,
         Err(e) => {
@@ -46,20 +46,6 @@ async fn main() -> ExitCode {
             eprintln!("fleet-coordinator: refusing to start:\n{e}");
             ExitCode::from(2)
         }
-    }
-}
-
-fn init_tracing(json: bool) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("FLEET_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }
 

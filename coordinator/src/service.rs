@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::domain::NodeName;
 use crate::fleet::{FleetHandle, Session, unix_ms};
@@ -212,13 +213,10 @@ impl pb::agent_service_server::AgentService for AgentService {
             shared.heartbeat_interval,
             closed.clone(),
         ));
-        tokio::spawn(receive(
-            shared.fleet.clone(),
-            cert_node,
-            session_id,
-            inbound,
-            closed,
-        ));
+        let span = tracing::info_span!("node", node = %cert_node, session = session_id);
+        tokio::spawn(
+            receive(shared.fleet.clone(), cert_node, session_id, inbound, closed).instrument(span),
+        );
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

@@ -14,6 +14,7 @@ use fleet_proto::tls::TlsMaterial;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::config::AgentConfig;
@@ -81,7 +82,12 @@ impl Agent {
     }
 
     /// Attaches, and re-attaches with backoff whenever the stream ends, until `shutdown`.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let span = tracing::info_span!("node", node = %self.config.node);
+        self.attach_forever(shutdown).instrument(span).await;
+    }
+
+    async fn attach_forever(mut self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(self.config.reconnect_initial, self.config.reconnect_max);
         loop {
             let mut welcomed = false;

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fleet_proto::config::{Problem, deserialize, line_of};
+pub use fleet_proto::config::ConfigError;
+use fleet_proto::config::{Problem, deserialize, line_of, read_file};
 use fleet_proto::tls::TlsFiles;
 use serde::Deserialize;
 use toml::Spanned;
@@ -42,25 +43,6 @@ pub enum RebootPolicy {
     Never,
     IfRequired,
 }
-
-#[derive(Debug, Clone)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    pub problems: Vec<Problem>,
-}
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let lines: Vec<String> = self
-            .problems
-            .iter()
-            .map(|p| p.display_in(&self.file))
-            .collect();
-        f.write_str(&lines.join("\n"))
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -112,22 +94,11 @@ struct RawReconnect {
 
 impl AgentConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            problems: vec![Problem {
-                line: 0,
-                key: String::new(),
-                message: format!("cannot read the file: {e}"),
-            }],
-        })?;
-        Self::parse(path, &text)
+        Self::parse(path, &read_file(path)?)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let fail = |problems| ConfigError {
-            file: path.to_path_buf(),
-            problems,
-        };
+        let fail = |problems| ConfigError::new(path, problems);
         let raw: Raw = deserialize(text).map_err(|p| fail(vec![p]))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let rel = |p: &str| base.join(p);

@@ -22,7 +22,7 @@ struct Args {
 async fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
-    init_tracing(args.log_format == "json");
+    fleet_proto::logging::init(args.log_format == "json");
     let config = match AgentConfig::load(&args.config) {
         Ok(config) => config,
         Err(e) => {
@@ -45,20 +45,6 @@ async fn main() -> ExitCode {
     });
     agent.run(shutdown).await;
     ExitCode::SUCCESS
-}
-
-fn init_tracing(json: bool) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("FLEET_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }
 
 async fn wait_for_signal() {

@@ -25,6 +25,49 @@ impl Problem {
     }
 }
 
+/// An invalid configuration file: every problem found, each naming the file, line and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: std::path::PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl ConfigError {
+    pub fn new(file: &std::path::Path, problems: Vec<Problem>) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            problems,
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let lines: Vec<String> = self
+            .problems
+            .iter()
+            .map(|p| p.display_in(&self.file))
+            .collect();
+        f.write_str(&lines.join("\n"))
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads a configuration file as text; an unreadable file is a [`ConfigError`] naming it.
+pub fn read_file(path: &std::path::Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            path,
+            vec![Problem {
+                line: 0,
+                key: String::new(),
+                message: format!("cannot read the file: {e}"),
+            }],
+        )
+    })
+}
+
 /// The 1-based line of byte `offset` in `text`.
 pub fn line_of(text: &str, offset: usize) -> usize {
     let offset = offset.min(text.len());

@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`pb`]: code generated from `proto/ssofleet/v1/*.proto` (the agent and operator services).
 //! - [`config`]: TOML configuration read with line and key positions for every problem.
+//! - [`logging`]: the processes' tracing subscriber (text or JSON lines on standard error).
 //! - [`identity`]: SPIFFE-style peer identities carried in URI SANs (`spiffe://<td>/agent/<node>`).
 //! - [`tls`]: server and client rustls configurations built from PEM files, with errors that name the file.
 //! - [`transport`]: the coordinator's TLS accept loop and the clients' TLS connector for tonic.
@@ -10,6 +11,7 @@
 
 pub mod config;
 pub mod identity;
+pub mod logging;
 pub mod tls;
 pub mod transport;
 

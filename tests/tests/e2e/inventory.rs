@@ -77,24 +77,29 @@ fn inventory_check_names_file_line_and_key() {
     }
 }
 
+/// Runs `fleet-coordinator` on the fleet's `tls/` with `inventory` to completion.
+fn run_coordinator(fleet: &Fleet, inventory: &std::path::Path) -> std::process::Output {
+    Command::new(bin("fleet-coordinator"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--inventory",
+            path_str(inventory).unwrap(),
+            "--state-dir",
+            path_str(&fleet.path("state")).unwrap(),
+            "--tls-dir",
+            path_str(&fleet.path("tls")).unwrap(),
+        ])
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn the_coordinator_refuses_to_start_on_an_invalid_inventory() {
     let fleet = Fleet::new().unwrap();
     for (what, text, expected) in cases() {
         let inventory = fleet.write("fleet.toml", &text).unwrap();
-        let o = Command::new(bin("fleet-coordinator"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--inventory",
-                path_str(&inventory).unwrap(),
-                "--state-dir",
-                path_str(&fleet.path("state")).unwrap(),
-                "--tls-dir",
-                path_str(&fleet.path("tls")).unwrap(),
-            ])
-            .output()
-            .unwrap();
+        let o = run_coordinator(&fleet, &inventory);
         assert_eq!(o.status.code(), Some(2), "{what}: {o:?}");
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert!(stderr.contains("refusing to start"), "{what}: {stderr}");
@@ -111,19 +116,7 @@ fn the_coordinator_names_a_bad_tls_file() {
     let fleet = Fleet::new().unwrap();
     fleet.write("fleet.toml", FLEET).unwrap();
     std::fs::write(fleet.path("tls/coordinator-key.pem"), "not a key").unwrap();
-    let o = Command::new(bin("fleet-coordinator"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--inventory",
-            path_str(&fleet.path("fleet.toml")).unwrap(),
-            "--state-dir",
-            path_str(&fleet.path("state")).unwrap(),
-            "--tls-dir",
-            path_str(&fleet.path("tls")).unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let o = run_coordinator(&fleet, &fleet.path("fleet.toml"));
     assert_eq!(o.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(
