@@ -16,6 +16,7 @@ pub mod domain;
 pub mod epoch;
 pub mod fleet;
 pub mod inventory;
+pub mod plan;
 pub mod service;
 pub mod settings;
 
