@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - [`domain`]: newtypes (`NodeName`, `EnvName`, `Role`).
+//! - [`plan`]: inventory + facts → the ordered steps of a run, and the plan's hash.
+//! - [`engine`]: the rollout engine, a pure state machine over one run.
 //! - [`inventory`]: `fleet.toml`, validated once into typed structs.
 //! - [`settings`]: command-line flags and `coordinator.toml`.
 //! - [`epoch`]: the durable start counter that fences stale coordinators.
@@ -13,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod domain;
+pub mod engine;
 pub mod epoch;
 pub mod fleet;
 pub mod inventory;

@@ -1,0 +1,844 @@
+//! The rollout engine: a pure state machine over one run. No I/O, no clock: time is an input.
+//!
+//! [`Run::apply`] takes an [`Event`] (a step started or finished, a node attached or detached, an
+//! operator's control, a timer tick) with the current time, updates the run, and returns the
+//! [`Command`]s for the shell around it: dispatch a step attempt (which the shell persists as
+//! dispatched before sending), wake me at a time, and the state changes to persist and show.
+//!
+//! Attempts are numbered per step (1, 2, …); the shell maps them to attempt uuids. An event for any
+//! attempt but a step's current one, or for a step already finished, is a duplicate and changes nothing.
+//!
+//! The ordering invariants of SPEC §5 hold by construction and are checked by property tests:
+//! 1. no member step is dispatched before `verify-master` succeeded in that environment (and the master
+//!    chain, backups included, cannot be skipped past);
+//! 2. no step of environment k+1 before environment k finished and its gate passed;
+//! 3. at most `max_parallel` member steps of an environment in flight;
+//! 6. a step planned `already-current` is never dispatched.
+
+use std::collections::BTreeSet;
+
+use crate::domain::NodeName;
+use crate::inventory::Gate;
+use crate::plan::{Expected, Plan, PlannedStep, StepKind};
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = i64;
+
+/// How long past its step timeout a dispatched step may stay silent before the coordinator fails it
+/// (the agent enforces the timeout itself; this covers an agent that never reports).
+pub const RESULT_GRACE_MS: Millis = 60_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepState {
+    Pending,
+    Running,
+    /// A gate waiting for approval or its soak time.
+    Waiting,
+    Succeeded,
+    Failed,
+    Skipped,
+    AlreadyCurrent,
+}
+
+impl StepState {
+    pub fn is_done(self) -> bool {
+        matches!(
+            self,
+            StepState::Succeeded | StepState::Skipped | StepState::AlreadyCurrent
+        )
+    }
+
+    pub fn in_flight(self) -> bool {
+        matches!(self, StepState::Running | StepState::Waiting)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepState::Pending => "pending",
+            StepState::Running => "running",
+            StepState::Waiting => "waiting",
+            StepState::Succeeded => "succeeded",
+            StepState::Failed => "failed",
+            StepState::Skipped => "skipped",
+            StepState::AlreadyCurrent => "already-current",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    Running,
+    Paused,
+    WaitingApproval,
+    Halted,
+    Succeeded,
+    Failed,
+    Aborted,
+}
+
+impl RunStatus {
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Aborted
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Paused => "paused",
+            RunStatus::WaitingApproval => "waiting-approval",
+            RunStatus::Halted => "halted",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Aborted => "aborted",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvStatus {
+    Pending,
+    Running,
+    WaitingGate,
+    Halted,
+    Succeeded,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepRun {
+    pub plan: PlannedStep,
+    pub state: StepState,
+    /// Attempts dispatched so far; the current attempt is this number.
+    pub attempt: u32,
+    pub dispatched_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+    /// Why skipped, failed, or what it waits for.
+    pub message: String,
+    /// A soak gate passes at this time.
+    pub wait_until: Option<Millis>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvRun {
+    pub status: EnvStatus,
+    pub gate: Gate,
+    /// Member steps failed and not retried or skipped.
+    pub member_failures: u32,
+    /// Failures the operator accepted by resuming a halted run.
+    pub failures_accepted: u32,
+    /// Index range of this environment's steps.
+    pub steps: std::ops::Range<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    Failed(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    Pause,
+    Resume,
+    Abort,
+    /// Pass the current manual gate.
+    Approve,
+    Retry {
+        step: usize,
+    },
+    Skip {
+        step: usize,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The run begins (once).
+    Start,
+    /// Time passed; soak gates and silent steps are checked.
+    Tick,
+    NodeAttached(NodeName),
+    NodeDetached(NodeName),
+    StepStarted {
+        step: usize,
+        attempt: u32,
+    },
+    StepFinished {
+        step: usize,
+        attempt: u32,
+        outcome: Outcome,
+    },
+    Control(Control),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Run attempt `attempt` of `step`: on its agent, or in the coordinator for preflight and
+    /// backup-database. Persist it as dispatched before it leaves the process.
+    Dispatch {
+        step: usize,
+        attempt: u32,
+    },
+    StepChanged {
+        step: usize,
+        state: StepState,
+        message: String,
+    },
+    EnvChanged {
+        env: usize,
+        status: EnvStatus,
+    },
+    RunChanged {
+        status: RunStatus,
+        reason: String,
+    },
+    /// Deliver a `Tick` at (or after) this time.
+    WakeAt(Millis),
+}
+
+/// An operator control the run's state does not allow; nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    pub steps: Vec<StepRun>,
+    pub envs: Vec<EnvRun>,
+    pub env_names: Vec<String>,
+    pub max_parallel: u32,
+    pub max_failures: u32,
+    pub step_timeout_ms: Millis,
+    pub started: bool,
+    pub paused: bool,
+    pub aborted: bool,
+    /// Why the run is halted; `None` when it is not.
+    pub halt: Option<String>,
+    pub attached: BTreeSet<NodeName>,
+    status: RunStatus,
+    reason: String,
+}
+
+impl Run {
+    pub fn new(plan: &Plan, step_timeout_ms: Millis, attached: BTreeSet<NodeName>) -> Self {
+        let steps: Vec<StepRun> = plan
+            .steps
+            .iter()
+            .map(|p| {
+                let (state, message) = match &p.expected {
+                    Expected::Run => (StepState::Pending, String::new()),
+                    Expected::AlreadyCurrent => (
+                        StepState::AlreadyCurrent,
+                        "already on the target version".into(),
+                    ),
+                    Expected::Skipped(why) => (StepState::Skipped, why.clone()),
+                };
+                StepRun {
+                    plan: p.clone(),
+                    state,
+                    attempt: 0,
+                    dispatched_at: None,
+                    finished_at: None,
+                    message,
+                    wait_until: None,
+                }
+            })
+            .collect();
+        let envs = plan
+            .environments
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let first = steps
+                    .iter()
+                    .position(|s| s.plan.env == i)
+                    .unwrap_or(steps.len());
+                let last = steps
+                    .iter()
+                    .rposition(|s| s.plan.env == i)
+                    .map_or(first, |p| p + 1);
+                EnvRun {
+                    status: EnvStatus::Pending,
+                    gate: e.gate.clone(),
+                    member_failures: 0,
+                    failures_accepted: 0,
+                    steps: first..last,
+                }
+            })
+            .collect();
+        Self {
+            steps,
+            envs,
+            env_names: plan
+                .environments
+                .iter()
+                .map(|e| e.name.to_string())
+                .collect(),
+            max_parallel: plan.max_parallel.max(1),
+            max_failures: plan.max_failures,
+            step_timeout_ms,
+            started: false,
+            paused: false,
+            aborted: false,
+            halt: None,
+            attached,
+            status: RunStatus::Running,
+            reason: String::new(),
+        }
+    }
+
+    pub fn status(&self) -> RunStatus {
+        self.status
+    }
+
+    /// Why the run is halted, failed, waiting or aborted.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// Applies `event` at time `now`. Controls the run's state does not allow are refused, and change nothing.
+    pub fn apply(&mut self, event: Event, now: Millis) -> Result<Vec<Command>, Refused> {
+        let mut out = Vec::new();
+        match event {
+            Event::Start => self.started = true,
+            Event::Tick => self.check_timers(now, &mut out),
+            Event::NodeAttached(node) => {
+                self.attached.insert(node);
+            }
+            Event::NodeDetached(node) => {
+                self.attached.remove(&node);
+            }
+            Event::StepStarted { .. } => {}
+            Event::StepFinished {
+                step,
+                attempt,
+                outcome,
+            } => self.finished(step, attempt, outcome, now, &mut out),
+            Event::Control(control) => self.control(control, now, &mut out)?,
+        }
+        if self.started {
+            self.advance(now, &mut out);
+        }
+        self.update_status(&mut out);
+        Ok(out)
+    }
+
+    fn set(
+        &mut self,
+        step: usize,
+        state: StepState,
+        message: impl Into<String>,
+        out: &mut Vec<Command>,
+    ) {
+        let s = &mut self.steps[step];
+        let message = message.into();
+        if s.state != state || s.message != message {
+            s.state = state;
+            s.message.clone_from(&message);
+            out.push(Command::StepChanged {
+                step,
+                state,
+                message,
+            });
+        }
+    }
+
+    fn set_env(&mut self, env: usize, status: EnvStatus, out: &mut Vec<Command>) {
+        if self.envs[env].status != status {
+            self.envs[env].status = status;
+            out.push(Command::EnvChanged { env, status });
+        }
+    }
+
+    fn describe(&self, step: usize) -> String {
+        let s = &self.steps[step];
+        let env = &self.env_names[s.plan.env];
+        match &s.plan.node {
+            Some(node) => format!("{} on {node} ({env})", s.plan.kind.name()),
+            None => format!("{} of {env}", s.plan.kind.name()),
+        }
+    }
+
+    fn finished(
+        &mut self,
+        step: usize,
+        attempt: u32,
+        outcome: Outcome,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(s) = self.steps.get(step) else {
+            return;
+        };
+        // Duplicates and stale attempts change nothing.
+        if attempt != s.attempt || s.state != StepState::Running {
+            return;
+        }
+        self.steps[step].finished_at = Some(now);
+        match outcome {
+            Outcome::Succeeded => self.set(step, StepState::Succeeded, "", out),
+            Outcome::Failed(error) => self.fail(step, error, out),
+        }
+    }
+
+    fn fail(&mut self, step: usize, error: String, out: &mut Vec<Command>) {
+        let kind = self.steps[step].plan.kind;
+        let env = self.steps[step].plan.env;
+        self.set(step, StepState::Failed, error.clone(), out);
+        let what = self.describe(step);
+        if kind.is_member_step() {
+            self.envs[env].member_failures += 1;
+            if kind == StepKind::UpgradeMember {
+                self.set(step + 1, StepState::Skipped, "the upgrade failed", out);
+            }
+            let e = &self.envs[env];
+            if e.member_failures > self.max_failures + e.failures_accepted && self.halt.is_none() {
+                self.halt = Some(format!(
+                    "{} member failure(s) in {} exceed max_failures = {} (last: {what}: {error})",
+                    e.member_failures, self.env_names[env], self.max_failures
+                ));
+                self.set_env(env, EnvStatus::Halted, out);
+            }
+        } else {
+            self.halt = Some(format!("{what} failed: {error}"));
+            self.set_env(env, EnvStatus::Halted, out);
+        }
+    }
+
+    fn check_timers(&mut self, now: Millis, out: &mut Vec<Command>) {
+        for i in 0..self.steps.len() {
+            let s = &self.steps[i];
+            let silent = s.state == StepState::Running
+                && s.dispatched_at
+                    .is_some_and(|at| now > at + self.step_timeout_ms + RESULT_GRACE_MS);
+            if silent {
+                let error = format!(
+                    "no result within the step timeout ({} s) and {} s of grace",
+                    self.step_timeout_ms / 1000,
+                    RESULT_GRACE_MS / 1000
+                );
+                self.steps[i].finished_at = Some(now);
+                self.fail(i, error, out);
+            }
+        }
+    }
+
+    fn control(
+        &mut self,
+        control: Control,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) -> Result<(), Refused> {
+        if self.status.is_final() {
+            return Err(Refused(format!(
+                "the run is {}; nothing can change it",
+                self.status.as_str()
+            )));
+        }
+        match control {
+            Control::Pause => {
+                if self.paused {
+                    return Err(Refused("the run is already paused".into()));
+                }
+                self.paused = true;
+            }
+            Control::Resume => {
+                if self.paused {
+                    self.paused = false;
+                } else if self.halt.is_some() {
+                    self.resume_halted(out)?;
+                } else {
+                    return Err(Refused("the run is neither paused nor halted".into()));
+                }
+            }
+            Control::Abort => self.aborted = true,
+            Control::Approve => {
+                let gate = self
+                    .current_env()
+                    .and_then(|env| self.envs[env].steps.clone().last())
+                    .filter(|&g| {
+                        self.steps[g].state == StepState::Waiting
+                            && self.envs[self.steps[g].plan.env].gate == Gate::Manual
+                    });
+                let Some(gate) = gate else {
+                    return Err(Refused("no manual gate is waiting for approval".into()));
+                };
+                self.steps[gate].finished_at = Some(now);
+                self.set(gate, StepState::Succeeded, "approved", out);
+            }
+            Control::Retry { step } => self.retry(step, out)?,
+            Control::Skip { step } => self.skip(step, now, out)?,
+        }
+        Ok(())
+    }
+
+    fn resume_halted(&mut self, out: &mut Vec<Command>) -> Result<(), Refused> {
+        let chain_failed = self
+            .steps
+            .iter()
+            .position(|s| s.state == StepState::Failed && s.plan.kind.in_master_chain());
+        if let Some(step) = chain_failed {
+            return Err(Refused(format!(
+                "{} failed: retry it or abort the run (members never start on an unverified master)",
+                self.describe(step)
+            )));
+        }
+        // Member failures beyond max_failures: the operator accepts them and the run goes on.
+        for env in 0..self.envs.len() {
+            let e = &mut self.envs[env];
+            e.failures_accepted = e.member_failures.saturating_sub(self.max_failures);
+            if e.status == EnvStatus::Halted {
+                self.set_env(env, EnvStatus::Running, out);
+            }
+        }
+        self.halt = None;
+        Ok(())
+    }
+
+    fn retry(&mut self, step: usize, out: &mut Vec<Command>) -> Result<(), Refused> {
+        let s = self
+            .steps
+            .get(step)
+            .ok_or_else(|| Refused(format!("no step {step} in this run")))?;
+        if s.state != StepState::Failed {
+            return Err(Refused(format!(
+                "{} is {}, not failed",
+                self.describe(step),
+                s.state.as_str()
+            )));
+        }
+        let env = s.plan.env;
+        let kind = s.plan.kind;
+        self.require_current(env)?;
+        self.set(step, StepState::Pending, "retry", out);
+        self.reopen_gate(env, out);
+        if kind.is_member_step() {
+            self.envs[env].member_failures -= 1;
+            if kind == StepKind::UpgradeMember && self.steps[step + 1].state == StepState::Skipped {
+                self.set(step + 1, StepState::Pending, "", out);
+            }
+        }
+        self.clear_halt_if_resolved(env, out);
+        Ok(())
+    }
+
+    fn skip(&mut self, step: usize, now: Millis, out: &mut Vec<Command>) -> Result<(), Refused> {
+        let s = self
+            .steps
+            .get(step)
+            .ok_or_else(|| Refused(format!("no step {step} in this run")))?;
+        if !s.plan.kind.is_member_step() {
+            return Err(Refused(format!(
+                "{} cannot be skipped: the master chain (backups, upgrade, verify) must succeed before any member starts; retry it or abort the run",
+                self.describe(step)
+            )));
+        }
+        if !matches!(s.state, StepState::Failed | StepState::Pending) {
+            return Err(Refused(format!(
+                "{} is {}: only a failed or pending step can be skipped",
+                self.describe(step),
+                s.state.as_str()
+            )));
+        }
+        if s.plan.kind == StepKind::VerifyMember
+            && !self.steps[step - 1].state.is_done()
+            && self.steps[step - 1].state != StepState::Failed
+        {
+            return Err(Refused(format!(
+                "{} cannot be skipped before its upgrade finished: skip the upgrade instead",
+                self.describe(step)
+            )));
+        }
+        let env = s.plan.env;
+        let was_failed = s.state == StepState::Failed;
+        let kind = s.plan.kind;
+        self.require_current(env)?;
+        self.reopen_gate(env, out);
+        if was_failed {
+            self.envs[env].member_failures -= 1;
+        }
+        self.steps[step].finished_at = Some(now);
+        self.set(step, StepState::Skipped, "skipped by the operator", out);
+        if kind == StepKind::UpgradeMember
+            && matches!(
+                self.steps[step + 1].state,
+                StepState::Pending | StepState::Skipped
+            )
+        {
+            self.set(step + 1, StepState::Skipped, "its upgrade was skipped", out);
+        }
+        self.clear_halt_if_resolved(env, out);
+        Ok(())
+    }
+
+    /// Retry and skip act on the environment being upgraded; a finished one is history.
+    fn require_current(&self, env: usize) -> Result<(), Refused> {
+        if self.current_env() == Some(env) {
+            Ok(())
+        } else {
+            let state = if self.envs[env].status == EnvStatus::Succeeded {
+                "has finished"
+            } else {
+                "has not started"
+            };
+            Err(Refused(format!(
+                "environment {} {state}: only steps of the environment in progress can be retried or skipped",
+                self.env_names[env]
+            )))
+        }
+    }
+
+    /// A change to an environment's members after its gate began waiting: the gate starts over.
+    fn reopen_gate(&mut self, env: usize, out: &mut Vec<Command>) {
+        let gate = self.envs[env].steps.end - 1;
+        if self.steps[gate].state == StepState::Waiting {
+            self.steps[gate].wait_until = None;
+            self.set(gate, StepState::Pending, "", out);
+            self.set_env(env, EnvStatus::Running, out);
+        }
+    }
+
+    fn clear_halt_if_resolved(&mut self, env: usize, out: &mut Vec<Command>) {
+        let chain_failed = self
+            .steps
+            .iter()
+            .any(|s| s.state == StepState::Failed && s.plan.kind.in_master_chain());
+        let e = &self.envs[env];
+        let members_ok = e.member_failures <= self.max_failures + e.failures_accepted;
+        if !chain_failed && members_ok {
+            self.halt = None;
+            if self.envs[env].status == EnvStatus::Halted {
+                self.set_env(env, EnvStatus::Running, out);
+            }
+        }
+    }
+
+    /// The first environment that has not succeeded.
+    fn current_env(&self) -> Option<usize> {
+        self.envs
+            .iter()
+            .position(|e| e.status != EnvStatus::Succeeded)
+    }
+
+    /// Starts what may start now.
+    fn advance(&mut self, now: Millis, out: &mut Vec<Command>) {
+        while let Some(env) = self.current_env() {
+            if self.aborted || self.halt.is_some() || self.envs[env].status == EnvStatus::Halted {
+                return;
+            }
+            if self.envs[env].status == EnvStatus::Pending {
+                if self.paused {
+                    return;
+                }
+                self.set_env(env, EnvStatus::Running, out);
+            }
+            if !self.advance_env(env, now, out) {
+                return;
+            }
+            self.set_env(env, EnvStatus::Succeeded, out);
+        }
+    }
+
+    fn dispatch(&mut self, step: usize, now: Millis, out: &mut Vec<Command>) {
+        let s = &mut self.steps[step];
+        s.attempt += 1;
+        s.dispatched_at = Some(now);
+        s.finished_at = None;
+        let attempt = s.attempt;
+        self.set(step, StepState::Running, format!("attempt {attempt}"), out);
+        out.push(Command::Dispatch { step, attempt });
+    }
+
+    fn may_dispatch_to(&self, step: usize) -> bool {
+        !self.paused
+            && self.steps[step]
+                .plan
+                .node
+                .as_ref()
+                .is_none_or(|n| self.attached.contains(n))
+    }
+
+    /// Moves environment `env` on; true once it has finished (gate passed).
+    fn advance_env(&mut self, env: usize, now: Millis, out: &mut Vec<Command>) -> bool {
+        let range = self.envs[env].steps.clone();
+        // The master chain, in order.
+        for step in range.clone() {
+            let s = &self.steps[step];
+            if !s.plan.kind.in_master_chain() {
+                break;
+            }
+            match s.state {
+                state if state.is_done() => continue,
+                StepState::Pending => {
+                    if self.may_dispatch_to(step) {
+                        self.dispatch(step, now, out);
+                    }
+                    return false;
+                }
+                _ => return false,
+            }
+        }
+        // Members: a window of at most max_parallel in flight, each member upgrade → verify.
+        let members: Vec<usize> = range
+            .clone()
+            .filter(|&i| self.steps[i].plan.kind == StepKind::UpgradeMember)
+            .collect();
+        let mut in_flight = members
+            .iter()
+            .filter(|&&u| self.steps[u].state.in_flight() || self.steps[u + 1].state.in_flight())
+            .count();
+        for &upgrade in &members {
+            let verify = upgrade + 1;
+            let next = match (self.steps[upgrade].state, self.steps[verify].state) {
+                (StepState::Pending, _) => Some(upgrade),
+                (StepState::Succeeded, StepState::Pending) => Some(verify),
+                _ => None,
+            };
+            if let Some(step) = next
+                && in_flight < self.max_parallel as usize
+                && self.may_dispatch_to(step)
+            {
+                self.dispatch(step, now, out);
+                in_flight += 1;
+            }
+        }
+        let terminal = |s: StepState| {
+            !matches!(
+                s,
+                StepState::Pending | StepState::Running | StepState::Waiting
+            )
+        };
+        let members_finished = members
+            .iter()
+            .all(|&u| terminal(self.steps[u].state) && terminal(self.steps[u + 1].state));
+        if !members_finished {
+            return false;
+        }
+        // The gate.
+        let gate = range.end - 1;
+        match self.steps[gate].state {
+            StepState::Succeeded => true,
+            StepState::Pending => {
+                if self.paused {
+                    return false;
+                }
+                match self.envs[env].gate.clone() {
+                    Gate::Auto => {
+                        self.steps[gate].finished_at = Some(now);
+                        self.set(gate, StepState::Succeeded, "auto", out);
+                        true
+                    }
+                    Gate::Manual => {
+                        self.set_env(env, EnvStatus::WaitingGate, out);
+                        self.set(
+                            gate,
+                            StepState::Waiting,
+                            "waiting for `fleetctl approve`",
+                            out,
+                        );
+                        false
+                    }
+                    Gate::Soak(duration) => {
+                        let until =
+                            now + Millis::try_from(duration.as_millis()).unwrap_or(Millis::MAX / 2);
+                        self.steps[gate].wait_until = Some(until);
+                        self.set_env(env, EnvStatus::WaitingGate, out);
+                        self.set(
+                            gate,
+                            StepState::Waiting,
+                            format!("soaking for {}", humantime::format_duration(duration)),
+                            out,
+                        );
+                        out.push(Command::WakeAt(until));
+                        false
+                    }
+                }
+            }
+            StepState::Waiting => {
+                let soaked = self.steps[gate]
+                    .wait_until
+                    .is_some_and(|until| now >= until);
+                if soaked {
+                    self.steps[gate].finished_at = Some(now);
+                    self.set(gate, StepState::Succeeded, "soaked", out);
+                    true
+                } else {
+                    false
+                }
+            }
+            _ => false,
+        }
+    }
+
+    fn update_status(&mut self, out: &mut Vec<Command>) {
+        let (status, reason) = self.derive_status();
+        if status != self.status || reason != self.reason {
+            self.status = status;
+            self.reason.clone_from(&reason);
+            out.push(Command::RunChanged { status, reason });
+        }
+    }
+
+    fn derive_status(&self) -> (RunStatus, String) {
+        let in_flight = self.steps.iter().any(|s| s.state == StepState::Running);
+        if self.aborted {
+            let reason = if in_flight {
+                "aborted; steps in flight finish on their agents"
+            } else {
+                "aborted by the operator"
+            };
+            return (RunStatus::Aborted, reason.into());
+        }
+        if self.envs.iter().all(|e| e.status == EnvStatus::Succeeded) {
+            let failed = self
+                .steps
+                .iter()
+                .filter(|s| s.state == StepState::Failed)
+                .count();
+            return if failed == 0 {
+                (RunStatus::Succeeded, String::new())
+            } else {
+                (
+                    RunStatus::Failed,
+                    format!("completed with {failed} failed member step(s)"),
+                )
+            };
+        }
+        if let Some(halt) = &self.halt {
+            return (RunStatus::Halted, halt.clone());
+        }
+        if self.paused {
+            return (RunStatus::Paused, "paused by the operator".into());
+        }
+        if let Some(env) = self.current_env() {
+            let gate = &self.steps[self.envs[env].steps.end - 1];
+            if gate.state == StepState::Waiting && self.envs[env].gate == Gate::Manual {
+                return (
+                    RunStatus::WaitingApproval,
+                    format!(
+                        "the gate of {} waits for `fleetctl approve`",
+                        self.env_names[env]
+                    ),
+                );
+            }
+            if let Some(step) = self.steps[self.envs[env].steps.clone()].iter().find(|s| {
+                s.state == StepState::Pending
+                    && s.plan
+                        .node
+                        .as_ref()
+                        .is_some_and(|n| !self.attached.contains(n))
+            }) {
+                let node = step.plan.node.as_ref().map_or("", NodeName::as_str);
+                if !self.steps.iter().any(|s| s.state == StepState::Running) {
+                    return (RunStatus::Running, format!("waiting for {node} to attach"));
+                }
+            }
+        }
+        (RunStatus::Running, String::new())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,698 @@
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::inventory::Inventory;
+use crate::plan::{Selection, Versions, plan};
+
+const T0: Millis = 1_000_000;
+
+fn inventory(envs: &[(&str, &[&str], &str)], max_parallel: u32, max_failures: u32) -> Inventory {
+    let mut text = format!(
+        "[upgrade]\ntarget_version = \"3.0.7\"\ninstaller = 'setup.exe'\n[policy]\nmax_parallel = {max_parallel}\nmax_failures = {max_failures}\nstep_timeout = \"10m\"\n"
+    );
+    for (i, (gate, nodes, _)) in envs.iter().enumerate() {
+        let members: Vec<String> = nodes[1..].iter().map(|m| format!("\"{m}\"")).collect();
+        text.push_str(&format!(
+            "[[environment]]\nname = \"e{i}\"\ngate = \"{gate}\"\nmaster = \"{}\"\nmembers = [{}]\nbackup_dir = 'b'\n",
+            nodes[0],
+            members.join(", ")
+        ));
+    }
+    Inventory::parse(Path::new("fleet.toml"), &text).unwrap()
+}
+
+fn all() -> Selection {
+    Selection {
+        environments: Vec::new(),
+        master_only: false,
+        max_parallel: None,
+        max_failures: None,
+    }
+}
+
+/// A run with every node attached, and the given nodes already on the target version.
+fn run_of(inv: &Inventory, current: &[&str]) -> Run {
+    let versions: Versions = inv
+        .nodes()
+        .map(|(_, n, _)| {
+            let v = if current.contains(&n.as_str()) {
+                "3.0.7"
+            } else {
+                "3.0.6"
+            };
+            (n.clone(), Some(v.to_string()))
+        })
+        .collect();
+    let p = plan(inv, &all(), &versions).unwrap();
+    let attached = inv.nodes().map(|(_, n, _)| n.clone()).collect();
+    Run::new(&p, 600_000, attached)
+}
+
+fn dispatched(commands: &[Command]) -> Vec<(usize, u32)> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Dispatch { step, attempt } => Some((*step, *attempt)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn name(run: &Run, step: usize) -> String {
+    let s = &run.steps[step].plan;
+    format!(
+        "{}:{}",
+        s.node.as_ref().map_or("-", |n| n.as_str()),
+        s.kind.name()
+    )
+}
+
+fn ok(run: &mut Run, step: usize) -> Vec<(usize, u32)> {
+    let attempt = run.steps[step].attempt;
+    dispatched(
+        &run.apply(
+            Event::StepFinished {
+                step,
+                attempt,
+                outcome: Outcome::Succeeded,
+            },
+            T0,
+        )
+        .unwrap(),
+    )
+}
+
+fn fail(run: &mut Run, step: usize) -> Vec<(usize, u32)> {
+    let attempt = run.steps[step].attempt;
+    dispatched(
+        &run.apply(
+            Event::StepFinished {
+                step,
+                attempt,
+                outcome: Outcome::Failed("exit 1".into()),
+            },
+            T0,
+        )
+        .unwrap(),
+    )
+}
+
+/// Completes every dispatched step with success, in order, until nothing is in flight; returns the
+/// names of the steps in dispatch order.
+fn run_to_quiet(run: &mut Run, mut queue: Vec<(usize, u32)>) -> Vec<String> {
+    let mut order = Vec::new();
+    while let Some((step, _)) = queue.first().copied() {
+        queue.remove(0);
+        order.push(name(run, step));
+        queue.extend(ok(run, step));
+    }
+    order
+}
+
+#[test]
+fn upgrades_master_first_then_members_then_the_next_environment() {
+    let inv = inventory(
+        &[("auto", &["m1", "a", "b"], ""), ("auto", &["m2", "c"], "")],
+        1,
+        0,
+    );
+    let mut run = run_of(&inv, &[]);
+    let first = dispatched(&run.apply(Event::Start, T0).unwrap());
+    let order = run_to_quiet(&mut run, first);
+    assert_eq!(
+        order,
+        [
+            "-:preflight",
+            "-:backup-database",
+            "m1:backup-secret",
+            "m1:upgrade-master",
+            "m1:verify-master",
+            "a:upgrade",
+            "a:verify",
+            "b:upgrade",
+            "b:verify",
+            "-:preflight",
+            "-:backup-database",
+            "m2:backup-secret",
+            "m2:upgrade-master",
+            "m2:verify-master",
+            "c:upgrade",
+            "c:verify",
+        ]
+        .into_iter()
+        .filter(|s| *s != "-:backup-database")
+        .collect::<Vec<_>>(),
+        "backup-database is planned skipped without an sso_database"
+    );
+    assert_eq!(run.status(), RunStatus::Succeeded);
+}
+
+#[test]
+fn members_run_max_parallel_at_a_time() {
+    let inv = inventory(&[("auto", &["m", "a", "b", "c"], "")], 2, 0);
+    let mut run = run_of(&inv, &[]);
+    let mut queue = dispatched(&run.apply(Event::Start, T0).unwrap());
+    while let Some((step, _)) = queue.pop() {
+        if run.steps[step].plan.kind == StepKind::VerifyMaster {
+            let members = ok(&mut run, step);
+            let names: Vec<String> = members.iter().map(|(s, _)| name(&run, *s)).collect();
+            assert_eq!(names, ["a:upgrade", "b:upgrade"]);
+            // a's upgrade done: a's verify takes its place before c starts.
+            let next = ok(&mut run, members[0].0);
+            assert_eq!(
+                next.iter().map(|(s, _)| name(&run, *s)).collect::<Vec<_>>(),
+                ["a:verify"]
+            );
+            let next = ok(&mut run, next[0].0);
+            assert_eq!(
+                next.iter().map(|(s, _)| name(&run, *s)).collect::<Vec<_>>(),
+                ["c:upgrade"]
+            );
+            return;
+        }
+        queue.extend(ok(&mut run, step));
+    }
+    panic!("verify-master never dispatched");
+}
+
+#[test]
+fn a_failing_master_halts_no_member_starts_and_retry_resumes() {
+    let inv = inventory(&[("auto", &["m", "a"], "")], 1, 0);
+    let mut run = run_of(&inv, &[]);
+    let mut queue = dispatched(&run.apply(Event::Start, T0).unwrap());
+    let upgrade_master = loop {
+        let (step, _) = queue.remove(0);
+        if run.steps[step].plan.kind == StepKind::UpgradeMaster {
+            break step;
+        }
+        queue.extend(ok(&mut run, step));
+    };
+    assert!(
+        fail(&mut run, upgrade_master).is_empty(),
+        "nothing may start after a master failure"
+    );
+    assert_eq!(run.status(), RunStatus::Halted);
+    assert!(
+        run.reason()
+            .contains("upgrade-master on m (e0) failed: exit 1"),
+        "{}",
+        run.reason()
+    );
+    assert!(
+        run.steps
+            .iter()
+            .filter(|s| s.plan.kind.is_member_step())
+            .all(|s| s.attempt == 0)
+    );
+
+    let e = run
+        .apply(
+            Event::Control(Control::Skip {
+                step: upgrade_master,
+            }),
+            T0,
+        )
+        .unwrap_err();
+    assert!(e.0.contains("cannot be skipped"), "{e}");
+    let e = run.apply(Event::Control(Control::Resume), T0).unwrap_err();
+    assert!(e.0.contains("retry it or abort"), "{e}");
+
+    let again = dispatched(
+        &run.apply(
+            Event::Control(Control::Retry {
+                step: upgrade_master,
+            }),
+            T0,
+        )
+        .unwrap(),
+    );
+    assert_eq!(again, [(upgrade_master, 2)]);
+    assert_eq!(run.status(), RunStatus::Running);
+    run_to_quiet(&mut run, again);
+    assert_eq!(run.status(), RunStatus::Succeeded);
+}
+
+fn to_members(run: &mut Run) -> Vec<(usize, u32)> {
+    let mut queue = dispatched(&run.apply(Event::Start, T0).unwrap());
+    loop {
+        let (step, _) = queue.remove(0);
+        let next = ok(run, step);
+        if run.steps[step].plan.kind == StepKind::VerifyMaster {
+            return next;
+        }
+        queue.extend(next);
+    }
+}
+
+#[test]
+fn member_failures_halt_beyond_max_failures() {
+    let inv = inventory(&[("auto", &["m", "a", "b"], "")], 1, 0);
+    let mut run = run_of(&inv, &[]);
+    let members = to_members(&mut run);
+    assert!(fail(&mut run, members[0].0).is_empty());
+    assert_eq!(run.status(), RunStatus::Halted);
+    assert!(
+        run.reason().contains("exceed max_failures = 0"),
+        "{}",
+        run.reason()
+    );
+    // The operator accepts the failure: the run goes on with b.
+    let next = dispatched(&run.apply(Event::Control(Control::Resume), T0).unwrap());
+    assert_eq!(
+        next.iter().map(|(s, _)| name(&run, *s)).collect::<Vec<_>>(),
+        ["b:upgrade"]
+    );
+    run_to_quiet(&mut run, next);
+    assert_eq!(run.status(), RunStatus::Failed);
+    assert_eq!(run.reason(), "completed with 1 failed member step(s)");
+
+    let inv = inventory(&[("auto", &["m", "a", "b"], "")], 1, 1);
+    let mut run = run_of(&inv, &[]);
+    let members = to_members(&mut run);
+    let next = fail(&mut run, members[0].0);
+    assert_eq!(
+        next.iter().map(|(s, _)| name(&run, *s)).collect::<Vec<_>>(),
+        ["b:upgrade"],
+        "with max_failures = 1 the run goes on"
+    );
+    assert_eq!(
+        run.steps[members[0].0 + 1].state,
+        StepState::Skipped,
+        "a's verify is skipped"
+    );
+}
+
+#[test]
+fn already_current_nodes_are_not_reinstalled_but_the_master_is_verified() {
+    let inv = inventory(&[("auto", &["m", "a", "b"], "")], 1, 0);
+    let mut run = run_of(&inv, &["m", "a"]);
+    let first = dispatched(&run.apply(Event::Start, T0).unwrap());
+    let order = run_to_quiet(&mut run, first);
+    assert_eq!(
+        order,
+        [
+            "-:preflight",
+            "m:backup-secret",
+            "m:verify-master",
+            "b:upgrade",
+            "b:verify"
+        ]
+    );
+    assert_eq!(run.status(), RunStatus::Succeeded);
+}
+
+#[test]
+fn a_manual_gate_waits_for_approval_and_a_soak_gate_for_its_time() {
+    let inv = inventory(
+        &[
+            ("manual", &["m1"], ""),
+            ("soak 5s", &["m2"], ""),
+            ("auto", &["m3"], ""),
+        ],
+        1,
+        0,
+    );
+    let mut run = run_of(&inv, &[]);
+    let first = dispatched(&run.apply(Event::Start, T0).unwrap());
+    run_to_quiet(&mut run, first);
+    assert_eq!(run.status(), RunStatus::WaitingApproval);
+    assert!(
+        dispatched(&run.apply(Event::Tick, T0 + 3_600_000).unwrap()).is_empty(),
+        "time does not pass a manual gate"
+    );
+
+    let commands = run.apply(Event::Control(Control::Approve), T0).unwrap();
+    let next = dispatched(&commands);
+    assert_eq!(name(&run, next[0].0), "-:preflight");
+    assert_eq!(run.steps[next[0].0].plan.env, 1);
+    let more: Vec<_> = next.clone();
+    run_to_quiet(&mut run, more);
+    let wake = run.apply(Event::Tick, T0).unwrap();
+    assert!(dispatched(&wake).is_empty());
+    assert_eq!(run.status(), RunStatus::Running);
+    assert!(
+        dispatched(&run.apply(Event::Tick, T0 + 4_999).unwrap()).is_empty(),
+        "soaking"
+    );
+    let next = dispatched(&run.apply(Event::Tick, T0 + 5_000).unwrap());
+    assert_eq!(run.steps[next[0].0].plan.env, 2, "the soak passed");
+}
+
+#[test]
+fn duplicates_and_stale_attempts_change_nothing() {
+    let inv = inventory(&[("auto", &["m", "a"], "")], 1, 0);
+    let mut run = run_of(&inv, &[]);
+    let first = dispatched(&run.apply(Event::Start, T0).unwrap());
+    let (preflight, attempt) = first[0];
+    ok(&mut run, preflight);
+    let before = run.clone();
+    for outcome in [Outcome::Succeeded, Outcome::Failed("late".into())] {
+        let c = run
+            .apply(
+                Event::StepFinished {
+                    step: preflight,
+                    attempt,
+                    outcome,
+                },
+                T0,
+            )
+            .unwrap();
+        assert!(c.is_empty(), "{c:?}");
+        let c = run
+            .apply(
+                Event::StepFinished {
+                    step: preflight,
+                    attempt: attempt + 7,
+                    outcome: Outcome::Succeeded,
+                },
+                T0,
+            )
+            .unwrap();
+        assert!(c.is_empty(), "{c:?}");
+    }
+    assert_eq!(run, before);
+}
+
+#[test]
+fn pause_stops_new_steps_and_a_detached_node_is_waited_for() {
+    let inv = inventory(&[("auto", &["m", "a"], "")], 1, 0);
+    let mut run = run_of(&inv, &[]);
+    let first = dispatched(&run.apply(Event::Start, T0).unwrap());
+    run.apply(Event::Control(Control::Pause), T0).unwrap();
+    assert_eq!(run.status(), RunStatus::Paused);
+    assert!(
+        ok(&mut run, first[0].0).is_empty(),
+        "in-flight steps finish; nothing new starts"
+    );
+    run.apply(Event::NodeDetached(NodeName::new("m").unwrap()), T0)
+        .unwrap();
+    assert!(dispatched(&run.apply(Event::Control(Control::Resume), T0).unwrap()).is_empty());
+    assert_eq!(run.reason(), "waiting for m to attach");
+    let next = dispatched(
+        &run.apply(Event::NodeAttached(NodeName::new("m").unwrap()), T0)
+            .unwrap(),
+    );
+    assert_eq!(name(&run, next[0].0), "m:backup-secret");
+}
+
+#[test]
+fn a_silent_step_fails_after_its_timeout_and_grace() {
+    let inv = inventory(&[("auto", &["m"], "")], 1, 0);
+    let mut run = run_of(&inv, &[]);
+    let first = dispatched(&run.apply(Event::Start, T0).unwrap());
+    assert!(
+        run.apply(Event::Tick, T0 + 600_000 + RESULT_GRACE_MS)
+            .unwrap()
+            .iter()
+            .all(|c| !matches!(
+                c,
+                Command::StepChanged {
+                    state: StepState::Failed,
+                    ..
+                }
+            ))
+    );
+    run.apply(Event::Tick, T0 + 600_001 + RESULT_GRACE_MS)
+        .unwrap();
+    assert_eq!(run.steps[first[0].0].state, StepState::Failed);
+    assert_eq!(run.status(), RunStatus::Halted);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Properties over random fleets, failures, orders, duplicates and operator actions.
+
+#[derive(Debug, Clone)]
+struct Shape {
+    envs: Vec<(Gate, usize, Vec<bool>)>, // gate, member count, already-current per node (master first)
+    max_parallel: u32,
+    max_failures: u32,
+}
+
+fn shape() -> impl Strategy<Value = Shape> {
+    let gate = prop_oneof![
+        Just(Gate::Auto),
+        Just(Gate::Manual),
+        (1u64..4).prop_map(|s| Gate::Soak(Duration::from_secs(s)))
+    ];
+    let env = (gate, 0usize..5).prop_flat_map(|(gate, members)| {
+        proptest::collection::vec(proptest::bool::weighted(0.25), members + 1)
+            .prop_map(move |current| (gate.clone(), members, current))
+    });
+    (proptest::collection::vec(env, 1..4), 1u32..4, 0u32..3).prop_map(
+        |(envs, max_parallel, max_failures)| Shape {
+            envs,
+            max_parallel,
+            max_failures,
+        },
+    )
+}
+
+fn build(shape: &Shape) -> (Run, BTreeSet<usize>) {
+    let mut text = format!(
+        "[upgrade]\ntarget_version = \"3.0.7\"\ninstaller = 's'\n[policy]\nmax_parallel = {}\nmax_failures = {}\n",
+        shape.max_parallel, shape.max_failures
+    );
+    let mut versions = Versions::new();
+    for (e, (gate, members, current)) in shape.envs.iter().enumerate() {
+        let nodes: Vec<String> = (0..=*members).map(|i| format!("n{e}x{i}")).collect();
+        for (node, cur) in nodes.iter().zip(current) {
+            versions.insert(
+                NodeName::new(node).unwrap(),
+                Some(if *cur { "3.0.7" } else { "3.0.6" }.into()),
+            );
+        }
+        let gate = match gate {
+            Gate::Soak(d) => format!("soak {}s", d.as_secs()),
+            other => other.to_string(),
+        };
+        let members: Vec<String> = nodes[1..].iter().map(|n| format!("\"{n}\"")).collect();
+        text.push_str(&format!(
+            "[[environment]]\nname = \"e{e}\"\ngate = \"{gate}\"\nmaster = \"{}\"\nmembers = [{}]\nbackup_dir = 'b'\n",
+            nodes[0],
+            members.join(",")
+        ));
+    }
+    let inv = Inventory::parse(Path::new("f.toml"), &text).unwrap();
+    let p = plan(&inv, &all(), &versions).unwrap();
+    let attached = inv.nodes().map(|(_, n, _)| n.clone()).collect();
+    let already_current: BTreeSet<usize> = p
+        .steps
+        .iter()
+        .filter(|s| {
+            s.kind != StepKind::VerifyMaster
+                && s.node
+                    .as_ref()
+                    .is_some_and(|n| versions[n].as_deref() == Some("3.0.7"))
+        })
+        .filter(|s| {
+            matches!(
+                s.kind,
+                StepKind::UpgradeMaster | StepKind::UpgradeMember | StepKind::VerifyMember
+            )
+        })
+        .map(|s| s.index)
+        .collect();
+    (Run::new(&p, 600_000, attached), already_current)
+}
+
+/// What the test (acting as shell and agents) knows, built only from commands and its own deliveries.
+#[derive(Default)]
+struct Observer {
+    outstanding: BTreeMap<usize, u32>,
+    last_outcome: BTreeMap<usize, bool>,
+    delivered: Vec<(usize, u32, bool)>,
+    /// Per environment: when its last step result was delivered, and whether a manual approval came after.
+    env_last_result: BTreeMap<usize, Millis>,
+    approved_after: BTreeMap<usize, bool>,
+    highest_attempt: BTreeMap<usize, u32>,
+}
+
+impl Observer {
+    fn check(
+        &mut self,
+        run: &Run,
+        commands: &[Command],
+        already_current: &BTreeSet<usize>,
+        now: Millis,
+    ) -> Result<(), TestCaseError> {
+        for command in commands {
+            // The coordinator gave up on a silent attempt: it is no longer out.
+            if let Command::StepChanged {
+                step,
+                state: StepState::Failed,
+                ..
+            } = *command
+            {
+                if self.outstanding.remove(&step).is_some() {
+                    self.last_outcome.insert(step, false);
+                    self.env_last_result.insert(run.steps[step].plan.env, now);
+                }
+                continue;
+            }
+            let Command::Dispatch { step, attempt } = *command else {
+                continue;
+            };
+            let s = &run.steps[step].plan;
+            // A fresh attempt number, and never while the step still has an attempt out.
+            prop_assert!(
+                attempt > self.highest_attempt.get(&step).copied().unwrap_or(0),
+                "attempt {attempt} of step {step} reused"
+            );
+            prop_assert!(
+                !self.outstanding.contains_key(&step),
+                "step {step} dispatched while in flight"
+            );
+            self.highest_attempt.insert(step, attempt);
+            // Invariant 6.
+            prop_assert!(
+                !already_current.contains(&step),
+                "already-current step {step} dispatched"
+            );
+            // Invariant 1: every master-chain step of this environment succeeded (or was planned not to run).
+            if s.kind.is_member_step() {
+                for chain in run.envs[s.env]
+                    .steps
+                    .clone()
+                    .filter(|&i| run.steps[i].plan.kind.in_master_chain())
+                {
+                    let planned_out = !matches!(run.steps[chain].plan.expected, Expected::Run);
+                    prop_assert!(
+                        planned_out || self.last_outcome.get(&chain) == Some(&true),
+                        "member step {step} dispatched before {} succeeded",
+                        run.steps[chain].plan.kind.name()
+                    );
+                }
+            }
+            // Invariant 2: the previous environment finished and its gate passed.
+            if s.env > 0 {
+                let prev = s.env - 1;
+                let prev_steps = run.envs[prev].steps.clone();
+                prop_assert!(
+                    prev_steps
+                        .clone()
+                        .all(|i| !self.outstanding.contains_key(&i)),
+                    "env {} started with env {prev} in flight",
+                    s.env
+                );
+                match &run.envs[prev].gate {
+                    Gate::Manual => prop_assert!(
+                        self.approved_after.get(&prev) == Some(&true),
+                        "env {} started without approval of env {prev}",
+                        s.env
+                    ),
+                    Gate::Soak(d) => {
+                        let last = self.env_last_result.get(&prev).copied().unwrap_or(T0);
+                        prop_assert!(
+                            now - last >= Millis::try_from(d.as_millis()).unwrap(),
+                            "env {} started before env {prev} soaked",
+                            s.env
+                        );
+                    }
+                    Gate::Auto => {}
+                }
+            }
+            self.outstanding.insert(step, attempt);
+        }
+        // Invariant 3: member steps in flight per environment.
+        for (e, env) in run.envs.iter().enumerate() {
+            let members_in_flight: BTreeSet<String> = self
+                .outstanding
+                .keys()
+                .filter(|&&i| env.steps.contains(&i) && run.steps[i].plan.kind.is_member_step())
+                .filter_map(|&i| run.steps[i].plan.node.as_ref().map(|n| n.to_string()))
+                .collect();
+            prop_assert!(
+                members_in_flight.len() <= run.max_parallel as usize,
+                "env {e}: {} members in flight",
+                members_in_flight.len()
+            );
+        }
+        Ok(())
+    }
+}
+
+proptest! {
+    // 512 cases by default; PROPTEST_CASES=N for a longer hunt.
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(512)
+    ))]
+
+    #[test]
+    fn ordering_invariants_hold_under_any_interleaving(
+        shape in shape(),
+        choices in proptest::collection::vec((0u8..10, any::<u16>(), proptest::bool::weighted(0.2)), 0..400),
+    ) {
+        let (mut run, already_current) = build(&shape);
+        let mut obs = Observer::default();
+        let mut now = T0;
+        let c = run.apply(Event::Start, now).unwrap();
+        obs.check(&run, &c, &already_current, now)?;
+        for (kind, pick, flag) in choices {
+            let pick = usize::from(pick);
+            let event = match kind {
+                // Deliver a result of an outstanding attempt (most choices).
+                0..=4 if !obs.outstanding.is_empty() => {
+                    let (&step, &attempt) = obs.outstanding.iter().nth(pick % obs.outstanding.len()).unwrap();
+                    let outcome = if flag { Outcome::Failed("simulated".into()) } else { Outcome::Succeeded };
+                    obs.outstanding.remove(&step);
+                    obs.last_outcome.insert(step, !flag);
+                    obs.delivered.push((step, attempt, !flag));
+                    obs.env_last_result.insert(run.steps[step].plan.env, now);
+                    obs.approved_after.insert(run.steps[step].plan.env, false);
+                    Event::StepFinished { step, attempt, outcome }
+                }
+                // A duplicated or stale delivery.
+                5 if !obs.delivered.is_empty() => {
+                    let (step, attempt, good) = obs.delivered[pick % obs.delivered.len()];
+                    let attempt = if flag { attempt.saturating_sub(1) } else { attempt };
+                    let outcome = if good { Outcome::Succeeded } else { Outcome::Failed("again".into()) };
+                    Event::StepFinished { step, attempt, outcome }
+                }
+                6 => { now += i64::from(pick as u16 % 5000); Event::Tick }
+                7 => Event::Control(Control::Approve),
+                8 => {
+                    let step = pick % run.steps.len();
+                    if flag { Event::Control(Control::Skip { step }) } else { Event::Control(Control::Retry { step }) }
+                }
+                9 => match pick % 4 {
+                    0 => Event::Control(Control::Pause),
+                    1 => Event::Control(Control::Resume),
+                    2 => Event::NodeDetached(run.steps[pick % run.steps.len()].plan.node.clone().unwrap_or_else(|| NodeName::new("n0x0").unwrap())),
+                    _ => Event::NodeAttached(run.steps[pick % run.steps.len()].plan.node.clone().unwrap_or_else(|| NodeName::new("n0x0").unwrap())),
+                },
+                _ => { now += 1000; Event::Tick }
+            };
+            let approve = matches!(event, Event::Control(Control::Approve));
+            let waiting_env = run.envs.iter().position(|e| e.status == EnvStatus::WaitingGate);
+            if let Ok(c) = run.apply(event, now) {
+                if approve
+                    && let Some(env) = waiting_env { obs.approved_after.insert(env, true); }
+                obs.check(&run, &c, &already_current, now)?;
+            }
+        }
+    }
+
+    #[test]
+    fn a_fleet_where_everything_succeeds_finishes(shape in shape()) {
+        let (mut run, _) = build(&shape);
+        let mut now = T0;
+        let mut queue = dispatched(&run.apply(Event::Start, now).unwrap());
+        for _ in 0..10_000 {
+            if run.status().is_final() { break; }
+            if let Some((step, attempt)) = queue.pop() {
+                queue.extend(dispatched(&run.apply(Event::StepFinished { step, attempt, outcome: Outcome::Succeeded }, now).unwrap()));
+            } else if run.status() == RunStatus::WaitingApproval {
+                queue.extend(dispatched(&run.apply(Event::Control(Control::Approve), now).unwrap()));
+            } else {
+                now += 1000;
+                queue.extend(dispatched(&run.apply(Event::Tick, now).unwrap()));
+            }
+        }
+        prop_assert_eq!(run.status(), RunStatus::Succeeded);
+        prop_assert!(run.steps.iter().all(|s| s.state.is_done()));
+    }
+}
