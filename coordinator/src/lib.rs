@@ -22,6 +22,7 @@ pub mod inventory;
 pub mod plan;
 pub mod service;
 pub mod settings;
+pub mod store;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,0 +1,454 @@
+//! Durable state (SPEC §9): runs, the inventory snapshot each run started from, steps, attempts,
+//! events and the audit trail, in one SQLite database under `--state-dir`.
+//!
+//! State changes are written in one transaction with what caused them, and a step attempt is stored
+//! as dispatched before it leaves the process ([`Store::commit`]). Agent events are keyed by
+//! (attempt, sequence): a redelivered event is stored once ([`Store::agent_event`]).
+//! The schema is versioned with `PRAGMA user_version`; [`MIGRATIONS`] bring any older database up.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::engine::{Command, Millis, Run};
+
+/// The file name of the database in the state directory.
+pub const FILE: &str = "ssofleet.db";
+
+/// Schema migrations, in order; entry `i` brings the schema from version `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[include_str!("001_initial.sql")];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state database {}: {source}", path.display())]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "state database {}: schema version {found} is newer than this coordinator knows ({known}); run a newer fleet-coordinator",
+        path.display()
+    )]
+    TooNew {
+        path: PathBuf,
+        found: u32,
+        known: u32,
+    },
+    #[error("run {0} is not in the state database")]
+    UnknownRun(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// What a run was started with, stored once.
+#[derive(Debug, Clone)]
+pub struct NewRun<'a> {
+    pub id: &'a str,
+    pub workflow: &'a str,
+    pub started_by: &'a str,
+    pub started_at: Millis,
+    /// The inventory file's text as the run started from it.
+    pub inventory_toml: &'a str,
+    pub selection_json: &'a str,
+    pub plan_hash: &'a str,
+    pub target_version: &'a str,
+    pub installer: &'a str,
+    pub step_timeout_ms: Millis,
+}
+
+/// A run event as stored and as `WatchRun` streams it: `seq` is the cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub seq: u64,
+    pub at: Millis,
+    pub step: Option<usize>,
+    pub kind: String,
+    pub payload: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRow {
+    pub id: String,
+    pub workflow: String,
+    pub state: String,
+    pub reason: String,
+    pub started_at: Millis,
+    pub finished_at: Option<Millis>,
+    pub started_by: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub at: Millis,
+    pub operator: String,
+    pub action: String,
+    pub run_id: String,
+    pub node: Option<String>,
+    pub step: Option<String>,
+    pub detail: String,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `state_dir` and migrates it to the current schema.
+    pub fn open(state_dir: &Path) -> Result<Self> {
+        let path = state_dir.join(FILE);
+        let conn = Connection::open(&path).map_err(|source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        })?;
+        let mut store = Self { conn, path };
+        store.init()?;
+        Ok(store)
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        |source| StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn init(&mut self) -> Result<()> {
+        // WAL: readers do not block the writer; synchronous=FULL: a committed dispatch survives a crash.
+        self.conn
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+            )
+            .map_err(self.err())?;
+        let version: u32 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(self.err())?;
+        let known = u32::try_from(MIGRATIONS.len()).unwrap_or(u32::MAX);
+        if version > known {
+            return Err(StoreError::TooNew {
+                path: self.path.clone(),
+                found: version,
+                known,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let path = self.path.clone();
+            let err = |source| StoreError::Sqlite {
+                path: path.clone(),
+                source,
+            };
+            let tx = self.conn.transaction().map_err(err)?;
+            tx.execute_batch(sql).map_err(err)?;
+            tx.pragma_update(
+                None,
+                "user_version",
+                i64::try_from(i + 1).unwrap_or(i64::MAX),
+            )
+            .map_err(err)?;
+            tx.commit().map_err(err)?;
+        }
+        Ok(())
+    }
+
+    pub fn schema_version(&self) -> Result<u32> {
+        self.conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(self.err())
+    }
+
+    /// Stores a new run with its inventory snapshot and its planned steps.
+    pub fn create_run(&mut self, new: &NewRun<'_>, run: &Run) -> Result<()> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        tx.execute(
+            "INSERT INTO runs (id, workflow, state, reason, started_at, started_by, inventory_toml, selection_json,
+                               plan_hash, target_version, installer, step_timeout_ms, max_parallel, max_failures)
+             VALUES (?1, ?2, ?3, '', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            params![
+                new.id, new.workflow, run.status().as_str(), new.started_at, new.started_by, new.inventory_toml,
+                new.selection_json, new.plan_hash, new.target_version, new.installer, new.step_timeout_ms,
+                run.max_parallel, run.max_failures
+            ],
+        )
+        .map_err(err)?;
+        for (i, step) in run.steps.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO steps (run_id, idx, environment, node, step, batch, expected, state, attempts, message)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9)",
+                params![
+                    new.id,
+                    i64::try_from(i).unwrap_or(i64::MAX),
+                    run.env_names[step.plan.env],
+                    step.plan.node.as_ref().map(|n| n.as_str()),
+                    step.plan.kind.name(),
+                    step.plan.batch,
+                    step.plan.expected.to_string(),
+                    step.state.as_str(),
+                    step.message,
+                ],
+            )
+            .map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Persists, in one transaction, what the engine decided for `run` at `now`: step, environment and
+    /// run changes, dispatched attempts (with the uuid each gets), and one run event per change.
+    /// Returns the attempt uuids of the dispatches, in order: send them only after this returns.
+    pub fn commit(
+        &mut self,
+        run_id: &str,
+        run: &Run,
+        commands: &[Command],
+        now: Millis,
+    ) -> Result<Vec<String>> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        let mut seq: i64 = tx
+            .query_row(
+                "SELECT COALESCE(MAX(seq), 0) FROM run_events WHERE run_id = ?1",
+                [run_id],
+                |r| r.get(0),
+            )
+            .map_err(err)?;
+        let mut attempt_ids = Vec::new();
+        for command in commands {
+            let (step, kind, payload) = match command {
+                Command::Dispatch { step, attempt } => {
+                    let id = uuid::Uuid::new_v4().to_string();
+                    let s = &run.steps[*step];
+                    tx.execute(
+                        "INSERT INTO attempts (id, run_id, idx, number, node, state, dispatched_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, 'dispatched', ?6)",
+                        params![
+                            id,
+                            run_id,
+                            *step as i64,
+                            attempt,
+                            s.plan.node.as_ref().map(|n| n.as_str()),
+                            now
+                        ],
+                    )
+                    .map_err(err)?;
+                    tx.execute(
+                        "UPDATE steps SET attempts = ?3, started_at = ?4, finished_at = NULL WHERE run_id = ?1 AND idx = ?2",
+                        params![run_id, *step as i64, attempt, now],
+                    )
+                    .map_err(err)?;
+                    let payload = serde_json::json!({ "attempt": attempt, "attempt_id": id });
+                    attempt_ids.push(id);
+                    (Some(*step), "dispatched", payload)
+                }
+                Command::StepChanged {
+                    step,
+                    state,
+                    message,
+                } => {
+                    let s = &run.steps[*step];
+                    tx.execute(
+                        "UPDATE steps SET state = ?3, message = ?4, finished_at = ?5, wait_until = ?6 WHERE run_id = ?1 AND idx = ?2",
+                        params![run_id, *step as i64, state.as_str(), message, s.finished_at, s.wait_until],
+                    )
+                    .map_err(err)?;
+                    (
+                        Some(*step),
+                        "step",
+                        serde_json::json!({ "state": state.as_str(), "message": message }),
+                    )
+                }
+                Command::EnvChanged { env, status } => (
+                    None,
+                    "environment",
+                    serde_json::json!({ "environment": run.env_names[*env], "status": format!("{status:?}") }),
+                ),
+                Command::RunChanged { status, reason } => {
+                    let finished = status.is_final().then_some(now);
+                    tx.execute(
+                        "UPDATE runs SET state = ?2, reason = ?3, finished_at = COALESCE(finished_at, ?4) WHERE id = ?1",
+                        params![run_id, status.as_str(), reason, finished],
+                    )
+                    .map_err(err)?;
+                    (
+                        None,
+                        "run",
+                        serde_json::json!({ "state": status.as_str(), "reason": reason }),
+                    )
+                }
+                Command::WakeAt(_) => continue,
+            };
+            seq += 1;
+            tx.execute(
+                "INSERT INTO run_events (run_id, seq, at, idx, kind, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![run_id, seq, now, step.map(|s| s as i64), kind, payload.to_string()],
+            )
+            .map_err(err)?;
+        }
+        tx.commit().map_err(err)?;
+        Ok(attempt_ids)
+    }
+
+    /// Stores one event an agent emitted for an attempt; false when (attempt, seq) was already stored.
+    pub fn agent_event(
+        &mut self,
+        attempt_id: &str,
+        seq: u64,
+        at: Millis,
+        kind: &str,
+        payload: &serde_json::Value,
+    ) -> Result<bool> {
+        let inserted = self
+            .conn
+            .execute(
+                "INSERT OR IGNORE INTO attempt_events (attempt_id, seq, at, kind, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![attempt_id, seq as i64, at, kind, payload.to_string()],
+            )
+            .map_err(self.err())?;
+        Ok(inserted == 1)
+    }
+
+    /// The highest sequence number stored for an attempt with no gap below it (what may be acknowledged).
+    pub fn contiguous_seq(&self, attempt_id: &str) -> Result<u64> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT seq FROM attempt_events WHERE attempt_id = ?1 ORDER BY seq")
+            .map_err(self.err())?;
+        let seqs = stmt
+            .query_map([attempt_id], |r| r.get::<_, i64>(0))
+            .map_err(self.err())?;
+        let mut expected = 1u64;
+        for seq in seqs {
+            if u64::try_from(seq.map_err(self.err())?).ok() != Some(expected) {
+                break;
+            }
+            expected += 1;
+        }
+        Ok(expected - 1)
+    }
+
+    /// Run events after `after_seq`, oldest first, at most `limit`.
+    pub fn run_events(
+        &self,
+        run_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, at, idx, kind, payload FROM run_events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map(params![run_id, after_seq as i64, limit as i64], |r| {
+                let payload: String = r.get(4)?;
+                Ok(StoredEvent {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    at: r.get(1)?,
+                    step: r.get::<_, Option<i64>>(2)?.map(|i| i as usize),
+                    kind: r.get(3)?,
+                    payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
+                })
+            })
+            .map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err())
+    }
+
+    pub fn run(&self, run_id: &str) -> Result<RunRow> {
+        self.conn
+            .query_row(
+                "SELECT id, workflow, state, reason, started_at, finished_at, started_by FROM runs WHERE id = ?1",
+                [run_id],
+                run_row,
+            )
+            .optional()
+            .map_err(self.err())?
+            .ok_or_else(|| StoreError::UnknownRun(run_id.to_string()))
+    }
+
+    /// Every run, newest first.
+    pub fn runs(&self) -> Result<Vec<RunRow>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, workflow, state, reason, started_at, finished_at, started_by FROM runs ORDER BY started_at DESC, id",
+            )
+            .map_err(self.err())?;
+        let rows = stmt.query_map([], run_row).map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err())
+    }
+
+    /// The inventory text a run started from.
+    pub fn inventory_snapshot(&self, run_id: &str) -> Result<String> {
+        self.conn
+            .query_row(
+                "SELECT inventory_toml FROM runs WHERE id = ?1",
+                [run_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err())?
+            .ok_or_else(|| StoreError::UnknownRun(run_id.to_string()))
+    }
+
+    pub fn audit(&mut self, entry: &AuditEntry) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO audit (at, operator, action, run_id, node, step, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![entry.at, entry.operator, entry.action, entry.run_id, entry.node, entry.step, entry.detail],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// The audit trail, oldest first; of one run when `run_id` is given.
+    pub fn audit_entries(&self, run_id: Option<&str>) -> Result<Vec<AuditEntry>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT at, operator, action, run_id, node, step, detail FROM audit
+                 WHERE ?1 IS NULL OR run_id = ?1 ORDER BY id",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([run_id], |r| {
+                Ok(AuditEntry {
+                    at: r.get(0)?,
+                    operator: r.get(1)?,
+                    action: r.get(2)?,
+                    run_id: r.get(3)?,
+                    node: r.get(4)?,
+                    step: r.get(5)?,
+                    detail: r.get(6)?,
+                })
+            })
+            .map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err())
+    }
+}
+
+fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
+    Ok(RunRow {
+        id: r.get(0)?,
+        workflow: r.get(1)?,
+        state: r.get(2)?,
+        reason: r.get(3)?,
+        started_at: r.get(4)?,
+        finished_at: r.get(5)?,
+        started_by: r.get(6)?,
+    })
+}
+
+#[cfg(test)]
+mod tests;
