@@ -177,7 +177,15 @@ impl FleetTask {
                     return;
                 };
                 if let Some(old) = entry.session.take() {
-                    tracing::info!(node = %node, "agent {node} re-attached; closing its previous stream");
+                    let from = session
+                        .remote_addr
+                        .map_or_else(|| "?".to_string(), |a| a.to_string());
+                    let why = format!(
+                        "replaced by a new stream of node {node} from {from} (agent instance {}); two agents using one certificate replace each other like this",
+                        session.agent_instance_id
+                    );
+                    tracing::info!(node = %node, "agent {node} re-attached; closing its previous stream (agent instance {})", old.agent_instance_id);
+                    let _ = old.sender.try_send(Err(Status::aborted(why)));
                     old.closed.cancel();
                 }
                 let version = facts

@@ -386,7 +386,8 @@ impl Checker<'_> {
         let name = match EnvName::new(raw.name.get_ref()) {
             Ok(name) => {
                 let line = self.line(&raw.name);
-                if let Some(first) = env_names.insert(name.as_str().to_string(), line) {
+                // `prod` and `Prod` are one environment to a reader: refuse both.
+                if let Some(first) = env_names.insert(name.as_str().to_ascii_lowercase(), line) {
                     self.problem(
                         &raw.name,
                         &name_key,

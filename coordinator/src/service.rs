@@ -179,6 +179,18 @@ impl pb::agent_service_server::AgentService for AgentService {
             }
         }
 
+        if hello.highest_epoch_seen > shared.epoch {
+            tracing::error!(
+                node = %cert_node, %peer,
+                "refused agent {cert_node}: it has seen coordinator epoch {}, newer than this coordinator's epoch {}; \
+                 another coordinator with a newer state directory is running, or this one was started from an old backup",
+                hello.highest_epoch_seen, shared.epoch
+            );
+            return Err(Status::failed_precondition(format!(
+                "this coordinator's epoch {} is older than epoch {} the agent has seen",
+                shared.epoch, hello.highest_epoch_seen
+            )));
+        }
         let (tx, rx) = mpsc::channel(256);
         let welcome = pb::CoordinatorMessage {
             body: Some(CoordinatorBody::Welcome(pb::Welcome {
@@ -187,6 +199,7 @@ impl pb::agent_service_server::AgentService for AgentService {
                 heartbeat_interval_ms: millis_u32(shared.heartbeat_interval),
                 heartbeat_timeout_ms: millis_u32(shared.heartbeat_timeout),
                 acks: Vec::new(),
+                protocol_version: fleet_proto::PROTOCOL_VERSION,
             })),
         };
         tx.send(Ok(welcome))
@@ -239,7 +252,9 @@ async fn send_heartbeats(
                 attempts_in_flight: 0,
             })),
         };
-        if tx.send(Ok(beat)).await.is_err() {
+        // An agent that stops reading fills the buffer: skip the beat rather than block (and hold the
+        // stream open) past the session's end.
+        if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Ok(beat)) {
             return;
         }
     }

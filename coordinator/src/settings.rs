@@ -109,9 +109,10 @@ impl Args {
             None => file_duration(&file.heartbeat_timeout, "heartbeat_timeout")?
                 .unwrap_or(DEFAULT_HEARTBEAT_TIMEOUT),
         };
-        if heartbeat_interval.is_zero() || heartbeat_timeout <= heartbeat_interval {
+        // Two missed beats before a node shows detached: one late packet must not make it flap.
+        if heartbeat_interval.is_zero() || heartbeat_timeout < heartbeat_interval * 2 {
             return Err(format!(
-                "the heartbeat timeout ({}) must be longer than the heartbeat interval ({})",
+                "the heartbeat timeout ({}) must be at least twice the heartbeat interval ({})",
                 humantime::format_duration(heartbeat_timeout),
                 humantime::format_duration(heartbeat_interval)
             ));
@@ -236,7 +237,7 @@ mod tests {
         .settings()
         .unwrap_err();
         assert!(
-            e.contains("must be longer than the heartbeat interval"),
+            e.contains("must be at least twice the heartbeat interval"),
             "{e}"
         );
     }

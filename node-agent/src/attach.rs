@@ -21,6 +21,8 @@ use crate::config::AgentConfig;
 use crate::facts;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A session that lasted this long resets the re-attach backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
 /// Until the coordinator's welcome says otherwise.
 const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -42,6 +44,8 @@ enum SessionEnd {
     Connect(String),
     #[error("the coordinator refused this agent: {0}")]
     Refused(String),
+    #[error("refusing a stale coordinator: {0}")]
+    Stale(String),
     #[error("{0}")]
     Lost(String),
 }
@@ -90,17 +94,19 @@ impl Agent {
     async fn attach_forever(mut self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(self.config.reconnect_initial, self.config.reconnect_max);
         loop {
-            let mut welcomed = false;
+            let mut welcomed = None;
             let end = tokio::select! {
                 () = shutdown.cancelled() => return,
                 end = self.session(&mut welcomed, &shutdown) => end,
             };
-            if welcomed {
+            // Only a session that lasted resets the backoff: two agents fighting over one certificate,
+            // or a coordinator that drops every stream, must not make a tight loop.
+            if welcomed.is_some_and(|at: std::time::Instant| at.elapsed() >= STABLE_SESSION) {
                 backoff.reset();
             }
             let delay = backoff.next_delay();
             match &end {
-                SessionEnd::Refused(_) => tracing::error!(
+                SessionEnd::Refused(_) | SessionEnd::Stale(_) => tracing::error!(
                     coordinator = %self.config.coordinator,
                     "{end}; retrying in {}", humantime::format_duration(round_ms(delay))
                 ),
@@ -116,7 +122,11 @@ impl Agent {
         }
     }
 
-    async fn session(&mut self, welcomed: &mut bool, shutdown: &CancellationToken) -> SessionEnd {
+    async fn session(
+        &mut self,
+        welcomed: &mut Option<std::time::Instant>,
+        shutdown: &CancellationToken,
+    ) -> SessionEnd {
         let params = self.fact_params();
         let facts = facts::collect(&self.config, &params).await;
         if !facts.error.is_empty() {
@@ -137,6 +147,7 @@ impl Agent {
             attempts: Vec::new(),
             agent_instance_id: self.instance_id.clone(),
             started_at_unix_ms: unix_ms(self.started_at),
+            protocol_version: fleet_proto::PROTOCOL_VERSION,
         };
         if tx.send(message(AgentBody::Hello(hello))).await.is_err() {
             return SessionEnd::Lost("the outbound stream closed before the hello".into());
@@ -165,8 +176,14 @@ impl Agent {
             Ok(Err(status)) => return classify(&status, url),
             Err(_) => return SessionEnd::Lost("no welcome from the coordinator in time".into()),
         };
-        *welcomed = true;
-        self.highest_epoch = self.highest_epoch.max(welcome.epoch);
+        if welcome.epoch < self.highest_epoch {
+            return SessionEnd::Stale(format!(
+                "its epoch {} is older than epoch {} this agent has seen; a newer coordinator exists",
+                welcome.epoch, self.highest_epoch
+            ));
+        }
+        *welcomed = Some(std::time::Instant::now());
+        self.highest_epoch = welcome.epoch;
         let interval = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(100)));
         let timeout =
             Duration::from_millis(u64::from(welcome.heartbeat_timeout_ms)).max(interval * 2);
@@ -177,31 +194,36 @@ impl Agent {
 
         let mut heartbeat = tokio::time::interval(interval);
         heartbeat.tick().await;
+        // Only what the coordinator sends resets this: a link that died silently is noticed in `timeout`.
+        let silence = tokio::time::sleep(timeout);
+        tokio::pin!(silence);
         loop {
             let next = tokio::select! {
                 () = shutdown.cancelled() => return SessionEnd::Lost("shutting down".into()),
-                _ = heartbeat.tick() => {
-                    let beat = pb::Heartbeat { sent_at_unix_ms: unix_ms(SystemTime::now()), attempts_in_flight: 0 };
-                    if tx.send(message(AgentBody::Heartbeat(beat))).await.is_err() {
-                        return SessionEnd::Lost("the stream to the coordinator closed".into());
-                    }
-                    continue;
-                }
-                next = tokio::time::timeout(timeout, inbound.message()) => next,
-            };
-            let body = match next {
-                Err(_) => {
+                () = &mut silence => {
                     return SessionEnd::Lost(format!(
                         "nothing heard from the coordinator for {}",
                         humantime::format_duration(timeout)
                     ));
                 }
-                Ok(Err(status)) => return classify(&status, url),
-                Ok(Ok(None)) => {
-                    return SessionEnd::Lost("the coordinator closed the stream".into());
+                _ = heartbeat.tick() => {
+                    let beat = pb::Heartbeat { sent_at_unix_ms: unix_ms(SystemTime::now()), attempts_in_flight: 0 };
+                    // A full outbound buffer means the link is stuck: skip this beat, never block on it.
+                    if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(message(AgentBody::Heartbeat(beat))) {
+                        return SessionEnd::Lost("the stream to the coordinator closed".into());
+                    }
+                    continue;
                 }
-                Ok(Ok(Some(pb::CoordinatorMessage { body: None }))) => continue,
-                Ok(Ok(Some(pb::CoordinatorMessage { body: Some(body) }))) => body,
+                next = inbound.message() => next,
+            };
+            silence
+                .as_mut()
+                .reset(tokio::time::Instant::now() + timeout);
+            let body = match next {
+                Err(status) => return classify(&status, url),
+                Ok(None) => return SessionEnd::Lost("the coordinator closed the stream".into()),
+                Ok(Some(pb::CoordinatorMessage { body: None })) => continue,
+                Ok(Some(pb::CoordinatorMessage { body: Some(body) })) => body,
             };
             match body {
                 CoordinatorBody::Heartbeat(_) | CoordinatorBody::EventAck(_) => {}
@@ -209,14 +231,17 @@ impl Agent {
                     tracing::warn!("a second welcome from the coordinator; ignored")
                 }
                 CoordinatorBody::RefreshFacts(request) => {
+                    // Facts may take minutes (hashing an installer on a share): never in this loop.
                     let mut params = self.fact_params();
                     if !request.installer.is_empty() {
                         params.insert("installer".into(), request.installer);
                     }
-                    let facts = facts::collect(&self.config, &params).await;
-                    if tx.send(message(AgentBody::Facts(facts))).await.is_err() {
-                        return SessionEnd::Lost("the stream to the coordinator closed".into());
-                    }
+                    let config = self.config.clone();
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        let facts = facts::collect(&config, &params).await;
+                        let _ = tx.send(message(AgentBody::Facts(facts))).await;
+                    });
                 }
                 CoordinatorBody::Assign(assignment) => {
                     // Refused in the open rather than acknowledged and dropped: this agent cannot run steps.
@@ -275,6 +300,7 @@ fn classify(status: &tonic::Status, url: &str) -> SessionEnd {
         Code::PermissionDenied | Code::Unauthenticated => {
             SessionEnd::Refused(status.message().to_string())
         }
+        Code::FailedPrecondition => SessionEnd::Stale(status.message().to_string()),
         Code::Unavailable | Code::Unknown => {
             let detail = std::error::Error::source(status)
                 .map(fleet_proto::transport::describe_chain)

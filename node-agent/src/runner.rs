@@ -138,19 +138,23 @@ pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Ou
         program: spec.program.display().to_string(),
         source,
     })?;
-    if let (Some(secret), Some(mut stdin)) = (&spec.stdin_secret, child.stdin.take()) {
+    let deadline = tokio::time::Instant::now() + spec.timeout;
+    if let (Some(secret), Some(mut stdin)) = (spec.stdin_secret.clone(), child.stdin.take()) {
+        // From a task: a child that writes a lot before it reads stdin must not stall the deadline.
         // A program that exits without reading its input is its own failure; report that, not EPIPE.
-        let _ = stdin.write_all(secret.as_bytes()).await;
-        let _ = stdin.write_all(b"\n").await;
-        drop(stdin);
+        tokio::spawn(async move {
+            let _ = stdin.write_all(secret.as_bytes()).await;
+            let _ = stdin.write_all(b"\n").await;
+        });
     }
 
     let (line_tx, mut lines) = mpsc::channel::<(bool, String)>(256);
+    let mut readers = Vec::new();
     if let Some(stdout) = child.stdout.take() {
-        tokio::spawn(forward_lines(stdout, false, line_tx.clone()));
+        readers.push(tokio::spawn(forward_lines(stdout, false, line_tx.clone())));
     }
     if let Some(stderr) = child.stderr.take() {
-        tokio::spawn(forward_lines(stderr, true, line_tx.clone()));
+        readers.push(tokio::spawn(forward_lines(stderr, true, line_tx.clone())));
     }
     drop(line_tx);
 
@@ -172,7 +176,6 @@ pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Ou
         report
     };
 
-    let deadline = tokio::time::Instant::now() + spec.timeout;
     let mut timed_out = false;
     let mut status = None;
     let mut open = true;
@@ -181,14 +184,18 @@ pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Ou
             line = lines.recv(), if open => match line {
                 Some((is_stderr, line)) => {
                     let report = handle(is_stderr, line, &mut outputs);
-                    let _ = reports.send(report).await;
+                    // A slow consumer must not hold the step past its deadline.
+                    tokio::select! {
+                        _ = reports.send(report) => {}
+                        () = tokio::time::sleep_until(deadline) => {}
+                    }
                 }
                 None => open = false,
             },
             exit = child.wait() => status = Some(exit),
             () = tokio::time::sleep_until(deadline) => {
                 timed_out = true;
-                kill_tree(&mut child);
+                kill_tree(&mut child).await;
                 status = Some(child.wait().await);
             }
         }
@@ -199,10 +206,14 @@ pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Ou
         match tokio::time::timeout_at(drain_until, lines.recv()).await {
             Ok(Some((is_stderr, line))) => {
                 let report = handle(is_stderr, line, &mut outputs);
-                let _ = reports.send(report).await;
+                let _ = tokio::time::timeout_at(drain_until, reports.send(report)).await;
             }
             Ok(None) | Err(_) => open = false,
         }
+    }
+    // A grandchild may still hold the pipes: stop reading them.
+    for reader in readers {
+        reader.abort();
     }
     let exit_code = match status {
         Some(Ok(status)) if !timed_out => status.code(),
@@ -217,14 +228,25 @@ pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Ou
     })
 }
 
-/// Stops the child and, on Unix, every process of its group.
-fn kill_tree(child: &mut tokio::process::Child) {
+/// Stops the child and every process it started: its process group on Unix, its process tree
+/// (`taskkill /T`) on Windows.
+async fn kill_tree(child: &mut tokio::process::Child) {
     #[cfg(unix)]
     if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
         let _ = nix::sys::signal::killpg(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
         );
+    }
+    #[cfg(windows)]
+    if let Some(pid) = child.id() {
+        let _ = Command::new("taskkill")
+            .args(["/T", "/F", "/PID", &pid.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
     }
     let _ = child.start_kill();
 }

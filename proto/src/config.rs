@@ -100,9 +100,21 @@ pub fn deserialize<T: DeserializeOwned>(text: &str) -> Result<T, Problem> {
             Some(rest) => format!("unknown key {rest}"),
             None => toml_terms(&message),
         };
+        let mut key = if path == "." { String::new() } else { path };
+        // A missing key is named by the message, not the path (which stops at its table).
+        if let Some(missing) = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next())
+        {
+            key = if key.is_empty() {
+                missing.to_string()
+            } else {
+                format!("{key}.{missing}")
+            };
+        }
         Problem {
             line: inner.span().map_or(1, |s| line_of(text, s.start)),
-            key: if path == "." { String::new() } else { path },
+            key,
             message,
         }
     })

@@ -15,6 +15,9 @@ pub mod logging;
 pub mod tls;
 pub mod transport;
 
+/// The version of the agent protocol this build speaks, exchanged in `Hello` and `Welcome`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
 /// Generated protobuf and gRPC code (package `ssofleet.v1`).
 pub mod pb {
     #![allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used)]

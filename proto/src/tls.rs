@@ -323,12 +323,12 @@ pub fn explain(error: &rustls::Error) -> String {
             CertificateError::UnknownIssuer | CertificateError::BadSignature,
         ) => "the peer's certificate was not issued by this fleet's CA".into(),
         rustls::Error::InvalidCertificate(CertificateError::Other(other)) => other.to_string(),
-        rustls::Error::InvalidCertificate(CertificateError::Expired) => {
-            "the peer's certificate has expired".into()
-        }
-        rustls::Error::InvalidCertificate(CertificateError::NotValidForName) => {
-            "the server's certificate is not valid for the host name dialled (see --san)".into()
-        }
+        rustls::Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        ) => "the peer's certificate has expired".into(),
+        rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => "the server's certificate is not valid for the host name dialled (see `fleetctl certs init --san`)".into(),
         rustls::Error::NoCertificatesPresented => "the peer presented no certificate".into(),
         rustls::Error::AlertReceived(A::UnknownCA | A::BadCertificate) => {
             "the peer refused our certificate (not issued by its CA)".into()

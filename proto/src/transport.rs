@@ -22,6 +22,8 @@ use crate::tls::explain;
 
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once: unauthenticated peers cannot take every file descriptor.
+const MAX_HANDSHAKES: usize = 512;
 
 /// Accepts TCP connections on `listener`, performs the TLS handshake of each in its own task, and
 /// yields the established streams, ready for `Server::serve_with_incoming`. Refused handshakes are
@@ -32,8 +34,17 @@ pub fn tls_incoming(
 ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         loop {
+            // At the limit, stop accepting until a handshake finishes: the kernel's backlog holds the rest.
+            let permit = tokio::select! {
+                () = tx.closed() => return,
+                permit = handshakes.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+            };
             let (tcp, peer) = tokio::select! {
                 () = tx.closed() => return,
                 accepted = listener.accept() => match accepted {
@@ -50,7 +61,9 @@ pub fn tls_incoming(
             let tx = tx.clone();
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                drop(permit);
+                match handshake {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(stream)).await;
                     }
@@ -121,7 +134,11 @@ pub async fn connect(
     let endpoint = Endpoint::from_shared(format!("http://{authority}"))
         .map_err(|e| bad(&e.to_string()))?
         .connect_timeout(connect_timeout)
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        // HTTP/2 pings find a connection that died without a FIN (host crash, NAT or VPN drop).
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
     let connector = tower::service_fn(move |_: Uri| {
         let tls = TlsConnector::from(tls.clone());
         let host = host.clone();

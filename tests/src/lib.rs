@@ -33,9 +33,14 @@ pub fn bin(name: &str) -> PathBuf {
         );
     };
     // `cargo test -p fleet-tests` alone does not rebuild the other packages' binaries: never test old ones.
-    if let Some((source, changed)) = newest_source() {
+    let crates: &[&str] = match name {
+        "fleet-agent" => &["proto", "node-agent"],
+        "fleet-coordinator" => &["proto", "coordinator"],
+        _ => &["proto", "coordinator", "cli"],
+    };
+    if let Some((source, changed)) = newest_source(crates) {
         assert!(
-            built >= *changed,
+            built >= changed,
             "{} is older than {}: rebuild with `cargo test --workspace` (or `cargo build --workspace --bins`)",
             path.display(),
             source.display()
@@ -44,36 +49,40 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// The most recently modified source file of the workspace's crates.
-fn newest_source() -> Option<&'static (PathBuf, std::time::SystemTime)> {
-    static NEWEST: std::sync::OnceLock<Option<(PathBuf, std::time::SystemTime)>> =
-        std::sync::OnceLock::new();
-    NEWEST
-        .get_or_init(|| {
-            let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
-            let mut newest: Option<(PathBuf, std::time::SystemTime)> = None;
-            let mut stack: Vec<PathBuf> = ["proto", "coordinator", "node-agent", "cli"]
-                .iter()
-                .map(|c| root.join(c))
-                .collect();
-            while let Some(dir) = stack.pop() {
-                for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                    let path = entry.path();
-                    if path.is_dir() {
-                        stack.push(path);
-                    } else if path
-                        .extension()
-                        .is_some_and(|e| e == "rs" || e == "proto" || e == "toml")
-                        && let Ok(modified) = entry.metadata().and_then(|m| m.modified())
-                        && newest.as_ref().is_none_or(|(_, t)| modified > *t)
-                    {
-                        newest = Some((path, modified));
-                    }
+/// The most recently modified source file of the given workspace crates (what a binary is built from).
+fn newest_source(crates: &[&str]) -> Option<(PathBuf, std::time::SystemTime)> {
+    type Newest = Option<(PathBuf, std::time::SystemTime)>;
+    static CACHE: std::sync::Mutex<Vec<(String, Newest)>> = std::sync::Mutex::new(Vec::new());
+    let key = crates.join(",");
+    let mut cache = CACHE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, found)) = cache.iter().find(|(k, _)| *k == key) {
+        return found.clone();
+    }
+    let found = (|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
+        let mut newest: Option<(PathBuf, std::time::SystemTime)> = None;
+        let mut stack: Vec<PathBuf> = crates.iter().map(|c| root.join(c)).collect();
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path
+                    .extension()
+                    .is_some_and(|e| e == "rs" || e == "proto" || e == "toml")
+                    && let Ok(modified) = entry.metadata().and_then(|m| m.modified())
+                    && newest.as_ref().is_none_or(|(_, t)| modified > *t)
+                {
+                    newest = Some((path, modified));
                 }
             }
-            newest
-        })
-        .as_ref()
+        }
+        newest
+    })();
+    cache.push((key, found.clone()));
+    found
 }
 
 /// The fixture scripts that stand in for Windows tools.
@@ -290,6 +299,8 @@ pub struct Coordinator {
 pub struct CoordinatorOptions {
     pub heartbeat_interval: &'static str,
     pub heartbeat_timeout: &'static str,
+    /// The state directory, relative to the fleet directory.
+    pub state: &'static str,
 }
 
 impl Default for CoordinatorOptions {
@@ -297,6 +308,7 @@ impl Default for CoordinatorOptions {
         Self {
             heartbeat_interval: "200ms",
             heartbeat_timeout: "1s",
+            state: "state",
         }
     }
 }
@@ -314,7 +326,7 @@ impl Coordinator {
                 "--inventory",
                 path_str(&fleet.path("fleet.toml"))?,
                 "--state-dir",
-                path_str(&fleet.path("state"))?,
+                path_str(&fleet.path(options.state))?,
                 "--tls-dir",
                 path_str(&fleet.path("tls"))?,
                 "--heartbeat-interval",

@@ -181,6 +181,13 @@ fn an_empty_environment_name() {
 }
 
 #[test]
+fn environment_names_differing_only_in_case_are_duplicates() {
+    let (line, key, msg) = problem(&edit("name = \"prod\"", "name = \"DEV\""));
+    assert_eq!((line, key.as_str()), (27, "environment[1].name"));
+    assert!(msg.contains("is defined twice"), "{msg}");
+}
+
+#[test]
 fn a_duplicate_environment_name() {
     let (line, key, msg) = problem(&edit("name = \"prod\"", "name = \"dev\""));
     assert_eq!((line, key.as_str()), (27, "environment[1].name"));
@@ -296,8 +303,11 @@ fn type_and_missing_field_errors_name_line_and_key() {
     assert!(msg.contains("integer"), "{msg}");
 
     let (line, key, msg) = problem(&edit("master = \"sso-prod-01\"\n", ""));
-    assert_eq!(key, "environment[1]");
+    assert_eq!(key, "environment[1].master");
     assert!(msg.contains("missing field `master`"), "{msg}");
+
+    let (_, key, _) = problem("[[environment]]\nname = \"a\"\nmaster = \"m\"\nbackup_dir = 'b'\n");
+    assert_eq!(key, "upgrade", "a missing table is named");
     assert!(
         line >= 26,
         "line {line}: the second [[environment]] starts on line 26"

@@ -139,3 +139,63 @@ fn agents_reattach_to_a_restarted_coordinator_which_takes_a_new_epoch() {
     restarted.wait_attached(&fleet, "a1", true);
     a1.process.wait_for_log("coordinator epoch 2");
 }
+
+#[test]
+fn an_agent_notices_a_silent_coordinator_and_comes_back() {
+    let fleet = Fleet::new().unwrap();
+    fleet.write("fleet.toml", FLEET).unwrap();
+    let coordinator =
+        Coordinator::start(&fleet, "127.0.0.1:0", &CoordinatorOptions::default()).unwrap();
+    let a1 = agent(&fleet, &coordinator, "a1", "3.0.6");
+    coordinator.wait_attached(&fleet, "a1", true);
+
+    // Frozen: the TCP connection stays open, nothing arrives. Only the agent's own deadline can tell.
+    coordinator.process.signal("STOP").unwrap();
+    let line = a1
+        .process
+        .wait_for_log("nothing heard from the coordinator");
+    assert!(line.contains("re-attaching in"), "{line}");
+    coordinator.process.signal("CONT").unwrap();
+    coordinator.wait_attached(&fleet, "a1", true);
+}
+
+#[test]
+fn agents_and_coordinators_refuse_each_other_across_a_stale_epoch() {
+    let fleet = Fleet::new().unwrap();
+    fleet.write("fleet.toml", FLEET).unwrap();
+    // Epoch 2 on the real state directory; the agent sees it.
+    let mut first =
+        Coordinator::start(&fleet, "127.0.0.1:0", &CoordinatorOptions::default()).unwrap();
+    first.process.kill();
+    let addr = first.addr.to_string();
+    let current = fleet_tests::eventually(
+        fleet_tests::PATIENCE,
+        "a coordinator on the same port",
+        || Coordinator::start(&fleet, &addr, &CoordinatorOptions::default()).ok(),
+    );
+    assert!(current.process.log_text().contains("epoch=2"));
+    let a1 = agent(&fleet, &current, "a1", "3.0.6");
+    a1.process.wait_for_log("coordinator epoch 2");
+
+    // A coordinator started from another (older) state directory: epoch 1.
+    let mut current = current;
+    current.process.kill();
+    let stale_options = CoordinatorOptions {
+        state: "old-state",
+        ..CoordinatorOptions::default()
+    };
+    let stale = fleet_tests::eventually(
+        fleet_tests::PATIENCE,
+        "a stale coordinator on the same port",
+        || Coordinator::start(&fleet, &addr, &stale_options).ok(),
+    );
+    assert!(stale.process.log_text().contains("epoch=1"));
+    let line = stale.process.wait_for_log("refused agent a1");
+    assert!(
+        line.contains("it has seen coordinator epoch 2, newer than this coordinator's epoch 1"),
+        "{line}"
+    );
+    let line = a1.process.wait_for_log("refusing a stale coordinator");
+    assert!(line.contains("older than epoch 2"), "{line}");
+    assert_eq!(stale.node(&fleet, "a1").unwrap()["attached"], false);
+}
