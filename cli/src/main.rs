@@ -4,6 +4,7 @@
 mod certs;
 mod error;
 mod nodes;
+mod plan;
 mod remote;
 
 use std::path::PathBuf;
@@ -251,7 +252,11 @@ async fn run(cli: Cli) -> Result<()> {
             let mut remote = remote::connect(&cli.coordinator, cli.tls_dir.as_ref()).await?;
             nodes::show(&mut remote, cli.output).await
         }
-        Command::Plan(_) => not_built("plan"),
+        Command::Plan(sel) => {
+            let selection = plan::selection(sel.all, &sel.env, sel.master_only, None, None);
+            let mut remote = remote::connect(&cli.coordinator, cli.tls_dir.as_ref()).await?;
+            plan::show(&mut remote, selection, cli.output).await
+        }
         Command::Upgrade(_) => not_built("upgrade"),
         Command::Migrate { .. } => not_built("migrate"),
         Command::Runs => not_built("runs"),
@@ -273,8 +278,8 @@ async fn run(cli: Cli) -> Result<()> {
 
 fn not_built(command: &str) -> Result<()> {
     Err(CliError::Usage(format!(
-        "`fleetctl {command}` is not built yet: this version has certificates, `inventory check` and `nodes`; \
-         the upgrade workflow (plan, upgrade, runs, control, demo) comes next"
+        "`fleetctl {command}` is not built yet: this version has certificates, `inventory check`, `nodes` and `plan`; \
+         running the upgrade workflow (upgrade, runs, watch, control, demo) comes next"
     )))
 }
 

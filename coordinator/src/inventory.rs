@@ -70,6 +70,34 @@ pub struct Window {
     pub tz: jiff::tz::TimeZone,
 }
 
+impl fmt::Display for Window {
+    /// As written in the inventory: `sat,sun 22:00-04:00 Europe/Berlin`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use jiff::civil::Weekday;
+        let days: Vec<&str> = self
+            .days
+            .iter()
+            .map(|d| match d {
+                Weekday::Monday => "mon",
+                Weekday::Tuesday => "tue",
+                Weekday::Wednesday => "wed",
+                Weekday::Thursday => "thu",
+                Weekday::Friday => "fri",
+                Weekday::Saturday => "sat",
+                Weekday::Sunday => "sun",
+            })
+            .collect();
+        write!(
+            f,
+            "{} {}-{} {}",
+            days.join(","),
+            self.start.strftime("%H:%M"),
+            self.end.strftime("%H:%M"),
+            self.tz_name
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SqlAuth {
     /// SQL authentication; the password is read from the file when needed, never kept in config.

@@ -8,12 +8,14 @@
 //! - [`settings`]: command-line flags and `coordinator.toml`.
 //! - [`epoch`]: the durable start counter that fences stale coordinators.
 //! - [`fleet`]: the live view of attached agents, owned by one task.
+//! - [`convert`]: proto ↔ domain conversions at the service boundary.
 //! - [`service`]: the gRPC services and their certificate-based authorization.
 //!
 //! [`run`] serves on an already-bound listener until `shutdown` is cancelled, so tests can start the
 //! same server on `127.0.0.1:0`.
 #![forbid(unsafe_code)]
 
+pub mod convert;
 pub mod domain;
 pub mod engine;
 pub mod epoch;

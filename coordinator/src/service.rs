@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use crate::convert;
 use crate::domain::NodeName;
 use crate::fleet::{FleetHandle, Session, unix_ms};
 use crate::inventory::Inventory;
@@ -329,9 +330,20 @@ impl pb::operator_service_server::OperatorService for OperatorService {
 
     async fn plan(
         &self,
-        _request: Request<pb::PlanRequest>,
+        request: Request<pb::PlanRequest>,
     ) -> Result<Response<pb::PlanResponse>, Status> {
-        Err(not_built("planning"))
+        let inventory = &self.shared.inventory;
+        let selection = convert::selection(request.get_ref().selection.as_ref(), inventory)
+            .map_err(Status::invalid_argument)?;
+        let nodes = self
+            .shared
+            .fleet
+            .list()
+            .await
+            .ok_or_else(|| Status::unavailable("the coordinator is shutting down"))?;
+        let plan = crate::plan::plan(inventory, &selection, &convert::versions(&nodes))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(convert::plan_response(&plan, inventory)))
     }
 
     async fn start_run(

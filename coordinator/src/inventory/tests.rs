@@ -85,6 +85,7 @@ fn parses_the_spec_example() {
     let window = dev.window.as_ref().unwrap();
     assert_eq!(window.days.len(), 2);
     assert_eq!(window.tz_name, "Europe/Berlin");
+    assert_eq!(window.to_string(), "sat,sun 22:00-04:00 Europe/Berlin");
     let db = dev.sso_database.as_ref().unwrap();
     assert!(db.encrypt && !db.trust_server_certificate);
     assert_eq!(

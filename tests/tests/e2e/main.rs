@@ -4,6 +4,7 @@
 
 mod attach;
 mod inventory;
+mod plan;
 mod refusals;
 
 /// A two-environment inventory: dev (a1 master, a2 member) and prod (p1 master).

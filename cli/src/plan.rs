@@ -1,0 +1,146 @@
+//! `fleetctl plan`: the steps `upgrade` would run, in order, and the plan's hash.
+
+use fleet_proto::pb;
+use serde_json::{Value, json};
+
+use crate::Output;
+use crate::error::{CliError, Result};
+use crate::remote::Remote;
+
+pub fn selection(
+    all: bool,
+    envs: &[String],
+    master_only: bool,
+    max_parallel: Option<u32>,
+    max_failures: Option<u32>,
+) -> pb::RunSelection {
+    pb::RunSelection {
+        workflow: pb::Workflow::Upgrade as i32,
+        all,
+        environments: envs.to_vec(),
+        master_only,
+        max_parallel,
+        max_failures,
+    }
+}
+
+pub async fn show(remote: &mut Remote, selection: pb::RunSelection, output: Output) -> Result<()> {
+    let plan = remote
+        .client
+        .plan(pb::PlanRequest {
+            selection: Some(selection.clone()),
+        })
+        .await
+        .map_err(|s| CliError::from_status(&s, &remote.url))?
+        .into_inner();
+    match output {
+        Output::Json => println!("{}", to_json(&plan)),
+        Output::Text => print!("{}", text(&plan, &selection)),
+    }
+    Ok(())
+}
+
+fn state(s: &pb::PlannedStep) -> &'static str {
+    match s.expected() {
+        pb::StepState::AlreadyCurrent => "already-current",
+        pb::StepState::Skipped => "skipped",
+        _ => "run",
+    }
+}
+
+fn to_json(plan: &pb::PlanResponse) -> Value {
+    json!({
+        "plan_hash": plan.plan_hash,
+        "target_version": plan.target_version,
+        "installer": plan.installer,
+        "environments": plan.environments.iter().map(|e| json!({
+            "name": e.name,
+            "master": e.master,
+            "members": e.members,
+            "gate": e.gate,
+            "window": (!e.window.is_empty()).then_some(&e.window),
+        })).collect::<Vec<_>>(),
+        "steps": plan.steps.iter().map(|s| json!({
+            "index": s.index,
+            "environment": s.environment,
+            "node": s.node,
+            "step": s.step,
+            "batch": s.batch,
+            "expected": state(s),
+            "note": s.note,
+        })).collect::<Vec<_>>(),
+        "warnings": plan.warnings,
+    })
+}
+
+fn text(plan: &pb::PlanResponse, selection: &pb::RunSelection) -> String {
+    let mut out = format!(
+        "plan {}: upgrade to ESSO {} with {}\n",
+        plan.plan_hash, plan.target_version, plan.installer
+    );
+    let node_width = plan
+        .steps
+        .iter()
+        .filter_map(|s| s.node.as_ref())
+        .map(String::len)
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    for env in &plan.environments {
+        let window = if env.window.is_empty() {
+            String::new()
+        } else {
+            format!(", window {}", env.window)
+        };
+        out.push_str(&format!(
+            "\n{} (master {}, gate {}{window})\n",
+            env.name, env.master, env.gate
+        ));
+        for s in plan.steps.iter().filter(|s| s.environment == env.name) {
+            let node = s.node.as_deref().unwrap_or("-");
+            let batch = if s.batch > 0 {
+                format!("batch {}", s.batch)
+            } else {
+                String::new()
+            };
+            let what = match state(s) {
+                "run" => s.note.clone(),
+                other if s.note.is_empty() => other.to_string(),
+                other => format!("{other}: {}", s.note),
+            };
+            let line = format!(
+                "  {:>3}  {:<15} {node:<node_width$}  {batch:<8} {what}",
+                s.index + 1,
+                s.step
+            );
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+    }
+    for warning in &plan.warnings {
+        out.push_str(&format!("\nwarning: {warning}"));
+    }
+    if !plan.warnings.is_empty() {
+        out.push('\n');
+    }
+    let scope = if selection.all {
+        "--all".to_string()
+    } else {
+        selection
+            .environments
+            .iter()
+            .map(|e| format!("--env {e}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let master_only = if selection.master_only {
+        " --master-only"
+    } else {
+        ""
+    };
+    out.push_str(&format!(
+        "\nto run exactly this plan: fleetctl upgrade {scope}{master_only} --plan-hash {}\n",
+        plan.plan_hash
+    ));
+    out
+}

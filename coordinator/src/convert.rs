@@ -1,0 +1,130 @@
+//! Conversions between the wire (proto) and the domain, at the service boundary: a proto change
+//! touches this file, not the planner or the engine.
+
+use fleet_proto::pb;
+
+use crate::domain::{EnvName, NodeName};
+use crate::inventory::Inventory;
+use crate::plan::{Expected, Plan, Selection, StepKind, Versions};
+
+/// A request's selection, checked against the inventory. `Err` is a message for the operator.
+pub fn selection(
+    raw: Option<&pb::RunSelection>,
+    inventory: &Inventory,
+) -> Result<Selection, String> {
+    let raw = raw.cloned().unwrap_or_default();
+    match raw.workflow() {
+        pb::Workflow::Upgrade | pb::Workflow::Unspecified => {}
+        pb::Workflow::Migrate => return Err("the migrate workflow is not built yet".into()),
+    }
+    if raw.all != raw.environments.is_empty() {
+        return Err(
+            "name the environments, or all of them (--all), not both and not neither".into(),
+        );
+    }
+    let mut environments = Vec::new();
+    for name in &raw.environments {
+        let env = EnvName::new(name).map_err(|e| format!("--env {name:?}: {e}"))?;
+        if !inventory.environments.iter().any(|e| e.name == env) {
+            let known: Vec<&str> = inventory
+                .environments
+                .iter()
+                .map(|e| e.name.as_str())
+                .collect();
+            return Err(format!(
+                "environment {name:?} is not in the inventory (it has {})",
+                known.join(", ")
+            ));
+        }
+        environments.push(env);
+    }
+    if raw.max_parallel == Some(0) {
+        return Err("--max-parallel must be at least 1".into());
+    }
+    Ok(Selection {
+        environments,
+        master_only: raw.master_only,
+        max_parallel: raw.max_parallel,
+        max_failures: raw.max_failures,
+    })
+}
+
+/// The versions of attached nodes, from the fleet's node list. Detached nodes are unknown: their last
+/// facts may be stale, and the run's preflight reads them afresh anyway.
+pub fn versions(nodes: &[pb::NodeStatus]) -> Versions {
+    nodes
+        .iter()
+        .filter(|n| n.attached)
+        .filter_map(|n| {
+            NodeName::new(&n.name)
+                .ok()
+                .map(|name| (name, n.version.clone()))
+        })
+        .collect()
+}
+
+fn action(kind: StepKind) -> pb::Action {
+    match kind {
+        StepKind::BackupSecret => pb::Action::BackupSecret,
+        StepKind::UpgradeMaster | StepKind::UpgradeMember => pb::Action::InstallSso,
+        StepKind::VerifyMaster | StepKind::VerifyMember => pb::Action::VerifySso,
+        StepKind::Preflight | StepKind::BackupDatabase | StepKind::Gate => pb::Action::Unspecified,
+    }
+}
+
+pub fn plan_response(plan: &Plan, inventory: &Inventory) -> pb::PlanResponse {
+    let environments = plan
+        .environments
+        .iter()
+        .map(|e| {
+            let inv = inventory.environments.iter().find(|i| i.name == e.name);
+            pb::EnvironmentPlan {
+                name: e.name.to_string(),
+                master: e.master.to_string(),
+                members: e.members.iter().map(ToString::to_string).collect(),
+                gate: e.gate.to_string(),
+                install: match inv.map(|i| i.install) {
+                    Some(crate::inventory::InstallMode::Attended) => pb::InstallMode::Attended,
+                    _ => pb::InstallMode::Unattended,
+                } as i32,
+                window: inv
+                    .and_then(|i| i.window.as_ref())
+                    .map(|w| w.to_string())
+                    .unwrap_or_default(),
+                earliest_start_unix_ms: None,
+            }
+        })
+        .collect();
+    let steps = plan
+        .steps
+        .iter()
+        .map(|s| {
+            let (expected, note) = match &s.expected {
+                Expected::Run => (pb::StepState::Pending, s.note.clone()),
+                Expected::AlreadyCurrent => (
+                    pb::StepState::AlreadyCurrent,
+                    "already on the target version".to_string(),
+                ),
+                Expected::Skipped(why) => (pb::StepState::Skipped, why.clone()),
+            };
+            pb::PlannedStep {
+                index: u32::try_from(s.index).unwrap_or(u32::MAX),
+                environment: plan.environments[s.env].name.to_string(),
+                node: s.node.as_ref().map(ToString::to_string),
+                step: s.kind.name().to_string(),
+                action: action(s.kind) as i32,
+                batch: s.batch,
+                expected: expected as i32,
+                note,
+            }
+        })
+        .collect();
+    pb::PlanResponse {
+        plan_hash: plan.hash.clone(),
+        target_version: plan.target_version.clone(),
+        installer: plan.installer.clone(),
+        environments,
+        steps,
+        warnings: plan.warnings.clone(),
+    }
+}
