@@ -63,20 +63,30 @@ fn newest_source(crates: &[&str]) -> Option<(PathBuf, std::time::SystemTime)> {
     let found = (|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
         let mut newest: Option<(PathBuf, std::time::SystemTime)> = None;
-        let mut stack: Vec<PathBuf> = crates.iter().map(|c| root.join(c)).collect();
-        while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                let path = entry.path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else if path
-                    .extension()
-                    .is_some_and(|e| e == "rs" || e == "proto" || e == "toml")
-                    && let Ok(modified) = entry.metadata().and_then(|m| m.modified())
-                    && newest.as_ref().is_none_or(|(_, t)| modified > *t)
-                {
-                    newest = Some((path, modified));
-                }
+        // What a binary is built from: sources, build script, .proto files, manifest (not its tests).
+        let mut stack: Vec<PathBuf> = crates
+            .iter()
+            .flat_map(|c| {
+                ["src", "proto", "build.rs", "Cargo.toml"].map(|part| root.join(c).join(part))
+            })
+            .filter(|p| p.exists())
+            .collect();
+        while let Some(path) = stack.pop() {
+            if path.is_dir() {
+                stack.extend(
+                    std::fs::read_dir(&path)
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .map(|e| e.path()),
+                );
+            } else if path
+                .extension()
+                .is_some_and(|e| e == "rs" || e == "proto" || e == "toml")
+                && let Ok(modified) = std::fs::metadata(&path).and_then(|m| m.modified())
+                && newest.as_ref().is_none_or(|(_, t)| modified > *t)
+            {
+                newest = Some((path, modified));
             }
         }
         newest
