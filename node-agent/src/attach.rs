@@ -16,8 +16,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::attempts::Attempts;
 use crate::backoff::Backoff;
 use crate::config::AgentConfig;
+use crate::executor::{self, Assignment};
 use crate::facts;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,6 +59,10 @@ pub struct Agent {
     instance_id: String,
     started_at: SystemTime,
     highest_epoch: u64,
+    attempts: Attempts,
+    /// Step events and results, from attempts that outlive any one stream.
+    outbox: mpsc::Sender<pb::AgentMessage>,
+    outbox_rx: Option<mpsc::Receiver<pb::AgentMessage>>,
 }
 
 impl Agent {
@@ -76,12 +82,16 @@ impl Agent {
             path: config.state_dir.clone(),
             detail: e.to_string(),
         })?;
+        let (outbox, outbox_rx) = mpsc::channel(1024);
         Ok(Self {
             config,
             tls,
             instance_id: uuid_v4(),
             started_at: SystemTime::now(),
             highest_epoch: 0,
+            attempts: Attempts::default(),
+            outbox,
+            outbox_rx: Some(outbox_rx),
         })
     }
 
@@ -93,11 +103,14 @@ impl Agent {
 
     async fn attach_forever(mut self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(self.config.reconnect_initial, self.config.reconnect_max);
+        let Some(mut outbox) = self.outbox_rx.take() else {
+            return;
+        };
         loop {
             let mut welcomed = None;
             let end = tokio::select! {
                 () = shutdown.cancelled() => return,
-                end = self.session(&mut welcomed, &shutdown) => end,
+                end = self.session(&mut welcomed, &shutdown, &mut outbox) => end,
             };
             // Only a session that lasted resets the backoff: two agents fighting over one certificate,
             // or a coordinator that drops every stream, must not make a tight loop.
@@ -126,6 +139,7 @@ impl Agent {
         &mut self,
         welcomed: &mut Option<std::time::Instant>,
         shutdown: &CancellationToken,
+        outbox: &mut mpsc::Receiver<pb::AgentMessage>,
     ) -> SessionEnd {
         let params = self.fact_params();
         let facts = facts::collect(&self.config, &params).await;
@@ -207,9 +221,19 @@ impl Agent {
                     ));
                 }
                 _ = heartbeat.tick() => {
-                    let beat = pb::Heartbeat { sent_at_unix_ms: unix_ms(SystemTime::now()), attempts_in_flight: 0 };
+                    let beat = pb::Heartbeat {
+                        sent_at_unix_ms: unix_ms(SystemTime::now()),
+                        attempts_in_flight: self.attempts.in_flight(),
+                    };
                     // A full outbound buffer means the link is stuck: skip this beat, never block on it.
                     if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(message(AgentBody::Heartbeat(beat))) {
+                        return SessionEnd::Lost("the stream to the coordinator closed".into());
+                    }
+                    continue;
+                }
+                Some(out) = outbox.recv() => {
+                    // Lost if the stream breaks now: the durable journal will re-send it.
+                    if tx.send(out).await.is_err() {
                         return SessionEnd::Lost("the stream to the coordinator closed".into());
                     }
                     continue;
@@ -244,17 +268,7 @@ impl Agent {
                     });
                 }
                 CoordinatorBody::Assign(assignment) => {
-                    // Refused in the open rather than acknowledged and dropped: this agent cannot run steps.
-                    tracing::error!(
-                        attempt_id = %assignment.attempt_id, step = %assignment.step,
-                        "refusing step assignment: running steps is not built into this agent yet"
-                    );
-                    let ack = pb::AssignmentAck {
-                        attempt_id: assignment.attempt_id,
-                        decision: pb::AssignmentDecision::Invalid as i32,
-                        reason: "running steps is not built into this agent yet".into(),
-                        report: None,
-                    };
+                    let ack = self.assign(assignment);
                     if tx
                         .send(message(AgentBody::AssignmentAck(ack)))
                         .await
@@ -264,13 +278,8 @@ impl Agent {
                     }
                 }
                 CoordinatorBody::AttemptQuery(query) => {
-                    // No attempt was ever accepted, so every attempt asked about is unknown here.
                     for attempt_id in query.attempt_ids {
-                        let report = pb::AttemptReport {
-                            attempt_id,
-                            state: pb::AttemptState::Unknown as i32,
-                            ..Default::default()
-                        };
+                        let report = self.attempts.report(&attempt_id);
                         if tx
                             .send(message(AgentBody::AttemptReport(report)))
                             .await
@@ -280,12 +289,91 @@ impl Agent {
                         }
                     }
                 }
-                CoordinatorBody::Cancel(_) | CoordinatorBody::ContinueAttempt(_) => {
-                    tracing::warn!(
-                        "the coordinator addressed a step attempt this agent never accepted; ignored"
-                    );
-                }
+                CoordinatorBody::Cancel(c) => tracing::warn!(
+                    attempt_id = %c.attempt_id,
+                    "cancelling a step attempt is not built yet; it runs to its end or its timeout"
+                ),
+                CoordinatorBody::ContinueAttempt(c) => tracing::warn!(
+                    attempt_id = %c.attempt_id,
+                    "attended installs are not built yet; ignoring the approval"
+                ),
             }
+        }
+    }
+
+    /// Decides on an assignment and, when accepted, starts it in its own task.
+    fn assign(&self, raw: pb::StepAssignment) -> pb::AssignmentAck {
+        let attempt_id = raw.attempt_id.clone();
+        let refuse = |decision: pb::AssignmentDecision,
+                      reason: String,
+                      report: Option<pb::AttemptReport>| {
+            tracing::warn!(attempt_id = %attempt_id, "refusing step assignment: {reason}");
+            pb::AssignmentAck {
+                attempt_id: attempt_id.clone(),
+                decision: decision as i32,
+                reason,
+                report,
+            }
+        };
+        if raw.epoch < self.highest_epoch {
+            return refuse(
+                pb::AssignmentDecision::StaleEpoch,
+                format!(
+                    "epoch {} is older than epoch {} this agent has seen",
+                    raw.epoch, self.highest_epoch
+                ),
+                None,
+            );
+        }
+        let assignment = match Assignment::from_proto(raw) {
+            Ok(a) => a,
+            Err((decision, reason)) => return refuse(decision, reason, None),
+        };
+        if let Err(known) = self
+            .attempts
+            .accept(&assignment.attempt_id, assignment.epoch)
+        {
+            // Redelivered: report, never run again.
+            return pb::AssignmentAck {
+                attempt_id,
+                decision: pb::AssignmentDecision::Duplicate as i32,
+                reason: "this attempt was already received".into(),
+                report: Some(*known),
+            };
+        }
+        let span = tracing::info_span!(
+            "step", run = %assignment.run_id, environment = %assignment.environment,
+            step = %assignment.step, attempt_id = %assignment.attempt_id
+        );
+        let (config, attempts, outbox) = (
+            self.config.clone(),
+            self.attempts.clone(),
+            self.outbox.clone(),
+        );
+        tokio::spawn(
+            async move {
+                tracing::info!(action = %assignment.action, "step started");
+                let (tx, mut rx) = mpsc::channel::<pb::StepEvent>(256);
+                let forward = tokio::spawn(async move {
+                    let mut last = 0;
+                    while let Some(event) = rx.recv().await {
+                        last = event.seq;
+                        let _ = outbox.send(message(AgentBody::Event(event))).await;
+                    }
+                    last
+                });
+                let result = executor::execute(&config, &assignment, tx).await;
+                let last_seq = forward.await.unwrap_or(0);
+                tracing::info!(outcome = ?result.outcome(), error = %result.error, "step finished");
+                attempts.finish(&assignment.attempt_id, result, last_seq);
+            }
+            .instrument(span),
+        );
+        pb::AssignmentAck {
+            attempt_id,
+            decision: pb::AssignmentDecision::Accepted as i32,
+            reason: String::new(),
+            report: None,
         }
     }
 

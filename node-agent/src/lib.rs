@@ -5,14 +5,18 @@
 //! - [`config`]: `agent.toml`, validated once.
 //! - [`catalogue`]: the closed list of actions and the placeholders of their argument templates.
 //! - [`runner`]: runs a configured command with a timeout and reads its line protocol.
+//! - [`executor`]: runs one step attempt and reports numbered events.
 //! - [`facts`]: the `facts` action.
 //! - [`backoff`]: exponential backoff with jitter for re-attaching.
+//! - [`attempts`]: the attempts this agent accepted (each runs at most once).
 //! - [`attach`]: the long-lived stream to the coordinator.
 #![forbid(unsafe_code)]
 
 pub mod attach;
+pub mod attempts;
 pub mod backoff;
 pub mod catalogue;
 pub mod config;
+pub mod executor;
 pub mod facts;
 pub mod runner;

@@ -427,6 +427,11 @@ pub struct Agent {
 impl Agent {
     /// Writes `agents/<node>/agent.toml` (facts from the fixture tool) and starts `fleet-agent`.
     pub fn start(fleet: &Fleet, spec: &AgentSpec<'_>) -> Result<Self> {
+        Self::start_with(fleet, spec, "")
+    }
+
+    /// As [`Agent::start`], with `extra` appended to agent.toml (more actions, secrets).
+    pub fn start_with(fleet: &Fleet, spec: &AgentSpec<'_>, extra: &str) -> Result<Self> {
         let tls = fleet.path(spec.tls_rel);
         let config = format!(
             r#"node = "{node}"
@@ -450,7 +455,7 @@ env = {{ FAKE_ESSO_VERSION = "{version}", FAKE_ESSO_SERVICE = "running", FAKE_ES
             key = tls.join("agent-key.pem").display(),
             facts = fixture("esso-facts").display(),
             version = spec.version,
-        );
+        ) + extra;
         let dir = format!("agents/{}", spec.node);
         let path = fleet.write(&format!("{dir}/agent.toml"), &config)?;
         let log = next_log(fleet, &format!("{dir}/agent"));

@@ -2,6 +2,7 @@
 //! on 127.0.0.1, certificates made per test.
 #![allow(clippy::unwrap_used)]
 
+mod agent_steps;
 mod attach;
 mod inventory;
 mod plan;

@@ -1,0 +1,318 @@
+use std::path::Path;
+
+use super::*;
+
+fn fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// An agent.toml in `dir` whose actions are the fixture tools, with `extra_env` for each.
+fn config(dir: &Path, extra_env: &str, password: Option<&str>) -> AgentConfig {
+    let home = dir.join("esso");
+    let secrets = match password {
+        Some(pw) => {
+            std::fs::write(dir.join("backup-password"), format!("{pw}\n")).unwrap();
+            "[secrets]\nbackup_password_file = \"backup-password\"\n".to_string()
+        }
+        None => String::new(),
+    };
+    let env = format!(
+        "env = {{ FAKE_ESSO_HOME = \"{}\"{extra_env} }}",
+        home.display()
+    );
+    let text = format!(
+        r#"node = "sso-dev-01"
+coordinator = "https://127.0.0.1:1"
+state_dir = "state"
+[tls]
+ca = "ca.pem"
+cert = "agent.pem"
+key = "agent-key.pem"
+{secrets}
+[actions.backup_secret]
+program = "{ssoconfig}"
+args = ["-backupSecret", "{{backup_file}}"]
+{env}
+[actions.install_sso]
+program = "{setup}"
+args = ["{{target_version}}"]
+{env}
+[actions.verify_sso]
+program = "{verify}"
+{env}
+"#,
+        ssoconfig = fixture("ssoconfig"),
+        setup = fixture("esso-setup"),
+        verify = fixture("esso-verify"),
+    );
+    AgentConfig::parse(&dir.join("agent.toml"), &text).unwrap()
+}
+
+fn assignment(action: ActionName, params: &[(&str, &str)]) -> Assignment {
+    Assignment {
+        attempt_id: "a-1".into(),
+        epoch: 1,
+        run_id: "r-7".into(),
+        environment: "dev".into(),
+        step: "step".into(),
+        action,
+        params: params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        timeout: Duration::from_secs(30),
+    }
+}
+
+async fn run_collect(
+    config: &AgentConfig,
+    a: &Assignment,
+) -> (pb::StepFinished, Vec<pb::StepEvent>) {
+    let (tx, mut rx) = mpsc::channel(1024);
+    let result = execute(config, a, tx).await;
+    let mut events = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        events.push(e);
+    }
+    (result, events)
+}
+
+fn assert_well_formed(events: &[pb::StepEvent], result: &pb::StepFinished) {
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=events.len() as u64).collect::<Vec<_>>(),
+        "numbered 1, 2, … with no gap"
+    );
+    assert!(
+        matches!(events.last().and_then(|e| e.kind.as_ref()), Some(Kind::Finished(f)) if f == result),
+        "the result comes last"
+    );
+    assert!(events.iter().all(|e| e.attempt_id == "a-1"));
+}
+
+#[test]
+fn backup_files_are_named_after_environment_node_run_and_time() {
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000);
+    assert_eq!(
+        backup_file(r"\\backup01\sso\dev", "dev", "sso-dev-01", "r-7", at),
+        r"\\backup01\sso\dev\ssofleet-secret-dev-sso-dev-01-r-7-20260921T141320Z.bak"
+    );
+    assert_eq!(
+        backup_file("/srv/backups/", "dev", "n1", "r-7", at),
+        "/srv/backups/ssofleet-secret-dev-n1-r-7-20260921T141320Z.bak"
+    );
+}
+
+#[tokio::test]
+async fn backup_secret_writes_the_file_and_reports_its_size_and_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let backups = dir.path().join("backups");
+    std::fs::create_dir_all(&backups).unwrap();
+    let config = config(dir.path(), "", Some("correct horse"));
+    let a = assignment(
+        ActionName::BackupSecret,
+        &[("backup_dir", backups.to_str().unwrap())],
+    );
+    let (result, events) = run_collect(&config, &a).await;
+    assert_eq!(result.outcome(), pb::StepOutcome::Succeeded, "{result:?}");
+    assert_well_formed(&events, &result);
+    let artifact = &result.artifacts[0];
+    let written = std::fs::read(&artifact.path).unwrap();
+    assert_eq!(artifact.size_bytes, written.len() as u64);
+    let expected: String = Sha256::digest(&written)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(artifact.sha256, expected);
+    let name = Path::new(&artifact.path)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        name.starts_with("ssofleet-secret-dev-sso-dev-01-r-7-") && name.ends_with(".bak"),
+        "{name}"
+    );
+    // The password never appears in what the agent reports.
+    assert!(!format!("{events:?}").contains("correct horse"));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(&e.kind, Some(Kind::Progress(p)) if p.percent == 50))
+    );
+}
+
+#[tokio::test]
+async fn a_backup_that_writes_no_file_fails_even_when_the_tool_says_success() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(
+        dir.path(),
+        ", FAKE_SSOCONFIG_NO_FILE = \"1\"",
+        Some("correct horse"),
+    );
+    let a = assignment(
+        ActionName::BackupSecret,
+        &[("backup_dir", dir.path().to_str().unwrap())],
+    );
+    let (result, _) = run_collect(&config, &a).await;
+    assert_eq!(result.outcome(), pb::StepOutcome::Failed);
+    assert!(
+        result
+            .error
+            .contains("reported success, but the backup file"),
+        "{}",
+        result.error
+    );
+    assert!(result.artifacts.is_empty());
+}
+
+#[tokio::test]
+async fn backup_secret_failures_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_no_pw = config(dir.path(), "", None);
+    let a = assignment(
+        ActionName::BackupSecret,
+        &[("backup_dir", dir.path().to_str().unwrap())],
+    );
+    let (result, events) = run_collect(&config_no_pw, &a).await;
+    assert!(
+        result
+            .error
+            .contains("needs [secrets] backup_password_file"),
+        "{}",
+        result.error
+    );
+    assert_eq!(events.len(), 1, "nothing ran");
+
+    let short = config(dir.path(), "", Some("short"));
+    let (result, _) = run_collect(&short, &a).await;
+    assert!(
+        result.error.contains("shorter than the 7 characters"),
+        "{}",
+        result.error
+    );
+
+    let not_master = config(
+        dir.path(),
+        ", FAKE_SSOCONFIG_FAIL = \"1\"",
+        Some("correct horse"),
+    );
+    let (result, _) = run_collect(&not_master, &a).await;
+    assert_eq!(result.outcome(), pb::StepOutcome::Failed);
+    assert!(
+        result.error.contains("0xC0002A0E"),
+        "the tool's last stderr line: {}",
+        result.error
+    );
+}
+
+#[test]
+fn installer_exit_codes() {
+    assert_eq!(install_exit(Some(0)), InstallExit::Success);
+    assert_eq!(install_exit(Some(3010)), InstallExit::RebootPending);
+    assert_eq!(install_exit(Some(1641)), InstallExit::RebootPending);
+    assert_eq!(install_exit(Some(1603)), InstallExit::Failed);
+    assert_eq!(
+        install_exit(None),
+        InstallExit::Failed,
+        "killed or timed out"
+    );
+}
+
+#[tokio::test]
+async fn install_runs_the_setup_and_reports_its_failure_with_the_stderr_tail() {
+    // Unix exit codes are 8 bits, so the simulated setup cannot exit 3010 here: see installer_exit_codes.
+    let dir = tempfile::tempdir().unwrap();
+    let a = assignment(ActionName::InstallSso, &[("target_version", "3.0.7")]);
+    let ok = config(dir.path(), "", None);
+    let (result, events) = run_collect(&ok, &a).await;
+    assert_eq!(
+        (result.outcome(), result.reboot_pending),
+        (pb::StepOutcome::Succeeded, false),
+        "{result:?}"
+    );
+    assert_well_formed(&events, &result);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("esso/version"))
+            .unwrap()
+            .trim(),
+        "3.0.7"
+    );
+
+    let failing = config(dir.path(), ", FAKE_SETUP_EXIT = \"67\"", None);
+    let (result, events) = run_collect(&failing, &a).await;
+    assert_eq!(result.outcome(), pb::StepOutcome::Failed);
+    assert_well_formed(&events, &result);
+    assert_eq!(
+        result.error,
+        "install_sso exited with code 67: setup exited with 67 (simulated)"
+    );
+    assert_eq!(result.stderr_tail.len(), 2);
+}
+
+#[tokio::test]
+async fn verify_checks_the_version_and_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let installed = config(dir.path(), "", None);
+    std::fs::create_dir_all(dir.path().join("esso")).unwrap();
+    std::fs::write(dir.path().join("esso/version"), "3.0.6\n").unwrap();
+    let a = assignment(ActionName::VerifySso, &[("target_version", "3.0.7")]);
+    let (result, _) = run_collect(&installed, &a).await;
+    assert_eq!(result.error, "ESSO reports version 3.0.6, expected 3.0.7");
+
+    std::fs::write(dir.path().join("esso/version"), "3.0.7\n").unwrap();
+    let (result, _) = run_collect(&installed, &a).await;
+    assert_eq!(result.outcome(), pb::StepOutcome::Succeeded, "{result:?}");
+
+    let stopped = config(dir.path(), ", FAKE_ESSO_SERVICE = \"stopped\"", None);
+    let (result, _) = run_collect(&stopped, &a).await;
+    assert_eq!(result.error, "the ENTSSO service is stopped, not running");
+}
+
+#[tokio::test]
+async fn an_action_without_a_command_here_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), "", None);
+    let (result, _) = run_collect(&config, &assignment(ActionName::RunMigration, &[])).await;
+    assert_eq!(result.outcome(), pb::StepOutcome::Failed);
+    assert!(
+        result.error.contains("configure [actions.run_migration]"),
+        "{}",
+        result.error
+    );
+}
+
+#[test]
+fn assignments_from_the_wire_are_checked() {
+    let ok = pb::StepAssignment {
+        attempt_id: "x".into(),
+        action: pb::Action::VerifySso as i32,
+        timeout_ms: 1000,
+        ..Default::default()
+    };
+    assert_eq!(
+        Assignment::from_proto(ok.clone()).unwrap().action,
+        ActionName::VerifySso
+    );
+    let unknown = pb::StepAssignment {
+        action: 99,
+        ..ok.clone()
+    };
+    assert_eq!(
+        Assignment::from_proto(unknown).unwrap_err().0,
+        pb::AssignmentDecision::UnknownAction
+    );
+    let no_timeout = pb::StepAssignment {
+        timeout_ms: 0,
+        ..ok
+    };
+    assert_eq!(
+        Assignment::from_proto(no_timeout).unwrap_err().0,
+        pb::AssignmentDecision::Invalid
+    );
+}

@@ -1,0 +1,227 @@
+//! A real agent process runs the steps a coordinator assigns: numbered events with the result last,
+//! an attempt run at most once, assignments from an older epoch refused. The coordinator here is a
+//! stand-in served by the test over mTLS with the fleet's coordinator certificate.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use fleet_proto::identity::Role;
+use fleet_proto::pb;
+use fleet_proto::pb::agent_message::Body as A;
+use fleet_proto::pb::coordinator_message::Body as C;
+use fleet_proto::tls::{TlsFiles, TlsMaterial};
+use fleet_tests::{Agent, AgentSpec, Fleet, fixture};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+type Outbound = mpsc::Receiver<Result<pb::CoordinatorMessage, tonic::Status>>;
+
+struct StandIn {
+    inbound: mpsc::Sender<pb::AgentMessage>,
+    outbound: Mutex<Option<Outbound>>,
+}
+
+#[tonic::async_trait]
+impl pb::agent_service_server::AgentService for StandIn {
+    type AttachStream = ReceiverStream<Result<pb::CoordinatorMessage, tonic::Status>>;
+
+    async fn attach(
+        &self,
+        request: tonic::Request<tonic::Streaming<pb::AgentMessage>>,
+    ) -> Result<tonic::Response<Self::AttachStream>, tonic::Status> {
+        let outbound = self
+            .outbound
+            .lock()
+            .unwrap()
+            .take()
+            .ok_or_else(|| tonic::Status::unavailable("one stream only"))?;
+        let mut stream = request.into_inner();
+        let inbound = self.inbound.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(message)) = stream.message().await {
+                if inbound.send(message).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(tonic::Response::new(ReceiverStream::new(outbound)))
+    }
+}
+
+fn send(body: C) -> Result<pb::CoordinatorMessage, tonic::Status> {
+    Ok(pb::CoordinatorMessage { body: Some(body) })
+}
+
+/// The next message from the agent that is not a heartbeat.
+async fn next(rx: &mut mpsc::Receiver<pb::AgentMessage>) -> A {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("a message from the agent")
+            .expect("the stream is open");
+        match message.body {
+            Some(A::Heartbeat(_)) | None => continue,
+            Some(body) => return body,
+        }
+    }
+}
+
+fn install(attempt_id: &str, epoch: u64) -> C {
+    C::Assign(pb::StepAssignment {
+        epoch,
+        attempt_id: attempt_id.into(),
+        run_id: "run-1".into(),
+        environment: "dev".into(),
+        step: "upgrade-master".into(),
+        action: pb::Action::InstallSso as i32,
+        params: [("target_version".to_string(), "3.0.7".to_string())].into(),
+        timeout_ms: 30_000,
+        ..Default::default()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_runs_an_assigned_step_once_and_refuses_a_stale_epoch() {
+    let fleet = Fleet::new().unwrap();
+    fleet.issue_agent("tls", "a1", "agents/a1/tls").unwrap();
+    let coordinator = TlsMaterial::load(
+        &TlsFiles::in_dir(&fleet.path("tls"), "coordinator"),
+        Role::Coordinator,
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let (inbound_tx, mut inbound) = mpsc::channel(1024);
+    let (to_agent, outbound) = mpsc::channel(64);
+    let stand_in = StandIn {
+        inbound: inbound_tx,
+        outbound: Mutex::new(Some(outbound)),
+    };
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::agent_service_server::AgentServiceServer::new(stand_in))
+            .serve_with_incoming(fleet_proto::transport::tls_incoming(
+                listener,
+                coordinator.server_config().unwrap(),
+            )),
+    );
+    let home = fleet.path("agents/a1/esso");
+    let extra = format!(
+        "[actions.install_sso]\nprogram = \"{}\"\nargs = [\"{{target_version}}\"]\nenv = {{ FAKE_ESSO_HOME = \"{}\" }}\n",
+        fixture("esso-setup").display(),
+        home.display()
+    );
+    let agent = Agent::start_with(
+        &fleet,
+        &AgentSpec {
+            node: "a1",
+            tls_rel: "agents/a1/tls",
+            coordinator: &url,
+            version: "3.0.6",
+        },
+        &extra,
+    )
+    .unwrap();
+
+    let A::Hello(hello) = next(&mut inbound).await else {
+        panic!("no hello first")
+    };
+    assert_eq!((hello.node.as_str(), hello.highest_epoch_seen), ("a1", 0));
+    to_agent
+        .send(send(C::Welcome(pb::Welcome {
+            epoch: 5,
+            heartbeat_interval_ms: 200,
+            heartbeat_timeout_ms: 5_000,
+            protocol_version: 1,
+            ..Default::default()
+        })))
+        .await
+        .unwrap();
+    to_agent.send(send(install("att-1", 5))).await.unwrap();
+
+    let A::AssignmentAck(ack) = next(&mut inbound).await else {
+        panic!("no ack")
+    };
+    assert_eq!(
+        (ack.attempt_id.as_str(), ack.decision()),
+        ("att-1", pb::AssignmentDecision::Accepted)
+    );
+    let mut events = Vec::new();
+    let finished = loop {
+        let A::Event(event) = next(&mut inbound).await else {
+            panic!("expected step events")
+        };
+        assert_eq!(event.attempt_id, "att-1");
+        events.push(event.seq);
+        if let Some(pb::step_event::Kind::Finished(f)) = event.kind {
+            break f;
+        }
+    };
+    assert_eq!(
+        events,
+        (1..=events.len() as u64).collect::<Vec<_>>(),
+        "numbered with no gap, the result last"
+    );
+    assert_eq!(
+        finished.outcome(),
+        pb::StepOutcome::Succeeded,
+        "{finished:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(home.join("version"))
+            .unwrap()
+            .trim(),
+        "3.0.7"
+    );
+
+    // Redelivered: answered from what the agent knows, not run again.
+    std::fs::write(home.join("version"), "sentinel\n").unwrap();
+    to_agent.send(send(install("att-1", 5))).await.unwrap();
+    let A::AssignmentAck(ack) = next(&mut inbound).await else {
+        panic!("no ack")
+    };
+    assert_eq!(ack.decision(), pb::AssignmentDecision::Duplicate);
+    assert_eq!(ack.report.unwrap().state(), pb::AttemptState::Finished);
+
+    // From an older coordinator epoch: refused.
+    to_agent.send(send(install("att-2", 4))).await.unwrap();
+    let A::AssignmentAck(ack) = next(&mut inbound).await else {
+        panic!("no ack")
+    };
+    assert_eq!(ack.decision(), pb::AssignmentDecision::StaleEpoch);
+    assert!(
+        ack.reason.contains("epoch 4 is older than epoch 5"),
+        "{}",
+        ack.reason
+    );
+
+    // What the agent knows of attempts.
+    to_agent
+        .send(send(C::AttemptQuery(pb::AttemptQuery {
+            attempt_ids: vec!["att-1".into(), "att-9".into()],
+            epoch: 5,
+        })))
+        .await
+        .unwrap();
+    let A::AttemptReport(r1) = next(&mut inbound).await else {
+        panic!("no report")
+    };
+    let A::AttemptReport(r9) = next(&mut inbound).await else {
+        panic!("no report")
+    };
+    assert_eq!(
+        (r1.state(), r9.state()),
+        (pb::AttemptState::Finished, pb::AttemptState::Unknown)
+    );
+    assert_eq!(r1.last_seq, events.len() as u64);
+    assert_eq!(
+        std::fs::read_to_string(home.join("version"))
+            .unwrap()
+            .trim(),
+        "sentinel",
+        "never run twice"
+    );
+
+    drop(agent);
+    server.abort();
+}
