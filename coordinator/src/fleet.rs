@@ -64,6 +64,11 @@ enum Command {
         reason: String,
     },
     List(oneshot::Sender<Vec<pb::NodeStatus>>),
+    Send {
+        node: NodeName,
+        message: pb::CoordinatorMessage,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 /// Talks to the fleet task. Cheap to clone.
@@ -128,6 +133,24 @@ impl FleetHandle {
                 reason,
             })
             .await;
+    }
+
+    /// Sends `message` on the node's live stream; false when it is not attached (or its buffer is full).
+    pub async fn send(&self, node: NodeName, message: pb::CoordinatorMessage) -> bool {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(Command::Send {
+                node,
+                message,
+                reply,
+            })
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.unwrap_or(false)
     }
 
     /// Every inventory node, in inventory order; `None` once the task has stopped.
@@ -245,6 +268,18 @@ impl FleetTask {
             }
             Command::List(reply) => {
                 let _ = reply.send(self.statuses());
+            }
+            Command::Send {
+                node,
+                message,
+                reply,
+            } => {
+                let sent = self
+                    .nodes
+                    .get(&node)
+                    .and_then(|e| e.session.as_ref())
+                    .is_some_and(|s| s.sender.try_send(Ok(message)).is_ok());
+                let _ = reply.send(sent);
             }
         }
     }

@@ -9,6 +9,7 @@
 //! - [`epoch`]: the durable start counter that fences stale coordinators.
 //! - [`fleet`]: the live view of attached agents, owned by one task.
 //! - [`convert`]: proto ↔ domain conversions at the service boundary.
+//! - [`runs`]: the shell around the engine: store, dispatch, agent events, controls, watchers.
 //! - [`service`]: the gRPC services and their certificate-based authorization.
 //!
 //! [`run`] serves on an already-bound listener until `shutdown` is cancelled, so tests can start the
@@ -22,6 +23,7 @@ pub mod epoch;
 pub mod fleet;
 pub mod inventory;
 pub mod plan;
+pub mod runs;
 pub mod service;
 pub mod settings;
 pub mod store;
@@ -102,9 +104,21 @@ impl Coordinator {
             self.heartbeat_timeout,
             shutdown.clone(),
         );
+        let store = store::Store::open(&self.state_dir).map_err(|e| StartError::StateDir {
+            path: self.state_dir.clone(),
+            detail: e.to_string(),
+        })?;
+        let runs = runs::RunsHandle::spawn(
+            store,
+            self.inventory.clone(),
+            fleet.clone(),
+            epoch,
+            shutdown.clone(),
+        );
         let shared = Arc::new(Shared::new(
             self.inventory,
             fleet,
+            runs,
             epoch,
             self.heartbeat_interval,
             self.heartbeat_timeout,

@@ -207,7 +207,9 @@ pub fn plan(
                 String::new(),
             ),
             (Some(db), false) => (
-                Expected::Run,
+                Expected::Skipped(
+                    "backing up the SSO database (SQL Server) is not built yet".into(),
+                ),
                 format!("{}:{} {}", db.server, db.port, db.database),
             ),
         };

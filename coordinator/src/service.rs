@@ -19,6 +19,7 @@ use crate::convert;
 use crate::domain::NodeName;
 use crate::fleet::{FleetHandle, Session, unix_ms};
 use crate::inventory::Inventory;
+use crate::runs::{ControlRequest, RunError, RunsHandle};
 
 /// How long an agent has to send its `Hello` after opening the stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,6 +77,7 @@ fn caller(extensions: &tonic::Extensions) -> Result<PeerIdentity, Status> {
 pub struct Shared {
     pub inventory: Inventory,
     pub fleet: FleetHandle,
+    pub runs: RunsHandle,
     pub epoch: u64,
     pub coordinator_id: String,
     pub heartbeat_interval: Duration,
@@ -88,6 +90,7 @@ impl Shared {
     pub fn new(
         inventory: Inventory,
         fleet: FleetHandle,
+        runs: RunsHandle,
         epoch: u64,
         heartbeat_interval: Duration,
         heartbeat_timeout: Duration,
@@ -96,6 +99,7 @@ impl Shared {
         Self {
             inventory,
             fleet,
+            runs,
             epoch,
             coordinator_id: uuid::Uuid::new_v4().to_string(),
             heartbeat_interval,
@@ -221,6 +225,7 @@ impl pb::agent_service_server::AgentService for AgentService {
             .fleet
             .attach(cert_node.clone(), session, hello.facts)
             .await;
+        shared.runs.attachment_changed().await;
 
         tokio::spawn(send_heartbeats(
             tx,
@@ -229,7 +234,15 @@ impl pb::agent_service_server::AgentService for AgentService {
         ));
         let span = tracing::info_span!("node", node = %cert_node, session = session_id);
         tokio::spawn(
-            receive(shared.fleet.clone(), cert_node, session_id, inbound, closed).instrument(span),
+            receive(
+                shared.fleet.clone(),
+                shared.runs.clone(),
+                cert_node,
+                session_id,
+                inbound,
+                closed,
+            )
+            .instrument(span),
         );
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -263,6 +276,7 @@ async fn send_heartbeats(
 
 async fn receive(
     fleet: FleetHandle,
+    runs: RunsHandle,
     node: NodeName,
     session: u64,
     mut inbound: Streaming<pb::AgentMessage>,
@@ -270,30 +284,34 @@ async fn receive(
 ) {
     let reason = loop {
         let message = tokio::select! {
-            () = closed.cancelled() => return,
+            () = closed.cancelled() => break None,
             message = inbound.message() => message,
         };
         match message {
-            Ok(Some(pb::AgentMessage { body: Some(body) })) => match body {
-                AgentBody::Heartbeat(_) => fleet.seen(node.clone(), session).await,
-                AgentBody::Facts(facts) => fleet.facts(node.clone(), session, facts).await,
-                AgentBody::Hello(_) => {
-                    tracing::warn!(node = %node, "agent {node} sent a second hello; ignored");
-                    fleet.seen(node.clone(), session).await;
+            Ok(Some(pb::AgentMessage { body: Some(body) })) => {
+                fleet.seen(node.clone(), session).await;
+                match body {
+                    AgentBody::Heartbeat(_) => {}
+                    AgentBody::Facts(facts) => fleet.facts(node.clone(), session, facts).await,
+                    AgentBody::Hello(_) => {
+                        tracing::warn!(node = %node, "agent {node} sent a second hello; ignored");
+                    }
+                    body @ (AgentBody::Event(_)
+                    | AgentBody::AssignmentAck(_)
+                    | AgentBody::AttemptReport(_)) => {
+                        runs.agent_message(node.clone(), body).await;
+                    }
                 }
-                AgentBody::Event(_) | AgentBody::AssignmentAck(_) | AgentBody::AttemptReport(_) => {
-                    // Steps are dispatched by the rollout engine, which is not built yet; no agent
-                    // receives an assignment, so none can report on one.
-                    tracing::warn!(node = %node, "agent {node} reported on a step attempt this coordinator never dispatched; ignored");
-                    fleet.seen(node.clone(), session).await;
-                }
-            },
+            }
             Ok(Some(pb::AgentMessage { body: None })) => fleet.seen(node.clone(), session).await,
-            Ok(None) => break "the agent closed its stream".to_string(),
-            Err(status) => break format!("stream error: {}", status.message()),
+            Ok(None) => break Some("the agent closed its stream".to_string()),
+            Err(status) => break Some(format!("stream error: {}", status.message())),
         }
     };
-    fleet.detach(node, session, reason).await;
+    if let Some(reason) = reason {
+        fleet.detach(node, session, reason).await;
+    }
+    runs.attachment_changed().await;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -301,12 +319,6 @@ async fn receive(
 
 pub struct OperatorService {
     pub shared: Arc<Shared>,
-}
-
-fn not_built(what: &str) -> Status {
-    Status::unimplemented(format!(
-        "{what} is not built yet in this coordinator (it lands with the upgrade workflow)"
-    ))
 }
 
 type WatchStream = ReceiverStream<Result<pb::RunEvent, Status>>;
@@ -348,45 +360,151 @@ impl pb::operator_service_server::OperatorService for OperatorService {
 
     async fn start_run(
         &self,
-        _request: Request<pb::StartRunRequest>,
+        request: Request<pb::StartRunRequest>,
     ) -> Result<Response<pb::StartRunResponse>, Status> {
-        Err(not_built("starting a run"))
+        let operator = operator_name(request.extensions())?;
+        let inventory = &self.shared.inventory;
+        let selection = convert::selection(request.get_ref().selection.as_ref(), inventory)
+            .map_err(Status::invalid_argument)?;
+        let plan_hash = request.get_ref().plan_hash.clone();
+        let run_id = self
+            .shared
+            .runs
+            .start(selection, plan_hash, operator)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::StartRunResponse { run_id }))
     }
 
     type WatchRunStream = WatchStream;
 
     async fn watch_run(
         &self,
-        _request: Request<pb::WatchRunRequest>,
+        request: Request<pb::WatchRunRequest>,
     ) -> Result<Response<Self::WatchRunStream>, Status> {
-        Err(not_built("watching a run"))
+        let r = request.into_inner();
+        let (stored, live) = self
+            .shared
+            .runs
+            .watch(r.run_id.clone(), r.after_seq)
+            .await
+            .map_err(status)?;
+        let keep = move |e: &pb::RunEvent| {
+            r.node.as_ref().is_none_or(|n| e.node.as_ref() == Some(n))
+                && r.step.as_ref().is_none_or(|s| &e.step == s)
+        };
+        let (tx, rx) = mpsc::channel(1024);
+        let follow = r.follow;
+        tokio::spawn(async move {
+            for event in stored.into_iter().filter(|e| keep(e)) {
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+            let Some(mut live) = live.filter(|_| follow) else {
+                return;
+            };
+            loop {
+                match live.recv().await {
+                    Ok(event) => {
+                        let done = matches!(&event.kind, Some(pb::run_event::Kind::RunState(s))
+                            if matches!(s.state(), pb::RunState::Succeeded | pb::RunState::Failed | pb::RunState::Aborted));
+                        if keep(&event) && tx.send(Ok(event)).await.is_err() {
+                            return;
+                        }
+                        if done {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let _ = tx
+                            .send(Err(Status::data_loss(format!(
+                                "the watcher fell {n} events behind; watch again from the last seq"
+                            ))))
+                            .await;
+                        return;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn get_run(
         &self,
-        _request: Request<pb::GetRunRequest>,
+        request: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
-        Err(not_built("showing a run"))
+        let run = self
+            .shared
+            .runs
+            .get(request.into_inner().run_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(run))
     }
 
     async fn list_runs(
         &self,
-        _request: Request<pb::ListRunsRequest>,
+        request: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
-        Err(not_built("listing runs"))
+        let mut runs = self.shared.runs.list().await.map_err(status)?;
+        let limit = request.get_ref().limit as usize;
+        if limit > 0 {
+            runs.truncate(limit);
+        }
+        Ok(Response::new(pb::ListRunsResponse { runs }))
     }
 
     async fn control(
         &self,
-        _request: Request<pb::ControlRequest>,
+        request: Request<pb::ControlRequest>,
     ) -> Result<Response<pb::ControlResponse>, Status> {
-        Err(not_built("run control"))
+        let operator = operator_name(request.extensions())?;
+        let r = request.into_inner();
+        let action = r.action();
+        let control = ControlRequest {
+            action,
+            node: r.node,
+            step: r.step,
+            comment: r.comment,
+        };
+        let run = self
+            .shared
+            .runs
+            .control(r.run_id, control, operator)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ControlResponse { run: Some(run) }))
     }
 
     async fn audit(
         &self,
-        _request: Request<pb::AuditRequest>,
+        request: Request<pb::AuditRequest>,
     ) -> Result<Response<pb::AuditResponse>, Status> {
-        Err(not_built("the audit trail"))
+        let entries = self
+            .shared
+            .runs
+            .audit(request.into_inner().run_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::AuditResponse { entries }))
+    }
+}
+
+fn operator_name(extensions: &tonic::Extensions) -> Result<String, Status> {
+    let identity = caller(extensions)?;
+    identity
+        .operator_name()
+        .map(str::to_string)
+        .ok_or_else(|| Status::internal("operator identity without a name"))
+}
+
+fn status(e: RunError) -> Status {
+    match e {
+        RunError::Invalid(m) => Status::invalid_argument(m),
+        RunError::Precondition(m) => Status::failed_precondition(m),
+        e @ RunError::NotFound(_) => Status::not_found(e.to_string()),
+        RunError::Internal(m) => Status::internal(m),
     }
 }

@@ -78,6 +78,20 @@ pub struct RunRow {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepRow {
+    pub index: usize,
+    pub environment: String,
+    pub node: Option<String>,
+    pub step: String,
+    pub batch: u32,
+    pub state: String,
+    pub attempts: u32,
+    pub message: String,
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
     pub at: Millis,
     pub operator: String,
@@ -399,6 +413,135 @@ impl Store {
             .optional()
             .map_err(self.err())?
             .ok_or_else(|| StoreError::UnknownRun(run_id.to_string()))
+    }
+
+    /// The steps of a run, in plan order.
+    pub fn steps(&self, run_id: &str) -> Result<Vec<StepRow>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT idx, environment, node, step, batch, state, attempts, message, started_at, finished_at
+                 FROM steps WHERE run_id = ?1 ORDER BY idx",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([run_id], |r| {
+                Ok(StepRow {
+                    index: r.get::<_, i64>(0)? as usize,
+                    environment: r.get(1)?,
+                    node: r.get(2)?,
+                    step: r.get(3)?,
+                    batch: r.get(4)?,
+                    state: r.get(5)?,
+                    attempts: r.get(6)?,
+                    message: r.get(7)?,
+                    started_at: r.get(8)?,
+                    finished_at: r.get(9)?,
+                })
+            })
+            .map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err())
+    }
+
+    /// The run, step and attempt number an attempt id belongs to.
+    pub fn attempt(&self, attempt_id: &str) -> Result<Option<(String, usize, u32)>> {
+        self.conn
+            .query_row(
+                "SELECT run_id, idx, number FROM attempts WHERE id = ?1",
+                [attempt_id],
+                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as usize, r.get(2)?)),
+            )
+            .optional()
+            .map_err(self.err())
+    }
+
+    /// Records an attempt's result and its artifacts.
+    pub fn finish_attempt(
+        &mut self,
+        attempt_id: &str,
+        at: Millis,
+        outcome: &str,
+        error: &str,
+        exit_code: Option<i32>,
+        artifacts: &[(String, String, u64, String)],
+    ) -> Result<()> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        tx.execute(
+            "UPDATE attempts SET state = 'finished', finished_at = ?2, outcome = ?3, error = ?4, exit_code = ?5 WHERE id = ?1",
+            params![attempt_id, at, outcome, error, exit_code],
+        )
+        .map_err(err)?;
+        for (kind, file, size, sha256) in artifacts {
+            tx.execute(
+                "INSERT INTO artifacts (attempt_id, kind, path, size_bytes, sha256) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![attempt_id, kind, file, i64::try_from(*size).unwrap_or(i64::MAX), sha256],
+            )
+            .map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Artifacts recorded for a run's attempts: (step index, kind, path, size, sha256).
+    pub fn artifacts(&self, run_id: &str) -> Result<Vec<(usize, String, String, u64, String)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT a.idx, f.kind, f.path, f.size_bytes, f.sha256 FROM artifacts f JOIN attempts a ON a.id = f.attempt_id
+                 WHERE a.run_id = ?1 ORDER BY a.idx",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([run_id], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as usize,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get::<_, i64>(3)? as u64,
+                    r.get(4)?,
+                ))
+            })
+            .map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err())
+    }
+
+    /// The events an agent reported for a run's attempts, optionally of one node and step, in order.
+    pub fn step_log(
+        &self,
+        run_id: &str,
+        node: Option<&str>,
+        step: Option<&str>,
+    ) -> Result<Vec<(String, String, u32, String, serde_json::Value)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT COALESCE(a.node, ''), s.step, a.number, e.kind, e.payload
+                 FROM attempt_events e JOIN attempts a ON a.id = e.attempt_id
+                 JOIN steps s ON s.run_id = a.run_id AND s.idx = a.idx
+                 WHERE a.run_id = ?1 AND (?2 IS NULL OR a.node = ?2) AND (?3 IS NULL OR s.step = ?3)
+                 ORDER BY a.idx, a.number, e.seq",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map(params![run_id, node, step], |r| {
+                let payload: String = r.get(4)?;
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    serde_json::from_str(&payload).unwrap_or_default(),
+                ))
+            })
+            .map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err())
     }
 
     pub fn audit(&mut self, entry: &AuditEntry) -> Result<()> {
