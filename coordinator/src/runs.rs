@@ -830,12 +830,12 @@ impl Manager {
                     batch: s.batch,
                     artifacts: artifacts
                         .iter()
-                        .filter(|a| a.0 == s.index)
+                        .filter(|a| a.step == s.index)
                         .map(|a| pb::Artifact {
-                            kind: a.1.clone(),
-                            path: a.2.clone(),
-                            size_bytes: a.3,
-                            sha256: a.4.clone(),
+                            kind: a.kind.clone(),
+                            path: a.path.clone(),
+                            size_bytes: a.size_bytes,
+                            sha256: a.sha256.clone(),
                         })
                         .collect(),
                     ..Default::default()
@@ -893,7 +893,14 @@ impl Manager {
         let rows = self.store.step_log(run_id, node, step)?;
         Ok(rows
             .into_iter()
-            .filter_map(|(node, step, _attempt, kind, payload)| {
+            .filter_map(|row| {
+                let crate::store::LogRow {
+                    node,
+                    step,
+                    kind,
+                    payload,
+                    ..
+                } = row;
                 let text = |k: &str| {
                     payload
                         .get(k)

@@ -78,6 +78,25 @@ pub struct RunRow {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactRow {
+    pub step: usize,
+    pub kind: String,
+    pub path: String,
+    pub size_bytes: u64,
+    pub sha256: String,
+}
+
+/// One event an agent reported, with the node, step and attempt number it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRow {
+    pub node: String,
+    pub step: String,
+    pub attempt: u32,
+    pub kind: String,
+    pub payload: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepRow {
     pub index: usize,
     pub environment: String,
@@ -488,7 +507,7 @@ impl Store {
     }
 
     /// Artifacts recorded for a run's attempts: (step index, kind, path, size, sha256).
-    pub fn artifacts(&self, run_id: &str) -> Result<Vec<(usize, String, String, u64, String)>> {
+    pub fn artifacts(&self, run_id: &str) -> Result<Vec<ArtifactRow>> {
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -498,13 +517,13 @@ impl Store {
             .map_err(self.err())?;
         let rows = stmt
             .query_map([run_id], |r| {
-                Ok((
-                    r.get::<_, i64>(0)? as usize,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get::<_, i64>(3)? as u64,
-                    r.get(4)?,
-                ))
+                Ok(ArtifactRow {
+                    step: r.get::<_, i64>(0)? as usize,
+                    kind: r.get(1)?,
+                    path: r.get(2)?,
+                    size_bytes: r.get::<_, i64>(3)? as u64,
+                    sha256: r.get(4)?,
+                })
             })
             .map_err(self.err())?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
@@ -517,7 +536,7 @@ impl Store {
         run_id: &str,
         node: Option<&str>,
         step: Option<&str>,
-    ) -> Result<Vec<(String, String, u32, String, serde_json::Value)>> {
+    ) -> Result<Vec<LogRow>> {
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -531,13 +550,13 @@ impl Store {
         let rows = stmt
             .query_map(params![run_id, node, step], |r| {
                 let payload: String = r.get(4)?;
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    serde_json::from_str(&payload).unwrap_or_default(),
-                ))
+                Ok(LogRow {
+                    node: r.get(0)?,
+                    step: r.get(1)?,
+                    attempt: r.get(2)?,
+                    kind: r.get(3)?,
+                    payload: serde_json::from_str(&payload).unwrap_or_default(),
+                })
             })
             .map_err(self.err())?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
