@@ -6,11 +6,13 @@ mod error;
 mod nodes;
 mod plan;
 mod remote;
+mod runs;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use fleet_proto::pb;
 
 use crate::error::{CliError, Result};
 
@@ -257,29 +259,58 @@ async fn run(cli: Cli) -> Result<()> {
             let mut remote = remote::connect(&cli.coordinator, cli.tls_dir.as_ref()).await?;
             plan::show(&mut remote, selection, cli.output).await
         }
-        Command::Upgrade(_) => not_built("upgrade"),
+        Command::Upgrade(args) => {
+            let sel = &args.selection;
+            let selection = plan::selection(
+                sel.all,
+                &sel.env,
+                sel.master_only,
+                args.max_parallel,
+                args.max_failures,
+            );
+            let mut remote = remote::connect(&cli.coordinator, cli.tls_dir.as_ref()).await?;
+            runs::upgrade(
+                &mut remote,
+                selection,
+                args.plan_hash,
+                args.detach,
+                cli.output,
+            )
+            .await
+        }
         Command::Migrate { .. } => not_built("migrate"),
-        Command::Runs => not_built("runs"),
-        Command::Run {
-            command: RunCommand::Show { .. },
-        } => not_built("run show"),
-        Command::Watch { .. } => not_built("watch"),
-        Command::Logs { .. } => not_built("logs"),
-        Command::Pause { .. } => not_built("pause"),
-        Command::Resume { .. } => not_built("resume"),
-        Command::Abort { .. } => not_built("abort"),
-        Command::Approve { .. } => not_built("approve"),
-        Command::Retry { .. } => not_built("retry"),
-        Command::Skip { .. } => not_built("skip"),
-        Command::Audit { .. } => not_built("audit"),
         Command::Demo => not_built("demo"),
+        command => {
+            let mut remote = remote::connect(&cli.coordinator, cli.tls_dir.as_ref()).await?;
+            let output = cli.output;
+            let control = |id: &str, action, node| (id.to_string(), action, node);
+            let (id, action, node) = match command {
+                Command::Runs => return runs::list(&mut remote, output).await,
+                Command::Run {
+                    command: RunCommand::Show { id },
+                } => return runs::show(&mut remote, &id, output).await,
+                Command::Watch { id } => return runs::follow(&mut remote, &id, output).await,
+                Command::Logs { id, node, step } => {
+                    return runs::logs(&mut remote, &id, &node, step, output).await;
+                }
+                Command::Audit { id } => return runs::audit(&mut remote, id, output).await,
+                Command::Pause { id } => control(&id, pb::ControlAction::Pause, None),
+                Command::Resume { id } => control(&id, pb::ControlAction::Resume, None),
+                Command::Abort { id } => control(&id, pb::ControlAction::Abort, None),
+                Command::Approve { id, node } => control(&id, pb::ControlAction::Approve, node),
+                Command::Retry { id, node } => control(&id, pb::ControlAction::Retry, Some(node)),
+                Command::Skip { id, node } => control(&id, pb::ControlAction::Skip, Some(node)),
+                _ => return Err(CliError::Usage("unexpected command".into())),
+            };
+            runs::control(&mut remote, &id, action, node, output).await
+        }
     }
 }
 
 fn not_built(command: &str) -> Result<()> {
     Err(CliError::Usage(format!(
-        "`fleetctl {command}` is not built yet: this version has certificates, `inventory check`, `nodes` and `plan`; \
-         running the upgrade workflow (upgrade, runs, watch, control, demo) comes next"
+        "`fleetctl {command}` is not built yet: the upgrade workflow runs through `fleetctl upgrade`; \
+         the local demo comes next"
     )))
 }
 

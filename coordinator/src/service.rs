@@ -478,6 +478,20 @@ impl pb::operator_service_server::OperatorService for OperatorService {
         Ok(Response::new(pb::ControlResponse { run: Some(run) }))
     }
 
+    async fn logs(
+        &self,
+        request: Request<pb::LogsRequest>,
+    ) -> Result<Response<pb::LogsResponse>, Status> {
+        let r = request.into_inner();
+        let events = self
+            .shared
+            .runs
+            .logs(r.run_id, r.node, r.step)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::LogsResponse { events }))
+    }
+
     async fn audit(
         &self,
         request: Request<pb::AuditRequest>,

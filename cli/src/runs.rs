@@ -1,0 +1,556 @@
+//! Starting, following and inspecting runs: `upgrade`, `watch`, `run show`, `runs`, `logs`, the
+//! control commands and `audit`. On a terminal, following shows one live line per node and an overall
+//! bar (indicatif); otherwise one plain line per event.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::time::{Duration, UNIX_EPOCH};
+
+use fleet_proto::pb;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+
+use crate::Output;
+use crate::error::{CliError, Result};
+use crate::remote::Remote;
+
+fn rpc(remote: &Remote) -> impl Fn(tonic::Status) -> CliError + '_ {
+    |s| CliError::from_status(&s, &remote.url)
+}
+
+fn run_state(state: pb::RunState) -> &'static str {
+    match state {
+        pb::RunState::Running => "running",
+        pb::RunState::Paused => "paused",
+        pb::RunState::WaitingApproval => "waiting-approval",
+        pb::RunState::Halted => "halted",
+        pb::RunState::Succeeded => "succeeded",
+        pb::RunState::Failed => "failed",
+        pb::RunState::Aborted => "aborted",
+        pb::RunState::Unspecified => "unknown",
+    }
+}
+
+fn step_state(state: pb::StepState) -> &'static str {
+    match state {
+        pb::StepState::Pending => "pending",
+        pb::StepState::Running => "running",
+        pb::StepState::Waiting => "waiting",
+        pb::StepState::Succeeded => "succeeded",
+        pb::StepState::Failed => "failed",
+        pb::StepState::Skipped => "skipped",
+        pb::StepState::AlreadyCurrent => "already-current",
+        pb::StepState::Unspecified => "unknown",
+    }
+}
+
+fn time(ms: i64) -> String {
+    humantime::format_rfc3339_seconds(
+        UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0)),
+    )
+    .to_string()
+}
+
+/// `run show` as JSON (SPEC §8).
+pub fn run_json(run: &pb::Run) -> Value {
+    json!({
+        "id": run.id,
+        "workflow": "upgrade",
+        "state": run_state(run.state()),
+        "reason": run.reason,
+        "started_at": time(run.started_at_unix_ms),
+        "finished_at": run.finished_at_unix_ms.map(time),
+        "started_by": run.started_by,
+        "steps": run.steps.iter().map(|s| json!({
+            "environment": s.environment,
+            "node": s.node,
+            "step": s.step,
+            "state": step_state(s.state()),
+            "attempts": s.attempts,
+            "message": s.message,
+            "artifacts": s.artifacts.iter().map(|a| json!({
+                "kind": a.kind, "path": a.path, "size": a.size_bytes, "sha256": a.sha256,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn run_text(run: &pb::Run) -> String {
+    let mut out = format!("run {}: {}", run.id, run_state(run.state()));
+    if !run.reason.is_empty() {
+        out.push_str(&format!(" ({})", run.reason));
+    }
+    out.push_str(&format!(
+        "\nstarted {} by {}\n",
+        time(run.started_at_unix_ms),
+        run.started_by
+    ));
+    let width = run
+        .steps
+        .iter()
+        .filter_map(|s| s.node.as_ref())
+        .map(String::len)
+        .max()
+        .unwrap_or(1)
+        .max(4);
+    for s in &run.steps {
+        let node = s.node.as_deref().unwrap_or("-");
+        let attempts = if s.attempts > 1 {
+            format!(" (attempt {})", s.attempts)
+        } else {
+            String::new()
+        };
+        let line = format!(
+            "  {:<10} {node:<width$}  {:<15} {:<15} {}{attempts}",
+            s.environment,
+            s.step,
+            step_state(s.state()),
+            s.message
+        );
+        out.push_str(line.trim_end());
+        out.push('\n');
+        for a in &s.artifacts {
+            out.push_str(&format!(
+                "      {}: {} ({} bytes, sha256 {})\n",
+                a.kind, a.path, a.size_bytes, a.sha256
+            ));
+        }
+    }
+    out
+}
+
+fn final_result(run: &pb::Run) -> Result<()> {
+    match run.state() {
+        pb::RunState::Succeeded => Ok(()),
+        pb::RunState::Failed | pb::RunState::Halted | pb::RunState::Aborted => {
+            Err(CliError::Failed(format!(
+                "run {} {}: {}",
+                run.id,
+                run_state(run.state()),
+                run.reason
+            )))
+        }
+        other => Err(CliError::Failed(format!(
+            "run {} is {}",
+            run.id,
+            run_state(other)
+        ))),
+    }
+}
+
+pub async fn upgrade(
+    remote: &mut Remote,
+    selection: pb::RunSelection,
+    plan_hash: Option<String>,
+    detach: bool,
+    output: Output,
+) -> Result<()> {
+    let run_id = remote
+        .client
+        .start_run(pb::StartRunRequest {
+            selection: Some(selection),
+            plan_hash,
+        })
+        .await
+        .map_err(rpc(remote))?
+        .into_inner()
+        .run_id;
+    if detach {
+        match output {
+            Output::Json => println!("{}", json!({ "run_id": run_id })),
+            Output::Text => {
+                println!("started run {run_id}\nfollow it with: fleetctl watch {run_id}")
+            }
+        }
+        return Ok(());
+    }
+    if output == Output::Text {
+        println!("run {run_id} started");
+    }
+    follow(remote, &run_id, output).await
+}
+
+/// Follows a run until it succeeds, fails, halts or is aborted; then shows it (exit 1 unless it succeeded).
+pub async fn follow(remote: &mut Remote, run_id: &str, output: Output) -> Result<()> {
+    let run = get(remote, run_id).await?;
+    let live = output == Output::Text && std::io::stdout().is_terminal();
+    let mut view = if live { View::live(&run) } else { View::Plain };
+    let mut stream = remote
+        .client
+        .watch_run(pb::WatchRunRequest {
+            run_id: run_id.to_string(),
+            after_seq: 0,
+            follow: true,
+            node: None,
+            step: None,
+        })
+        .await
+        .map_err(rpc(remote))?
+        .into_inner();
+    while let Some(event) = stream.message().await.map_err(rpc(remote))? {
+        if output == Output::Text {
+            view.show(&event);
+        }
+        if let Some(pb::run_event::Kind::RunState(s)) = &event.kind
+            && matches!(
+                s.state(),
+                pb::RunState::Succeeded
+                    | pb::RunState::Failed
+                    | pb::RunState::Aborted
+                    | pb::RunState::Halted
+            )
+        {
+            break;
+        }
+    }
+    view.finish();
+    let run = get(remote, run_id).await?;
+    match output {
+        Output::Json => println!("{}", run_json(&run)),
+        Output::Text => print!("{}", run_text(&run)),
+    }
+    final_result(&run)
+}
+
+enum View {
+    Plain,
+    Live {
+        bars: MultiProgress,
+        overall: ProgressBar,
+        nodes: HashMap<String, ProgressBar>,
+        done: std::collections::HashSet<(String, String, String)>,
+    },
+}
+
+impl View {
+    fn live(run: &pb::Run) -> Self {
+        let bars = MultiProgress::new();
+        let overall = bars.add(ProgressBar::new(run.steps.len() as u64));
+        overall.set_style(
+            ProgressStyle::with_template("{bar:40.cyan/blue} {pos}/{len} steps  {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        let style = ProgressStyle::with_template("  {prefix:<16} {bar:20} {pos:>3}%  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+        let mut nodes = HashMap::new();
+        for s in &run.steps {
+            if let Some(node) = &s.node {
+                nodes.entry(node.clone()).or_insert_with(|| {
+                    let bar = bars.add(ProgressBar::new(100));
+                    bar.set_style(style.clone());
+                    bar.set_prefix(node.clone());
+                    bar.set_message("waiting");
+                    bar
+                });
+            }
+        }
+        let done = run
+            .steps
+            .iter()
+            .filter(|s| {
+                !matches!(
+                    s.state(),
+                    pb::StepState::Pending | pb::StepState::Running | pb::StepState::Waiting
+                )
+            })
+            .map(|s| {
+                (
+                    s.environment.clone(),
+                    s.node.clone().unwrap_or_default(),
+                    s.step.clone(),
+                )
+            })
+            .collect::<std::collections::HashSet<_>>();
+        overall.set_position(done.len() as u64);
+        View::Live {
+            bars,
+            overall,
+            nodes,
+            done,
+        }
+    }
+
+    fn show(&mut self, event: &pb::RunEvent) {
+        // The dispatch record (it carries the attempt id) repeats the step's change to running.
+        if matches!(&event.kind, Some(pb::run_event::Kind::StepState(s)) if !s.attempt_id.is_empty())
+        {
+            return;
+        }
+        let node = event.node.clone().unwrap_or_default();
+        let place = if node.is_empty() {
+            event.environment.clone()
+        } else {
+            format!("{} {node}", event.environment)
+        };
+        let line = match &event.kind {
+            Some(pb::run_event::Kind::RunState(s)) => {
+                let reason = if s.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", s.reason)
+                };
+                Some(format!("run {}{reason}", run_state(s.state())))
+            }
+            Some(pb::run_event::Kind::StepState(s)) => {
+                let msg = if s.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", s.message)
+                };
+                Some(format!(
+                    "{place} {} {}{msg}",
+                    event.step,
+                    step_state(s.state())
+                ))
+            }
+            Some(pb::run_event::Kind::Progress(p)) => Some(format!(
+                "{place} {} {}% {}",
+                event.step, p.percent, p.message
+            )),
+            _ => None,
+        };
+        match self {
+            View::Plain => {
+                if let Some(line) = line {
+                    println!("{} {line}", time(event.at_unix_ms));
+                }
+            }
+            View::Live {
+                bars,
+                overall,
+                nodes,
+                done,
+            } => match &event.kind {
+                Some(pb::run_event::Kind::RunState(_)) => {
+                    overall.set_message(line.unwrap_or_default());
+                }
+                Some(pb::run_event::Kind::StepState(s)) => {
+                    let finished = !matches!(
+                        s.state(),
+                        pb::StepState::Pending | pb::StepState::Running | pb::StepState::Waiting
+                    );
+                    if finished
+                        && done.insert((
+                            event.environment.clone(),
+                            node.clone(),
+                            event.step.clone(),
+                        ))
+                    {
+                        overall.inc(1);
+                    }
+                    match nodes.get(&node) {
+                        Some(bar) => {
+                            bar.set_message(format!("{} {}", event.step, step_state(s.state())));
+                            if finished {
+                                bar.set_position(100);
+                            } else if s.state() == pb::StepState::Running {
+                                bar.set_position(0);
+                            }
+                        }
+                        None => {
+                            let _ = bars.println(format!("{} {}", place, line.unwrap_or_default()));
+                        }
+                    }
+                    if s.state() == pb::StepState::Failed {
+                        let _ =
+                            bars.println(format!("failed: {place} {}: {}", event.step, s.message));
+                    }
+                }
+                Some(pb::run_event::Kind::Progress(p)) => {
+                    if let Some(bar) = nodes.get(&node) {
+                        bar.set_position(u64::from(p.percent.min(100)));
+                        bar.set_message(format!("{}: {}", event.step, p.message));
+                    }
+                }
+                _ => {}
+            },
+        }
+    }
+
+    fn finish(&self) {
+        if let View::Live { overall, nodes, .. } = self {
+            for bar in nodes.values() {
+                bar.abandon();
+            }
+            overall.abandon();
+        }
+    }
+}
+
+async fn get(remote: &mut Remote, run_id: &str) -> Result<pb::Run> {
+    Ok(remote
+        .client
+        .get_run(pb::GetRunRequest {
+            run_id: run_id.to_string(),
+        })
+        .await
+        .map_err(rpc(remote))?
+        .into_inner())
+}
+
+pub async fn show(remote: &mut Remote, run_id: &str, output: Output) -> Result<()> {
+    let run = get(remote, run_id).await?;
+    match output {
+        Output::Json => println!("{}", run_json(&run)),
+        Output::Text => print!("{}", run_text(&run)),
+    }
+    Ok(())
+}
+
+pub async fn list(remote: &mut Remote, output: Output) -> Result<()> {
+    let runs = remote
+        .client
+        .list_runs(pb::ListRunsRequest { limit: 0 })
+        .await
+        .map_err(rpc(remote))?
+        .into_inner()
+        .runs;
+    match output {
+        Output::Json => {
+            let items: Vec<Value> = runs
+                .iter()
+                .map(|r| json!({ "id": r.id, "workflow": "upgrade", "state": run_state(r.state()), "started_at": time(r.started_at_unix_ms), "started_by": r.started_by }))
+                .collect();
+            println!("{}", Value::Array(items));
+        }
+        Output::Text => {
+            println!(
+                "{:<36}  {:<8}  {:<16}  {:<20}  STARTED BY",
+                "RUN", "WORKFLOW", "STATE", "STARTED"
+            );
+            for r in &runs {
+                println!(
+                    "{:<36}  {:<8}  {:<16}  {:<20}  {}",
+                    r.id,
+                    "upgrade",
+                    run_state(r.state()),
+                    time(r.started_at_unix_ms),
+                    r.started_by
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn logs(
+    remote: &mut Remote,
+    run_id: &str,
+    node: &str,
+    step: Option<String>,
+    output: Output,
+) -> Result<()> {
+    let events = remote
+        .client
+        .logs(pb::LogsRequest {
+            run_id: run_id.to_string(),
+            node: Some(node.to_string()),
+            step,
+        })
+        .await
+        .map_err(rpc(remote))?
+        .into_inner()
+        .events;
+    let lines: Vec<(String, String)> = events
+        .iter()
+        .filter_map(|e| {
+            let text = match &e.kind {
+                Some(pb::run_event::Kind::Log(l)) => l.line.clone(),
+                Some(pb::run_event::Kind::Progress(p)) => format!("[{}%] {}", p.percent, p.message),
+                Some(pb::run_event::Kind::Output(o)) => format!("{}={}", o.key, o.value),
+                _ => return None,
+            };
+            Some((e.step.clone(), text))
+        })
+        .collect();
+    match output {
+        Output::Json => println!(
+            "{}",
+            Value::Array(
+                lines
+                    .iter()
+                    .map(|(s, l)| json!({ "step": s, "line": l }))
+                    .collect()
+            )
+        ),
+        Output::Text => {
+            for (step, line) in lines {
+                println!("{step}: {line}");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn control(
+    remote: &mut Remote,
+    run_id: &str,
+    action: pb::ControlAction,
+    node: Option<String>,
+    output: Output,
+) -> Result<()> {
+    let run = remote
+        .client
+        .control(pb::ControlRequest {
+            run_id: run_id.to_string(),
+            action: action as i32,
+            node,
+            ..Default::default()
+        })
+        .await
+        .map_err(rpc(remote))?
+        .into_inner()
+        .run
+        .ok_or_else(|| CliError::Failed("the coordinator returned no run".into()))?;
+    match output {
+        Output::Json => println!("{}", run_json(&run)),
+        Output::Text => println!(
+            "run {} is {}{}",
+            run.id,
+            run_state(run.state()),
+            if run.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", run.reason)
+            }
+        ),
+    }
+    Ok(())
+}
+
+pub async fn audit(remote: &mut Remote, run_id: Option<String>, output: Output) -> Result<()> {
+    let entries = remote
+        .client
+        .audit(pb::AuditRequest { run_id })
+        .await
+        .map_err(rpc(remote))?
+        .into_inner()
+        .entries;
+    match output {
+        Output::Json => {
+            let items: Vec<Value> = entries
+                .iter()
+                .map(|e| json!({ "at": time(e.at_unix_ms), "operator": e.operator, "action": e.action, "run_id": e.run_id, "node": e.node, "step": e.step, "detail": e.detail }))
+                .collect();
+            println!("{}", Value::Array(items));
+        }
+        Output::Text => {
+            for e in &entries {
+                let target = [e.node.as_deref(), e.step.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                println!(
+                    "{}  {:<12} {:<8} {} {target} {}",
+                    time(e.at_unix_ms),
+                    e.operator,
+                    e.action,
+                    e.run_id,
+                    e.detail
+                );
+            }
+        }
+    }
+    Ok(())
+}
