@@ -68,6 +68,8 @@ pub fn run_json(run: &pb::Run) -> Value {
             "state": step_state(s.state()),
             "attempts": s.attempts,
             "message": s.message,
+            "started_at_ms": s.started_at_unix_ms,
+            "finished_at_ms": s.finished_at_unix_ms,
             "artifacts": s.artifacts.iter().map(|a| json!({
                 "kind": a.kind, "path": a.path, "size": a.size_bytes, "sha256": a.sha256,
             })).collect::<Vec<_>>(),

@@ -18,6 +18,7 @@ use tracing::Instrument;
 
 use crate::attempts::Attempts;
 use crate::backoff::Backoff;
+use crate::catalogue::ActionName;
 use crate::config::AgentConfig;
 use crate::executor::{self, Assignment};
 use crate::facts;
@@ -350,6 +351,7 @@ impl Agent {
             self.attempts.clone(),
             self.outbox.clone(),
         );
+        let facts_outbox = self.outbox.clone();
         tokio::spawn(
             async move {
                 tracing::info!(action = %assignment.action, "step started");
@@ -362,7 +364,18 @@ impl Agent {
                     }
                     last
                 });
-                let result = executor::execute(&config, &assignment, tx).await;
+                let changes_node = matches!(
+                    assignment.action,
+                    ActionName::InstallSso | ActionName::VerifySso
+                );
+                let refresh = async {
+                    if changes_node {
+                        let params = BTreeMap::from([("node".to_string(), config.node.clone())]);
+                        let facts = facts::collect(&config, &params).await;
+                        let _ = facts_outbox.send(message(AgentBody::Facts(facts))).await;
+                    }
+                };
+                let result = executor::execute(&config, &assignment, tx, refresh).await;
                 let last_seq = forward.await.unwrap_or(0);
                 tracing::info!(outcome = ?result.outcome(), error = %result.error, "step finished");
                 attempts.finish(&assignment.attempt_id, result, last_seq);

@@ -113,10 +113,13 @@ pub fn backup_file(
 }
 
 /// Runs the attempt; every event goes to `tx`, the result (also sent, last) is returned.
+/// `before_result` runs after the action and before the result is sent (the agent refreshes its facts
+/// there, so that the coordinator knows a node's new version by the time its step counts as done).
 pub async fn execute(
     config: &AgentConfig,
     assignment: &Assignment,
     tx: mpsc::Sender<pb::StepEvent>,
+    before_result: impl std::future::Future<Output = ()>,
 ) -> pb::StepFinished {
     let mut events = Events {
         attempt_id: assignment.attempt_id.clone(),
@@ -126,6 +129,7 @@ pub async fn execute(
     let started = std::time::Instant::now();
     let mut result = run(config, assignment, &mut events).await;
     result.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    before_result.await;
     events.send(Kind::Finished(result.clone())).await;
     result
 }

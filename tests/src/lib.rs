@@ -446,7 +446,7 @@ initial = "100ms"
 max = "500ms"
 [actions.facts]
 program = "{facts}"
-env = {{ FAKE_ESSO_VERSION = "{version}", FAKE_ESSO_SERVICE = "running", FAKE_ESSO_PRODUCTS = "biztalk" }}
+env = {{ {env}, FAKE_ESSO_SERVICE = "running", FAKE_ESSO_PRODUCTS = "biztalk" }}
 "#,
             node = spec.node,
             coordinator = spec.coordinator,
@@ -454,8 +454,14 @@ env = {{ FAKE_ESSO_VERSION = "{version}", FAKE_ESSO_SERVICE = "running", FAKE_ES
             cert = tls.join("agent.pem").display(),
             key = tls.join("agent-key.pem").display(),
             facts = fixture("esso-facts").display(),
-            version = spec.version,
+            env = esso_env(fleet, spec.node),
         ) + extra;
+        // The simulated server's ESSO, at the version the spec says (none when empty).
+        let home = fleet.path(&format!("agents/{}/esso", spec.node));
+        std::fs::create_dir_all(&home)?;
+        if !spec.version.is_empty() && !home.join("version").exists() {
+            std::fs::write(home.join("version"), format!("{}\n", spec.version))?;
+        }
         let dir = format!("agents/{}", spec.node);
         let path = fleet.write(&format!("{dir}/agent.toml"), &config)?;
         let log = next_log(fleet, &format!("{dir}/agent"));
@@ -466,4 +472,71 @@ env = {{ FAKE_ESSO_VERSION = "{version}", FAKE_ESSO_SERVICE = "running", FAKE_ES
         )?;
         Ok(Self { process })
     }
+}
+
+/// The environment every fixture tool of `node` gets: its simulated ESSO home, its name, the shared log.
+pub fn esso_env(fleet: &Fleet, node: &str) -> String {
+    format!(
+        "FAKE_ESSO_HOME = \"{}\", FAKE_ESSO_NODE = \"{node}\", FAKE_ESSO_LOG = \"{}\"",
+        fleet.path(&format!("agents/{node}/esso")).display(),
+        fleet.path("esso.log").display()
+    )
+}
+
+/// agent.toml lines for the upgrade actions (fixture tools) and a backup password; `extra_env` is
+/// appended to every action's environment (e.g. `, FAKE_SETUP_EXIT = "67"`).
+pub fn upgrade_actions(fleet: &Fleet, node: &str, extra_env: &str) -> Result<String> {
+    let password = fleet.write(
+        &format!("agents/{node}/backup-password"),
+        "correct horse battery\n",
+    )?;
+    let env = format!("env = {{ {}{extra_env} }}", esso_env(fleet, node));
+    Ok(format!(
+        r#"[secrets]
+backup_password_file = "{password}"
+[actions.backup_secret]
+program = "{ssoconfig}"
+args = ["-backupSecret", "{{backup_file}}"]
+{env}
+[actions.install_sso]
+program = "{setup}"
+args = ["{{target_version}}"]
+{env}
+[actions.verify_sso]
+program = "{verify}"
+{env}
+"#,
+        password = password.display(),
+        ssoconfig = fixture("ssoconfig").display(),
+        setup = fixture("esso-setup").display(),
+        verify = fixture("esso-verify").display(),
+    ))
+}
+
+/// One line of the fixtures' own log: when, which node, which tool, start or end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolEvent {
+    pub at_ns: u128,
+    pub node: String,
+    pub tool: String,
+    pub start: bool,
+}
+
+/// The fixtures' log, in time order.
+pub fn tool_log(fleet: &Fleet) -> Vec<ToolEvent> {
+    let text = std::fs::read_to_string(fleet.path("esso.log")).unwrap_or_default();
+    let mut events: Vec<ToolEvent> = text
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace();
+            Some(ToolEvent {
+                at_ns: parts.next()?.parse().ok()?,
+                node: parts.next()?.to_string(),
+                tool: parts.next()?.to_string(),
+                start: parts.next()? == "start",
+            })
+        })
+        .collect();
+    events.sort_by_key(|e| e.at_ns);
+    events
 }

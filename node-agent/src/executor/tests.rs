@@ -73,7 +73,7 @@ async fn run_collect(
     a: &Assignment,
 ) -> (pb::StepFinished, Vec<pb::StepEvent>) {
     let (tx, mut rx) = mpsc::channel(1024);
-    let result = execute(config, a, tx).await;
+    let result = execute(config, a, tx, async {}).await;
     let mut events = Vec::new();
     while let Ok(e) = rx.try_recv() {
         events.push(e);

@@ -147,9 +147,16 @@ async fn an_agent_runs_an_assigned_step_once_and_refuses_a_stale_epoch() {
         ("att-1", pb::AssignmentDecision::Accepted)
     );
     let mut events = Vec::new();
+    let mut fresh_version = None;
     let finished = loop {
-        let A::Event(event) = next(&mut inbound).await else {
-            panic!("expected step events")
+        let event = match next(&mut inbound).await {
+            A::Event(event) => event,
+            // An install changes the node: its new facts come before the result.
+            A::Facts(facts) => {
+                fresh_version = facts.esso_version;
+                continue;
+            }
+            other => panic!("expected step events, got {other:?}"),
         };
         assert_eq!(event.attempt_id, "att-1");
         events.push(event.seq);
@@ -157,6 +164,11 @@ async fn an_agent_runs_an_assigned_step_once_and_refuses_a_stale_epoch() {
             break f;
         }
     };
+    assert_eq!(
+        fresh_version.as_deref(),
+        Some("3.0.7"),
+        "fresh facts before the result"
+    );
     assert_eq!(
         events,
         (1..=events.len() as u64).collect::<Vec<_>>(),

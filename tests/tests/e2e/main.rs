@@ -7,6 +7,7 @@ mod attach;
 mod inventory;
 mod plan;
 mod refusals;
+mod upgrade;
 
 /// A two-environment inventory: dev (a1 master, a2 member) and prod (p1 master).
 pub const FLEET: &str = r#"
