@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod certs;
+mod demo;
 mod error;
 mod nodes;
 mod plan;
@@ -279,7 +280,7 @@ async fn run(cli: Cli) -> Result<()> {
             .await
         }
         Command::Migrate { .. } => not_built("migrate"),
-        Command::Demo => not_built("demo"),
+        Command::Demo => demo::run(cli.output).await,
         command => {
             let mut remote = remote::connect(&cli.coordinator, cli.tls_dir.as_ref()).await?;
             let output = cli.output;

@@ -246,6 +246,25 @@ impl View {
                 });
             }
         }
+        // A node with nothing left to do (already current, skipped) says so from the start.
+        for (node, bar) in &nodes {
+            let steps: Vec<&pb::RunStep> = run
+                .steps
+                .iter()
+                .filter(|s| s.node.as_ref() == Some(node))
+                .collect();
+            if steps.iter().all(|s| {
+                matches!(
+                    s.state(),
+                    pb::StepState::AlreadyCurrent | pb::StepState::Skipped
+                )
+            }) {
+                bar.set_position(100);
+                bar.set_message(step_state(
+                    steps.last().map_or(pb::StepState::Skipped, |s| s.state()),
+                ));
+            }
+        }
         let done = run
             .steps
             .iter()
@@ -350,7 +369,7 @@ impl View {
                             }
                         }
                         None => {
-                            let _ = bars.println(format!("{} {}", place, line.unwrap_or_default()));
+                            let _ = bars.println(line.unwrap_or_default());
                         }
                     }
                     if s.state() == pb::StepState::Failed {

@@ -85,12 +85,41 @@ fn usage_errors_exit_2() {
 
 #[test]
 fn commands_not_built_yet_say_so() {
-    for args in [&["demo"][..], &["migrate", "--env", "dev"]] {
-        let o = fleetctl(args);
-        assert_eq!(o.status.code(), Some(2), "{args:?}");
-        assert!(
-            String::from_utf8_lossy(&o.stderr).contains("is not built yet"),
-            "{args:?}: {o:?}"
-        );
-    }
+    let o = fleetctl(&["migrate", "--env", "dev"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is not built yet"),
+        "{o:?}"
+    );
+}
+
+#[test]
+fn the_demo_upgrades_a_local_fleet_end_to_end_and_cleans_up() {
+    let o = fleetctl(&["--output", "json", "demo"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let run: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(run["state"], "succeeded", "{run}");
+    let steps = run["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 22);
+    let state = |node: &str, step: &str| {
+        steps
+            .iter()
+            .find(|s| s["node"] == node && s["step"] == step)
+            .map(|s| s["state"].as_str().unwrap().to_string())
+    };
+    assert_eq!(
+        state("sso-dev-03", "upgrade").as_deref(),
+        Some("already-current")
+    );
+    assert_eq!(state("sso-prod-03", "verify").as_deref(), Some("succeeded"));
+    // The temporary fleet is gone.
+    let backup =
+        steps.iter().find(|s| s["step"] == "backup-secret").unwrap()["artifacts"][0]["path"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    assert!(
+        !std::path::Path::new(&backup).exists(),
+        "{backup} left behind"
+    );
 }
