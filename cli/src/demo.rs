@@ -47,7 +47,7 @@ const NODES: [(&str, &str, &str); 7] = [
 const FLEET: &str = r#"# The demo's inventory: two SSO systems, upgraded one after the other.
 [upgrade]
 target_version = "3.0.7"
-installer = 'D:\media\BizTalk\Setup.exe'
+installer = 'INSTALLER'
 
 [policy]
 max_parallel = 2
@@ -162,12 +162,19 @@ pub async fn run(output: Output) -> Result<()> {
     }
     let backups = root.join("backups");
     std::fs::create_dir_all(&backups).map_err(setup_err("creating the backup directory"))?;
-    let inventory = root.join("fleet.toml");
+    let installer = root.join("media").join("Setup.exe");
+    std::fs::create_dir_all(root.join("media"))
+        .map_err(setup_err("creating the media directory"))?;
     std::fs::write(
-        &inventory,
-        FLEET.replace("BACKUPS", &backups.display().to_string()),
+        &installer,
+        "simulated BizTalk / ESSO setup, version 3.0.7\n",
     )
-    .map_err(setup_err("writing fleet.toml"))?;
+    .map_err(setup_err("writing the installer"))?;
+    let inventory = root.join("fleet.toml");
+    let text = FLEET
+        .replace("BACKUPS", &backups.display().to_string())
+        .replace("INSTALLER", &installer.display().to_string());
+    std::fs::write(&inventory, text).map_err(setup_err("writing fleet.toml"))?;
 
     // The coordinator, in this process.
     let shutdown = CancellationToken::new();

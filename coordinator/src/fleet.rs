@@ -39,6 +39,8 @@ struct NodeEntry {
     last_seen: Option<SystemTime>,
     last_seen_at: Option<tokio::time::Instant>,
     facts: Option<pb::Facts>,
+    /// Counts facts received, so a caller can wait for facts newer than its request (no clocks compared).
+    facts_generation: u64,
     agent_version: String,
     remote_addr: Option<SocketAddr>,
 }
@@ -64,6 +66,10 @@ enum Command {
         reason: String,
     },
     List(oneshot::Sender<Vec<pb::NodeStatus>>),
+    FactsOf {
+        node: NodeName,
+        reply: oneshot::Sender<Option<(u64, pb::Facts)>>,
+    },
     Send {
         node: NodeName,
         message: pb::CoordinatorMessage,
@@ -133,6 +139,13 @@ impl FleetHandle {
                 reason,
             })
             .await;
+    }
+
+    /// The node's latest facts and their generation (which grows with every facts message).
+    pub async fn facts_of(&self, node: NodeName) -> Option<(u64, pb::Facts)> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::FactsOf { node, reply }).await.ok()?;
+        rx.await.ok().flatten()
     }
 
     /// Sends `message` on the node's live stream; false when it is not attached (or its buffer is full).
@@ -233,6 +246,7 @@ impl FleetTask {
                 entry.remote_addr = session.remote_addr;
                 if facts.is_some() {
                     entry.facts = facts;
+                    entry.facts_generation += 1;
                 }
                 entry.session = Some(session);
             }
@@ -249,6 +263,7 @@ impl FleetTask {
             } => {
                 if let Some(entry) = self.live_entry(&node, session) {
                     entry.facts = Some(facts);
+                    entry.facts_generation += 1;
                     entry.last_seen = Some(SystemTime::now());
                     entry.last_seen_at = Some(tokio::time::Instant::now());
                 }
@@ -268,6 +283,13 @@ impl FleetTask {
             }
             Command::List(reply) => {
                 let _ = reply.send(self.statuses());
+            }
+            Command::FactsOf { node, reply } => {
+                let facts = self
+                    .nodes
+                    .get(&node)
+                    .and_then(|e| e.facts.clone().map(|f| (e.facts_generation, f)));
+                let _ = reply.send(facts);
             }
             Command::Send {
                 node,

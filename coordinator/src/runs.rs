@@ -93,6 +93,14 @@ enum Request {
         node: NodeName,
         body: Box<AgentBody>,
     },
+    /// A preflight task's result: the installer's SHA-256 the environment's nodes agree on (none when
+    /// nothing is installed), or why the environment must not go on.
+    PreflightDone {
+        run_id: String,
+        step: usize,
+        attempt: u32,
+        result: Result<Option<String>, String>,
+    },
     AttachmentChanged,
 }
 
@@ -117,6 +125,7 @@ impl RunsHandle {
             epoch,
             active: None,
             attached: BTreeSet::new(),
+            requests: tx.clone(),
         };
         tokio::spawn(manager.run(rx, shutdown));
         Self { tx }
@@ -226,6 +235,8 @@ struct Active {
     attempts: HashMap<usize, String>,
     events: broadcast::Sender<pb::RunEvent>,
     last_seq: u64,
+    /// Recorded by the first preflight that read it; every later environment must match (invariant 8).
+    installer_sha256: Option<String>,
 }
 
 struct Manager {
@@ -235,6 +246,8 @@ struct Manager {
     epoch: u64,
     active: Option<Active>,
     attached: BTreeSet<NodeName>,
+    /// For tasks that report back (preflight).
+    requests: mpsc::Sender<Request>,
 }
 
 fn now_ms() -> Millis {
@@ -321,6 +334,12 @@ impl Manager {
                 let _ = reply.send(self.logs(&run_id, node.as_deref(), step.as_deref()));
             }
             Request::Agent { node, body } => self.agent(node, *body).await,
+            Request::PreflightDone {
+                run_id,
+                step,
+                attempt,
+                result,
+            } => self.preflight_done(&run_id, step, attempt, result).await,
             Request::AttachmentChanged => {
                 self.refresh_attachment().await;
             }
@@ -426,6 +445,7 @@ impl Manager {
             attempts: HashMap::new(),
             events,
             last_seq: 0,
+            installer_sha256: None,
         });
         self.apply(Event::Start).await;
         Ok(id)
@@ -521,9 +541,23 @@ impl Manager {
                         ),
                     });
                 }
+            } else if planned.kind == StepKind::Preflight {
+                let job = PreflightJob::new(
+                    &active.id,
+                    &active.run,
+                    step,
+                    attempt,
+                    &active.plan.installer,
+                    self.epoch,
+                );
+                tokio::spawn(preflight(
+                    job,
+                    self.attached.clone(),
+                    self.fleet.clone(),
+                    self.requests.clone(),
+                ));
             } else {
-                let outcome =
-                    coordinator_step(&active.run, step, &self.attached, &self.fleet).await;
+                let outcome = Outcome::Failed(format!("{} is not built yet", planned.kind.name()));
                 follow_ups.push(Event::StepFinished {
                     step,
                     attempt,
@@ -534,6 +568,40 @@ impl Manager {
         for event in follow_ups {
             Box::pin(self.apply(event)).await;
         }
+    }
+
+    async fn preflight_done(
+        &mut self,
+        run_id: &str,
+        step: usize,
+        attempt: u32,
+        result: Result<Option<String>, String>,
+    ) {
+        let Some(active) = self.active.as_mut().filter(|a| a.id == run_id) else {
+            return;
+        };
+        let outcome = match (result, &active.installer_sha256) {
+            (Err(problem), _) => Outcome::Failed(problem),
+            (Ok(None), _) => Outcome::Succeeded,
+            (Ok(Some(hash)), None) => {
+                if let Err(e) = self.store.set_installer_sha256(run_id, &hash) {
+                    tracing::error!("cannot record the installer's SHA-256: {e}");
+                    return;
+                }
+                active.installer_sha256 = Some(hash);
+                Outcome::Succeeded
+            }
+            (Ok(Some(hash)), Some(recorded)) if &hash == recorded => Outcome::Succeeded,
+            (Ok(Some(hash)), Some(recorded)) => Outcome::Failed(format!(
+                "the installer here has SHA-256 {hash}, but this run installed {recorded} in the environments before: one run installs one installer"
+            )),
+        };
+        self.apply(Event::StepFinished {
+            step,
+            attempt,
+            outcome,
+        })
+        .await;
     }
 
     async fn agent(&mut self, node: NodeName, body: AgentBody) {
@@ -815,6 +883,9 @@ impl Manager {
                 .unwrap_or_default(),
             installer: active.map(|a| a.plan.installer.clone()).unwrap_or_default(),
             plan_hash: active.map(|a| a.plan.hash.clone()).unwrap_or_default(),
+            installer_sha256: active
+                .and_then(|a| a.installer_sha256.clone())
+                .unwrap_or_default(),
             steps: steps
                 .into_iter()
                 .map(|s| pb::RunStep {
@@ -1000,50 +1071,154 @@ fn assignment(
     }
 }
 
-/// The coordinator's own steps. Preflight: every node of the environment that has a step to run is
-/// attached and reported its facts without error.
-async fn coordinator_step(
-    run: &Run,
+/// What a preflight checks: the nodes of one environment that have steps to run, and which of them install.
+struct PreflightJob {
+    run_id: String,
     step: usize,
-    attached: &BTreeSet<NodeName>,
-    fleet: &FleetHandle,
-) -> Outcome {
-    let s = &run.steps[step].plan;
-    match s.kind {
-        StepKind::Preflight => {
-            let nodes: BTreeSet<&NodeName> = run.steps[run.envs[s.env].steps.clone()]
-                .iter()
-                .filter(|x| matches!(x.plan.expected, Expected::Run))
-                .filter_map(|x| x.plan.node.as_ref())
-                .collect();
-            let mut problems: Vec<String> = nodes
-                .iter()
-                .filter(|n| !attached.contains(**n))
-                .map(|n| format!("{n} is not attached"))
-                .collect();
-            if let Some(statuses) = fleet.list().await {
-                for status in statuses {
-                    let error = status
-                        .facts
-                        .as_ref()
-                        .map(|f| f.error.clone())
-                        .unwrap_or_default();
-                    if !error.is_empty() && nodes.iter().any(|n| n.as_str() == status.name) {
-                        problems.push(format!("{}: facts: {error}", status.name));
-                    }
-                }
-            }
-            if problems.is_empty() {
-                Outcome::Succeeded
-            } else {
-                Outcome::Failed(problems.join("; "))
-            }
+    attempt: u32,
+    installer: String,
+    epoch: u64,
+    nodes: BTreeSet<NodeName>,
+    installing: BTreeSet<NodeName>,
+}
+
+impl PreflightJob {
+    fn new(
+        run_id: &str,
+        run: &Run,
+        step: usize,
+        attempt: u32,
+        installer: &str,
+        epoch: u64,
+    ) -> Self {
+        let env = run.steps[step].plan.env;
+        let steps = &run.steps[run.envs[env].steps.clone()];
+        let nodes = steps
+            .iter()
+            .filter(|x| matches!(x.plan.expected, Expected::Run))
+            .filter_map(|x| x.plan.node.clone())
+            .collect();
+        let installing = steps
+            .iter()
+            .filter(|x| matches!(x.plan.expected, Expected::Run))
+            .filter(|x| {
+                matches!(
+                    x.plan.kind,
+                    StepKind::UpgradeMaster | StepKind::UpgradeMember
+                )
+            })
+            .filter_map(|x| x.plan.node.clone())
+            .collect();
+        Self {
+            run_id: run_id.to_string(),
+            step,
+            attempt,
+            installer: installer.to_string(),
+            epoch,
+            nodes,
+            installing,
         }
-        StepKind::BackupDatabase => {
-            Outcome::Failed("backing up the SSO database is not built yet".into())
-        }
-        _ => Outcome::Failed(format!("{} is not a coordinator step", s.kind.name())),
     }
+}
+
+/// Preflight, off the manager's task: every node with a step to run is attached and its facts have no
+/// error; every installing node reads the installer, and all of them read the same SHA-256.
+async fn preflight(
+    job: PreflightJob,
+    attached: BTreeSet<NodeName>,
+    fleet: FleetHandle,
+    requests: mpsc::Sender<Request>,
+) {
+    const WAIT: Duration = Duration::from_secs(120);
+    let result = async {
+        let detached: Vec<String> = job
+            .nodes
+            .iter()
+            .filter(|n| !attached.contains(*n))
+            .map(|n| format!("{n} is not attached"))
+            .collect();
+        if !detached.is_empty() {
+            return Err(detached.join("; "));
+        }
+        // Ask each installing node for fresh facts, the installer's SHA-256 among them.
+        let mut asked = Vec::new();
+        for node in &job.installing {
+            let before = fleet
+                .facts_of(node.clone())
+                .await
+                .map_or(0, |(generation, _)| generation);
+            let message = pb::CoordinatorMessage {
+                body: Some(CoordinatorBody::RefreshFacts(pb::RefreshFacts {
+                    installer: job.installer.clone(),
+                    epoch: job.epoch,
+                })),
+            };
+            if !fleet.send(node.clone(), message).await {
+                return Err(format!("{node} is not attached"));
+            }
+            asked.push((node.clone(), before));
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut hashes: Vec<(NodeName, String)> = Vec::new();
+        let mut problems = Vec::new();
+        for (node, before) in asked {
+            let facts = loop {
+                match fleet.facts_of(node.clone()).await {
+                    Some((generation, facts)) if generation > before => break Some(facts),
+                    _ if tokio::time::Instant::now() > deadline => break None,
+                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            };
+            match facts {
+                None => problems.push(format!(
+                    "{node} did not report its facts within {} s",
+                    WAIT.as_secs()
+                )),
+                Some(f) if !f.error.is_empty() => problems.push(format!("{node}: {}", f.error)),
+                Some(f) => match f.installer_sha256 {
+                    Some(hash) => hashes.push((node, hash)),
+                    None => problems.push(format!("{node} did not report the installer's SHA-256")),
+                },
+            }
+        }
+        // Nodes that only verify must still report healthy facts.
+        for node in job.nodes.difference(&job.installing) {
+            if let Some((_, facts)) = fleet.facts_of(node.clone()).await
+                && !facts.error.is_empty()
+            {
+                problems.push(format!("{node}: {}", facts.error));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems.join("; "));
+        }
+        let first = hashes.first().map(|(_, h)| h.clone());
+        if let Some(first) = &first {
+            let differing: Vec<String> = hashes
+                .iter()
+                .filter(|(_, h)| h != first)
+                .map(|(n, h)| format!("{n} has {h}"))
+                .collect();
+            if !differing.is_empty() {
+                return Err(format!(
+                    "the nodes read different installers at {}: {} has {first}, {}",
+                    job.installer,
+                    hashes[0].0,
+                    differing.join(", ")
+                ));
+            }
+        }
+        Ok(first)
+    }
+    .await;
+    let _ = requests
+        .send(Request::PreflightDone {
+            run_id: job.run_id,
+            step: job.step,
+            attempt: job.attempt,
+            result,
+        })
+        .await;
 }
 
 fn run_state(state: &str) -> pb::RunState {

@@ -12,8 +12,6 @@ use std::time::{Duration, SystemTime};
 
 use fleet_proto::pb;
 use fleet_proto::pb::step_event::Kind;
-use sha2::{Digest, Sha256};
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use crate::catalogue::{ActionName, expand};
@@ -327,23 +325,9 @@ async fn read_secret(config: &AgentConfig) -> Result<String, String> {
 }
 
 async fn artifact(path: &Path) -> Result<pb::Artifact, String> {
-    let mut file = tokio::fs::File::open(path)
+    let (size, sha256) = crate::hashing::sha256_file(path)
         .await
         .map_err(|e| format!("cannot be read: {e}"))?;
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .await
-            .map_err(|e| format!("cannot be read: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        hasher.update(&buf[..n]);
-    }
     if size == 0 {
         return Err("is empty".into());
     }
@@ -351,11 +335,7 @@ async fn artifact(path: &Path) -> Result<pb::Artifact, String> {
         kind: "secret-backup".into(),
         path: path.display().to_string(),
         size_bytes: size,
-        sha256: hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
+        sha256,
     })
 }
 

@@ -40,6 +40,20 @@ pub async fn collect(config: &AgentConfig, params: &BTreeMap<String, String>) ->
         }
         None => built_in(),
     };
+    // The installer this run would install: the agent reads it itself (invariant 8: one installer).
+    if let Some(installer) = params.get("installer").filter(|i| !i.is_empty()) {
+        match crate::hashing::sha256_file(std::path::Path::new(installer)).await {
+            Ok((_, sha256)) => facts.installer_sha256 = Some(sha256),
+            Err(e) => {
+                let problem = format!("installer {installer}: {e}");
+                facts.error = if facts.error.is_empty() {
+                    problem
+                } else {
+                    format!("{}; {problem}", facts.error)
+                };
+            }
+        }
+    }
     if facts.hostname.is_empty() {
         facts.hostname = gethostname::gethostname().to_string_lossy().into_owned();
     }

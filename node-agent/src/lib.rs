@@ -19,4 +19,5 @@ pub mod catalogue;
 pub mod config;
 pub mod executor;
 pub mod facts;
+pub mod hashing;
 pub mod runner;

@@ -329,6 +329,17 @@ impl Store {
         Ok(attempt_ids)
     }
 
+    /// Records the installer's SHA-256 the run installs (read in its first preflight).
+    pub fn set_installer_sha256(&mut self, run_id: &str, sha256: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE runs SET installer_sha256 = ?2 WHERE id = ?1",
+                params![run_id, sha256],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
     /// Stores one event an agent emitted for an attempt; false when (attempt, seq) was already stored.
     pub fn agent_event(
         &mut self,

@@ -1,5 +1,7 @@
 use std::path::Path;
 
+use sha2::{Digest, Sha256};
+
 use super::*;
 
 fn fixture(name: &str) -> String {

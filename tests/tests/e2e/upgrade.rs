@@ -13,7 +13,7 @@ use fleet_tests::{
 const FLEET: &str = r#"
 [upgrade]
 target_version = "3.0.7"
-installer = '/media/BizTalk/Setup.exe'
+installer = 'INSTALLER'
 [policy]
 max_parallel = 2
 max_failures = 0
@@ -52,12 +52,13 @@ fn setup(inventory: &str, versions: &[(&str, &str)], env: &[(&str, &str)]) -> Se
     let fleet = Fleet::new().unwrap();
     let backups = fleet.path("backups");
     std::fs::create_dir_all(&backups).unwrap();
-    fleet
-        .write(
-            "fleet.toml",
-            &inventory.replace("BACKUPS", path_str(&backups).unwrap()),
-        )
+    let installer = fleet
+        .write("media/Setup.exe", "simulated ESSO installer 3.0.7\n")
         .unwrap();
+    let inventory = inventory
+        .replace("BACKUPS", path_str(&backups).unwrap())
+        .replace("INSTALLER", path_str(&installer).unwrap());
+    fleet.write("fleet.toml", &inventory).unwrap();
     let coordinator =
         Coordinator::start(&fleet, "127.0.0.1:0", &CoordinatorOptions::default()).unwrap();
     let agents = NODES
@@ -474,4 +475,48 @@ fn a_manual_gate_waits_for_approve_and_a_soak_gate_for_its_time() {
         "the soak gate passed {} ms after prod ended",
         (passed_ms * 1_000_000).saturating_sub(prod_end_ns) / 1_000_000
     );
+}
+
+#[test]
+fn every_environment_installs_the_same_installer() {
+    let inventory = FLEET.replace("gate = \"auto\"", "gate = \"manual\"");
+    let s = setup(&inventory, &[], &[]);
+    let (_, started) = s.json(&["upgrade", "--all", "--detach"]);
+    let id = started["run_id"].as_str().unwrap().to_string();
+    eventually(PATIENCE, "dev to wait at its gate", || {
+        let (_, run) = s.json(&["run", "show", &id]);
+        (run["state"] == "waiting-approval").then_some(())
+    });
+    // Someone replaces the installer between the environments.
+    s.fleet.write("media/Setup.exe", "another build\n").unwrap();
+    s.json(&["approve", &id]);
+    let run = eventually(PATIENCE, "the run to halt", || {
+        let (_, run) = s.json(&["run", "show", &id]);
+        (run["state"] == "halted").then_some(run)
+    });
+    assert!(
+        run["reason"]
+            .as_str()
+            .unwrap()
+            .contains("one run installs one installer"),
+        "{run}"
+    );
+    assert!(
+        tool_log(&s.fleet).iter().all(|e| env_of(&e.node) == "dev"),
+        "prod was not touched"
+    );
+}
+
+#[test]
+fn a_missing_installer_stops_the_environment_in_preflight() {
+    let s = setup(FLEET, &[], &[]);
+    std::fs::remove_file(s.fleet.path("media/Setup.exe")).unwrap();
+    let (code, run) = s.json(&["upgrade", "--all"]);
+    assert_eq!(code, Some(1));
+    let reason = run["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("preflight of dev failed") && reason.contains("Setup.exe"),
+        "{reason}"
+    );
+    assert!(tool_log(&s.fleet).is_empty(), "nothing ran");
 }
