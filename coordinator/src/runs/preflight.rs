@@ -1,0 +1,164 @@
+//! Preflight, the coordinator's first step in every environment.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use fleet_proto::pb;
+use fleet_proto::pb::coordinator_message::Body as CoordinatorBody;
+use tokio::sync::mpsc;
+
+use super::Request;
+use crate::domain::NodeName;
+use crate::engine::Run;
+use crate::fleet::FleetHandle;
+use crate::plan::{Expected, StepKind};
+
+/// What a preflight checks: the nodes of one environment that have steps to run, and which of them install.
+pub(super) struct PreflightJob {
+    run_id: String,
+    step: usize,
+    attempt: u32,
+    installer: String,
+    epoch: u64,
+    nodes: BTreeSet<NodeName>,
+    installing: BTreeSet<NodeName>,
+}
+
+impl PreflightJob {
+    pub(super) fn new(
+        run_id: &str,
+        run: &Run,
+        step: usize,
+        attempt: u32,
+        installer: &str,
+        epoch: u64,
+    ) -> Self {
+        let env = run.steps[step].plan.env;
+        let steps = &run.steps[run.envs[env].steps.clone()];
+        let nodes = steps
+            .iter()
+            .filter(|x| matches!(x.plan.expected, Expected::Run))
+            .filter_map(|x| x.plan.node.clone())
+            .collect();
+        let installing = steps
+            .iter()
+            .filter(|x| matches!(x.plan.expected, Expected::Run))
+            .filter(|x| {
+                matches!(
+                    x.plan.kind,
+                    StepKind::UpgradeMaster | StepKind::UpgradeMember
+                )
+            })
+            .filter_map(|x| x.plan.node.clone())
+            .collect();
+        Self {
+            run_id: run_id.to_string(),
+            step,
+            attempt,
+            installer: installer.to_string(),
+            epoch,
+            nodes,
+            installing,
+        }
+    }
+}
+
+/// Preflight, off the manager's task: every node with a step to run is attached and its facts have no
+/// error; every installing node reads the installer, and all of them read the same SHA-256.
+pub(super) async fn preflight(
+    job: PreflightJob,
+    attached: BTreeSet<NodeName>,
+    fleet: FleetHandle,
+    requests: mpsc::Sender<Request>,
+) {
+    const WAIT: Duration = Duration::from_secs(120);
+    let result = async {
+        let detached: Vec<String> = job
+            .nodes
+            .iter()
+            .filter(|n| !attached.contains(*n))
+            .map(|n| format!("{n} is not attached"))
+            .collect();
+        if !detached.is_empty() {
+            return Err(detached.join("; "));
+        }
+        // Ask each installing node for fresh facts, the installer's SHA-256 among them.
+        let mut asked = Vec::new();
+        for node in &job.installing {
+            let before = fleet
+                .facts_of(node.clone())
+                .await
+                .map_or(0, |(generation, _)| generation);
+            let message = pb::CoordinatorMessage {
+                body: Some(CoordinatorBody::RefreshFacts(pb::RefreshFacts {
+                    installer: job.installer.clone(),
+                    epoch: job.epoch,
+                })),
+            };
+            if !fleet.send(node.clone(), message).await {
+                return Err(format!("{node} is not attached"));
+            }
+            asked.push((node.clone(), before));
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut hashes: Vec<(NodeName, String)> = Vec::new();
+        let mut problems = Vec::new();
+        for (node, before) in asked {
+            let facts = loop {
+                match fleet.facts_of(node.clone()).await {
+                    Some((generation, facts)) if generation > before => break Some(facts),
+                    _ if tokio::time::Instant::now() > deadline => break None,
+                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            };
+            match facts {
+                None => problems.push(format!(
+                    "{node} did not report its facts within {} s",
+                    WAIT.as_secs()
+                )),
+                Some(f) if !f.error.is_empty() => problems.push(format!("{node}: {}", f.error)),
+                Some(f) => match f.installer_sha256 {
+                    Some(hash) => hashes.push((node, hash)),
+                    None => problems.push(format!("{node} did not report the installer's SHA-256")),
+                },
+            }
+        }
+        // Nodes that only verify must still report healthy facts.
+        for node in job.nodes.difference(&job.installing) {
+            if let Some((_, facts)) = fleet.facts_of(node.clone()).await
+                && !facts.error.is_empty()
+            {
+                problems.push(format!("{node}: {}", facts.error));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems.join("; "));
+        }
+        let first = hashes.first().map(|(_, h)| h.clone());
+        if let Some(first) = &first {
+            let differing: Vec<String> = hashes
+                .iter()
+                .filter(|(_, h)| h != first)
+                .map(|(n, h)| format!("{n} has {h}"))
+                .collect();
+            if !differing.is_empty() {
+                return Err(format!(
+                    "the nodes read different installers at {}: {} has {first}, {}",
+                    job.installer,
+                    hashes[0].0,
+                    differing.join(", ")
+                ));
+            }
+        }
+        Ok(first)
+    }
+    .await;
+    let _ = requests
+        .send(Request::PreflightDone {
+            run_id: job.run_id,
+            step: job.step,
+            attempt: job.attempt,
+            result,
+        })
+        .await;
+}

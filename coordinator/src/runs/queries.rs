@@ -1,0 +1,172 @@
+//! The manager's read-only answers: a run, the list of runs, events from a cursor, step logs.
+
+use fleet_proto::pb;
+use tokio::sync::broadcast;
+
+use super::wire::{plain_event, run_event, run_state, step_state};
+use super::{Manager, RunError};
+
+impl Manager {
+    pub(super) fn get(&self, run_id: &str) -> Result<pb::Run, RunError> {
+        let row = self.store.run(run_id)?;
+        let steps = self.store.steps(run_id)?;
+        let artifacts = self.store.artifacts(run_id)?;
+        let active = self.active.as_ref().filter(|a| a.id == run_id);
+        Ok(pb::Run {
+            id: row.id.clone(),
+            workflow: pb::Workflow::Upgrade as i32,
+            state: run_state(&row.state) as i32,
+            started_at_unix_ms: row.started_at,
+            finished_at_unix_ms: row.finished_at,
+            started_by: row.started_by,
+            reason: row.reason,
+            last_event_seq: active.map_or(0, |a| a.last_seq),
+            target_version: active
+                .map(|a| a.plan.target_version.clone())
+                .unwrap_or_default(),
+            installer: active.map(|a| a.plan.installer.clone()).unwrap_or_default(),
+            plan_hash: active.map(|a| a.plan.hash.clone()).unwrap_or_default(),
+            installer_sha256: active
+                .and_then(|a| a.installer_sha256.clone())
+                .unwrap_or_default(),
+            steps: steps
+                .into_iter()
+                .map(|s| pb::RunStep {
+                    index: u32::try_from(s.index).unwrap_or(u32::MAX),
+                    environment: s.environment,
+                    node: s.node,
+                    step: s.step,
+                    state: step_state(&s.state) as i32,
+                    attempts: s.attempts,
+                    message: s.message,
+                    started_at_unix_ms: s.started_at,
+                    finished_at_unix_ms: s.finished_at,
+                    batch: s.batch,
+                    artifacts: artifacts
+                        .iter()
+                        .filter(|a| a.step == s.index)
+                        .map(|a| pb::Artifact {
+                            kind: a.kind.clone(),
+                            path: a.path.clone(),
+                            size_bytes: a.size_bytes,
+                            sha256: a.sha256.clone(),
+                        })
+                        .collect(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    pub(super) fn list(&self) -> Result<Vec<pb::RunSummary>, RunError> {
+        Ok(self
+            .store
+            .runs()?
+            .into_iter()
+            .map(|r| pb::RunSummary {
+                id: r.id,
+                workflow: pb::Workflow::Upgrade as i32,
+                state: run_state(&r.state) as i32,
+                started_at_unix_ms: r.started_at,
+                finished_at_unix_ms: r.finished_at,
+                started_by: r.started_by,
+                environments: Vec::new(),
+            })
+            .collect())
+    }
+
+    pub(super) fn watch(
+        &self,
+        run_id: &str,
+        after_seq: u64,
+    ) -> Result<(Vec<pb::RunEvent>, Option<broadcast::Receiver<pb::RunEvent>>), RunError> {
+        self.store.run(run_id)?;
+        let active = self.active.as_ref().filter(|a| a.id == run_id);
+        let stored = self.store.run_events(run_id, after_seq, usize::MAX)?;
+        let events = match active {
+            Some(a) => stored
+                .iter()
+                .map(|e| run_event(run_id, &a.run, e))
+                .collect(),
+            None => stored.iter().map(|e| plain_event(run_id, e)).collect(),
+        };
+        let live = active
+            .filter(|a| !a.run.status().is_final())
+            .map(|a| a.events.subscribe());
+        Ok((events, live))
+    }
+
+    pub(super) fn logs(
+        &self,
+        run_id: &str,
+        node: Option<&str>,
+        step: Option<&str>,
+    ) -> Result<Vec<pb::RunEvent>, RunError> {
+        self.store.run(run_id)?;
+        let rows = self.store.step_log(run_id, node, step)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| {
+                let crate::store::LogRow {
+                    node,
+                    step,
+                    kind,
+                    payload,
+                    ..
+                } = row;
+                let text = |k: &str| {
+                    payload
+                        .get(k)
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                let kind = match kind.as_str() {
+                    "log" => pb::run_event::Kind::Log(pb::StepLog {
+                        stream: if payload.get("stderr").and_then(serde_json::Value::as_bool)
+                            == Some(true)
+                        {
+                            pb::LogStream::Stderr
+                        } else {
+                            pb::LogStream::Stdout
+                        } as i32,
+                        line: text("line"),
+                    }),
+                    "progress" => pb::run_event::Kind::Progress(pb::StepProgress {
+                        percent: u32::try_from(
+                            payload
+                                .get("percent")
+                                .and_then(serde_json::Value::as_u64)
+                                .unwrap_or(0),
+                        )
+                        .unwrap_or(0),
+                        message: text("message"),
+                    }),
+                    "output" => pb::run_event::Kind::Output(pb::StepOutput {
+                        key: text("key"),
+                        value: text("value"),
+                    }),
+                    "finished" => pb::run_event::Kind::Log(pb::StepLog {
+                        stream: pb::LogStream::Agent as i32,
+                        line: format!("finished: {} {}", text("outcome"), text("error"))
+                            .trim_end()
+                            .to_string(),
+                    }),
+                    "started" => pb::run_event::Kind::Log(pb::StepLog {
+                        stream: pb::LogStream::Agent as i32,
+                        line: format!("started: {}", text("command")),
+                    }),
+                    _ => return None,
+                };
+                Some(pb::RunEvent {
+                    run_id: run_id.to_string(),
+                    node: Some(node),
+                    step,
+                    kind: Some(kind),
+                    ..Default::default()
+                })
+            })
+            .collect())
+    }
+}
