@@ -430,6 +430,28 @@ impl Agent {
         Self::start_with(fleet, spec, "")
     }
 
+    /// Issues a certificate for `node` (unless it has one) and starts its agent, ESSO at `version`.
+    pub fn start_issued(
+        fleet: &Fleet,
+        coordinator: &str,
+        node: &str,
+        version: &str,
+    ) -> Result<Self> {
+        let tls = format!("agents/{node}/tls");
+        if !fleet.path(&tls).join("agent.pem").exists() {
+            fleet.issue_agent("tls", node, &tls)?;
+        }
+        Self::start(
+            fleet,
+            &AgentSpec {
+                node,
+                tls_rel: &tls,
+                coordinator,
+                version,
+            },
+        )
+    }
+
     /// As [`Agent::start`], with `extra` appended to agent.toml (more actions, secrets).
     pub fn start_with(fleet: &Fleet, spec: &AgentSpec<'_>, extra: &str) -> Result<Self> {
         let tls = fleet.path(spec.tls_rel);

@@ -146,6 +146,19 @@ impl Store {
         }
     }
 
+    /// Runs a query and maps every row.
+    fn query<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(self.err())?;
+        let rows = stmt.query_map(params, row).map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err())
+    }
+
     fn init(&mut self) -> Result<()> {
         // WAL: readers do not block the writer; synchronous=FULL: a committed dispatch survives a crash.
         self.conn
@@ -385,14 +398,10 @@ impl Store {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<StoredEvent>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT seq, at, idx, kind, payload FROM run_events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-            )
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map(params![run_id, after_seq as i64, limit as i64], |r| {
+        self.query(
+            "SELECT seq, at, idx, kind, payload FROM run_events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            params![run_id, after_seq as i64, limit as i64],
+            |r| {
                 let payload: String = r.get(4)?;
                 Ok(StoredEvent {
                     seq: r.get::<_, i64>(0)? as u64,
@@ -401,10 +410,8 @@ impl Store {
                     kind: r.get(3)?,
                     payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
                 })
-            })
-            .map_err(self.err())?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(self.err())
+            },
+        )
     }
 
     pub fn run(&self, run_id: &str) -> Result<RunRow> {
@@ -421,15 +428,11 @@ impl Store {
 
     /// Every run, newest first.
     pub fn runs(&self) -> Result<Vec<RunRow>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT id, workflow, state, reason, started_at, finished_at, started_by FROM runs ORDER BY started_at DESC, id",
-            )
-            .map_err(self.err())?;
-        let rows = stmt.query_map([], run_row).map_err(self.err())?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(self.err())
+        self.query(
+            "SELECT id, workflow, state, reason, started_at, finished_at, started_by FROM runs ORDER BY started_at DESC, id",
+            [],
+            run_row,
+        )
     }
 
     /// The inventory text a run started from.
@@ -447,15 +450,11 @@ impl Store {
 
     /// The steps of a run, in plan order.
     pub fn steps(&self, run_id: &str) -> Result<Vec<StepRow>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT idx, environment, node, step, batch, state, attempts, message, started_at, finished_at
-                 FROM steps WHERE run_id = ?1 ORDER BY idx",
-            )
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map([run_id], |r| {
+        self.query(
+            "SELECT idx, environment, node, step, batch, state, attempts, message, started_at, finished_at
+             FROM steps WHERE run_id = ?1 ORDER BY idx",
+            [run_id],
+            |r| {
                 Ok(StepRow {
                     index: r.get::<_, i64>(0)? as usize,
                     environment: r.get(1)?,
@@ -468,10 +467,8 @@ impl Store {
                     started_at: r.get(8)?,
                     finished_at: r.get(9)?,
                 })
-            })
-            .map_err(self.err())?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(self.err())
+            },
+        )
     }
 
     /// The run, step and attempt number an attempt id belongs to.
@@ -517,17 +514,13 @@ impl Store {
         tx.commit().map_err(err)
     }
 
-    /// Artifacts recorded for a run's attempts: (step index, kind, path, size, sha256).
+    /// Artifacts recorded for a run's attempts.
     pub fn artifacts(&self, run_id: &str) -> Result<Vec<ArtifactRow>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT a.idx, f.kind, f.path, f.size_bytes, f.sha256 FROM artifacts f JOIN attempts a ON a.id = f.attempt_id
-                 WHERE a.run_id = ?1 ORDER BY a.idx",
-            )
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map([run_id], |r| {
+        self.query(
+            "SELECT a.idx, f.kind, f.path, f.size_bytes, f.sha256 FROM artifacts f JOIN attempts a ON a.id = f.attempt_id
+             WHERE a.run_id = ?1 ORDER BY a.idx",
+            [run_id],
+            |r| {
                 Ok(ArtifactRow {
                     step: r.get::<_, i64>(0)? as usize,
                     kind: r.get(1)?,
@@ -535,10 +528,8 @@ impl Store {
                     size_bytes: r.get::<_, i64>(3)? as u64,
                     sha256: r.get(4)?,
                 })
-            })
-            .map_err(self.err())?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(self.err())
+            },
+        )
     }
 
     /// The events an agent reported for a run's attempts, optionally of one node and step, in order.
@@ -548,18 +539,14 @@ impl Store {
         node: Option<&str>,
         step: Option<&str>,
     ) -> Result<Vec<LogRow>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT COALESCE(a.node, ''), s.step, a.number, e.kind, e.payload
-                 FROM attempt_events e JOIN attempts a ON a.id = e.attempt_id
-                 JOIN steps s ON s.run_id = a.run_id AND s.idx = a.idx
-                 WHERE a.run_id = ?1 AND (?2 IS NULL OR a.node = ?2) AND (?3 IS NULL OR s.step = ?3)
-                 ORDER BY a.idx, a.number, e.seq",
-            )
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map(params![run_id, node, step], |r| {
+        self.query(
+            "SELECT COALESCE(a.node, ''), s.step, a.number, e.kind, e.payload
+             FROM attempt_events e JOIN attempts a ON a.id = e.attempt_id
+             JOIN steps s ON s.run_id = a.run_id AND s.idx = a.idx
+             WHERE a.run_id = ?1 AND (?2 IS NULL OR a.node = ?2) AND (?3 IS NULL OR s.step = ?3)
+             ORDER BY a.idx, a.number, e.seq",
+            params![run_id, node, step],
+            |r| {
                 let payload: String = r.get(4)?;
                 Ok(LogRow {
                     node: r.get(0)?,
@@ -568,10 +555,8 @@ impl Store {
                     kind: r.get(3)?,
                     payload: serde_json::from_str(&payload).unwrap_or_default(),
                 })
-            })
-            .map_err(self.err())?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(self.err())
+            },
+        )
     }
 
     pub fn audit(&mut self, entry: &AuditEntry) -> Result<()> {
@@ -586,15 +571,11 @@ impl Store {
 
     /// The audit trail, oldest first; of one run when `run_id` is given.
     pub fn audit_entries(&self, run_id: Option<&str>) -> Result<Vec<AuditEntry>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT at, operator, action, run_id, node, step, detail FROM audit
-                 WHERE ?1 IS NULL OR run_id = ?1 ORDER BY id",
-            )
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map([run_id], |r| {
+        self.query(
+            "SELECT at, operator, action, run_id, node, step, detail FROM audit
+             WHERE ?1 IS NULL OR run_id = ?1 ORDER BY id",
+            [run_id],
+            |r| {
                 Ok(AuditEntry {
                     at: r.get(0)?,
                     operator: r.get(1)?,
@@ -604,10 +585,8 @@ impl Store {
                     step: r.get(5)?,
                     detail: r.get(6)?,
                 })
-            })
-            .map_err(self.err())?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(self.err())
+            },
+        )
     }
 }
 

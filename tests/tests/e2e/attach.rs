@@ -1,23 +1,8 @@
 //! Agents attach with their facts, show detached when killed or silent, and re-attach by themselves.
 
-use fleet_tests::{Agent, AgentSpec, Coordinator, CoordinatorOptions, Fleet, fleetctl, path_str};
+use fleet_tests::{Agent, Coordinator, CoordinatorOptions, Fleet, fleetctl, path_str};
 
 use crate::FLEET;
-
-fn agent(fleet: &Fleet, coordinator: &Coordinator, node: &str, version: &str) -> Agent {
-    let tls = format!("agents/{node}/tls");
-    fleet.issue_agent("tls", node, &tls).unwrap();
-    Agent::start(
-        fleet,
-        &AgentSpec {
-            node,
-            tls_rel: &tls,
-            coordinator: &coordinator.url(),
-            version,
-        },
-    )
-    .unwrap()
-}
 
 #[test]
 fn agents_attach_with_facts_detach_when_killed_or_silent_and_reattach() {
@@ -25,8 +10,8 @@ fn agents_attach_with_facts_detach_when_killed_or_silent_and_reattach() {
     fleet.write("fleet.toml", FLEET).unwrap();
     let coordinator =
         Coordinator::start(&fleet, "127.0.0.1:0", &CoordinatorOptions::default()).unwrap();
-    let mut a1 = agent(&fleet, &coordinator, "a1", "3.0.6");
-    let _a2 = agent(&fleet, &coordinator, "a2", "3.0.7");
+    let mut a1 = Agent::start_issued(&fleet, &coordinator.url(), "a1", "3.0.6").unwrap();
+    let _a2 = Agent::start_issued(&fleet, &coordinator.url(), "a2", "3.0.7").unwrap();
 
     // Attached, with the facts the (simulated) facts tool reported.
     let n1 = coordinator.wait_attached(&fleet, "a1", true);
@@ -75,21 +60,8 @@ fn agents_attach_with_facts_detach_when_killed_or_silent_and_reattach() {
     coordinator.process.wait_for_log("agent a1 detached");
 
     // Restarted: it re-attaches by itself.
-    let _a1 = agent_restart(&fleet, &coordinator, "a1");
+    let _a1 = Agent::start_issued(&fleet, &coordinator.url(), "a1", "3.0.6").unwrap();
     coordinator.wait_attached(&fleet, "a1", true);
-}
-
-fn agent_restart(fleet: &Fleet, coordinator: &Coordinator, node: &str) -> Agent {
-    Agent::start(
-        fleet,
-        &AgentSpec {
-            node,
-            tls_rel: &format!("agents/{node}/tls"),
-            coordinator: &coordinator.url(),
-            version: "3.0.6",
-        },
-    )
-    .unwrap()
 }
 
 #[test]
@@ -98,7 +70,7 @@ fn a_silent_agent_is_detached_after_the_heartbeat_timeout_and_comes_back() {
     fleet.write("fleet.toml", FLEET).unwrap();
     let coordinator =
         Coordinator::start(&fleet, "127.0.0.1:0", &CoordinatorOptions::default()).unwrap();
-    let a2 = agent(&fleet, &coordinator, "a2", "3.0.7");
+    let a2 = Agent::start_issued(&fleet, &coordinator.url(), "a2", "3.0.7").unwrap();
     coordinator.wait_attached(&fleet, "a2", true);
 
     // Frozen, its TCP connection stays open but nothing is heard: only the heartbeat timeout can tell.
@@ -119,7 +91,7 @@ fn agents_reattach_to_a_restarted_coordinator_which_takes_a_new_epoch() {
     let mut coordinator =
         Coordinator::start(&fleet, "127.0.0.1:0", &CoordinatorOptions::default()).unwrap();
     assert!(coordinator.process.log_text().contains("epoch=1"));
-    let a1 = agent(&fleet, &coordinator, "a1", "3.0.6");
+    let a1 = Agent::start_issued(&fleet, &coordinator.url(), "a1", "3.0.6").unwrap();
     coordinator.wait_attached(&fleet, "a1", true);
     a1.process.wait_for_log("coordinator epoch 1");
 
@@ -146,7 +118,7 @@ fn an_agent_notices_a_silent_coordinator_and_comes_back() {
     fleet.write("fleet.toml", FLEET).unwrap();
     let coordinator =
         Coordinator::start(&fleet, "127.0.0.1:0", &CoordinatorOptions::default()).unwrap();
-    let a1 = agent(&fleet, &coordinator, "a1", "3.0.6");
+    let a1 = Agent::start_issued(&fleet, &coordinator.url(), "a1", "3.0.6").unwrap();
     coordinator.wait_attached(&fleet, "a1", true);
 
     // Frozen: the TCP connection stays open, nothing arrives. Only the agent's own deadline can tell.
@@ -174,7 +146,7 @@ fn agents_and_coordinators_refuse_each_other_across_a_stale_epoch() {
         || Coordinator::start(&fleet, &addr, &CoordinatorOptions::default()).ok(),
     );
     assert!(current.process.log_text().contains("epoch=2"));
-    let a1 = agent(&fleet, &current, "a1", "3.0.6");
+    let a1 = Agent::start_issued(&fleet, &current.url(), "a1", "3.0.6").unwrap();
     a1.process.wait_for_log("coordinator epoch 2");
 
     // A coordinator started from another (older) state directory: epoch 1.

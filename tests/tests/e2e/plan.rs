@@ -1,7 +1,7 @@
 //! `fleetctl plan`: the ordered steps from the inventory and the agents' live facts, and a hash that
 //! changes when the fleet drifts.
 
-use fleet_tests::{Agent, AgentSpec, Coordinator, CoordinatorOptions, Fleet, fleetctl, path_str};
+use fleet_tests::{Agent, Coordinator, CoordinatorOptions, Fleet, fleetctl, path_str};
 
 use crate::FLEET;
 
@@ -18,31 +18,14 @@ fn plan(fleet: &Fleet, coordinator: &Coordinator, args: &[&str]) -> std::process
     fleetctl(&all)
 }
 
-fn start_agent(fleet: &Fleet, coordinator: &Coordinator, node: &str, version: &str) -> Agent {
-    let tls = format!("agents/{node}/tls");
-    if !fleet.path(&tls).exists() {
-        fleet.issue_agent("tls", node, &tls).unwrap();
-    }
-    Agent::start(
-        fleet,
-        &AgentSpec {
-            node,
-            tls_rel: &tls,
-            coordinator: &coordinator.url(),
-            version,
-        },
-    )
-    .unwrap()
-}
-
 #[test]
 fn plan_orders_steps_from_live_facts_and_its_hash_tracks_drift() {
     let fleet = Fleet::new().unwrap();
     fleet.write("fleet.toml", FLEET).unwrap();
     let coordinator =
         Coordinator::start(&fleet, "127.0.0.1:0", &CoordinatorOptions::default()).unwrap();
-    let _a1 = start_agent(&fleet, &coordinator, "a1", "3.0.6");
-    let _a2 = start_agent(&fleet, &coordinator, "a2", "3.0.7");
+    let _a1 = Agent::start_issued(&fleet, &coordinator.url(), "a1", "3.0.6").unwrap();
+    let _a2 = Agent::start_issued(&fleet, &coordinator.url(), "a2", "3.0.7").unwrap();
     coordinator.wait_attached(&fleet, "a1", true);
     coordinator.wait_attached(&fleet, "a2", true);
 
