@@ -169,19 +169,45 @@ pub async fn upgrade(
     if output == Output::Text {
         println!("run {run_id} started");
     }
-    follow(remote, &run_id, output).await
+    follow_from(remote, &run_id, output, true).await
 }
 
 /// Follows a run until it succeeds, fails, halts or is aborted; then shows it (exit 1 unless it succeeded).
 pub async fn follow(remote: &mut Remote, run_id: &str, output: Output) -> Result<()> {
+    follow_from(remote, run_id, output, false).await
+}
+
+/// `from_start`: replay the run's events from the beginning (a run just started); otherwise follow from
+/// where the run is now, so that an old `halted` that was since resumed does not end the watch.
+async fn follow_from(
+    remote: &mut Remote,
+    run_id: &str,
+    output: Output,
+    from_start: bool,
+) -> Result<()> {
     let run = get(remote, run_id).await?;
+    let stopped = matches!(
+        run.state(),
+        pb::RunState::Succeeded
+            | pb::RunState::Failed
+            | pb::RunState::Aborted
+            | pb::RunState::Halted
+    );
+    if stopped && !from_start {
+        match output {
+            Output::Json => println!("{}", run_json(&run)),
+            Output::Text => print!("{}", run_text(&run)),
+        }
+        return final_result(&run);
+    }
+    let after_seq = if from_start { 0 } else { run.last_event_seq };
     let live = output == Output::Text && std::io::stdout().is_terminal();
     let mut view = if live { View::live(&run) } else { View::Plain };
     let mut stream = remote
         .client
         .watch_run(pb::WatchRunRequest {
             run_id: run_id.to_string(),
-            after_seq: 0,
+            after_seq,
             follow: true,
             node: None,
             step: None,

@@ -294,6 +294,11 @@ pub fn verify_problem(
     {
         return Some(format!("the ENTSSO service is {service}, not running"));
     }
+    if !outputs.contains_key("service") {
+        return Some(
+            "the verify command reported no `::output:: service=`: ENTSSO cannot be checked".into(),
+        );
+    }
     if target.is_some() && !outputs.contains_key("version") {
         return Some(
             "the verify command reported no `::output:: version=`: the version cannot be checked"

@@ -515,7 +515,10 @@ impl Run {
         self.set(step, StepState::Pending, "retry", out);
         self.reopen_gate(env, out);
         if kind.is_member_step() {
-            self.envs[env].member_failures -= 1;
+            let e = &mut self.envs[env];
+            e.member_failures -= 1;
+            // A failure the operator accepted and then retried or skipped is no longer accepted either.
+            e.failures_accepted = e.failures_accepted.min(e.member_failures);
             if kind == StepKind::UpgradeMember && self.steps[step + 1].state == StepState::Skipped {
                 self.set(step + 1, StepState::Pending, "", out);
             }
@@ -557,7 +560,10 @@ impl Run {
         self.require_current(env)?;
         self.reopen_gate(env, out);
         if was_failed {
-            self.envs[env].member_failures -= 1;
+            let e = &mut self.envs[env];
+            e.member_failures -= 1;
+            // A failure the operator accepted and then retried or skipped is no longer accepted either.
+            e.failures_accepted = e.failures_accepted.min(e.member_failures);
         }
         self.steps[step].finished_at = Some(now);
         self.set(step, StepState::Skipped, "skipped by the operator", out);

@@ -287,6 +287,39 @@ fn member_failures_halt_beyond_max_failures() {
 }
 
 #[test]
+fn an_accepted_failure_that_is_retried_does_not_excuse_a_later_one() {
+    let inv = inventory(&[("auto", &["m", "a", "b"], "")], 1, 0);
+    let mut run = run_of(&inv, &[]);
+    let members = to_members(&mut run);
+    let a = members[0].0;
+    fail(&mut run, a);
+    run.apply(Event::Control(Control::Resume), T0).unwrap(); // the operator accepts a's failure
+    let again = dispatched(
+        &run.apply(Event::Control(Control::Retry { step: a }), T0)
+            .unwrap(),
+    );
+    assert!(again.is_empty(), "b's upgrade holds the one slot");
+    let b = run
+        .steps
+        .iter()
+        .position(|s| s.state == StepState::Running)
+        .unwrap();
+    ok(&mut run, b); // b upgraded; a's retried upgrade takes the slot
+    let running = run
+        .steps
+        .iter()
+        .position(|s| s.state == StepState::Running)
+        .unwrap();
+    fail(&mut run, running);
+    assert_eq!(
+        run.status(),
+        RunStatus::Halted,
+        "a new failure halts again: {}",
+        run.reason()
+    );
+}
+
+#[test]
 fn already_current_nodes_are_not_reinstalled_but_the_master_is_verified() {
     let inv = inventory(&[("auto", &["m", "a", "b"], "")], 1, 0);
     let mut run = run_of(&inv, &["m", "a"]);

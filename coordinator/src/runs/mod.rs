@@ -379,15 +379,26 @@ impl Manager {
         plan_hash: Option<String>,
         operator: String,
     ) -> Result<String, RunError> {
-        if let Some(active) = &self.active
-            && !active.run.status().is_final()
-        {
-            return Err(RunError::Precondition(format!(
-                "run {} is {}: one run at a time (wait for it, or `fleetctl abort {}`)",
-                active.id,
-                active.run.status().as_str(),
-                active.id
-            )));
+        if let Some(active) = &self.active {
+            let running = active
+                .run
+                .steps
+                .iter()
+                .any(|s| s.state == crate::engine::StepState::Running);
+            if !active.run.status().is_final() || running {
+                let what = if running && active.run.status().is_final() {
+                    format!(
+                        "{}, but steps of it still run on their agents",
+                        active.run.status().as_str()
+                    )
+                } else {
+                    active.run.status().as_str().to_string()
+                };
+                return Err(RunError::Precondition(format!(
+                    "run {} is {what}: one run at a time (wait for it, or `fleetctl abort {}`)",
+                    active.id, active.id
+                )));
+            }
         }
         self.refresh_attachment().await;
         let nodes = self
@@ -463,7 +474,18 @@ impl Manager {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        if active.run.status().is_final() && !matches!(event, Event::StepFinished { .. }) {
+        let running = active
+            .run
+            .steps
+            .iter()
+            .any(|s| s.state == crate::engine::StepState::Running);
+        // A finished run still hears results and times out silent steps of attempts it sent.
+        if active.run.status().is_final()
+            && !matches!(event, Event::StepFinished { .. } | Event::Tick)
+        {
+            return;
+        }
+        if active.run.status().is_final() && matches!(event, Event::Tick) && !running {
             return;
         }
         let now = now_ms();
@@ -675,10 +697,19 @@ impl Manager {
                 serde_json::json!({ "outcome": format!("{:?}", f.outcome()), "error": f.error, "exit_code": f.exit_code }),
             ),
         };
-        let Ok(Some((run_id, step, attempt))) = self.store.attempt(&event.attempt_id) else {
+        let Ok(Some(row)) = self.store.attempt(&event.attempt_id) else {
             tracing::warn!(node = %node, attempt_id = %event.attempt_id, "an event for an attempt this coordinator never dispatched; ignored");
             return;
         };
+        // An agent speaks only for its own node's attempts.
+        if row.node.as_deref() != Some(node.as_str()) {
+            tracing::warn!(
+                node = %node, attempt_id = %event.attempt_id,
+                "agent {node} reported on an attempt of {}; ignored", row.node.as_deref().unwrap_or("the coordinator")
+            );
+            return;
+        }
+        let (run_id, step, attempt) = (row.run_id, row.step, row.number);
         let fresh = match self.store.agent_event(
             &event.attempt_id,
             event.seq,

@@ -78,6 +78,14 @@ pub struct RunRow {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRow {
+    pub run_id: String,
+    pub step: usize,
+    pub number: u32,
+    pub node: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArtifactRow {
     pub step: usize,
     pub kind: String,
@@ -471,13 +479,20 @@ impl Store {
         )
     }
 
-    /// The run, step and attempt number an attempt id belongs to.
-    pub fn attempt(&self, attempt_id: &str) -> Result<Option<(String, usize, u32)>> {
+    /// The run, step, attempt number and node an attempt id belongs to.
+    pub fn attempt(&self, attempt_id: &str) -> Result<Option<AttemptRow>> {
         self.conn
             .query_row(
-                "SELECT run_id, idx, number FROM attempts WHERE id = ?1",
+                "SELECT run_id, idx, number, node FROM attempts WHERE id = ?1",
                 [attempt_id],
-                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as usize, r.get(2)?)),
+                |r| {
+                    Ok(AttemptRow {
+                        run_id: r.get(0)?,
+                        step: r.get::<_, i64>(1)? as usize,
+                        number: r.get(2)?,
+                        node: r.get(3)?,
+                    })
+                },
             )
             .optional()
             .map_err(self.err())
