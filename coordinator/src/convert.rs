@@ -63,7 +63,8 @@ pub fn versions(nodes: &[pb::NodeStatus]) -> Versions {
         .collect()
 }
 
-fn action(kind: StepKind) -> pb::Action {
+/// The catalogue action an agent step runs (coordinator steps have none).
+pub fn action(kind: StepKind) -> pb::Action {
     match kind {
         StepKind::BackupSecret => pb::Action::BackupSecret,
         StepKind::UpgradeMaster | StepKind::UpgradeMember => pb::Action::InstallSso,

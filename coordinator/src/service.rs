@@ -17,9 +17,10 @@ use tracing::Instrument;
 
 use crate::convert;
 use crate::domain::NodeName;
-use crate::fleet::{FleetHandle, Session, unix_ms};
+use crate::fleet::{FleetHandle, Session};
 use crate::inventory::Inventory;
 use crate::runs::{ControlRequest, RunError, RunsHandle};
+use fleet_proto::unix_ms;
 
 /// How long an agent has to send its `Hello` after opening the stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fleet_proto::identity::Role;
-use fleet_proto::pb;
 use fleet_proto::pb::agent_message::Body as AgentBody;
 use fleet_proto::pb::agent_service_client::AgentServiceClient;
 use fleet_proto::pb::coordinator_message::Body as CoordinatorBody;
 use fleet_proto::tls::TlsMaterial;
+use fleet_proto::{pb, unix_ms};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -142,7 +142,7 @@ impl Agent {
         shutdown: &CancellationToken,
         outbox: &mut mpsc::Receiver<pb::AgentMessage>,
     ) -> SessionEnd {
-        let params = self.fact_params();
+        let params = fact_params(&self.config);
         let facts = facts::collect(&self.config, &params).await;
         if !facts.error.is_empty() {
             tracing::warn!(node = %self.config.node, "facts: {}", facts.error);
@@ -257,7 +257,7 @@ impl Agent {
                 }
                 CoordinatorBody::RefreshFacts(request) => {
                     // Facts may take minutes (hashing an installer on a share): never in this loop.
-                    let mut params = self.fact_params();
+                    let mut params = fact_params(&self.config);
                     if !request.installer.is_empty() {
                         params.insert("installer".into(), request.installer);
                     }
@@ -370,8 +370,7 @@ impl Agent {
                 );
                 let refresh = async {
                     if changes_node {
-                        let params = BTreeMap::from([("node".to_string(), config.node.clone())]);
-                        let facts = facts::collect(&config, &params).await;
+                        let facts = facts::collect(&config, &fact_params(&config)).await;
                         let _ = facts_outbox.send(message(AgentBody::Facts(facts))).await;
                     }
                 };
@@ -389,10 +388,11 @@ impl Agent {
             report: None,
         }
     }
+}
 
-    fn fact_params(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([("node".to_string(), self.config.node.clone())])
-    }
+/// The placeholder values a facts command gets: the node's name.
+fn fact_params(config: &AgentConfig) -> BTreeMap<String, String> {
+    BTreeMap::from([("node".to_string(), config.node.clone())])
 }
 
 fn classify(status: &tonic::Status, url: &str) -> SessionEnd {
@@ -414,11 +414,6 @@ fn classify(status: &tonic::Status, url: &str) -> SessionEnd {
 
 fn message(body: AgentBody) -> pb::AgentMessage {
     pb::AgentMessage { body: Some(body) }
-}
-
-fn unix_ms(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn round_ms(d: Duration) -> Duration {

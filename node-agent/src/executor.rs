@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use fleet_proto::pb;
 use fleet_proto::pb::step_event::Kind;
+use fleet_proto::{pb, unix_ms};
 use tokio::sync::mpsc;
 
 use crate::catalogue::{ActionName, expand};
@@ -78,11 +78,6 @@ impl Events {
         };
         let _ = self.tx.send(event).await;
     }
-}
-
-fn unix_ms(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// The backup file's name: environment, node, run and time, under the environment's backup directory.

@@ -60,9 +60,7 @@ pub async fn collect(config: &AgentConfig, params: &BTreeMap<String, String>) ->
     if facts.os.is_empty() {
         facts.os = std::env::consts::OS.to_string();
     }
-    facts.collected_at_unix_ms = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    facts.collected_at_unix_ms = fleet_proto::unix_ms(SystemTime::now());
     facts
 }
 

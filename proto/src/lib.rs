@@ -15,6 +15,12 @@ pub mod logging;
 pub mod tls;
 pub mod transport;
 
+/// Milliseconds since the Unix epoch, the time unit of the wire (0 before 1970, saturating far ahead).
+pub fn unix_ms(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// The version of the agent protocol this build speaks, exchanged in `Hello` and `Welcome`.
 pub const PROTOCOL_VERSION: u32 = 1;
 

@@ -289,6 +289,11 @@ impl Run {
         }
     }
 
+    /// Whether an attempt of this run is out on an agent (or in the coordinator) with no result yet.
+    pub fn has_running_steps(&self) -> bool {
+        self.steps.iter().any(|s| s.state == StepState::Running)
+    }
+
     pub fn status(&self) -> RunStatus {
         self.status
     }
@@ -788,7 +793,7 @@ impl Run {
     }
 
     fn derive_status(&self) -> (RunStatus, String) {
-        let in_flight = self.steps.iter().any(|s| s.state == StepState::Running);
+        let in_flight = self.has_running_steps();
         if self.aborted {
             let reason = if in_flight {
                 "aborted; steps in flight finish on their agents"

@@ -16,10 +16,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::NodeName;
 use crate::engine::{Command, Control, Event, Millis, Outcome, Run};
-use crate::fleet::{FleetHandle, unix_ms};
+use crate::fleet::FleetHandle;
 use crate::inventory::Inventory;
 use crate::plan::{Plan, Selection, StepKind};
 use crate::store::{AuditEntry, NewRun, Store};
+use fleet_proto::unix_ms;
 
 mod preflight;
 mod queries;
@@ -380,11 +381,7 @@ impl Manager {
         operator: String,
     ) -> Result<String, RunError> {
         if let Some(active) = &self.active {
-            let running = active
-                .run
-                .steps
-                .iter()
-                .any(|s| s.state == crate::engine::StepState::Running);
+            let running = active.run.has_running_steps();
             if !active.run.status().is_final() || running {
                 let what = if running && active.run.status().is_final() {
                     format!(
@@ -474,11 +471,7 @@ impl Manager {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        let running = active
-            .run
-            .steps
-            .iter()
-            .any(|s| s.state == crate::engine::StepState::Running);
+        let running = active.run.has_running_steps();
         // A finished run still hears results and times out silent steps of attempts it sent.
         if active.run.status().is_final()
             && !matches!(event, Event::StepFinished { .. } | Event::Tick)
@@ -818,7 +811,7 @@ impl Manager {
                 "run {run_id} is not active in this coordinator"
             )));
         };
-        let find_step = |kinds: &[StepKind]| -> Result<usize, RunError> {
+        let find_step = || -> Result<usize, RunError> {
             let node = request
                 .node
                 .as_deref()
@@ -836,7 +829,6 @@ impl Manager {
                         .as_deref()
                         .is_none_or(|name| s.plan.kind.name() == name)
                 })
-                .filter(|(_, s)| kinds.is_empty() || kinds.contains(&s.plan.kind))
                 .map(|(i, _)| i)
                 .collect();
             // The node's step the operator means: the failed one, else the first still pending.
@@ -866,12 +858,8 @@ impl Manager {
                 ));
             }
             pb::ControlAction::Approve => Control::Approve,
-            pb::ControlAction::Retry => Control::Retry {
-                step: find_step(&[])?,
-            },
-            pb::ControlAction::Skip => Control::Skip {
-                step: find_step(&[])?,
-            },
+            pb::ControlAction::Retry => Control::Retry { step: find_step()? },
+            pb::ControlAction::Skip => Control::Skip { step: find_step()? },
             pb::ControlAction::Unspecified => {
                 return Err(RunError::Invalid("no control action".into()));
             }

@@ -4,7 +4,7 @@ use fleet_proto::pb;
 
 use crate::engine::Run;
 use crate::inventory::{InstallMode, Inventory};
-use crate::plan::{Plan, StepKind};
+use crate::plan::Plan;
 use crate::store::StoredEvent;
 
 /// The assignment for an agent step: the action and placeholder values, never a command line.
@@ -27,12 +27,7 @@ pub(super) fn assignment(
     if let Some(env) = env {
         params.insert("backup_dir".into(), env.backup_dir.clone());
     }
-    let action = match s.kind {
-        StepKind::BackupSecret => pb::Action::BackupSecret,
-        StepKind::UpgradeMaster | StepKind::UpgradeMember => pb::Action::InstallSso,
-        StepKind::VerifyMaster | StepKind::VerifyMember => pb::Action::VerifySso,
-        StepKind::Preflight | StepKind::BackupDatabase | StepKind::Gate => pb::Action::Unspecified,
-    };
+    let action = crate::convert::action(s.kind);
     pb::StepAssignment {
         epoch,
         attempt_id: attempt_id.to_string(),
