@@ -87,14 +87,100 @@ impl fmt::Display for Window {
                 Weekday::Sunday => "sun",
             })
             .collect();
+        let time = |t: &jiff::civil::Time| {
+            if t.second() == 0 {
+                t.strftime("%H:%M").to_string()
+            } else {
+                t.strftime("%H:%M:%S").to_string()
+            }
+        };
         write!(
             f,
             "{} {}-{} {}",
             days.join(","),
-            self.start.strftime("%H:%M"),
-            self.end.strftime("%H:%M"),
+            time(&self.start),
+            time(&self.end),
             self.tz_name
         )
+    }
+}
+
+// Equal windows have equal days, times and zone names; the zone follows from its name.
+impl Eq for Window {}
+
+impl Window {
+    /// The openings of the window around `at` (Unix ms): `[open, close)` pairs in time order, from the
+    /// day before `at` to a week after. An opening belongs to the day it starts on; when `end` is not
+    /// after `start` it closes the next day. Wall times a DST change skips or repeats resolve to the
+    /// later instant, as Windows' scheduler does.
+    fn openings(&self, at: i64) -> Vec<(i64, i64)> {
+        let Ok(ts) = jiff::Timestamp::from_millisecond(at) else {
+            return Vec::new();
+        };
+        let today = ts.to_zoned(self.tz.clone()).date();
+        let instant = |date: jiff::civil::Date, time: jiff::civil::Time| {
+            date.to_datetime(time)
+                .to_zoned(self.tz.clone())
+                .ok()
+                .map(|z| z.timestamp().as_millisecond())
+        };
+        let mut out = Vec::new();
+        for offset in -1..=8i64 {
+            let Ok(day) = today.checked_add(jiff::Span::new().days(offset)) else {
+                continue;
+            };
+            if !self.days.contains(&day.weekday()) {
+                continue;
+            }
+            let end_day = if self.end > self.start {
+                Some(day)
+            } else {
+                day.tomorrow().ok()
+            };
+            if let (Some(open), Some(close)) =
+                (instant(day, self.start), end_day.and_then(|d| instant(d, self.end)))
+                && open < close
+            {
+                out.push((open, close));
+            }
+        }
+        out
+    }
+
+    /// When the opening `at` is in closes, or `None` when the window is closed at `at`.
+    pub fn closes_at(&self, at: i64) -> Option<i64> {
+        self.openings(at)
+            .into_iter()
+            .filter(|&(open, close)| open <= at && at < close)
+            .map(|(_, close)| close)
+            .max()
+    }
+
+    pub fn is_open(&self, at: i64) -> bool {
+        self.closes_at(at).is_some()
+    }
+
+    /// `at` when the window is open then, else when it next opens.
+    pub fn next_open(&self, at: i64) -> Option<i64> {
+        if self.is_open(at) {
+            return Some(at);
+        }
+        self.openings(at)
+            .into_iter()
+            .map(|(open, _)| open)
+            .filter(|&open| open > at)
+            .min()
+    }
+
+    /// A time in the window's own zone, for messages: `Sat 2026-11-28 22:00 CET`.
+    pub fn local(&self, at: i64) -> String {
+        jiff::Timestamp::from_millisecond(at)
+            .map(|ts| {
+                ts.to_zoned(self.tz.clone())
+                    .strftime("%a %Y-%m-%d %H:%M:%S %Z")
+                    .to_string()
+            })
+            .unwrap_or_else(|_| at.to_string())
     }
 }
 
@@ -657,15 +743,16 @@ impl Checker<'_> {
 
     fn time_of_day(&mut self, raw: &Spanned<String>, key: &str) -> Option<jiff::civil::Time> {
         let text = raw.get_ref().trim();
-        let parsed = text.split_once(':').and_then(|(h, m)| {
-            let valid = h.len() == 2 && m.len() == 2;
-            let (h, m) = (h.parse::<i8>().ok()?, m.parse::<i8>().ok()?);
-            if valid {
-                jiff::civil::Time::new(h, m, 0, 0).ok()
-            } else {
-                None
-            }
-        });
+        // HH:MM, or HH:MM:SS where a window must be exact to the second.
+        let parts: Vec<&str> = text.split(':').collect();
+        let parsed = (parts.len() == 2 || parts.len() == 3)
+            .then_some(())
+            .filter(|()| parts.iter().all(|p| p.len() == 2))
+            .and_then(|()| {
+                let n: Option<Vec<i8>> = parts.iter().map(|p| p.parse::<i8>().ok()).collect();
+                let n = n?;
+                jiff::civil::Time::new(n[0], n[1], n.get(2).copied().unwrap_or(0), 0).ok()
+            });
         if parsed.is_none() {
             self.problem(
                 raw,

@@ -13,12 +13,18 @@
 //!    chain, backups included, cannot be skipped past);
 //! 2. no step of environment k+1 before environment k finished and its gate passed;
 //! 3. at most `max_parallel` member steps of an environment in flight;
-//! 6. a step planned `already-current` is never dispatched.
+//! 6. a step planned `already-current` is never dispatched;
+//! 7. no step is dispatched while its environment's maintenance window is closed.
+//!
+//! A run survives a coordinator restart: the shell stores each step's [`StepRecord`] and the run's
+//! [`Durable`] state with every decision, and [`Run::restore`] rebuilds the same run from them.
 
 use std::collections::BTreeSet;
 
+use serde::{Deserialize, Serialize};
+
 use crate::domain::NodeName;
-use crate::inventory::Gate;
+use crate::inventory::{Gate, Window};
 use crate::plan::{Expected, Plan, PlannedStep, StepKind};
 
 /// Milliseconds since the Unix epoch.
@@ -28,7 +34,7 @@ pub type Millis = i64;
 /// (the agent enforces the timeout itself; this covers an agent that never reports).
 pub const RESULT_GRACE_MS: Millis = 60_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StepState {
     Pending,
     Running,
@@ -63,9 +69,23 @@ impl StepState {
             StepState::AlreadyCurrent => "already-current",
         }
     }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            StepState::Pending,
+            StepState::Running,
+            StepState::Waiting,
+            StepState::Succeeded,
+            StepState::Failed,
+            StepState::Skipped,
+            StepState::AlreadyCurrent,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RunStatus {
     Running,
     Paused,
@@ -97,7 +117,7 @@ impl RunStatus {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EnvStatus {
     Pending,
     Running,
@@ -128,8 +148,13 @@ pub struct EnvRun {
     pub member_failures: u32,
     /// Failures the operator accepted by resuming a halted run.
     pub failures_accepted: u32,
+    /// The master detached while the environment was in progress: halted until it is back and the
+    /// operator resumes.
+    pub master_lost: bool,
     /// Index range of this environment's steps.
     pub steps: std::ops::Range<usize>,
+    /// No step starts while this is closed (invariant 7).
+    pub window: Option<Window>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,6 +194,12 @@ pub enum Event {
         step: usize,
         attempt: u32,
         outcome: Outcome,
+    },
+    /// The agent reports it never received this attempt (its assignment was lost on the way): the step
+    /// never ran and is dispatched again, as a new attempt, when the run allows.
+    StepNotDelivered {
+        step: usize,
+        attempt: u32,
     },
     Control(Control),
 }
@@ -264,7 +295,9 @@ impl Run {
                     gate: e.gate.clone(),
                     member_failures: 0,
                     failures_accepted: 0,
+                    master_lost: false,
                     steps: first..last,
+                    window: None,
                 }
             })
             .collect();
@@ -314,6 +347,7 @@ impl Run {
             }
             Event::NodeDetached(node) => {
                 self.attached.remove(&node);
+                self.master_detached(&node, &mut out);
             }
             Event::StepStarted { .. } => {}
             Event::StepFinished {
@@ -321,13 +355,143 @@ impl Run {
                 attempt,
                 outcome,
             } => self.finished(step, attempt, outcome, now, &mut out),
+            Event::StepNotDelivered { step, attempt } => {
+                if self
+                    .steps
+                    .get(step)
+                    .is_some_and(|s| s.attempt == attempt && s.state == StepState::Running)
+                {
+                    self.steps[step].dispatched_at = None;
+                    self.set(
+                        step,
+                        StepState::Pending,
+                        format!("attempt {attempt} never reached its agent; it starts again"),
+                        &mut out,
+                    );
+                }
+            }
             Event::Control(control) => self.control(control, now, &mut out)?,
         }
         if self.started {
             self.advance(now, &mut out);
         }
-        self.update_status(&mut out);
+        self.update_status(now, &mut out);
         Ok(out)
+    }
+
+    /// Sets the maintenance window of each environment, in plan order.
+    pub fn set_windows(&mut self, windows: Vec<Option<Window>>) {
+        for (env, window) in self.envs.iter_mut().zip(windows) {
+            env.window = window;
+        }
+    }
+
+    /// The state [`Run::restore`] needs besides the step records; small, stored with every decision.
+    pub fn durable(&self) -> Durable {
+        Durable {
+            started: self.started,
+            paused: self.paused,
+            aborted: self.aborted,
+            halt: self.halt.clone(),
+            status: self.status,
+            reason: self.reason.clone(),
+            envs: self
+                .envs
+                .iter()
+                .map(|e| DurableEnv {
+                    status: e.status,
+                    member_failures: e.member_failures,
+                    failures_accepted: e.failures_accepted,
+                    master_lost: e.master_lost,
+                })
+                .collect(),
+        }
+    }
+
+    pub fn step_record(&self, step: usize) -> StepRecord {
+        let s = &self.steps[step];
+        StepRecord {
+            state: s.state,
+            attempt: s.attempt,
+            dispatched_at: s.dispatched_at,
+            finished_at: s.finished_at,
+            message: s.message.clone(),
+            wait_until: s.wait_until,
+        }
+    }
+
+    /// The run as it was stored: `Run::new` of its plan, then the stored step records and state. No
+    /// node counts as attached until it attaches again.
+    pub fn restore(
+        plan: &Plan,
+        step_timeout_ms: Millis,
+        windows: Vec<Option<Window>>,
+        records: Vec<StepRecord>,
+        durable: Durable,
+    ) -> Result<Self, String> {
+        let mut run = Self::new(plan, step_timeout_ms, BTreeSet::new());
+        run.set_windows(windows);
+        if records.len() != run.steps.len() || durable.envs.len() != run.envs.len() {
+            return Err(format!(
+                "the stored run has {} steps and {} environments, its plan {} and {}",
+                records.len(),
+                durable.envs.len(),
+                run.steps.len(),
+                run.envs.len()
+            ));
+        }
+        for (step, r) in run.steps.iter_mut().zip(records) {
+            step.state = r.state;
+            step.attempt = r.attempt;
+            step.dispatched_at = r.dispatched_at;
+            step.finished_at = r.finished_at;
+            step.message = r.message;
+            step.wait_until = r.wait_until;
+        }
+        for (env, d) in run.envs.iter_mut().zip(durable.envs) {
+            env.status = d.status;
+            env.member_failures = d.member_failures;
+            env.failures_accepted = d.failures_accepted;
+            env.master_lost = d.master_lost;
+        }
+        run.started = durable.started;
+        run.paused = durable.paused;
+        run.aborted = durable.aborted;
+        run.halt = durable.halt;
+        run.status = durable.status;
+        run.reason = durable.reason;
+        Ok(run)
+    }
+
+    /// A master that detaches while its environment is in progress halts the environment: nothing
+    /// new starts there until it is back and the operator resumes. Its own step is not failed: that
+    /// waits for the step timeout (its result may still arrive).
+    fn master_detached(&mut self, node: &NodeName, out: &mut Vec<Command>) {
+        let Some(env) = self.current_env() else {
+            return;
+        };
+        let e = &self.envs[env];
+        let master = self.steps[e.steps.clone()]
+            .iter()
+            .find(|s| s.plan.kind == StepKind::VerifyMaster)
+            .and_then(|s| s.plan.node.clone());
+        let in_progress = matches!(e.status, EnvStatus::Running | EnvStatus::WaitingGate);
+        if master.as_ref() != Some(node) || !in_progress || self.aborted || self.status.is_final() {
+            return;
+        }
+        self.envs[env].master_lost = true;
+        if self.halt.is_none() {
+            self.halt = Some(format!(
+                "the master {node} of {} detached: nothing more starts there until it re-attaches and the operator resumes",
+                self.env_names[env]
+            ));
+        }
+        self.set_env(env, EnvStatus::Halted, out);
+    }
+
+    /// Whether `env`'s window allows a step to start at `now`.
+    fn window_open(&self, env: usize, now: Millis) -> bool {
+        self.envs[env].window.as_ref().is_none_or(|w| w.is_open(now))
     }
 
     fn set(
@@ -450,8 +614,12 @@ impl Run {
                 self.paused = true;
             }
             Control::Resume => {
+                // One resume lifts a pause and, where it can, a halt.
                 if self.paused {
                     self.paused = false;
+                    if self.halt.is_some() {
+                        let _ = self.resume_halted(out);
+                    }
                 } else if self.halt.is_some() {
                     self.resume_halted(out)?;
                 } else {
@@ -490,12 +658,20 @@ impl Run {
                 self.describe(step)
             )));
         }
+        if let Some(master) = self.lost_master() {
+            return Err(Refused(format!(
+                "the master {master} is still detached: resume once it has re-attached (`fleetctl nodes`)"
+            )));
+        }
+        for env in &mut self.envs {
+            env.master_lost = false;
+        }
         // Member failures beyond max_failures: the operator accepts them and the run goes on.
         for env in 0..self.envs.len() {
             let e = &mut self.envs[env];
             e.failures_accepted = e.member_failures.saturating_sub(self.max_failures);
             if e.status == EnvStatus::Halted {
-                self.set_env(env, EnvStatus::Running, out);
+                self.unhalt(env, out);
             }
         }
         self.halt = None;
@@ -611,6 +787,28 @@ impl Run {
         }
     }
 
+    /// A halted environment goes on: waiting at its gate if the gate already waits, else running.
+    fn unhalt(&mut self, env: usize, out: &mut Vec<Command>) {
+        let gate = self.envs[env].steps.end - 1;
+        let status = if self.steps[gate].state == StepState::Waiting {
+            EnvStatus::WaitingGate
+        } else {
+            EnvStatus::Running
+        };
+        self.set_env(env, status, out);
+    }
+
+    /// A master whose detachment halted its environment and that has not re-attached.
+    fn lost_master(&self) -> Option<NodeName> {
+        self.envs.iter().filter(|e| e.master_lost).find_map(|e| {
+            self.steps[e.steps.clone()]
+                .iter()
+                .find(|s| s.plan.kind == StepKind::VerifyMaster)
+                .and_then(|s| s.plan.node.clone())
+                .filter(|m| !self.attached.contains(m))
+        })
+    }
+
     fn clear_halt_if_resolved(&mut self, env: usize, out: &mut Vec<Command>) {
         let chain_failed = self
             .steps
@@ -618,10 +816,10 @@ impl Run {
             .any(|s| s.state == StepState::Failed && s.plan.kind.in_master_chain());
         let e = &self.envs[env];
         let members_ok = e.member_failures <= self.max_failures + e.failures_accepted;
-        if !chain_failed && members_ok {
+        if !chain_failed && members_ok && !e.master_lost {
             self.halt = None;
             if self.envs[env].status == EnvStatus::Halted {
-                self.set_env(env, EnvStatus::Running, out);
+                self.unhalt(env, out);
             }
         }
     }
@@ -662,8 +860,9 @@ impl Run {
         out.push(Command::Dispatch { step, attempt });
     }
 
-    fn may_dispatch_to(&self, step: usize) -> bool {
+    fn may_dispatch_to(&self, step: usize, now: Millis) -> bool {
         !self.paused
+            && self.window_open(self.steps[step].plan.env, now)
             && self.steps[step]
                 .plan
                 .node
@@ -683,7 +882,7 @@ impl Run {
             match s.state {
                 state if state.is_done() => continue,
                 StepState::Pending => {
-                    if self.may_dispatch_to(step) {
+                    if self.may_dispatch_to(step, now) {
                         self.dispatch(step, now, out);
                     }
                     return false;
@@ -709,7 +908,7 @@ impl Run {
             };
             if let Some(step) = next
                 && in_flight < self.max_parallel as usize
-                && self.may_dispatch_to(step)
+                && self.may_dispatch_to(step, now)
             {
                 self.dispatch(step, now, out);
                 in_flight += 1;
@@ -783,8 +982,8 @@ impl Run {
         }
     }
 
-    fn update_status(&mut self, out: &mut Vec<Command>) {
-        let (status, reason) = self.derive_status();
+    fn update_status(&mut self, now: Millis, out: &mut Vec<Command>) {
+        let (status, reason) = self.derive_status(now);
         if status != self.status || reason != self.reason {
             self.status = status;
             self.reason.clone_from(&reason);
@@ -792,7 +991,7 @@ impl Run {
         }
     }
 
-    fn derive_status(&self) -> (RunStatus, String) {
+    fn derive_status(&self, now: Millis) -> (RunStatus, String) {
         let in_flight = self.has_running_steps();
         if self.aborted {
             let reason = if in_flight {
@@ -834,6 +1033,29 @@ impl Run {
                     ),
                 );
             }
+            let pending = self.steps[self.envs[env].steps.clone()]
+                .iter()
+                .any(|s| s.state == StepState::Pending);
+            if pending
+                && let Some(window) = self.envs[env].window.as_ref()
+                && !window.is_open(now)
+            {
+                let opens = window
+                    .next_open(now)
+                    .map_or_else(|| "never".to_string(), |at| window.local(at));
+                let flight = if self.has_running_steps() {
+                    "; steps in flight finish"
+                } else {
+                    ""
+                };
+                return (
+                    RunStatus::Running,
+                    format!(
+                        "waiting for the maintenance window of {} ({window}): it opens {opens}{flight}",
+                        self.env_names[env]
+                    ),
+                );
+            }
             if let Some(step) = self.steps[self.envs[env].steps.clone()].iter().find(|s| {
                 s.state == StepState::Pending
                     && s.plan
@@ -849,6 +1071,37 @@ impl Run {
         }
         (RunStatus::Running, String::new())
     }
+}
+
+/// The run-level state stored with every decision (the steps are stored as [`StepRecord`]s).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Durable {
+    pub started: bool,
+    pub paused: bool,
+    pub aborted: bool,
+    pub halt: Option<String>,
+    pub status: RunStatus,
+    pub reason: String,
+    pub envs: Vec<DurableEnv>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DurableEnv {
+    pub status: EnvStatus,
+    pub member_failures: u32,
+    pub failures_accepted: u32,
+    pub master_lost: bool,
+}
+
+/// One step's state as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepRecord {
+    pub state: StepState,
+    pub attempt: u32,
+    pub dispatched_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+    pub message: String,
+    pub wait_until: Option<Millis>,
 }
 
 #[cfg(test)]

@@ -411,7 +411,7 @@ fn duplicates_and_stale_attempts_change_nothing() {
 }
 
 #[test]
-fn pause_stops_new_steps_and_a_detached_node_is_waited_for() {
+fn pause_stops_new_steps_and_a_detached_member_is_waited_for() {
     let inv = inventory(&[("auto", &["m", "a"], "")], 1, 0);
     let mut run = run_of(&inv, &[]);
     let first = dispatched(&run.apply(Event::Start, T0).unwrap());
@@ -421,14 +421,122 @@ fn pause_stops_new_steps_and_a_detached_node_is_waited_for() {
         ok(&mut run, first[0].0).is_empty(),
         "in-flight steps finish; nothing new starts"
     );
-    run.apply(Event::NodeDetached(NodeName::new("m").unwrap()), T0)
-        .unwrap();
-    assert!(dispatched(&run.apply(Event::Control(Control::Resume), T0).unwrap()).is_empty());
-    assert_eq!(run.reason(), "waiting for m to attach");
-    let next = dispatched(
-        &run.apply(Event::NodeAttached(NodeName::new("m").unwrap()), T0)
-            .unwrap(),
+    let a = NodeName::new("a").unwrap();
+    run.apply(Event::NodeDetached(a.clone()), T0).unwrap();
+    let mut next = dispatched(&run.apply(Event::Control(Control::Resume), T0).unwrap());
+    while let Some((step, _)) = next.pop() {
+        next.extend(ok(&mut run, step));
+    }
+    assert_eq!(run.status(), RunStatus::Running);
+    assert_eq!(run.reason(), "waiting for a to attach");
+    let next = dispatched(&run.apply(Event::NodeAttached(a), T0).unwrap());
+    assert_eq!(name(&run, next[0].0), "a:upgrade");
+}
+
+#[test]
+fn a_detached_master_halts_its_environment_until_it_is_back_and_resumed() {
+    let inv = inventory(&[("auto", &["m", "a"], "")], 1, 0);
+    let mut run = run_of(&inv, &[]);
+    let first = dispatched(&run.apply(Event::Start, T0).unwrap());
+    let mut next = ok(&mut run, first[0].0); // preflight
+    let m = NodeName::new("m").unwrap();
+    run.apply(Event::NodeDetached(m.clone()), T0).unwrap();
+    assert_eq!(run.status(), RunStatus::Halted);
+    assert!(run.reason().contains("master m of e0 detached"), "{}", run.reason());
+    // Its step is not failed: the result may still come.
+    let (backup, _) = next.pop().unwrap();
+    assert_eq!(run.steps[backup].state, StepState::Running);
+    assert!(ok(&mut run, backup).is_empty(), "halted: nothing new starts");
+    let e = run.apply(Event::Control(Control::Resume), T0).unwrap_err();
+    assert!(e.0.contains("still detached"), "{e}");
+    run.apply(Event::NodeAttached(m), T0).unwrap();
+    assert_eq!(run.status(), RunStatus::Halted, "a halt waits for the operator");
+    let next = dispatched(&run.apply(Event::Control(Control::Resume), T0).unwrap());
+    assert_eq!(name(&run, next[0].0), "m:upgrade-master");
+}
+
+#[test]
+fn one_resume_lifts_a_pause_and_a_halt() {
+    let inv = inventory(&[("auto", &["m", "a", "b"], "")], 1, 0);
+    let mut run = run_of(&inv, &[]);
+    let mut queue = dispatched(&run.apply(Event::Start, T0).unwrap());
+    while let Some((step, _)) = queue.pop() {
+        if run.steps[step].plan.kind == StepKind::UpgradeMember {
+            run.apply(Event::Control(Control::Pause), T0).unwrap();
+            fail(&mut run, step);
+            break;
+        }
+        queue.extend(ok(&mut run, step));
+    }
+    assert_eq!(run.status(), RunStatus::Halted);
+    assert!(run.paused);
+    let next = dispatched(&run.apply(Event::Control(Control::Resume), T0).unwrap());
+    assert_eq!(run.status(), RunStatus::Running);
+    assert_eq!(name(&run, next[0].0), "b:upgrade");
+}
+
+#[test]
+fn an_attempt_that_never_reached_its_agent_starts_again_as_a_new_attempt() {
+    let inv = inventory(&[("auto", &["m"], "")], 1, 0);
+    let mut run = run_of(&inv, &[]);
+    let first = dispatched(&run.apply(Event::Start, T0).unwrap());
+    let backup = ok(&mut run, first[0].0);
+    let (step, attempt) = backup[0];
+    // Not the current attempt, or not running: nothing changes.
+    let before = run.clone();
+    assert!(
+        run.apply(Event::StepNotDelivered { step, attempt: 7 }, T0)
+            .unwrap()
+            .is_empty()
     );
+    assert_eq!(run, before);
+    let again = dispatched(&run.apply(Event::StepNotDelivered { step, attempt }, T0).unwrap());
+    assert_eq!(again, vec![(step, attempt + 1)]);
+}
+
+fn window_inventory(window: &str) -> Inventory {
+    let text = format!(
+        "[upgrade]\ntarget_version = \"3.0.7\"\ninstaller = 's'\n[[environment]]\nname = \"e0\"\nmaster = \"m\"\nmembers = [\"a\"]\nbackup_dir = 'b'\nwindow = {window}\n"
+    );
+    Inventory::parse(Path::new("fleet.toml"), &text).unwrap()
+}
+
+#[test]
+fn no_step_starts_outside_the_window_and_steps_in_flight_finish() {
+    // Every day 00:00:10-00:00:20 UTC; T0 is 00:16:40 on 1970-01-01.
+    let day = 86_400_000;
+    let inv = window_inventory(
+        r#"{ days = ["mon","tue","wed","thu","fri","sat","sun"], start = "00:00:10", end = "00:00:20", tz = "UTC" }"#,
+    );
+    let mut run = run_of(&inv, &[]);
+    run.set_windows(vec![inv.environments[0].window.clone()]);
+    let open = day + 10_000;
+    assert!(dispatched(&run.apply(Event::Start, T0).unwrap()).is_empty());
+    assert!(
+        run.reason()
+            .starts_with("waiting for the maintenance window of e0 (mon,tue,wed,thu,fri,sat,sun 00:00:10-00:00:20 UTC): it opens Fri 1970-01-02 00:00:10 UTC"),
+        "{}",
+        run.reason()
+    );
+    assert!(dispatched(&run.apply(Event::Tick, open - 1).unwrap()).is_empty());
+    let first = dispatched(&run.apply(Event::Tick, open).unwrap());
+    assert_eq!(name(&run, first[0].0), "-:preflight");
+    // The window closes while the preflight runs: it finishes, nothing new starts.
+    let closed = open + 10_000;
+    let attempt = run.steps[first[0].0].attempt;
+    let c = run
+        .apply(
+            Event::StepFinished {
+                step: first[0].0,
+                attempt,
+                outcome: Outcome::Succeeded,
+            },
+            closed,
+        )
+        .unwrap();
+    assert!(dispatched(&c).is_empty());
+    assert_eq!(run.steps[first[0].0].state, StepState::Succeeded);
+    let next = dispatched(&run.apply(Event::Tick, open + day).unwrap());
     assert_eq!(name(&run, next[0].0), "m:backup-secret");
 }
 
@@ -463,6 +571,8 @@ struct Shape {
     envs: Vec<(Gate, usize, Vec<bool>)>, // gate, member count, already-current per node (master first)
     max_parallel: u32,
     max_failures: u32,
+    /// Per environment, maybe a daily window: opens this many seconds after T0, for so long.
+    windows: Vec<Option<(u32, u32)>>,
 }
 
 fn shape() -> impl Strategy<Value = Shape> {
@@ -475,12 +585,30 @@ fn shape() -> impl Strategy<Value = Shape> {
         proptest::collection::vec(proptest::bool::weighted(0.25), members + 1)
             .prop_map(move |current| (gate.clone(), members, current))
     });
-    (proptest::collection::vec(env, 1..4), 1u32..4, 0u32..3).prop_map(
-        |(envs, max_parallel, max_failures)| Shape {
+    let window = proptest::option::weighted(0.3, (0u32..120, 5u32..60));
+    (
+        proptest::collection::vec(env, 1..4),
+        1u32..4,
+        0u32..3,
+        proptest::collection::vec(window, 3),
+    )
+        .prop_map(|(envs, max_parallel, max_failures, windows)| Shape {
             envs,
             max_parallel,
             max_failures,
-        },
+            windows,
+        })
+}
+
+/// T0 is 00:16:40 UTC; the windows of the properties open within two minutes after it.
+const T0_SECOND_OF_DAY: u32 = 1000;
+
+fn clock(seconds: u32) -> String {
+    format!(
+        "{:02}:{:02}:{:02}",
+        seconds / 3600,
+        seconds / 60 % 60,
+        seconds % 60
     )
 }
 
@@ -508,6 +636,13 @@ fn build(shape: &Shape) -> (Run, BTreeSet<usize>) {
             nodes[0],
             members.join(",")
         ));
+        if let Some((open, len)) = shape.windows[e] {
+            text.push_str(&format!(
+                "window = {{ days = [\"mon\",\"tue\",\"wed\",\"thu\",\"fri\",\"sat\",\"sun\"], start = \"{}\", end = \"{}\", tz = \"UTC\" }}\n",
+                clock(T0_SECOND_OF_DAY + open),
+                clock(T0_SECOND_OF_DAY + open + len)
+            ));
+        }
     }
     let inv = Inventory::parse(Path::new("f.toml"), &text).unwrap();
     let p = plan(&inv, &all(), &versions).unwrap();
@@ -529,7 +664,41 @@ fn build(shape: &Shape) -> (Run, BTreeSet<usize>) {
         })
         .map(|s| s.index)
         .collect();
-    (Run::new(&p, 600_000, attached), already_current)
+    let mut run = Run::new(&p, 600_000, attached);
+    run.set_windows(inv.environments.iter().map(|e| e.window.clone()).collect());
+    (run, already_current)
+}
+
+/// What the store keeps of a run, restored: must be the same run (but for who is attached).
+fn round_trip(run: &Run) -> Run {
+    let records = (0..run.steps.len()).map(|i| run.step_record(i)).collect();
+    let durable: Durable =
+        serde_json::from_str(&serde_json::to_string(&run.durable()).unwrap()).unwrap();
+    let windows = run.envs.iter().map(|e| e.window.clone()).collect();
+    let plan = Plan {
+        target_version: String::new(),
+        installer: String::new(),
+        max_parallel: run.max_parallel,
+        max_failures: run.max_failures,
+        master_only: false,
+        environments: run
+            .env_names
+            .iter()
+            .zip(&run.envs)
+            .map(|(name, e)| crate::plan::EnvPlan {
+                name: crate::domain::EnvName::new(name).unwrap(),
+                master: NodeName::new("unused").unwrap(),
+                members: Vec::new(),
+                gate: e.gate.clone(),
+            })
+            .collect(),
+        steps: run.steps.iter().map(|s| s.plan.clone()).collect(),
+        warnings: Vec::new(),
+        hash: String::new(),
+    };
+    let mut restored = Run::restore(&plan, run.step_timeout_ms, windows, records, durable).unwrap();
+    restored.attached = run.attached.clone();
+    restored
 }
 
 /// What the test (acting as shell and agents) knows, built only from commands and its own deliveries.
@@ -584,6 +753,11 @@ impl Observer {
             prop_assert!(
                 !already_current.contains(&step),
                 "already-current step {step} dispatched"
+            );
+            // Invariant 7.
+            prop_assert!(
+                run.envs[s.env].window.as_ref().is_none_or(|w| w.is_open(now)),
+                "step {step} dispatched outside its window"
             );
             // Invariant 1: every master-chain step of this environment succeeded (or was planned not to run).
             if s.kind.is_member_step() {
@@ -657,7 +831,7 @@ proptest! {
     #[test]
     fn ordering_invariants_hold_under_any_interleaving(
         shape in shape(),
-        choices in proptest::collection::vec((0u8..10, any::<u16>(), proptest::bool::weighted(0.2)), 0..400),
+        choices in proptest::collection::vec((0u8..12, any::<u16>(), proptest::bool::weighted(0.2)), 0..400),
     ) {
         let (mut run, already_current) = build(&shape);
         let mut obs = Observer::default();
@@ -686,6 +860,20 @@ proptest! {
                     Event::StepFinished { step, attempt, outcome }
                 }
                 6 => { now += i64::from(pick as u16 % 5000); Event::Tick }
+                // An assignment lost on the way: the agent never got it.
+                10 if !obs.outstanding.is_empty() => {
+                    let (&step, &attempt) = obs.outstanding.iter().nth(pick % obs.outstanding.len()).unwrap();
+                    obs.outstanding.remove(&step);
+                    Event::StepNotDelivered { step, attempt }
+                }
+                // The coordinator restarts: the run is rebuilt from what was stored.
+                11 => {
+                    let restored = round_trip(&run);
+                    prop_assert_eq!(&restored, &run);
+                    run = restored;
+                    now += 500;
+                    Event::Tick
+                }
                 7 => Event::Control(Control::Approve),
                 8 => {
                     let step = pick % run.steps.len();
@@ -700,7 +888,10 @@ proptest! {
                 _ => { now += 1000; Event::Tick }
             };
             let approve = matches!(event, Event::Control(Control::Approve));
-            let waiting_env = run.envs.iter().position(|e| e.status == EnvStatus::WaitingGate);
+            let waiting_env = run
+                .envs
+                .iter()
+                .position(|e| run.steps[e.steps.end - 1].state == StepState::Waiting);
             if let Ok(c) = run.apply(event, now) {
                 if approve
                     && let Some(env) = waiting_env { obs.approved_after.insert(env, true); }
@@ -712,6 +903,7 @@ proptest! {
     #[test]
     fn a_fleet_where_everything_succeeds_finishes(shape in shape()) {
         let (mut run, _) = build(&shape);
+        run.set_windows(vec![None; run.envs.len()]);
         let mut now = T0;
         let mut queue = dispatched(&run.apply(Event::Start, now).unwrap());
         for _ in 0..10_000 {

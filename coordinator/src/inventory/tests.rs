@@ -353,3 +353,60 @@ fn an_unreadable_file_is_named() {
         "{err}"
     );
 }
+
+fn ms(zoned: &str) -> i64 {
+    zoned
+        .parse::<jiff::Zoned>()
+        .unwrap()
+        .timestamp()
+        .as_millisecond()
+}
+
+#[test]
+fn a_window_over_midnight_opens_on_its_days_and_closes_the_next_morning() {
+    let inv = parse(VALID).unwrap();
+    let w = inv.environments[0].window.as_ref().unwrap();
+    // 2026-11-27 is a Friday: closed all day, and the first opening is Saturday 22:00 Berlin time.
+    let friday = ms("2026-11-27T23:30:00[Europe/Berlin]");
+    assert!(!w.is_open(friday));
+    assert_eq!(
+        w.next_open(friday),
+        Some(ms("2026-11-28T22:00:00[Europe/Berlin]"))
+    );
+    assert!(!w.is_open(ms("2026-11-28T21:59:59[Europe/Berlin]")));
+    assert!(w.is_open(ms("2026-11-28T22:00:00[Europe/Berlin]")));
+    // Saturday's opening runs into Sunday morning, Sunday's into Monday morning.
+    assert_eq!(
+        w.closes_at(ms("2026-11-29T03:00:00[Europe/Berlin]")),
+        Some(ms("2026-11-29T04:00:00[Europe/Berlin]"))
+    );
+    assert!(!w.is_open(ms("2026-11-29T04:00:00[Europe/Berlin]")));
+    assert!(w.is_open(ms("2026-11-30T03:59:59[Europe/Berlin]")));
+    assert!(!w.is_open(ms("2026-11-30T22:30:00[Europe/Berlin]")), "Monday");
+    assert_eq!(
+        w.next_open(ms("2026-11-30T04:00:00[Europe/Berlin]")),
+        Some(ms("2026-12-05T22:00:00[Europe/Berlin]"))
+    );
+    // The same wall time in UTC is an hour earlier in winter.
+    assert!(w.is_open(ms("2026-11-28T21:30:00[UTC]")));
+    assert_eq!(
+        w.local(ms("2026-11-28T21:00:00[UTC]")),
+        "Sat 2026-11-28 22:00:00 CET"
+    );
+}
+
+#[test]
+fn a_window_may_be_exact_to_the_second() {
+    let text = VALID.replace(
+        r#"start = "22:00", end = "04:00""#,
+        r#"start = "10:00:30", end = "10:00:45""#,
+    );
+    let inv = parse(&text).unwrap();
+    let w = inv.environments[0].window.as_ref().unwrap();
+    assert_eq!(w.to_string(), "sat,sun 10:00:30-10:00:45 Europe/Berlin");
+    assert!(!w.is_open(ms("2026-11-28T10:00:29[Europe/Berlin]")));
+    assert!(w.is_open(ms("2026-11-28T10:00:30[Europe/Berlin]")));
+    assert!(!w.is_open(ms("2026-11-28T10:00:45[Europe/Berlin]")));
+    let bad = parse(&VALID.replace(r#"start = "22:00""#, r#"start = "22:00:5""#)).unwrap_err();
+    assert!(bad.to_string().contains("is not a time of day"), "{bad}");
+}
