@@ -4,7 +4,10 @@
 use std::fmt;
 
 /// A node (SSO server) name: case-insensitive like a Windows host name, kept in lower case.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub struct NodeName(String);
 
 impl NodeName {
@@ -36,7 +39,10 @@ impl fmt::Display for NodeName {
 }
 
 /// An environment name (one SSO system), as written in the inventory.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub struct EnvName(String);
 
 impl EnvName {
@@ -111,5 +117,31 @@ mod tests {
             "the environment name is empty"
         );
         assert!(EnvName::new("a b").is_err());
+    }
+}
+
+impl TryFrom<String> for NodeName {
+    type Error = String;
+    fn try_from(raw: String) -> Result<Self, String> {
+        Self::new(&raw)
+    }
+}
+
+impl From<NodeName> for String {
+    fn from(n: NodeName) -> String {
+        n.0
+    }
+}
+
+impl TryFrom<String> for EnvName {
+    type Error = String;
+    fn try_from(raw: String) -> Result<Self, String> {
+        Self::new(&raw)
+    }
+}
+
+impl From<EnvName> for String {
+    fn from(n: EnvName) -> String {
+        n.0
     }
 }

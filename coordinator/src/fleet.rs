@@ -148,7 +148,8 @@ impl FleetHandle {
         rx.await.ok().flatten()
     }
 
-    /// Sends `message` on the node's live stream; false when it is not attached (or its buffer is full).
+    /// Sends `message` on the node's live stream; false when it was not queued: the node is not
+    /// attached, or its buffer is full (then the session is ended, and the agent re-attaches).
     pub async fn send(&self, node: NodeName, message: pb::CoordinatorMessage) -> bool {
         let (reply, rx) = oneshot::channel();
         if self
@@ -296,11 +297,28 @@ impl FleetTask {
                 message,
                 reply,
             } => {
-                let sent = self
-                    .nodes
-                    .get(&node)
-                    .and_then(|e| e.session.as_ref())
-                    .is_some_and(|s| s.sender.try_send(Ok(message)).is_ok());
+                let Some(entry) = self.nodes.get_mut(&node) else {
+                    let _ = reply.send(false);
+                    return;
+                };
+                let sent = match entry
+                    .session
+                    .as_ref()
+                    .map(|s| s.sender.try_send(Ok(message)))
+                {
+                    Some(Ok(())) => true,
+                    Some(Err(mpsc::error::TrySendError::Full(_))) => {
+                        // An agent that does not read its stream cannot be driven: end the session,
+                        // so that it re-attaches and is asked about what it missed.
+                        if let Some(old) = entry.session.take() {
+                            old.closed.cancel();
+                        }
+                        entry.attached_since = None;
+                        tracing::warn!(node = %node, "agent {node} detached: it does not read its stream (send buffer full)");
+                        false
+                    }
+                    Some(Err(mpsc::error::TrySendError::Closed(_))) | None => false,
+                };
                 let _ = reply.send(sent);
             }
         }

@@ -38,7 +38,7 @@ pub struct Policy {
     pub step_timeout: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Gate {
     Auto,
     Manual,
@@ -137,9 +137,10 @@ impl Window {
             } else {
                 day.tomorrow().ok()
             };
-            if let (Some(open), Some(close)) =
-                (instant(day, self.start), end_day.and_then(|d| instant(d, self.end)))
-                && open < close
+            if let (Some(open), Some(close)) = (
+                instant(day, self.start),
+                end_day.and_then(|d| instant(d, self.end)),
+            ) && open < close
             {
                 out.push((open, close));
             }

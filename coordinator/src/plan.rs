@@ -24,7 +24,7 @@ pub struct Selection {
     pub max_failures: Option<u32>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum StepKind {
     Preflight,
     BackupDatabase,
@@ -77,14 +77,14 @@ impl StepKind {
 }
 
 /// What the plan expects of a step before the run starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Expected {
     Run,
     AlreadyCurrent,
     Skipped(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PlannedStep {
     pub index: usize,
     /// Position of the environment in the plan.
@@ -97,7 +97,7 @@ pub struct PlannedStep {
     pub note: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EnvPlan {
     pub name: EnvName,
     pub master: NodeName,
@@ -105,7 +105,7 @@ pub struct EnvPlan {
     pub gate: Gate,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Plan {
     pub target_version: String,
     pub installer: String,

@@ -226,7 +226,12 @@ impl pb::agent_service_server::AgentService for AgentService {
             .fleet
             .attach(cert_node.clone(), session, hello.facts)
             .await;
-        shared.runs.attachment_changed().await;
+        // Before anything the agent sends on this stream: the run settles what the agent's journal
+        // reported and asks about attempts it may have missed.
+        shared
+            .runs
+            .attached(cert_node.clone(), hello.attempts)
+            .await;
 
         tokio::spawn(send_heartbeats(
             tx,

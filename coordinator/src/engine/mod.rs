@@ -491,7 +491,10 @@ impl Run {
 
     /// Whether `env`'s window allows a step to start at `now`.
     fn window_open(&self, env: usize, now: Millis) -> bool {
-        self.envs[env].window.as_ref().is_none_or(|w| w.is_open(now))
+        self.envs[env]
+            .window
+            .as_ref()
+            .is_none_or(|w| w.is_open(now))
     }
 
     fn set(

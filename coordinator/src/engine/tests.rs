@@ -442,15 +442,26 @@ fn a_detached_master_halts_its_environment_until_it_is_back_and_resumed() {
     let m = NodeName::new("m").unwrap();
     run.apply(Event::NodeDetached(m.clone()), T0).unwrap();
     assert_eq!(run.status(), RunStatus::Halted);
-    assert!(run.reason().contains("master m of e0 detached"), "{}", run.reason());
+    assert!(
+        run.reason().contains("master m of e0 detached"),
+        "{}",
+        run.reason()
+    );
     // Its step is not failed: the result may still come.
     let (backup, _) = next.pop().unwrap();
     assert_eq!(run.steps[backup].state, StepState::Running);
-    assert!(ok(&mut run, backup).is_empty(), "halted: nothing new starts");
+    assert!(
+        ok(&mut run, backup).is_empty(),
+        "halted: nothing new starts"
+    );
     let e = run.apply(Event::Control(Control::Resume), T0).unwrap_err();
     assert!(e.0.contains("still detached"), "{e}");
     run.apply(Event::NodeAttached(m), T0).unwrap();
-    assert_eq!(run.status(), RunStatus::Halted, "a halt waits for the operator");
+    assert_eq!(
+        run.status(),
+        RunStatus::Halted,
+        "a halt waits for the operator"
+    );
     let next = dispatched(&run.apply(Event::Control(Control::Resume), T0).unwrap());
     assert_eq!(name(&run, next[0].0), "m:upgrade-master");
 }
@@ -490,7 +501,10 @@ fn an_attempt_that_never_reached_its_agent_starts_again_as_a_new_attempt() {
             .is_empty()
     );
     assert_eq!(run, before);
-    let again = dispatched(&run.apply(Event::StepNotDelivered { step, attempt }, T0).unwrap());
+    let again = dispatched(
+        &run.apply(Event::StepNotDelivered { step, attempt }, T0)
+            .unwrap(),
+    );
     assert_eq!(again, vec![(step, attempt + 1)]);
 }
 
@@ -756,7 +770,10 @@ impl Observer {
             );
             // Invariant 7.
             prop_assert!(
-                run.envs[s.env].window.as_ref().is_none_or(|w| w.is_open(now)),
+                run.envs[s.env]
+                    .window
+                    .as_ref()
+                    .is_none_or(|w| w.is_open(now)),
                 "step {step} dispatched outside its window"
             );
             // Invariant 1: every master-chain step of this environment succeeded (or was planned not to run).

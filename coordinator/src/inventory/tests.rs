@@ -382,7 +382,10 @@ fn a_window_over_midnight_opens_on_its_days_and_closes_the_next_morning() {
     );
     assert!(!w.is_open(ms("2026-11-29T04:00:00[Europe/Berlin]")));
     assert!(w.is_open(ms("2026-11-30T03:59:59[Europe/Berlin]")));
-    assert!(!w.is_open(ms("2026-11-30T22:30:00[Europe/Berlin]")), "Monday");
+    assert!(
+        !w.is_open(ms("2026-11-30T22:30:00[Europe/Berlin]")),
+        "Monday"
+    );
     assert_eq!(
         w.next_open(ms("2026-11-30T04:00:00[Europe/Berlin]")),
         Some(ms("2026-12-05T22:00:00[Europe/Berlin]"))

@@ -15,7 +15,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::NodeName;
-use crate::engine::{Command, Control, Event, Millis, Outcome, Run};
+use crate::engine::{Command, Control, Event, Millis, Outcome, Run, StepState};
 use crate::fleet::FleetHandle;
 use crate::inventory::Inventory;
 use crate::plan::{Plan, Selection, StepKind};
@@ -110,6 +110,11 @@ enum Request {
         result: Result<Option<String>, String>,
     },
     AttachmentChanged,
+    /// An agent attached (or re-attached): what its journal holds of attempts not fully acknowledged.
+    Attached {
+        node: NodeName,
+        reports: Vec<pb::AttemptReport>,
+    },
 }
 
 #[derive(Clone)]
@@ -126,7 +131,7 @@ impl RunsHandle {
         shutdown: CancellationToken,
     ) -> Self {
         let (tx, rx) = mpsc::channel(4096);
-        let manager = Manager {
+        let mut manager = Manager {
             store,
             inventory,
             fleet,
@@ -134,8 +139,12 @@ impl RunsHandle {
             active: None,
             attached: BTreeSet::new(),
             requests: tx.clone(),
+            broken: None,
         };
-        tokio::spawn(manager.run(rx, shutdown));
+        tokio::spawn(async move {
+            manager.resume().await;
+            manager.run(rx, shutdown).await;
+        });
         Self { tx }
     }
 
@@ -233,12 +242,19 @@ impl RunsHandle {
     pub async fn attachment_changed(&self) {
         let _ = self.tx.send(Request::AttachmentChanged).await;
     }
+
+    /// A node's agent attached; `reports` are the attempts its journal reported in the hello.
+    pub async fn attached(&self, node: NodeName, reports: Vec<pb::AttemptReport>) {
+        let _ = self.tx.send(Request::Attached { node, reports }).await;
+    }
 }
 
 struct Active {
     id: String,
     run: Run,
     plan: Plan,
+    /// The inventory as the run started from it (a restart resumes with it, not with today's file).
+    inventory: Inventory,
     /// step → uuid of its current attempt
     attempts: HashMap<usize, String>,
     events: broadcast::Sender<pb::RunEvent>,
@@ -256,6 +272,9 @@ struct Manager {
     attached: BTreeSet<NodeName>,
     /// For tasks that report back (preflight).
     requests: mpsc::Sender<Request>,
+    /// The state database failed a write: the run in memory may be ahead of it, so nothing more is
+    /// decided or sent until the coordinator restarts and resumes from what was stored.
+    broken: Option<String>,
 }
 
 fn now_ms() -> Millis {
@@ -351,6 +370,7 @@ impl Manager {
             Request::AttachmentChanged => {
                 self.refresh_attachment().await;
             }
+            Request::Attached { node, reports } => self.agent_attached(node, reports).await,
         }
     }
 
@@ -414,10 +434,14 @@ impl Manager {
                 plan.hash
             )));
         }
+        if let Some(broken) = &self.broken {
+            return Err(RunError::Internal(broken.clone()));
+        }
         let id = uuid::Uuid::new_v4().to_string();
         let step_timeout_ms = Millis::try_from(self.inventory.policy.step_timeout.as_millis())
             .unwrap_or(Millis::MAX / 4);
-        let run = Run::new(&plan, step_timeout_ms, self.attached.clone());
+        let mut run = Run::new(&plan, step_timeout_ms, self.attached.clone());
+        run.set_windows(windows_of(&self.inventory, &plan));
         let inventory_toml = std::fs::read_to_string(&self.inventory.path).unwrap_or_default();
         let selection_json = serde_json::json!({
             "environments": selection.environments.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
@@ -440,6 +464,7 @@ impl Manager {
                 installer: &plan.installer,
                 step_timeout_ms,
             },
+            &plan,
             &run,
         )?;
         self.store.audit(&AuditEntry {
@@ -457,6 +482,7 @@ impl Manager {
             id: id.clone(),
             run,
             plan,
+            inventory: self.inventory.clone(),
             attempts: HashMap::new(),
             events,
             last_seq: 0,
@@ -467,47 +493,92 @@ impl Manager {
     }
 
     /// Applies an event to the active run, persists the decision, then carries out its commands.
-    async fn apply(&mut self, event: Event) {
+    /// False when the decision could not be stored.
+    async fn apply(&mut self, event: Event) -> bool {
         let Some(active) = self.active.as_mut() else {
-            return;
+            return true;
         };
         let running = active.run.has_running_steps();
         // A finished run still hears results and times out silent steps of attempts it sent.
         if active.run.status().is_final()
             && !matches!(event, Event::StepFinished { .. } | Event::Tick)
         {
-            return;
+            return true;
         }
         if active.run.status().is_final() && matches!(event, Event::Tick) && !running {
-            return;
+            return true;
         }
         let now = now_ms();
         let commands = match active.run.apply(event, now) {
             Ok(c) => c,
             Err(refused) => {
                 tracing::debug!("{refused}");
-                return;
+                return true;
             }
         };
-        self.carry_out(commands, now).await;
+        self.carry_out(commands, now, None).await
     }
 
-    async fn carry_out(&mut self, commands: Vec<Command>, now: Millis) {
-        if commands.is_empty() {
-            return;
+    /// Persists the engine's decision (with the audit entry of the control that caused it, if any),
+    /// streams it to watchers, then sends what it dispatched. False when it could not be stored.
+    async fn carry_out(
+        &mut self,
+        commands: Vec<Command>,
+        now: Millis,
+        audit: Option<AuditEntry>,
+    ) -> bool {
+        if commands.is_empty() && audit.is_none() {
+            return true;
         }
+        let Some(active) = self.active.as_mut() else {
+            return true;
+        };
+        let ids = match self
+            .store
+            .commit(&active.id, &active.run, &commands, now, audit.as_ref())
+        {
+            Ok(ids) => ids,
+            Err(e) => {
+                // Nothing is sent that is not stored, and the run in memory is now ahead of the
+                // database: drop it. A restarted coordinator resumes from what was stored.
+                let problem = format!(
+                    "cannot persist run {}: {e}; nothing more is dispatched until the coordinator is restarted",
+                    active.id
+                );
+                tracing::error!(run = %active.id, "{problem}");
+                self.broken = Some(problem);
+                self.active = None;
+                return false;
+            }
+        };
+        self.stream_stored();
+        let mut ids = ids.into_iter();
+        let mut follow_ups = Vec::new();
+        for command in commands {
+            let Command::Dispatch { step, attempt } = command else {
+                continue;
+            };
+            let Some(attempt_id) = ids.next() else {
+                continue;
+            };
+            if let Some(active) = self.active.as_mut() {
+                active.attempts.insert(step, attempt_id.clone());
+            }
+            follow_ups.extend(self.send_step(step, attempt, &attempt_id).await);
+        }
+        for event in follow_ups {
+            if !Box::pin(self.apply(event)).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Sends stored run events that watchers have not had yet.
+    fn stream_stored(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        let ids = match self.store.commit(&active.id, &active.run, &commands, now) {
-            Ok(ids) => ids,
-            Err(e) => {
-                // Nothing is sent that is not stored: the run stops here, visibly.
-                tracing::error!(run = %active.id, "cannot persist the run's state: {e}; nothing more is dispatched");
-                return;
-            }
-        };
-        // Stream what was stored.
         if let Ok(stored) = self
             .store
             .run_events(&active.id, active.last_seq, usize::MAX)
@@ -519,76 +590,68 @@ impl Manager {
                     .send(run_event(&active.id, &active.run, &event));
             }
         }
-        let mut ids = ids.into_iter();
-        let mut follow_ups = Vec::new();
-        for command in commands {
-            let Command::Dispatch { step, attempt } = command else {
-                continue;
+    }
+
+    /// Starts a dispatched attempt: sends an agent step to its node, or runs a coordinator step.
+    /// Returns the events to apply when it cannot start.
+    async fn send_step(&mut self, step: usize, attempt: u32, attempt_id: &str) -> Vec<Event> {
+        let Some(active) = self.active.as_ref() else {
+            return Vec::new();
+        };
+        let planned = &active.run.steps[step].plan;
+        if planned.kind.on_agent() {
+            let Some(node) = planned.node.clone() else {
+                return Vec::new();
             };
-            let Some(attempt_id) = ids.next() else {
-                continue;
-            };
-            active.attempts.insert(step, attempt_id.clone());
-            let planned = &active.run.steps[step].plan;
-            if planned.kind.on_agent() {
-                let node = planned.node.clone();
-                let assignment = assignment(
-                    &self.inventory,
-                    &active.plan,
-                    &active.id,
-                    self.epoch,
-                    &active.run,
-                    step,
-                    &attempt_id,
-                );
-                let sent = match &node {
-                    Some(node) => {
-                        self.fleet
-                            .send(
-                                node.clone(),
-                                pb::CoordinatorMessage {
-                                    body: Some(CoordinatorBody::Assign(assignment)),
-                                },
-                            )
-                            .await
-                    }
-                    None => false,
-                };
-                if !sent {
-                    follow_ups.push(Event::StepFinished {
-                        step,
-                        attempt,
-                        outcome: Outcome::Failed(
-                            "the node was not attached when the step was dispatched".into(),
-                        ),
-                    });
-                }
-            } else if planned.kind == StepKind::Preflight {
-                let job = PreflightJob::new(
-                    &active.id,
-                    &active.run,
-                    step,
-                    attempt,
-                    &active.plan.installer,
-                    self.epoch,
-                );
-                tokio::spawn(preflight(
-                    job,
-                    self.attached.clone(),
-                    self.fleet.clone(),
-                    self.requests.clone(),
-                ));
-            } else {
-                let outcome = Outcome::Failed(format!("{} is not built yet", planned.kind.name()));
-                follow_ups.push(Event::StepFinished {
-                    step,
-                    attempt,
-                    outcome,
-                });
+            let mut assignment = assignment(
+                &active.inventory,
+                &active.plan,
+                &active.id,
+                self.epoch,
+                &active.run,
+                step,
+                attempt_id,
+            );
+            if matches!(
+                planned.kind,
+                StepKind::UpgradeMaster | StepKind::UpgradeMember
+            ) {
+                assignment.expected_installer_sha256 =
+                    active.installer_sha256.clone().unwrap_or_default();
             }
-        }
-        for event in follow_ups {
-            Box::pin(self.apply(event)).await;
+            let message = pb::CoordinatorMessage {
+                body: Some(CoordinatorBody::Assign(assignment)),
+            };
+            // Queued to a session that may be dying is not yet delivered: the agent is asked about the
+            // attempt whenever it attaches, and an attempt it never got starts again.
+            if self.fleet.send(node.clone(), message).await {
+                Vec::new()
+            } else {
+                // It detached since the run last looked: the run learns that first, so that the step
+                // waits for the node instead of being sent again at once.
+                self.attached.remove(&node);
+                vec![
+                    Event::NodeDetached(node),
+                    Event::StepNotDelivered { step, attempt },
+                ]
+            }
+        } else if planned.kind == StepKind::Preflight {
+            let job = PreflightJob::new(
+                &active.id,
+                &active.run,
+                step,
+                attempt,
+                &active.plan.installer,
+                self.epoch,
+            );
+            tokio::spawn(preflight(job, self.fleet.clone(), self.requests.clone()));
+            Vec::new()
+        } else {
+            vec![Event::StepFinished {
+                step,
+                attempt,
+                outcome: Outcome::Failed(format!("{} is not built yet", planned.kind.name())),
+            }]
         }
     }
 
@@ -602,6 +665,15 @@ impl Manager {
         let Some(active) = self.active.as_mut().filter(|a| a.id == run_id) else {
             return;
         };
+        // A late answer of an attempt the run has moved past changes nothing.
+        let current = active
+            .run
+            .steps
+            .get(step)
+            .is_some_and(|s| s.attempt == attempt && s.state == StepState::Running);
+        if !current {
+            return;
+        }
         let outcome = match (result, &active.installer_sha256) {
             (Err(problem), _) => Outcome::Failed(problem),
             (Ok(None), _) => Outcome::Succeeded,
@@ -629,12 +701,17 @@ impl Manager {
     async fn agent(&mut self, node: NodeName, body: AgentBody) {
         match body {
             AgentBody::Event(event) => self.step_event(node, event).await,
-            AgentBody::AssignmentAck(ack) => {
-                if ack.decision() != pb::AssignmentDecision::Accepted {
-                    tracing::warn!(node = %node, attempt_id = %ack.attempt_id, decision = ?ack.decision(), "assignment not accepted: {}", ack.reason);
-                    if let Some((step, attempt)) = self.current_attempt(&ack.attempt_id)
-                        && ack.decision() != pb::AssignmentDecision::Duplicate
-                    {
+            AgentBody::AssignmentAck(ack) => match ack.decision() {
+                pb::AssignmentDecision::Accepted => {}
+                pb::AssignmentDecision::Duplicate => {
+                    // Redelivered: the agent answers with what its journal holds, never runs it again.
+                    if let Some(report) = ack.report {
+                        self.attempt_report(node, report).await;
+                    }
+                }
+                decision => {
+                    tracing::warn!(node = %node, attempt_id = %ack.attempt_id, ?decision, "assignment refused: {}", ack.reason);
+                    if let Some((step, attempt)) = self.current_attempt(&ack.attempt_id) {
                         let outcome =
                             Outcome::Failed(format!("{node} refused the step: {}", ack.reason));
                         self.apply(Event::StepFinished {
@@ -645,12 +722,95 @@ impl Manager {
                         .await;
                     }
                 }
-            }
-            AgentBody::AttemptReport(_)
-            | AgentBody::Hello(_)
-            | AgentBody::Heartbeat(_)
-            | AgentBody::Facts(_) => {}
+            },
+            AgentBody::AttemptReport(report) => self.attempt_report(node, report).await,
+            AgentBody::Hello(_) | AgentBody::Heartbeat(_) | AgentBody::Facts(_) => {}
         }
+    }
+
+    /// A node's agent attached. What its journal reported is settled, and every attempt of the
+    /// active run that is out on this node is asked about: the agent answers what it knows, and an
+    /// attempt it never received starts again (SPEC §9: resolved by asking, never by running it twice).
+    async fn agent_attached(&mut self, node: NodeName, reports: Vec<pb::AttemptReport>) {
+        self.refresh_attachment().await;
+        for report in reports {
+            self.attempt_report(node.clone(), report).await;
+        }
+        let Some(active) = self.active.as_ref() else {
+            return;
+        };
+        let out: Vec<String> = active
+            .attempts
+            .iter()
+            .filter(|&(&step, _)| {
+                let s = &active.run.steps[step];
+                s.state == StepState::Running && s.plan.node.as_ref() == Some(&node)
+            })
+            .map(|(_, id)| id.clone())
+            .collect();
+        if out.is_empty() {
+            return;
+        }
+        tracing::info!(node = %node, attempts = ?out, "asking {node} about {} attempt(s) it may have", out.len());
+        let query = pb::CoordinatorMessage {
+            body: Some(CoordinatorBody::AttemptQuery(pb::AttemptQuery {
+                attempt_ids: out,
+                epoch: self.epoch,
+            })),
+        };
+        // Not sent: the agent detached again, and is asked when it is back.
+        let _ = self.fleet.send(node, query).await;
+    }
+
+    /// What an agent's journal holds of one attempt: in answer to a query, in its hello, or with a
+    /// duplicate assignment.
+    async fn attempt_report(&mut self, node: NodeName, report: pb::AttemptReport) {
+        let Some(row) = self.attempt_of(&node, &report.attempt_id) else {
+            return;
+        };
+        match report.state() {
+            pb::AttemptState::Unknown => {
+                if let Some((step, attempt)) = self.current_attempt(&report.attempt_id)
+                    && row.step == step
+                {
+                    tracing::warn!(node = %node, attempt_id = %report.attempt_id, "{node} never received attempt {attempt}; it starts again");
+                    self.apply(Event::StepNotDelivered { step, attempt }).await;
+                }
+            }
+            pb::AttemptState::Finished | pb::AttemptState::Interrupted => match report.result {
+                Some(result) => self.finish(&node, &report.attempt_id, row, result).await,
+                None => {
+                    tracing::warn!(node = %node, attempt_id = %report.attempt_id, "a finished attempt reported without its result")
+                }
+            },
+            state => {
+                tracing::debug!(node = %node, attempt_id = %report.attempt_id, ?state, "attempt still in progress on its agent");
+            }
+        }
+    }
+
+    /// The stored attempt, if it exists and belongs to `node`.
+    fn attempt_of(&self, node: &NodeName, attempt_id: &str) -> Option<crate::store::AttemptRow> {
+        let row = match self.store.attempt(attempt_id) {
+            Ok(Some(row)) => row,
+            Ok(None) => {
+                tracing::warn!(node = %node, attempt_id, "{node} reported on an attempt this coordinator never dispatched; ignored");
+                return None;
+            }
+            Err(e) => {
+                tracing::error!("cannot read attempt {attempt_id}: {e}");
+                return None;
+            }
+        };
+        // An agent speaks only for its own node's attempts.
+        if row.node.as_deref() != Some(node.as_str()) {
+            tracing::warn!(
+                node = %node, attempt_id,
+                "agent {node} reported on an attempt of {}; ignored", row.node.as_deref().unwrap_or("the coordinator")
+            );
+            return None;
+        }
+        Some(row)
     }
 
     fn current_attempt(&self, attempt_id: &str) -> Option<(usize, u32)> {
@@ -660,6 +820,85 @@ impl Manager {
             .iter()
             .find(|(_, id)| id.as_str() == attempt_id)?;
         Some((step, active.run.steps[step].attempt))
+    }
+
+    /// An attempt's result: stored once, applied to the run if it is the step's current attempt, then
+    /// acknowledged as complete (only now may the agent forget it). A redelivered result is applied
+    /// again from the start, so a result stored just before a crash still moves the run on.
+    async fn finish(
+        &mut self,
+        node: &NodeName,
+        attempt_id: &str,
+        row: crate::store::AttemptRow,
+        result: pb::StepFinished,
+    ) {
+        let artifacts: Vec<(String, String, u64, String)> = result
+            .artifacts
+            .iter()
+            .map(|a| {
+                (
+                    a.kind.clone(),
+                    a.path.clone(),
+                    a.size_bytes,
+                    a.sha256.clone(),
+                )
+            })
+            .collect();
+        if let Err(e) = self.store.finish_attempt(
+            attempt_id,
+            now_ms(),
+            &format!("{:?}", result.outcome()),
+            &result.error,
+            result.exit_code,
+            &artifacts,
+        ) {
+            tracing::error!("cannot store a step result: {e}");
+            return;
+        }
+        let outcome = match result.outcome() {
+            pb::StepOutcome::Succeeded => Outcome::Succeeded,
+            other => Outcome::Failed(if result.error.is_empty() {
+                format!("{other:?}")
+            } else {
+                result.error.clone()
+            }),
+        };
+        let applied = match self.active.as_ref() {
+            Some(active) if active.id == row.run_id => {
+                let event = Event::StepFinished {
+                    step: row.step,
+                    attempt: row.number,
+                    outcome,
+                };
+                self.apply(event).await
+            }
+            _ => true,
+        };
+        if applied {
+            self.ack(node, attempt_id, true).await;
+        }
+    }
+
+    /// Tells the agent what is stored of an attempt's events (and, when `complete`, its result).
+    async fn ack(&mut self, node: &NodeName, attempt_id: &str, complete: bool) {
+        let Ok(up_to) = self.store.contiguous_seq(attempt_id) else {
+            return;
+        };
+        let ack = pb::EventAck {
+            attempt_id: attempt_id.to_string(),
+            up_to_seq: up_to,
+            complete,
+            epoch: self.epoch,
+        };
+        let _ = self
+            .fleet
+            .send(
+                node.clone(),
+                pb::CoordinatorMessage {
+                    body: Some(CoordinatorBody::EventAck(ack)),
+                },
+            )
+            .await;
     }
 
     async fn step_event(&mut self, node: NodeName, event: pb::StepEvent) {
@@ -690,19 +929,14 @@ impl Manager {
                 serde_json::json!({ "outcome": format!("{:?}", f.outcome()), "error": f.error, "exit_code": f.exit_code }),
             ),
         };
-        let Ok(Some(row)) = self.store.attempt(&event.attempt_id) else {
-            tracing::warn!(node = %node, attempt_id = %event.attempt_id, "an event for an attempt this coordinator never dispatched; ignored");
+        let Some(row) = self.attempt_of(&node, &event.attempt_id) else {
             return;
         };
-        // An agent speaks only for its own node's attempts.
-        if row.node.as_deref() != Some(node.as_str()) {
-            tracing::warn!(
-                node = %node, attempt_id = %event.attempt_id,
-                "agent {node} reported on an attempt of {}; ignored", row.node.as_deref().unwrap_or("the coordinator")
-            );
+        if event.seq == 0 {
+            tracing::warn!(node = %node, attempt_id = %event.attempt_id, "an event without a sequence number; ignored");
             return;
         }
-        let (run_id, step, attempt) = (row.run_id, row.step, row.number);
+        // Stored once, by (attempt, seq): a redelivery changes nothing.
         let fresh = match self.store.agent_event(
             &event.attempt_id,
             event.seq,
@@ -716,38 +950,28 @@ impl Manager {
                 return;
             }
         };
-        if let Ok(up_to) = self.store.contiguous_seq(&event.attempt_id) {
-            let ack = pb::EventAck {
-                attempt_id: event.attempt_id.clone(),
-                up_to_seq: up_to,
-                complete: false,
-                epoch: self.epoch,
-            };
-            let _ = self
-                .fleet
-                .send(
-                    node.clone(),
-                    pb::CoordinatorMessage {
-                        body: Some(CoordinatorBody::EventAck(ack)),
-                    },
-                )
-                .await;
+        if let Kind::Finished(result) = kind {
+            // Applied (and acknowledged complete) even when redelivered: see `finish`.
+            self.finish(&node, &event.attempt_id, row, result).await;
+            return;
         }
+        self.ack(&node, &event.attempt_id, false).await;
         if !fresh {
             return;
         }
-        let Some(active) = self.active.as_ref().filter(|a| a.id == run_id) else {
+        let Some(active) = self.active.as_ref().filter(|a| a.id == row.run_id) else {
             return;
         };
+        let step = row.step;
         let live = pb::RunEvent {
             seq: active.last_seq,
             at_unix_ms: event.at_unix_ms,
-            run_id: run_id.clone(),
+            run_id: row.run_id.clone(),
             environment: active.run.env_names[active.run.steps[step].plan.env].clone(),
             node: Some(node.to_string()),
             step: active.run.steps[step].plan.kind.name().into(),
             attempt_id: event.attempt_id.clone(),
-            kind: match kind.clone() {
+            kind: match kind {
                 Kind::Progress(p) => Some(pb::run_event::Kind::Progress(p)),
                 Kind::Output(o) => Some(pb::run_event::Kind::Output(o)),
                 Kind::Log(l) => Some(pb::run_event::Kind::Log(l)),
@@ -758,45 +982,6 @@ impl Manager {
         if live.kind.is_some() {
             let _ = active.events.send(live);
         }
-        if let Kind::Finished(result) = kind {
-            let artifacts: Vec<(String, String, u64, String)> = result
-                .artifacts
-                .iter()
-                .map(|a| {
-                    (
-                        a.kind.clone(),
-                        a.path.clone(),
-                        a.size_bytes,
-                        a.sha256.clone(),
-                    )
-                })
-                .collect();
-            if let Err(e) = self.store.finish_attempt(
-                &event.attempt_id,
-                now_ms(),
-                &format!("{:?}", result.outcome()),
-                &result.error,
-                result.exit_code,
-                &artifacts,
-            ) {
-                tracing::error!("cannot store a step result: {e}");
-                return;
-            }
-            let outcome = match result.outcome() {
-                pb::StepOutcome::Succeeded => Outcome::Succeeded,
-                other => Outcome::Failed(if result.error.is_empty() {
-                    format!("{other:?}")
-                } else {
-                    result.error.clone()
-                }),
-            };
-            self.apply(Event::StepFinished {
-                step,
-                attempt,
-                outcome,
-            })
-            .await;
-        }
     }
 
     async fn control(
@@ -805,6 +990,9 @@ impl Manager {
         request: ControlRequest,
         operator: &str,
     ) -> Result<pb::Run, RunError> {
+        if let Some(broken) = &self.broken {
+            return Err(RunError::Internal(broken.clone()));
+        }
         let Some(active) = self.active.as_mut().filter(|a| a.id == run_id) else {
             self.store.run(run_id)?;
             return Err(RunError::Precondition(format!(
@@ -812,11 +1000,21 @@ impl Manager {
             )));
         };
         let find_step = || -> Result<usize, RunError> {
-            let node = request
-                .node
-                .as_deref()
-                .ok_or_else(|| RunError::Invalid("name the node: --node N".into()))
-                .and_then(|n| NodeName::new(n).map_err(RunError::Invalid))?;
+            let Some(node) = request.node.as_deref() else {
+                // No node: the failed step of the coordinator's own (preflight, backup-database).
+                return active
+                    .run
+                    .steps
+                    .iter()
+                    .position(|s| s.plan.node.is_none() && s.state == StepState::Failed)
+                    .ok_or_else(|| {
+                        RunError::Invalid(
+                            "name the node: --node N (only a failed preflight or backup-database is retried without one)"
+                                .into(),
+                        )
+                    });
+            };
+            let node = NodeName::new(node).map_err(RunError::Invalid)?;
             let candidates: Vec<usize> = active
                 .run
                 .steps
@@ -835,12 +1033,12 @@ impl Manager {
             candidates
                 .iter()
                 .copied()
-                .find(|&i| active.run.steps[i].state == crate::engine::StepState::Failed)
+                .find(|&i| active.run.steps[i].state == StepState::Failed)
                 .or_else(|| {
                     candidates
                         .iter()
                         .copied()
-                        .find(|&i| active.run.steps[i].state == crate::engine::StepState::Pending)
+                        .find(|&i| active.run.steps[i].state == StepState::Pending)
                 })
                 .ok_or_else(|| {
                     RunError::Invalid(format!(
@@ -864,11 +1062,15 @@ impl Manager {
                 return Err(RunError::Invalid("no control action".into()));
             }
         };
-        let step_name = match &control {
+        let (node, step_name) = match &control {
             Control::Retry { step } | Control::Skip { step } => {
-                Some(active.run.steps[*step].plan.kind.name().to_string())
+                let s = &active.run.steps[*step].plan;
+                (
+                    s.node.as_ref().map(ToString::to_string),
+                    Some(s.kind.name().to_string()),
+                )
             }
-            _ => None,
+            _ => (request.node.clone(), None),
         };
         let now = now_ms();
         let commands = active
@@ -876,17 +1078,150 @@ impl Manager {
             .apply(Event::Control(control), now)
             .map_err(|r| RunError::Precondition(r.0))?;
         let action = format!("{:?}", request.action).to_ascii_lowercase();
-        self.store.audit(&AuditEntry {
+        let audit = AuditEntry {
             at: now,
             operator: operator.to_string(),
             action: action.clone(),
             run_id: run_id.to_string(),
-            node: request.node.clone(),
+            node,
             step: step_name,
             detail: request.comment.clone(),
-        })?;
+        };
+        // The control's audit entry is stored with the decision it caused, or neither is.
+        if !self.carry_out(commands, now, Some(audit)).await {
+            return Err(RunError::Internal(self.broken.clone().unwrap_or_default()));
+        }
         tracing::info!(run = %run_id, operator = %operator, "operator {operator}: {action}");
-        self.carry_out(commands, now).await;
         self.get(run_id)
     }
+
+    /// At start: takes up the run the previous coordinator left unfinished. Steps out on agents stay
+    /// running; each agent is asked about them when it attaches. A result stored just before the
+    /// crash is applied now; a preflight that was running starts over (it only reads).
+    async fn resume(&mut self) {
+        let ids = match self.store.unfinished_runs() {
+            Ok(ids) => ids,
+            Err(e) => {
+                self.broken = Some(format!("cannot read the state database: {e}"));
+                tracing::error!("cannot read the state database: {e}");
+                return;
+            }
+        };
+        // One run at a time; should there be more, the newest is resumed and the others reported.
+        let Some((newest, older)) = ids.split_last() else {
+            return;
+        };
+        for id in older {
+            tracing::error!(run = %id, "run {id} was left unfinished by an older coordinator and is not resumed: only one run is active at a time");
+        }
+        let stored = match self.store.load_run(newest) {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::error!(run = %newest, "cannot resume run {newest}: {e}");
+                return;
+            }
+        };
+        let inventory = match Inventory::parse(&self.inventory.path, &stored.inventory_toml) {
+            Ok(inventory) => inventory,
+            Err(e) => {
+                tracing::error!(run = %newest, "cannot resume run {newest}: its inventory snapshot no longer parses: {e}");
+                return;
+            }
+        };
+        let windows = windows_of(&inventory, &stored.plan);
+        let run = match Run::restore(
+            &stored.plan,
+            stored.step_timeout_ms,
+            windows,
+            stored.records,
+            stored.durable,
+        ) {
+            Ok(run) => run,
+            Err(e) => {
+                tracing::error!(run = %newest, "cannot resume run {newest}: {e}");
+                return;
+            }
+        };
+        let attempts: HashMap<usize, String> = stored
+            .attempts
+            .iter()
+            .map(|a| (a.step, a.id.clone()))
+            .collect();
+        let (events, _) = broadcast::channel(4096);
+        let in_flight: Vec<(usize, u32)> = run
+            .steps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.state == StepState::Running)
+            .map(|(i, s)| (i, s.attempt))
+            .collect();
+        let note = format!(
+            "the coordinator restarted (epoch {}) and resumed the run; {} step(s) in flight",
+            self.epoch,
+            in_flight.len()
+        );
+        tracing::info!(run = %newest, status = run.status().as_str(), "{note}");
+        if let Err(e) = self.store.note(newest, now_ms(), &note) {
+            tracing::error!(run = %newest, "cannot resume run {newest}: {e}");
+            return;
+        }
+        self.active = Some(Active {
+            id: stored.id.clone(),
+            run,
+            plan: stored.plan,
+            inventory,
+            attempts,
+            events,
+            last_seq: stored.last_seq,
+            installer_sha256: stored.installer_sha256,
+        });
+        self.stream_stored();
+        for (step, attempt) in in_flight {
+            let Some(a) = stored
+                .attempts
+                .iter()
+                .find(|a| a.step == step && a.number == attempt)
+            else {
+                continue;
+            };
+            let Some(active) = self.active.as_ref() else {
+                return;
+            };
+            let kind = active.run.steps[step].plan.kind;
+            if let Some((outcome, error)) = &a.result {
+                // Stored, not yet applied when the previous coordinator stopped.
+                let outcome = if outcome == "Succeeded" {
+                    Outcome::Succeeded
+                } else {
+                    Outcome::Failed(error.clone())
+                };
+                self.apply(Event::StepFinished {
+                    step,
+                    attempt,
+                    outcome,
+                })
+                .await;
+            } else if !kind.on_agent() {
+                let id = a.id.clone();
+                let events = self.send_step(step, attempt, &id).await;
+                for event in events {
+                    self.apply(event).await;
+                }
+            }
+        }
+    }
+}
+
+/// The maintenance window of each of the plan's environments, from `inventory`.
+fn windows_of(inventory: &Inventory, plan: &Plan) -> Vec<Option<crate::inventory::Window>> {
+    plan.environments
+        .iter()
+        .map(|e| {
+            inventory
+                .environments
+                .iter()
+                .find(|i| i.name == e.name)
+                .and_then(|i| i.window.clone())
+        })
+        .collect()
 }

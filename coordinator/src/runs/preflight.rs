@@ -13,6 +13,9 @@ use crate::engine::Run;
 use crate::fleet::FleetHandle;
 use crate::plan::{Expected, StepKind};
 
+/// How long preflight waits for the environment's nodes to attach.
+const ATTACH_WAIT: Duration = Duration::from_secs(60);
+
 /// What a preflight checks: the nodes of one environment that have steps to run, and which of them install.
 pub(super) struct PreflightJob {
     run_id: String,
@@ -67,20 +70,39 @@ impl PreflightJob {
 /// error; every installing node reads the installer, and all of them read the same SHA-256.
 pub(super) async fn preflight(
     job: PreflightJob,
-    attached: BTreeSet<NodeName>,
     fleet: FleetHandle,
     requests: mpsc::Sender<Request>,
 ) {
     const WAIT: Duration = Duration::from_secs(120);
     let result = async {
-        let detached: Vec<String> = job
-            .nodes
-            .iter()
-            .filter(|n| !attached.contains(*n))
-            .map(|n| format!("{n} is not attached"))
-            .collect();
+        // Nodes that are away (a restarted coordinator, an agent re-attaching) get a while to attach.
+        let attach_deadline = tokio::time::Instant::now() + ATTACH_WAIT;
+        let detached = loop {
+            let attached: BTreeSet<NodeName> = fleet
+                .list()
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|n| n.attached)
+                .filter_map(|n| NodeName::new(&n.name).ok())
+                .collect();
+            let detached: Vec<String> = job
+                .nodes
+                .iter()
+                .filter(|n| !attached.contains(*n))
+                .map(|n| format!("{n} is not attached"))
+                .collect();
+            if detached.is_empty() || tokio::time::Instant::now() > attach_deadline {
+                break detached;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         if !detached.is_empty() {
-            return Err(detached.join("; "));
+            return Err(format!(
+                "{} (waited {} s)",
+                detached.join("; "),
+                ATTACH_WAIT.as_secs()
+            ));
         }
         // Ask each installing node for fresh facts, the installer's SHA-256 among them.
         let mut asked = Vec::new();

@@ -10,13 +10,17 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::engine::{Command, Millis, Run};
+use crate::engine::{Command, Durable, Millis, Run, StepRecord, StepState};
+use crate::plan::Plan;
 
 /// The file name of the database in the state directory.
 pub const FILE: &str = "ssofleet.db";
 
 /// Schema migrations, in order; entry `i` brings the schema from version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[include_str!("001_initial.sql")];
+pub const MIGRATIONS: &[&str] = &[
+    include_str!("001_initial.sql"),
+    include_str!("002_resume.sql"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -36,6 +40,12 @@ pub enum StoreError {
     },
     #[error("run {0} is not in the state database")]
     UnknownRun(String),
+    #[error("state database {}: run {run}: {detail}", path.display())]
+    Corrupt {
+        path: PathBuf,
+        run: String,
+        detail: String,
+    },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -129,6 +139,31 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
+/// What a restarted coordinator needs to resume a run.
+#[derive(Debug, Clone)]
+pub struct StoredRun {
+    pub id: String,
+    pub plan: Plan,
+    pub durable: Durable,
+    pub records: Vec<StepRecord>,
+    pub inventory_toml: String,
+    pub step_timeout_ms: Millis,
+    pub installer_sha256: Option<String>,
+    /// Step index → its current attempt's uuid, node and stored outcome (if its result is stored).
+    pub attempts: Vec<StoredAttempt>,
+    pub last_seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAttempt {
+    pub step: usize,
+    pub number: u32,
+    pub id: String,
+    pub node: Option<String>,
+    /// `Some((outcome, error))` once its result is stored.
+    pub result: Option<(String, String)>,
+}
+
 pub struct Store {
     conn: Connection,
     path: PathBuf,
@@ -211,8 +246,21 @@ impl Store {
             .map_err(self.err())
     }
 
-    /// Stores a new run with its inventory snapshot and its planned steps.
-    pub fn create_run(&mut self, new: &NewRun<'_>, run: &Run) -> Result<()> {
+    /// A database in memory, for tests.
+    #[cfg(test)]
+    pub fn in_memory() -> Result<Self> {
+        let path = PathBuf::from(":memory:");
+        let conn = Connection::open_in_memory().map_err(|source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        })?;
+        let mut store = Self { conn, path };
+        store.init()?;
+        Ok(store)
+    }
+
+    /// Stores a new run with its inventory snapshot, its plan and its planned steps.
+    pub fn create_run(&mut self, new: &NewRun<'_>, plan: &Plan, run: &Run) -> Result<()> {
         let path = self.path.clone();
         let err = |source| StoreError::Sqlite {
             path: path.clone(),
@@ -221,12 +269,13 @@ impl Store {
         let tx = self.conn.transaction().map_err(err)?;
         tx.execute(
             "INSERT INTO runs (id, workflow, state, reason, started_at, started_by, inventory_toml, selection_json,
-                               plan_hash, target_version, installer, step_timeout_ms, max_parallel, max_failures)
-             VALUES (?1, ?2, ?3, '', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                               plan_hash, target_version, installer, step_timeout_ms, max_parallel, max_failures,
+                               plan_json, engine_state)
+             VALUES (?1, ?2, ?3, '', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             params![
                 new.id, new.workflow, run.status().as_str(), new.started_at, new.started_by, new.inventory_toml,
                 new.selection_json, new.plan_hash, new.target_version, new.installer, new.step_timeout_ms,
-                run.max_parallel, run.max_failures
+                run.max_parallel, run.max_failures, json(plan), json(&run.durable())
             ],
         )
         .map_err(err)?;
@@ -252,7 +301,8 @@ impl Store {
     }
 
     /// Persists, in one transaction, what the engine decided for `run` at `now`: step, environment and
-    /// run changes, dispatched attempts (with the uuid each gets), and one run event per change.
+    /// run changes, dispatched attempts (with the uuid each gets), one run event per change, the run's
+    /// state for a restart, and the operator's audit entry when a control caused it.
     /// Returns the attempt uuids of the dispatches, in order: send them only after this returns.
     pub fn commit(
         &mut self,
@@ -260,6 +310,7 @@ impl Store {
         run: &Run,
         commands: &[Command],
         now: Millis,
+        audit: Option<&AuditEntry>,
     ) -> Result<Vec<String>> {
         let path = self.path.clone();
         let err = |source| StoreError::Sqlite {
@@ -293,9 +344,10 @@ impl Store {
                         ],
                     )
                     .map_err(err)?;
+                    write_step(&tx, run_id, run, *step).map_err(err)?;
                     tx.execute(
-                        "UPDATE steps SET attempts = ?3, started_at = ?4, finished_at = NULL WHERE run_id = ?1 AND idx = ?2",
-                        params![run_id, *step as i64, attempt, now],
+                        "UPDATE steps SET started_at = ?3 WHERE run_id = ?1 AND idx = ?2",
+                        params![run_id, *step as i64, now],
                     )
                     .map_err(err)?;
                     let payload = serde_json::json!({ "attempt": attempt, "attempt_id": id });
@@ -307,12 +359,7 @@ impl Store {
                     state,
                     message,
                 } => {
-                    let s = &run.steps[*step];
-                    tx.execute(
-                        "UPDATE steps SET state = ?3, message = ?4, finished_at = ?5, wait_until = ?6 WHERE run_id = ?1 AND idx = ?2",
-                        params![run_id, *step as i64, state.as_str(), message, s.finished_at, s.wait_until],
-                    )
-                    .map_err(err)?;
+                    write_step(&tx, run_id, run, *step).map_err(err)?;
                     (
                         Some(*step),
                         "step",
@@ -346,8 +393,156 @@ impl Store {
             )
             .map_err(err)?;
         }
+        tx.execute(
+            "UPDATE runs SET engine_state = ?2 WHERE id = ?1",
+            params![run_id, json(&run.durable())],
+        )
+        .map_err(err)?;
+        if let Some(entry) = audit {
+            insert_audit(&tx, entry).map_err(err)?;
+        }
         tx.commit().map_err(err)?;
         Ok(attempt_ids)
+    }
+
+    /// Runs a restarted coordinator resumes: not finished, or finished with steps still out on agents.
+    pub fn unfinished_runs(&self) -> Result<Vec<String>> {
+        self.query(
+            "SELECT id FROM runs r WHERE r.state NOT IN ('succeeded', 'failed', 'aborted')
+                OR EXISTS (SELECT 1 FROM steps s WHERE s.run_id = r.id AND s.state = 'running')
+             ORDER BY started_at, id",
+            [],
+            |r| r.get(0),
+        )
+    }
+
+    /// Everything needed to rebuild a run's engine state and carry on with it.
+    pub fn load_run(&self, run_id: &str) -> Result<StoredRun> {
+        let corrupt = |detail: String| StoreError::Corrupt {
+            path: self.path.clone(),
+            run: run_id.to_string(),
+            detail,
+        };
+        type Head = (
+            Option<String>,
+            Option<String>,
+            String,
+            Millis,
+            Option<String>,
+        );
+        let head: Head = self
+            .conn
+            .query_row(
+                "SELECT plan_json, engine_state, inventory_toml, step_timeout_ms, installer_sha256 FROM runs WHERE id = ?1",
+                [run_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()
+            .map_err(self.err())?
+            .ok_or_else(|| StoreError::UnknownRun(run_id.to_string()))?;
+        let (plan_json, state_json, inventory_toml, step_timeout_ms, installer_sha256) = head;
+        let plan: Plan = plan_json
+            .ok_or_else(|| {
+                corrupt(
+                    "it was started by an older coordinator that kept no plan to resume from"
+                        .into(),
+                )
+            })
+            .and_then(|j| {
+                serde_json::from_str(&j)
+                    .map_err(|e| corrupt(format!("its stored plan does not parse: {e}")))
+            })?;
+        let durable: Durable = state_json
+            .ok_or_else(|| corrupt("no stored state".into()))
+            .and_then(|j| {
+                serde_json::from_str(&j)
+                    .map_err(|e| corrupt(format!("its stored state does not parse: {e}")))
+            })?;
+        let records = self.query(
+            "SELECT state, attempts, dispatched_at, finished_at, message, wait_until FROM steps WHERE run_id = ?1 ORDER BY idx",
+            [run_id],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    StepRecord {
+                        state: StepState::Pending,
+                        attempt: r.get(1)?,
+                        dispatched_at: r.get(2)?,
+                        finished_at: r.get(3)?,
+                        message: r.get(4)?,
+                        wait_until: r.get(5)?,
+                    },
+                ))
+            },
+        )?;
+        let records = records
+            .into_iter()
+            .map(|(state, mut record)| {
+                record.state = StepState::parse(&state)
+                    .ok_or_else(|| corrupt(format!("unknown step state {state:?}")))?;
+                Ok(record)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let attempts = self.query(
+            "SELECT a.idx, a.number, a.id, a.node, a.outcome, COALESCE(a.error, '') FROM attempts a
+             JOIN steps s ON s.run_id = a.run_id AND s.idx = a.idx AND s.attempts = a.number
+             WHERE a.run_id = ?1 ORDER BY a.idx",
+            [run_id],
+            |r| {
+                let outcome: Option<String> = r.get(4)?;
+                let error: String = r.get(5)?;
+                Ok(StoredAttempt {
+                    step: r.get::<_, i64>(0)? as usize,
+                    number: r.get(1)?,
+                    id: r.get(2)?,
+                    node: r.get(3)?,
+                    result: outcome.map(|o| (o, error)),
+                })
+            },
+        )?;
+        let last_seq: i64 = self
+            .conn
+            .query_row(
+                "SELECT COALESCE(MAX(seq), 0) FROM run_events WHERE run_id = ?1",
+                [run_id],
+                |r| r.get(0),
+            )
+            .map_err(self.err())?;
+        Ok(StoredRun {
+            id: run_id.to_string(),
+            plan,
+            durable,
+            records,
+            inventory_toml,
+            step_timeout_ms,
+            installer_sha256,
+            attempts,
+            last_seq: u64::try_from(last_seq).unwrap_or(0),
+        })
+    }
+
+    /// Appends a note to a run's event log (e.g. that the coordinator restarted and resumed it).
+    pub fn note(&mut self, run_id: &str, at: Millis, text: &str) -> Result<u64> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        let seq: i64 = tx
+            .query_row(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM run_events WHERE run_id = ?1",
+                [run_id],
+                |r| r.get(0),
+            )
+            .map_err(err)?;
+        tx.execute(
+            "INSERT INTO run_events (run_id, seq, at, idx, kind, payload) VALUES (?1, ?2, ?3, NULL, 'note', ?4)",
+            params![run_id, seq, at, serde_json::json!({ "message": text }).to_string()],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(u64::try_from(seq).unwrap_or(0))
     }
 
     /// Records the installer's SHA-256 the run installs (read in its first preflight).
@@ -498,7 +693,7 @@ impl Store {
             .map_err(self.err())
     }
 
-    /// Records an attempt's result and its artifacts.
+    /// Records an attempt's result and its artifacts, once: false when it was already recorded.
     pub fn finish_attempt(
         &mut self,
         attempt_id: &str,
@@ -507,18 +702,23 @@ impl Store {
         error: &str,
         exit_code: Option<i32>,
         artifacts: &[(String, String, u64, String)],
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let path = self.path.clone();
         let err = |source| StoreError::Sqlite {
             path: path.clone(),
             source,
         };
         let tx = self.conn.transaction().map_err(err)?;
-        tx.execute(
-            "UPDATE attempts SET state = 'finished', finished_at = ?2, outcome = ?3, error = ?4, exit_code = ?5 WHERE id = ?1",
-            params![attempt_id, at, outcome, error, exit_code],
-        )
-        .map_err(err)?;
+        let changed = tx
+            .execute(
+                "UPDATE attempts SET state = 'finished', finished_at = ?2, outcome = ?3, error = ?4, exit_code = ?5
+                 WHERE id = ?1 AND state <> 'finished'",
+                params![attempt_id, at, outcome, error, exit_code],
+            )
+            .map_err(err)?;
+        if changed == 0 {
+            return Ok(false);
+        }
         for (kind, file, size, sha256) in artifacts {
             tx.execute(
                 "INSERT INTO artifacts (attempt_id, kind, path, size_bytes, sha256) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -526,7 +726,21 @@ impl Store {
             )
             .map_err(err)?;
         }
-        tx.commit().map_err(err)
+        tx.commit().map_err(err)?;
+        Ok(true)
+    }
+
+    /// Whether an attempt's result is stored.
+    pub fn attempt_finished(&self, attempt_id: &str) -> Result<bool> {
+        self.conn
+            .query_row(
+                "SELECT state = 'finished' FROM attempts WHERE id = ?1",
+                [attempt_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err())
+            .map(|f| f.unwrap_or(false))
     }
 
     /// Artifacts recorded for a run's attempts.
@@ -575,13 +789,7 @@ impl Store {
     }
 
     pub fn audit(&mut self, entry: &AuditEntry) -> Result<()> {
-        self.conn
-            .execute(
-                "INSERT INTO audit (at, operator, action, run_id, node, step, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![entry.at, entry.operator, entry.action, entry.run_id, entry.node, entry.step, entry.detail],
-            )
-            .map_err(self.err())?;
-        Ok(())
+        insert_audit(&self.conn, entry).map_err(self.err())
     }
 
     /// The audit trail, oldest first; of one run when `run_id` is given.
@@ -603,6 +811,38 @@ impl Store {
             },
         )
     }
+}
+
+fn insert_audit(conn: &Connection, entry: &AuditEntry) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO audit (at, operator, action, run_id, node, step, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![entry.at, entry.operator, entry.action, entry.run_id, entry.node, entry.step, entry.detail],
+    )?;
+    Ok(())
+}
+
+/// Writes a step's whole record (what [`Run::restore`] reads back).
+fn write_step(conn: &Connection, run_id: &str, run: &Run, step: usize) -> rusqlite::Result<()> {
+    let r = run.step_record(step);
+    conn.execute(
+        "UPDATE steps SET state = ?3, attempts = ?4, dispatched_at = ?5, finished_at = ?6, message = ?7, wait_until = ?8
+         WHERE run_id = ?1 AND idx = ?2",
+        params![
+            run_id,
+            i64::try_from(step).unwrap_or(i64::MAX),
+            r.state.as_str(),
+            r.attempt,
+            r.dispatched_at,
+            r.finished_at,
+            r.message,
+            r.wait_until
+        ],
+    )?;
+    Ok(())
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
 }
 
 fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {

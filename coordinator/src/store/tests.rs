@@ -9,6 +9,10 @@ use crate::plan::{Selection, Versions, plan};
 const FLEET: &str = "[upgrade]\ntarget_version = \"3.0.7\"\ninstaller = 's'\n[[environment]]\nname = \"dev\"\nmaster = \"m\"\nmembers = [\"a\"]\nbackup_dir = 'b'\n";
 
 fn new_run() -> Run {
+    new_plan_and_run().1
+}
+
+fn new_plan_and_run() -> (Plan, Run) {
     let inv = Inventory::parse(Path::new("f.toml"), FLEET).unwrap();
     let sel = Selection {
         environments: Vec::new(),
@@ -18,7 +22,8 @@ fn new_run() -> Run {
     };
     let p = plan(&inv, &sel, &Versions::new()).unwrap();
     let attached: BTreeSet<_> = inv.nodes().map(|(_, n, _)| n.clone()).collect();
-    Run::new(&p, 60_000, attached)
+    let run = Run::new(&p, 60_000, attached);
+    (p, run)
 }
 
 fn new_meta(id: &str) -> NewRun<'_> {
@@ -61,10 +66,10 @@ fn refuses_a_newer_schema() {
 fn a_run_its_dispatches_and_changes_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(dir.path()).unwrap();
-    let mut run = new_run();
-    store.create_run(&new_meta("r1"), &run).unwrap();
+    let (p, mut run) = new_plan_and_run();
+    store.create_run(&new_meta("r1"), &p, &run).unwrap();
     let commands = run.apply(Event::Start, 2_000).unwrap();
-    let ids = store.commit("r1", &run, &commands, 2_000).unwrap();
+    let ids = store.commit("r1", &run, &commands, 2_000, None).unwrap();
     assert_eq!(ids.len(), 1, "preflight dispatched");
     let commands = run
         .apply(
@@ -76,7 +81,7 @@ fn a_run_its_dispatches_and_changes_survive_reopening() {
             3_000,
         )
         .unwrap();
-    store.commit("r1", &run, &commands, 3_000).unwrap();
+    store.commit("r1", &run, &commands, 3_000, None).unwrap();
     assert_eq!(run.steps[0].state, StepState::Failed);
     drop(store);
 
@@ -110,11 +115,11 @@ fn a_run_its_dispatches_and_changes_survive_reopening() {
 fn agent_events_are_stored_once_and_acknowledged_up_to_a_gap() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(dir.path()).unwrap();
-    let mut run = new_run();
-    store.create_run(&new_meta("r1"), &run).unwrap();
+    let (p, mut run) = new_plan_and_run();
+    store.create_run(&new_meta("r1"), &p, &run).unwrap();
     let commands = run.apply(Event::Start, 2_000).unwrap();
     let attempt = store
-        .commit("r1", &run, &commands, 2_000)
+        .commit("r1", &run, &commands, 2_000, None)
         .unwrap()
         .remove(0);
     let p = serde_json::json!({ "percent": 10 });
@@ -158,4 +163,112 @@ fn the_audit_trail_names_who_and_what() {
         .collect();
     assert_eq!(r1, ["start", "approve"]);
     assert_eq!(store.audit_entries(None).unwrap().len(), 3);
+}
+
+#[test]
+fn a_stored_run_restores_to_the_same_run_at_every_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let (p, mut run) = new_plan_and_run();
+    store.create_run(&new_meta("r1"), &p, &run).unwrap();
+    let mut now = 2_000;
+    let mut commands = run.apply(Event::Start, now).unwrap();
+    let mut controls = 0;
+    // Drive it: the first upgrade fails, the operator retries it, everything else succeeds.
+    for round in 0..40 {
+        let audit = AuditEntry {
+            at: now,
+            operator: "alice".into(),
+            action: "retry".into(),
+            run_id: "r1".into(),
+            node: Some("m".into()),
+            step: None,
+            detail: String::new(),
+        };
+        let control = commands.is_empty() && run.status() == crate::engine::RunStatus::Halted;
+        if control {
+            let failed = run
+                .steps
+                .iter()
+                .position(|s| s.state == StepState::Failed)
+                .unwrap();
+            commands = run
+                .apply(
+                    Event::Control(crate::engine::Control::Retry { step: failed }),
+                    now,
+                )
+                .unwrap();
+            controls += 1;
+        }
+        store
+            .commit("r1", &run, &commands, now, control.then_some(&audit))
+            .unwrap();
+        let stored = store.load_run("r1").unwrap();
+        let windows = vec![None; run.envs.len()];
+        let mut restored = Run::restore(
+            &stored.plan,
+            stored.step_timeout_ms,
+            windows,
+            stored.records,
+            stored.durable,
+        )
+        .unwrap();
+        restored.attached = run.attached.clone();
+        assert_eq!(restored, run, "round {round}");
+        // Each stored current attempt is the step's current attempt number.
+        for a in &stored.attempts {
+            assert_eq!(a.number, run.steps[a.step].attempt);
+        }
+        if run.status().is_final() {
+            break;
+        }
+        now += 1_000;
+        commands = match run.steps.iter().position(|s| s.state == StepState::Running) {
+            Some(step) => {
+                let fail = run.steps[step].plan.kind == crate::plan::StepKind::UpgradeMaster
+                    && run.steps[step].attempt == 1;
+                let outcome = if fail {
+                    Outcome::Failed("exit 1603".into())
+                } else {
+                    Outcome::Succeeded
+                };
+                let attempt = run.steps[step].attempt;
+                run.apply(
+                    Event::StepFinished {
+                        step,
+                        attempt,
+                        outcome,
+                    },
+                    now,
+                )
+                .unwrap()
+            }
+            None => run.apply(Event::Tick, now).unwrap(),
+        };
+    }
+    assert_eq!(run.status(), crate::engine::RunStatus::Succeeded);
+    assert_eq!(controls, 1);
+    assert_eq!(store.audit_entries(Some("r1")).unwrap().len(), 1);
+    assert!(
+        store.unfinished_runs().unwrap().is_empty(),
+        "a finished run is not resumed"
+    );
+}
+
+#[test]
+fn an_unfinished_run_is_found_for_resuming() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let (p, mut run) = new_plan_and_run();
+    store.create_run(&new_meta("r1"), &p, &run).unwrap();
+    let commands = run.apply(Event::Start, 2_000).unwrap();
+    let ids = store.commit("r1", &run, &commands, 2_000, None).unwrap();
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.unfinished_runs().unwrap(), ["r1"]);
+    let stored = store.load_run("r1").unwrap();
+    assert_eq!(stored.attempts.len(), 1);
+    assert_eq!(stored.attempts[0].id, ids[0]);
+    assert_eq!(stored.attempts[0].result, None);
+    assert!(stored.last_seq > 0);
 }
