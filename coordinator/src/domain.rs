@@ -93,6 +93,32 @@ impl Role {
     }
 }
 
+impl TryFrom<String> for NodeName {
+    type Error = String;
+    fn try_from(raw: String) -> Result<Self, String> {
+        Self::new(&raw)
+    }
+}
+
+impl From<NodeName> for String {
+    fn from(n: NodeName) -> String {
+        n.0
+    }
+}
+
+impl TryFrom<String> for EnvName {
+    type Error = String;
+    fn try_from(raw: String) -> Result<Self, String> {
+        Self::new(&raw)
+    }
+}
+
+impl From<EnvName> for String {
+    fn from(n: EnvName) -> String {
+        n.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,31 +143,5 @@ mod tests {
             "the environment name is empty"
         );
         assert!(EnvName::new("a b").is_err());
-    }
-}
-
-impl TryFrom<String> for NodeName {
-    type Error = String;
-    fn try_from(raw: String) -> Result<Self, String> {
-        Self::new(&raw)
-    }
-}
-
-impl From<NodeName> for String {
-    fn from(n: NodeName) -> String {
-        n.0
-    }
-}
-
-impl TryFrom<String> for EnvName {
-    type Error = String;
-    fn try_from(raw: String) -> Result<Self, String> {
-        Self::new(&raw)
-    }
-}
-
-impl From<EnvName> for String {
-    fn from(n: EnvName) -> String {
-        n.0
     }
 }

@@ -301,13 +301,17 @@ impl FleetTask {
                     let _ = reply.send(false);
                     return;
                 };
-                let sent = match entry
-                    .session
-                    .as_ref()
-                    .map(|s| s.sender.try_send(Ok(message)))
-                {
-                    Some(Ok(())) => true,
-                    Some(Err(mpsc::error::TrySendError::Full(_))) => {
+                // Some(full?) when not queued.
+                let refused = match entry.session.as_ref() {
+                    None => Some(false),
+                    Some(s) => match s.sender.try_send(Ok(message)) {
+                        Ok(()) => None,
+                        Err(e) => Some(matches!(e, mpsc::error::TrySendError::Full(_))),
+                    },
+                };
+                let sent = match refused {
+                    None => true,
+                    Some(true) => {
                         // An agent that does not read its stream cannot be driven: end the session,
                         // so that it re-attaches and is asked about what it missed.
                         if let Some(old) = entry.session.take() {
@@ -317,7 +321,7 @@ impl FleetTask {
                         tracing::warn!(node = %node, "agent {node} detached: it does not read its stream (send buffer full)");
                         false
                     }
-                    Some(Err(mpsc::error::TrySendError::Closed(_))) | None => false,
+                    Some(false) => false,
                 };
                 let _ = reply.send(sent);
             }

@@ -1,7 +1,7 @@
 //! Attaching to the coordinator: one long-lived `Attach` stream, heartbeats both ways, and re-attaching
 //! with backoff whenever the stream ends, forever, until shutdown.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -16,12 +16,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::attempts::Attempts;
 use crate::backoff::Backoff;
 use crate::catalogue::ActionName;
 use crate::config::AgentConfig;
 use crate::executor::{self, Assignment};
 use crate::facts;
+use crate::journal::{Journal, JournalError};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A session that lasted this long resets the re-attach backoff.
@@ -38,6 +38,8 @@ pub enum AgentError {
         path: std::path::PathBuf,
         detail: String,
     },
+    #[error("{0}")]
+    Journal(#[from] JournalError),
 }
 
 /// Why one attach attempt ended.
@@ -60,8 +62,9 @@ pub struct Agent {
     instance_id: String,
     started_at: SystemTime,
     highest_epoch: u64,
-    attempts: Attempts,
-    /// Step events and results, from attempts that outlive any one stream.
+    /// Attempts, their events until acknowledged, and the newest epoch seen: what survives a restart.
+    journal: Journal,
+    /// Messages that need not survive a broken stream (facts), from tasks that outlive one.
     outbox: mpsc::Sender<pb::AgentMessage>,
     outbox_rx: Option<mpsc::Receiver<pb::AgentMessage>>,
 }
@@ -83,14 +86,22 @@ impl Agent {
             path: config.state_dir.clone(),
             detail: e.to_string(),
         })?;
-        let (outbox, outbox_rx) = mpsc::channel(1024);
+        let (journal, interrupted) = Journal::open(&config.state_dir)?;
+        for attempt_id in interrupted {
+            tracing::error!(
+                attempt_id = %attempt_id,
+                "step attempt {attempt_id} was running when this agent stopped: it is reported failed (interrupted), not run again"
+            );
+        }
+        let highest_epoch = journal.highest_epoch()?;
+        let (outbox, outbox_rx) = mpsc::channel(64);
         Ok(Self {
             config,
             tls,
             instance_id: uuid_v4(),
             started_at: SystemTime::now(),
-            highest_epoch: 0,
-            attempts: Attempts::default(),
+            highest_epoch,
+            journal,
             outbox,
             outbox_rx: Some(outbox_rx),
         })
@@ -154,12 +165,16 @@ impl Agent {
                 Err(e) => return SessionEnd::Connect(e.to_string()),
             };
         let (tx, rx) = mpsc::channel::<pb::AgentMessage>(256);
+        let unsettled = match self.journal.unsettled() {
+            Ok(attempts) => attempts,
+            Err(e) => return SessionEnd::Lost(format!("cannot read the journal: {e}")),
+        };
         let hello = pb::Hello {
             node: self.config.node.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             facts: Some(facts),
             highest_epoch_seen: self.highest_epoch,
-            attempts: Vec::new(),
+            attempts: unsettled,
             agent_instance_id: self.instance_id.clone(),
             started_at_unix_ms: unix_ms(self.started_at),
             protocol_version: fleet_proto::PROTOCOL_VERSION,
@@ -197,6 +212,9 @@ impl Agent {
                 welcome.epoch, self.highest_epoch
             ));
         }
+        if let Err(e) = self.journal.see_epoch(welcome.epoch) {
+            return SessionEnd::Lost(format!("cannot record the coordinator's epoch: {e}"));
+        }
         *welcomed = Some(std::time::Instant::now());
         self.highest_epoch = welcome.epoch;
         let interval = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(100)));
@@ -212,8 +230,18 @@ impl Agent {
         // Only what the coordinator sends resets this: a link that died silently is noticed in `timeout`.
         let silence = tokio::time::sleep(timeout);
         tokio::pin!(silence);
+        // What goes out, in order; never awaited on while something could arrive (no deadlock with a
+        // coordinator that is itself waiting to send).
+        let mut queue: VecDeque<pb::AgentMessage> = VecDeque::new();
+        // Per attempt, the highest event seq queued in this session; a new session starts from what
+        // the journal still holds (everything not acknowledged).
+        let mut sent: HashMap<String, u64> = HashMap::new();
+        if let Err(e) = self.pull(&mut sent, &mut queue, outbox) {
+            return SessionEnd::Lost(format!("cannot read the journal: {e}"));
+        }
         loop {
             let next = tokio::select! {
+                biased;
                 () = shutdown.cancelled() => return SessionEnd::Lost("shutting down".into()),
                 () = &mut silence => {
                     return SessionEnd::Lost(format!(
@@ -221,10 +249,20 @@ impl Agent {
                         humantime::format_duration(timeout)
                     ));
                 }
+                next = inbound.message() => next,
+                permit = tx.reserve(), if !queue.is_empty() => {
+                    let Ok(permit) = permit else {
+                        return SessionEnd::Lost("the stream to the coordinator closed".into());
+                    };
+                    if let Some(message) = queue.pop_front() {
+                        permit.send(message);
+                    }
+                    continue;
+                }
                 _ = heartbeat.tick() => {
                     let beat = pb::Heartbeat {
                         sent_at_unix_ms: unix_ms(SystemTime::now()),
-                        attempts_in_flight: self.attempts.in_flight(),
+                        attempts_in_flight: self.journal.in_flight(),
                     };
                     // A full outbound buffer means the link is stuck: skip this beat, never block on it.
                     if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(message(AgentBody::Heartbeat(beat))) {
@@ -232,14 +270,16 @@ impl Agent {
                     }
                     continue;
                 }
-                Some(out) = outbox.recv() => {
-                    // Lost if the stream breaks now: the durable journal will re-send it.
-                    if tx.send(out).await.is_err() {
-                        return SessionEnd::Lost("the stream to the coordinator closed".into());
+                () = self.journal.changed().notified() => {
+                    if let Err(e) = self.pull(&mut sent, &mut queue, outbox) {
+                        tracing::error!("cannot read the journal: {e}");
                     }
                     continue;
                 }
-                next = inbound.message() => next,
+                Some(out) = outbox.recv() => {
+                    queue.push_back(out);
+                    continue;
+                }
             };
             silence
                 .as_mut()
@@ -251,7 +291,17 @@ impl Agent {
                 Ok(Some(pb::CoordinatorMessage { body: Some(body) })) => body,
             };
             match body {
-                CoordinatorBody::Heartbeat(_) | CoordinatorBody::EventAck(_) => {}
+                CoordinatorBody::Heartbeat(_) => {}
+                CoordinatorBody::EventAck(ack) => {
+                    if ack.epoch < self.highest_epoch {
+                        tracing::warn!(attempt_id = %ack.attempt_id, "an acknowledgement from older epoch {}; ignored", ack.epoch);
+                    } else if let Err(e) =
+                        self.journal
+                            .ack(&ack.attempt_id, ack.up_to_seq, ack.complete)
+                    {
+                        tracing::error!("cannot record an acknowledgement: {e}");
+                    }
+                }
                 CoordinatorBody::Welcome(_) => {
                     tracing::warn!("a second welcome from the coordinator; ignored")
                 }
@@ -262,31 +312,31 @@ impl Agent {
                         params.insert("installer".into(), request.installer);
                     }
                     let config = self.config.clone();
-                    let tx = tx.clone();
+                    let outbox = self.outbox.clone();
                     tokio::spawn(async move {
                         let facts = facts::collect(&config, &params).await;
-                        let _ = tx.send(message(AgentBody::Facts(facts))).await;
+                        let _ = outbox.send(message(AgentBody::Facts(facts))).await;
                     });
                 }
                 CoordinatorBody::Assign(assignment) => {
                     let ack = self.assign(assignment);
-                    if tx
-                        .send(message(AgentBody::AssignmentAck(ack)))
-                        .await
-                        .is_err()
-                    {
-                        return SessionEnd::Lost("the stream to the coordinator closed".into());
-                    }
+                    queue.push_back(message(AgentBody::AssignmentAck(ack)));
                 }
                 CoordinatorBody::AttemptQuery(query) => {
+                    if query.epoch < self.highest_epoch {
+                        tracing::warn!(
+                            "an attempt query from older epoch {}; ignored",
+                            query.epoch
+                        );
+                        continue;
+                    }
                     for attempt_id in query.attempt_ids {
-                        let report = self.attempts.report(&attempt_id);
-                        if tx
-                            .send(message(AgentBody::AttemptReport(report)))
-                            .await
-                            .is_err()
-                        {
-                            return SessionEnd::Lost("the stream to the coordinator closed".into());
+                        match self.journal.report(&attempt_id) {
+                            Ok(report) => {
+                                queue.push_back(message(AgentBody::AttemptReport(report)))
+                            }
+                            // Not answering is safe: the coordinator asks again at the next attach.
+                            Err(e) => tracing::error!("cannot read the journal: {e}"),
                         }
                     }
                 }
@@ -300,6 +350,22 @@ impl Agent {
                 ),
             }
         }
+    }
+
+    /// Queues what is new: first the non-durable messages already waiting (facts read before a
+    /// result must reach the coordinator before it), then journaled events not yet queued.
+    fn pull(
+        &self,
+        sent: &mut HashMap<String, u64>,
+        queue: &mut VecDeque<pb::AgentMessage>,
+        outbox: &mut mpsc::Receiver<pb::AgentMessage>,
+    ) -> Result<(), JournalError> {
+        let events = self.journal.unsent(sent)?;
+        while let Ok(out) = outbox.try_recv() {
+            queue.push_back(out);
+        }
+        queue.extend(events.into_iter().map(|e| message(AgentBody::Event(e))));
+        Ok(())
     }
 
     /// Decides on an assignment and, when accepted, starts it in its own task.
@@ -330,39 +396,49 @@ impl Agent {
             Ok(a) => a,
             Err((decision, reason)) => return refuse(decision, reason, None),
         };
-        if let Err(known) = self
-            .attempts
-            .accept(&assignment.attempt_id, assignment.epoch)
-        {
+        match self.journal.accept(
+            &assignment.attempt_id,
+            assignment.epoch,
+            &assignment.run_id,
+            &assignment.step,
+        ) {
+            Ok(Ok(())) => {}
             // Redelivered: report, never run again.
-            return pb::AssignmentAck {
-                attempt_id,
-                decision: pb::AssignmentDecision::Duplicate as i32,
-                reason: "this attempt was already received".into(),
-                report: Some(*known),
-            };
+            Ok(Err(known)) => {
+                return pb::AssignmentAck {
+                    attempt_id,
+                    decision: pb::AssignmentDecision::Duplicate as i32,
+                    reason: "this attempt was already received".into(),
+                    report: Some(*known),
+                };
+            }
+            // Not journaled, so not run: it could not be told from a redelivery later.
+            Err(e) => {
+                return refuse(
+                    pb::AssignmentDecision::Busy,
+                    format!("cannot journal the attempt: {e}"),
+                    None,
+                );
+            }
         }
         let span = tracing::info_span!(
             "step", run = %assignment.run_id, environment = %assignment.environment,
             step = %assignment.step, attempt_id = %assignment.attempt_id
         );
-        let (config, attempts, outbox) = (
-            self.config.clone(),
-            self.attempts.clone(),
-            self.outbox.clone(),
-        );
+        let (config, journal) = (self.config.clone(), self.journal.clone());
         let facts_outbox = self.outbox.clone();
         tokio::spawn(
             async move {
                 tracing::info!(action = %assignment.action, "step started");
                 let (tx, mut rx) = mpsc::channel::<pb::StepEvent>(256);
+                // Into the journal, never waiting on the network: a step's timeout holds while the
+                // coordinator is unreachable.
                 let forward = tokio::spawn(async move {
-                    let mut last = 0;
                     while let Some(event) = rx.recv().await {
-                        last = event.seq;
-                        let _ = outbox.send(message(AgentBody::Event(event))).await;
+                        if let Err(e) = journal.record(&event) {
+                            tracing::error!(seq = event.seq, "cannot journal a step event: {e}");
+                        }
                     }
-                    last
                 });
                 let changes_node = matches!(
                     assignment.action,
@@ -371,13 +447,12 @@ impl Agent {
                 let refresh = async {
                     if changes_node {
                         let facts = facts::collect(&config, &fact_params(&config)).await;
-                        let _ = facts_outbox.send(message(AgentBody::Facts(facts))).await;
+                        let _ = facts_outbox.try_send(message(AgentBody::Facts(facts)));
                     }
                 };
                 let result = executor::execute(&config, &assignment, tx, refresh).await;
-                let last_seq = forward.await.unwrap_or(0);
+                let _ = forward.await;
                 tracing::info!(outcome = ?result.outcome(), error = %result.error, "step finished");
-                attempts.finish(&assignment.attempt_id, result, last_seq);
             }
             .instrument(span),
         );

@@ -29,6 +29,8 @@ pub struct Assignment {
     pub action: ActionName,
     pub params: BTreeMap<String, String>,
     pub timeout: Duration,
+    /// The installer's SHA-256 the run's preflight read; `install_sso` refuses a different file.
+    pub expected_installer_sha256: Option<String>,
 }
 
 impl Assignment {
@@ -56,6 +58,7 @@ impl Assignment {
             action,
             params: a.params.into_iter().collect(),
             timeout: Duration::from_millis(a.timeout_ms),
+            expected_installer_sha256: Some(a.expected_installer_sha256).filter(|h| !h.is_empty()),
         })
     }
 }
@@ -143,6 +146,20 @@ async fn run(config: &AgentConfig, a: &Assignment, events: &mut Events) -> pb::S
     params.insert("node".into(), config.node.clone());
     params.insert("run_id".into(), a.run_id.clone());
     params.insert("environment".into(), a.environment.clone());
+    if a.action == ActionName::InstallSso
+        && let (Some(expected), Some(installer)) =
+            (&a.expected_installer_sha256, params.get("installer"))
+    {
+        match crate::hashing::sha256_file(Path::new(installer)).await {
+            Ok((_, found)) if &found == expected => {}
+            Ok((_, found)) => {
+                return failed(format!(
+                    "the installer {installer} has SHA-256 {found}, but the run's preflight read {expected}: it changed since; not installed"
+                ));
+            }
+            Err(e) => return failed(format!("cannot read the installer {installer}: {e}")),
+        }
+    }
     let mut stdin_secret = None;
     let mut backup = None;
     if a.action == ActionName::BackupSecret {

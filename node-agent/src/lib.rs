@@ -8,16 +8,16 @@
 //! - [`executor`]: runs one step attempt and reports numbered events.
 //! - [`facts`]: the `facts` action.
 //! - [`backoff`]: exponential backoff with jitter for re-attaching.
-//! - [`attempts`]: the attempts this agent accepted (each runs at most once).
+//! - [`journal`]: the durable record of attempts and unacknowledged events in `state_dir`.
 //! - [`attach`]: the long-lived stream to the coordinator.
 #![forbid(unsafe_code)]
 
 pub mod attach;
-pub mod attempts;
 pub mod backoff;
 pub mod catalogue;
 pub mod config;
 pub mod executor;
 pub mod facts;
 pub mod hashing;
+pub mod journal;
 pub mod runner;

@@ -83,6 +83,9 @@ fn newest_source(crates: &[&str]) -> Option<(PathBuf, std::time::SystemTime)> {
             } else if path
                 .extension()
                 .is_some_and(|e| e == "rs" || e == "proto" || e == "toml")
+                // Unit tests (`tests.rs`, `*/tests/*.rs`) are not part of a binary.
+                && path.file_name().is_none_or(|n| n != "tests.rs")
+                && !path.parent().is_some_and(|p| p.ends_with("tests"))
                 && let Ok(modified) = std::fs::metadata(&path).and_then(|m| m.modified())
                 && newest.as_ref().is_none_or(|(_, t)| modified > *t)
             {

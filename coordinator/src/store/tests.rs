@@ -8,10 +8,6 @@ use crate::plan::{Selection, Versions, plan};
 
 const FLEET: &str = "[upgrade]\ntarget_version = \"3.0.7\"\ninstaller = 's'\n[[environment]]\nname = \"dev\"\nmaster = \"m\"\nmembers = [\"a\"]\nbackup_dir = 'b'\n";
 
-fn new_run() -> Run {
-    new_plan_and_run().1
-}
-
 fn new_plan_and_run() -> (Plan, Run) {
     let inv = Inventory::parse(Path::new("f.toml"), FLEET).unwrap();
     let sel = Selection {

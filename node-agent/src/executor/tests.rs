@@ -67,6 +67,7 @@ fn assignment(action: ActionName, params: &[(&str, &str)]) -> Assignment {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         timeout: Duration::from_secs(30),
+        expected_installer_sha256: None,
     }
 }
 
@@ -317,4 +318,40 @@ fn assignments_from_the_wire_are_checked() {
         Assignment::from_proto(no_timeout).unwrap_err().0,
         pb::AssignmentDecision::Invalid
     );
+}
+
+#[tokio::test]
+async fn an_installer_changed_since_preflight_is_not_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let installer = dir.path().join("Setup.exe");
+    std::fs::write(&installer, "installer as preflight read it\n").unwrap();
+    let (_, read) = crate::hashing::sha256_file(&installer).await.unwrap();
+    let path = installer.to_str().unwrap();
+    let mut a = assignment(
+        ActionName::InstallSso,
+        &[("target_version", "3.0.7"), ("installer", path)],
+    );
+    a.expected_installer_sha256 = Some(read.clone());
+    let config = config(dir.path(), "", None);
+    let (result, _) = run_collect(&config, &a).await;
+    assert_eq!(result.outcome(), pb::StepOutcome::Succeeded, "{result:?}");
+
+    std::fs::write(&installer, "swapped\n").unwrap();
+    std::fs::remove_file(dir.path().join("esso/version")).ok();
+    let (result, events) = run_collect(&config, &a).await;
+    assert_eq!(result.outcome(), pb::StepOutcome::Failed);
+    assert!(
+        result.error.contains(&format!(
+            "but the run's preflight read {read}: it changed since; not installed"
+        )),
+        "{}",
+        result.error
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e.kind, Some(Kind::Started(_)))),
+        "the setup never started"
+    );
+    assert!(!dir.path().join("esso/version").exists());
 }

@@ -1,0 +1,475 @@
+//! The agent's journal (SPEC §9), a small SQLite database in `state_dir`: the newest coordinator
+//! epoch seen, every step attempt accepted with its state and result, and the step events not yet
+//! acknowledged by a coordinator.
+//!
+//! - An attempt is journaled before it starts, so a redelivered assignment (even after an agent
+//!   restart) is answered from here and never run twice (invariant 4).
+//! - Every event is journaled before it is sent, and sent again after a re-attach until a coordinator
+//!   acknowledges it (invariant 5). An attempt is forgotten only when the coordinator says its result
+//!   is stored (`complete`).
+//! - An attempt that was running when the agent stopped is `interrupted` at the next start: its
+//!   outcome is unknown, it is not run again, and a final failed event says so.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+use fleet_proto::{pb, unix_ms};
+use prost::Message;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::Notify;
+
+pub const FILE: &str = "journal.db";
+
+/// Completed attempts are kept this long to answer redeliveries, then pruned.
+const KEEP_COMPLETE_MS: i64 = 30 * 24 * 3600 * 1000;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS attempts (
+    id          TEXT PRIMARY KEY,
+    epoch       INTEGER NOT NULL,
+    run_id      TEXT NOT NULL,
+    step        TEXT NOT NULL,
+    state       TEXT NOT NULL,              -- running, finished, interrupted
+    accepted_at INTEGER NOT NULL,
+    finished_at INTEGER,
+    last_seq    INTEGER NOT NULL DEFAULT 0, -- highest event seq journaled
+    acked_seq   INTEGER NOT NULL DEFAULT 0, -- highest seq a coordinator acknowledged
+    result      BLOB,                       -- StepFinished, protobuf
+    complete    INTEGER NOT NULL DEFAULT 0  -- the coordinator stored the result
+);
+CREATE TABLE IF NOT EXISTS events (
+    attempt_id TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    body       BLOB NOT NULL,               -- StepEvent, protobuf
+    PRIMARY KEY (attempt_id, seq)
+) WITHOUT ROWID;
+";
+
+#[derive(Debug, thiserror::Error)]
+#[error("journal {}: {source}", path.display())]
+pub struct JournalError {
+    path: PathBuf,
+    source: rusqlite::Error,
+}
+
+/// The journal, shared by the session and the running attempts; [`Journal::changed`] wakes the
+/// session when there is something new to send.
+#[derive(Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+    changed: Notify,
+}
+
+impl Journal {
+    /// Opens (creating) the journal in `state_dir`. Attempts that were running when the agent
+    /// stopped are marked interrupted and get their final event; their ids are returned.
+    pub fn open(state_dir: &Path) -> Result<(Self, Vec<String>), JournalError> {
+        let path = state_dir.join(FILE);
+        let err = |source| JournalError {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(err)?;
+        // FULL: an accepted attempt is on disk before it starts, even across a power loss.
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
+        )
+        .map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        let journal = Self {
+            inner: Arc::new(Inner {
+                conn: Mutex::new(conn),
+                path: path.clone(),
+                changed: Notify::new(),
+            }),
+        };
+        let interrupted = journal.interrupt_running()?;
+        journal.with(|c| {
+            c.execute(
+                "DELETE FROM events WHERE attempt_id IN (SELECT id FROM attempts WHERE complete = 1)",
+                [],
+            )?;
+            c.execute(
+                "DELETE FROM attempts WHERE complete = 1 AND finished_at < ?1",
+                [now() - KEEP_COMPLETE_MS],
+            )
+        })?;
+        Ok((journal, interrupted))
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, JournalError> {
+        let mut conn = self
+            .inner
+            .conn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        f(&mut conn).map_err(|source| JournalError {
+            path: self.inner.path.clone(),
+            source,
+        })
+    }
+
+    /// Notified whenever an event is journaled.
+    pub fn changed(&self) -> &Notify {
+        &self.inner.changed
+    }
+
+    fn interrupt_running(&self) -> Result<Vec<String>, JournalError> {
+        let running: Vec<(String, u64)> = self.with(|c| {
+            let mut stmt =
+                c.prepare("SELECT id, last_seq FROM attempts WHERE state = 'running'")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+            rows.collect()
+        })?;
+        for (id, last_seq) in &running {
+            let result = pb::StepFinished {
+                outcome: pb::StepOutcome::Failed as i32,
+                error: "interrupted: the agent stopped while this step ran; its outcome is unknown and it was not run again (check the server, then retry or skip the step)".into(),
+                ..Default::default()
+            };
+            let event = pb::StepEvent {
+                attempt_id: id.clone(),
+                seq: last_seq + 1,
+                at_unix_ms: now(),
+                kind: Some(pb::step_event::Kind::Finished(result)),
+            };
+            self.record_as(&event, "interrupted")?;
+        }
+        Ok(running.into_iter().map(|(id, _)| id).collect())
+    }
+
+    /// The newest coordinator epoch this agent has seen (0: none).
+    pub fn highest_epoch(&self) -> Result<u64, JournalError> {
+        self.with(|c| {
+            c.query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()
+            .map(|v| v.map_or(0, |v| u64::try_from(v).unwrap_or(0)))
+        })
+    }
+
+    /// Records `epoch` as seen (the highest is kept).
+    pub fn see_epoch(&self, epoch: u64) -> Result<(), JournalError> {
+        let epoch = i64::try_from(epoch).unwrap_or(i64::MAX);
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO meta (key, value) VALUES ('epoch', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
+                [epoch],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Journals a new attempt as running. `Ok(Err(report))` when the id is known: it is not run again.
+    pub fn accept(
+        &self,
+        attempt_id: &str,
+        epoch: u64,
+        run_id: &str,
+        step: &str,
+    ) -> Result<Result<(), Box<pb::AttemptReport>>, JournalError> {
+        if let Some(known) = self.find(attempt_id)? {
+            return Ok(Err(Box::new(known)));
+        }
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO attempts (id, epoch, run_id, step, state, accepted_at) VALUES (?1, ?2, ?3, ?4, 'running', ?5)",
+                params![attempt_id, i64::try_from(epoch).unwrap_or(i64::MAX), run_id, step, now()],
+            )
+        })?;
+        Ok(Ok(()))
+    }
+
+    /// Journals an event of an attempt (its result too, when it is the final one) and wakes the session.
+    pub fn record(&self, event: &pb::StepEvent) -> Result<(), JournalError> {
+        self.record_as(event, "finished")
+    }
+
+    fn record_as(&self, event: &pb::StepEvent, final_state: &str) -> Result<(), JournalError> {
+        let seq = i64::try_from(event.seq).unwrap_or(i64::MAX);
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT OR IGNORE INTO events (attempt_id, seq, body) VALUES (?1, ?2, ?3)",
+                params![event.attempt_id, seq, event.encode_to_vec()],
+            )?;
+            tx.execute(
+                "UPDATE attempts SET last_seq = MAX(last_seq, ?2) WHERE id = ?1",
+                params![event.attempt_id, seq],
+            )?;
+            if let Some(pb::step_event::Kind::Finished(result)) = &event.kind {
+                tx.execute(
+                    "UPDATE attempts SET state = ?2, result = ?3, finished_at = ?4 WHERE id = ?1",
+                    params![event.attempt_id, final_state, result.encode_to_vec(), now()],
+                )?;
+            }
+            tx.commit()
+        })?;
+        self.inner.changed.notify_one();
+        Ok(())
+    }
+
+    /// A coordinator stored the attempt's events up to `up_to` (and its result, when `complete`).
+    pub fn ack(&self, attempt_id: &str, up_to: u64, complete: bool) -> Result<(), JournalError> {
+        let up_to = i64::try_from(up_to).unwrap_or(i64::MAX);
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "UPDATE attempts SET acked_seq = MAX(acked_seq, ?2) WHERE id = ?1",
+                params![attempt_id, up_to],
+            )?;
+            // Only a finished attempt can be complete: a stray ack must not make the agent forget a
+            // running one.
+            let complete = complete
+                && tx.execute(
+                    "UPDATE attempts SET complete = 1 WHERE id = ?1 AND state <> 'running'",
+                    [attempt_id],
+                )? == 1;
+            if complete {
+                tx.execute("DELETE FROM events WHERE attempt_id = ?1", [attempt_id])?;
+            } else {
+                tx.execute(
+                    "DELETE FROM events WHERE attempt_id = ?1 AND seq <= ?2",
+                    params![attempt_id, up_to],
+                )?;
+            }
+            tx.commit()
+        })
+    }
+
+    fn find(&self, attempt_id: &str) -> Result<Option<pb::AttemptReport>, JournalError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT id, state, last_seq, acked_seq, result, epoch FROM attempts WHERE id = ?1",
+                [attempt_id],
+                report_row,
+            )
+            .optional()
+        })
+    }
+
+    /// What the journal holds of an attempt (`UNKNOWN` when it was never received).
+    pub fn report(&self, attempt_id: &str) -> Result<pb::AttemptReport, JournalError> {
+        Ok(self.find(attempt_id)?.unwrap_or_else(|| pb::AttemptReport {
+            attempt_id: attempt_id.to_string(),
+            state: pb::AttemptState::Unknown as i32,
+            ..Default::default()
+        }))
+    }
+
+    /// Attempts whose result a coordinator has not confirmed: reported in every hello.
+    pub fn unsettled(&self) -> Result<Vec<pb::AttemptReport>, JournalError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, state, last_seq, acked_seq, result, epoch FROM attempts WHERE complete = 0 ORDER BY accepted_at, id",
+            )?;
+            let rows = stmt.query_map([], report_row)?;
+            rows.collect()
+        })
+    }
+
+    /// Journaled events not acknowledged and above `sent` (per attempt), in order per attempt;
+    /// `sent` is advanced past them.
+    pub fn unsent(
+        &self,
+        sent: &mut HashMap<String, u64>,
+    ) -> Result<Vec<pb::StepEvent>, JournalError> {
+        let rows: Vec<(String, u64, Vec<u8>)> = self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT attempt_id, seq, body FROM events ORDER BY attempt_id, seq",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?))
+            })?;
+            rows.collect()
+        })?;
+        let mut out = Vec::new();
+        for (attempt_id, seq, body) in rows {
+            let cursor = sent.entry(attempt_id).or_insert(0);
+            if seq <= *cursor {
+                continue;
+            }
+            match pb::StepEvent::decode(body.as_slice()) {
+                Ok(event) => {
+                    *cursor = seq;
+                    out.push(event);
+                }
+                Err(e) => tracing::error!("journal: an undecodable event ({e}); skipped"),
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.with(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM attempts WHERE state = 'running'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
+    }
+}
+
+fn report_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<pb::AttemptReport> {
+    let state = match r.get::<_, String>(1)?.as_str() {
+        "running" => pb::AttemptState::Running,
+        "finished" => pb::AttemptState::Finished,
+        "interrupted" => pb::AttemptState::Interrupted,
+        _ => pb::AttemptState::Unspecified,
+    };
+    let result: Option<Vec<u8>> = r.get(4)?;
+    Ok(pb::AttemptReport {
+        attempt_id: r.get(0)?,
+        state: state as i32,
+        last_seq: r.get::<_, i64>(2)? as u64,
+        acked_seq: r.get::<_, i64>(3)? as u64,
+        result: result.and_then(|b| pb::StepFinished::decode(b.as_slice()).ok()),
+        epoch: r.get::<_, i64>(5)? as u64,
+    })
+}
+
+fn now() -> i64 {
+    unix_ms(SystemTime::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(attempt: &str, seq: u64, finished: bool) -> pb::StepEvent {
+        let kind = if finished {
+            pb::step_event::Kind::Finished(pb::StepFinished {
+                outcome: pb::StepOutcome::Succeeded as i32,
+                ..Default::default()
+            })
+        } else {
+            pb::step_event::Kind::Log(pb::StepLog {
+                stream: pb::LogStream::Stdout as i32,
+                line: format!("line {seq}"),
+            })
+        };
+        pb::StepEvent {
+            attempt_id: attempt.into(),
+            seq,
+            at_unix_ms: 1,
+            kind: Some(kind),
+        }
+    }
+
+    #[test]
+    fn an_attempt_is_accepted_once_even_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, interrupted) = Journal::open(dir.path()).unwrap();
+        assert!(interrupted.is_empty());
+        j.accept("a", 3, "r", "upgrade").unwrap().unwrap();
+        assert_eq!(j.in_flight(), 1);
+        let again = j.accept("a", 3, "r", "upgrade").unwrap().unwrap_err();
+        assert_eq!(again.state(), pb::AttemptState::Running);
+        j.record(&event("a", 1, false)).unwrap();
+        j.record(&event("a", 2, true)).unwrap();
+        drop(j);
+        let (j, interrupted) = Journal::open(dir.path()).unwrap();
+        assert!(
+            interrupted.is_empty(),
+            "a finished attempt is not interrupted"
+        );
+        let done = j.accept("a", 4, "r", "upgrade").unwrap().unwrap_err();
+        assert_eq!(
+            (done.state(), done.last_seq),
+            (pb::AttemptState::Finished, 2)
+        );
+        assert_eq!(done.result.unwrap().outcome(), pb::StepOutcome::Succeeded);
+        assert_eq!(j.report("b").unwrap().state(), pb::AttemptState::Unknown);
+    }
+
+    #[test]
+    fn unacknowledged_events_are_sent_again_and_acknowledged_ones_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        j.accept("a", 1, "r", "s").unwrap().unwrap();
+        for seq in 1..=3 {
+            j.record(&event("a", seq, false)).unwrap();
+        }
+        let mut sent = HashMap::new();
+        let first: Vec<u64> = j.unsent(&mut sent).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(first, [1, 2, 3]);
+        assert!(
+            j.unsent(&mut sent).unwrap().is_empty(),
+            "sent once per session"
+        );
+        j.ack("a", 2, false).unwrap();
+        j.record(&event("a", 4, true)).unwrap();
+        // A new session starts from scratch: everything not acknowledged, in order.
+        let mut fresh = HashMap::new();
+        let again: Vec<u64> = j
+            .unsent(&mut fresh)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(again, [3, 4]);
+        assert_eq!(j.unsettled().unwrap().len(), 1);
+        j.ack("a", 4, true).unwrap();
+        assert!(j.unsettled().unwrap().is_empty());
+        assert!(j.unsent(&mut HashMap::new()).unwrap().is_empty());
+        // Still known: a redelivery is answered, never run.
+        assert!(j.accept("a", 1, "r", "s").unwrap().is_err());
+    }
+
+    #[test]
+    fn a_complete_ack_for_a_running_attempt_forgets_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        j.accept("a", 1, "r", "s").unwrap().unwrap();
+        j.record(&event("a", 1, false)).unwrap();
+        j.ack("a", 1, true).unwrap();
+        assert_eq!(j.unsettled().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn an_attempt_running_when_the_agent_stopped_is_interrupted_not_rerun() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        j.accept("a", 1, "r", "s").unwrap().unwrap();
+        j.record(&event("a", 1, false)).unwrap();
+        drop(j);
+        let (j, interrupted) = Journal::open(dir.path()).unwrap();
+        assert_eq!(interrupted, ["a"]);
+        let report = j.report("a").unwrap();
+        assert_eq!(report.state(), pb::AttemptState::Interrupted);
+        let result = report.result.unwrap();
+        assert_eq!(result.outcome(), pb::StepOutcome::Failed);
+        assert!(result.error.starts_with("interrupted"), "{}", result.error);
+        let events = j.unsent(&mut HashMap::new()).unwrap();
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+        assert!(j.accept("a", 2, "r", "s").unwrap().is_err());
+        assert_eq!(j.in_flight(), 0);
+    }
+
+    #[test]
+    fn the_highest_epoch_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.highest_epoch().unwrap(), 0);
+        j.see_epoch(5).unwrap();
+        j.see_epoch(3).unwrap();
+        drop(j);
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.highest_epoch().unwrap(), 5);
+    }
+}
