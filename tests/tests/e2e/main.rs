@@ -4,6 +4,7 @@
 
 mod agent_steps;
 mod attach;
+mod durability;
 mod inventory;
 mod plan;
 mod refusals;

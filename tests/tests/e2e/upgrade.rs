@@ -10,7 +10,7 @@ use fleet_tests::{
 };
 
 /// dev: m1 + a1..a3, prod: m2 + b1, b2; two members at a time.
-const FLEET: &str = r#"
+pub(crate) const FLEET: &str = r#"
 [upgrade]
 target_version = "3.0.7"
 installer = 'INSTALLER'
@@ -30,7 +30,7 @@ members = ["b1", "b2"]
 backup_dir = 'BACKUPS'
 "#;
 
-const NODES: [(&str, &str); 7] = [
+pub(crate) const NODES: [(&str, &str); 7] = [
     ("m1", "dev"),
     ("a1", "dev"),
     ("a2", "dev"),
@@ -40,15 +40,15 @@ const NODES: [(&str, &str); 7] = [
     ("b2", "prod"),
 ];
 
-struct Setup {
-    fleet: Fleet,
-    coordinator: Coordinator,
-    _agents: Vec<Agent>,
+pub(crate) struct Setup {
+    pub(crate) fleet: Fleet,
+    pub(crate) coordinator: Coordinator,
+    pub(crate) agents: Vec<Agent>,
 }
 
 /// A fleet on `inventory`; every node at 3.0.6 unless `versions` says otherwise; `env` adds fixture
 /// settings per node (e.g. a failing setup).
-fn setup(inventory: &str, versions: &[(&str, &str)], env: &[(&str, &str)]) -> Setup {
+pub(crate) fn setup(inventory: &str, versions: &[(&str, &str)], env: &[(&str, &str)]) -> Setup {
     let fleet = Fleet::new().unwrap();
     let backups = fleet.path("backups");
     std::fs::create_dir_all(&backups).unwrap();
@@ -91,12 +91,12 @@ fn setup(inventory: &str, versions: &[(&str, &str)], env: &[(&str, &str)]) -> Se
     Setup {
         fleet,
         coordinator,
-        _agents: agents,
+        agents,
     }
 }
 
 impl Setup {
-    fn ctl(&self, args: &[&str]) -> Output {
+    pub(crate) fn ctl(&self, args: &[&str]) -> Output {
         let (url, tls) = (self.coordinator.url(), self.fleet.path("tls"));
         let mut all = vec![
             "--coordinator",
@@ -108,7 +108,7 @@ impl Setup {
         fleetctl(&all)
     }
 
-    fn json(&self, args: &[&str]) -> (Option<i32>, serde_json::Value) {
+    pub(crate) fn json(&self, args: &[&str]) -> (Option<i32>, serde_json::Value) {
         let mut all = vec!["--output", "json"];
         all.extend_from_slice(args);
         let o = self.ctl(&all);
@@ -117,7 +117,7 @@ impl Setup {
         (o.status.code(), json)
     }
 
-    fn steps(run: &serde_json::Value) -> HashMap<String, String> {
+    pub(crate) fn steps(run: &serde_json::Value) -> HashMap<String, String> {
         run["steps"]
             .as_array()
             .unwrap()
@@ -149,7 +149,7 @@ fn is_master(node: &str) -> bool {
 }
 
 /// Invariants 1–3 of SPEC §5 from the tools' own log, and each tool run at most once per node.
-fn check_order(log: &[ToolEvent], max_parallel: usize) {
+pub(crate) fn check_order(log: &[ToolEvent], max_parallel: usize) {
     assert!(!log.is_empty(), "the tools logged nothing");
     for env in ["dev", "prod"] {
         // 1. No member tool starts before its master's verify ended.
@@ -213,7 +213,7 @@ fn check_order(log: &[ToolEvent], max_parallel: usize) {
     assert!(runs.values().all(|n| *n == 1), "a tool ran twice: {runs:?}");
 }
 
-fn setups(log: &[ToolEvent]) -> Vec<String> {
+pub(crate) fn setups(log: &[ToolEvent]) -> Vec<String> {
     log.iter()
         .filter(|e| e.tool == "setup" && e.start)
         .map(|e| e.node.clone())
@@ -352,7 +352,7 @@ fn a_plan_hash_is_accepted_and_refused_once_the_inventory_changed() {
     let Setup {
         fleet,
         mut coordinator,
-        _agents,
+        agents,
     } = s;
     coordinator.process.kill();
     let text = std::fs::read_to_string(fleet.path("fleet.toml"))
@@ -368,7 +368,7 @@ fn a_plan_hash_is_accepted_and_refused_once_the_inventory_changed() {
     let s = Setup {
         fleet,
         coordinator,
-        _agents,
+        agents,
     };
     let o = s.ctl(&["upgrade", "--all", "--plan-hash", &hash]);
     assert_eq!(o.status.code(), Some(2), "{o:?}");
