@@ -6,6 +6,8 @@
 //! `cargo test --workspace` builds them before any test runs.
 #![forbid(unsafe_code)]
 
+pub mod proxy;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -320,7 +322,8 @@ impl Default for CoordinatorOptions {
     fn default() -> Self {
         Self {
             heartbeat_interval: "200ms",
-            heartbeat_timeout: "1s",
+            // Short, and yet a loaded CI machine does not stall this long: a detached master halts a run.
+            heartbeat_timeout: "2s",
             state: "state",
         }
     }

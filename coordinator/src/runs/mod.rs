@@ -778,7 +778,10 @@ impl Manager {
                 }
             }
             pb::AttemptState::Finished | pb::AttemptState::Interrupted => match report.result {
-                Some(result) => self.finish(&node, &report.attempt_id, row, result).await,
+                Some(result) => {
+                    self.finish(&node, &report.attempt_id, row, result, report.last_seq)
+                        .await;
+                }
                 None => {
                     tracing::warn!(node = %node, attempt_id = %report.attempt_id, "a finished attempt reported without its result")
                 }
@@ -823,14 +826,16 @@ impl Manager {
     }
 
     /// An attempt's result: stored once, applied to the run if it is the step's current attempt, then
-    /// acknowledged as complete (only now may the agent forget it). A redelivered result is applied
-    /// again from the start, so a result stored just before a crash still moves the run on.
+    /// acknowledged as complete once every event up to `last_seq` is stored too (only then may the
+    /// agent forget it). A redelivered result is applied again from the start, so a result stored just
+    /// before a crash still moves the run on.
     async fn finish(
         &mut self,
         node: &NodeName,
         attempt_id: &str,
         row: crate::store::AttemptRow,
         result: pb::StepFinished,
+        last_seq: u64,
     ) {
         let artifacts: Vec<(String, String, u64, String)> = result
             .artifacts
@@ -875,15 +880,17 @@ impl Manager {
             _ => true,
         };
         if applied {
-            self.ack(node, attempt_id, true).await;
+            self.ack(node, attempt_id, Some(last_seq)).await;
         }
     }
 
-    /// Tells the agent what is stored of an attempt's events (and, when `complete`, its result).
-    async fn ack(&mut self, node: &NodeName, attempt_id: &str, complete: bool) {
+    /// Tells the agent which of an attempt's events are stored; with `result_seq` (the seq of its
+    /// result, applied), that the attempt is complete, if every event up to it is stored.
+    async fn ack(&mut self, node: &NodeName, attempt_id: &str, result_seq: Option<u64>) {
         let Ok(up_to) = self.store.contiguous_seq(attempt_id) else {
             return;
         };
+        let complete = result_seq.is_some_and(|last| up_to >= last);
         let ack = pb::EventAck {
             attempt_id: attempt_id.to_string(),
             up_to_seq: up_to,
@@ -952,10 +959,11 @@ impl Manager {
         };
         if let Kind::Finished(result) = kind {
             // Applied (and acknowledged complete) even when redelivered: see `finish`.
-            self.finish(&node, &event.attempt_id, row, result).await;
+            self.finish(&node, &event.attempt_id, row, result, event.seq)
+                .await;
             return;
         }
-        self.ack(&node, &event.attempt_id, false).await;
+        self.ack(&node, &event.attempt_id, None).await;
         if !fresh {
             return;
         }

@@ -1,9 +1,10 @@
 //! `fleetctl upgrade` end to end: real coordinator, agents and fleetctl; the simulated ESSO tools keep
 //! their own timestamped log, and the ordering invariants are checked against that log.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::process::Output;
 
+use fleet_tests::proxy::Proxy;
 use fleet_tests::{
     Agent, AgentSpec, Coordinator, CoordinatorOptions, Fleet, PATIENCE, ToolEvent, eventually,
     fleetctl, path_str, tool_log, upgrade_actions,
@@ -43,12 +44,25 @@ pub(crate) const NODES: [(&str, &str); 7] = [
 pub(crate) struct Setup {
     pub(crate) fleet: Fleet,
     pub(crate) coordinator: Coordinator,
+    /// In the order of [`NODES`].
     pub(crate) agents: Vec<Agent>,
+    /// The fault proxy each proxied node's agent reaches the coordinator through.
+    pub(crate) proxies: BTreeMap<String, Proxy>,
 }
 
 /// A fleet on `inventory`; every node at 3.0.6 unless `versions` says otherwise; `env` adds fixture
 /// settings per node (e.g. a failing setup).
 pub(crate) fn setup(inventory: &str, versions: &[(&str, &str)], env: &[(&str, &str)]) -> Setup {
+    setup_proxied(inventory, versions, env, &[])
+}
+
+/// As [`setup`], with the agents of `proxied` reaching the coordinator through a fault proxy each.
+pub(crate) fn setup_proxied(
+    inventory: &str,
+    versions: &[(&str, &str)],
+    env: &[(&str, &str)],
+    proxied: &[&str],
+) -> Setup {
     let fleet = Fleet::new().unwrap();
     let backups = fleet.path("backups");
     std::fs::create_dir_all(&backups).unwrap();
@@ -61,6 +75,10 @@ pub(crate) fn setup(inventory: &str, versions: &[(&str, &str)], env: &[(&str, &s
     fleet.write("fleet.toml", &inventory).unwrap();
     let coordinator =
         Coordinator::start(&fleet, "127.0.0.1:0", &CoordinatorOptions::default()).unwrap();
+    let proxies: BTreeMap<String, Proxy> = proxied
+        .iter()
+        .map(|n| (n.to_string(), Proxy::start(coordinator.addr).unwrap()))
+        .collect();
     let agents = NODES
         .iter()
         .map(|(node, _)| {
@@ -72,12 +90,15 @@ pub(crate) fn setup(inventory: &str, versions: &[(&str, &str)], env: &[(&str, &s
                 .map_or("3.0.6", |(_, v)| v);
             let extra_env = env.iter().find(|(n, _)| n == node).map_or("", |(_, e)| e);
             let actions = upgrade_actions(&fleet, node, extra_env).unwrap();
+            let url = proxies
+                .get(*node)
+                .map_or_else(|| coordinator.url(), Proxy::url);
             Agent::start_with(
                 &fleet,
                 &AgentSpec {
                     node,
                     tls_rel: &tls,
-                    coordinator: &coordinator.url(),
+                    coordinator: &url,
                     version,
                 },
                 &actions,
@@ -92,6 +113,7 @@ pub(crate) fn setup(inventory: &str, versions: &[(&str, &str)], env: &[(&str, &s
         fleet,
         coordinator,
         agents,
+        proxies,
     }
 }
 
@@ -353,6 +375,7 @@ fn a_plan_hash_is_accepted_and_refused_once_the_inventory_changed() {
         fleet,
         mut coordinator,
         agents,
+        proxies,
     } = s;
     coordinator.process.kill();
     let text = std::fs::read_to_string(fleet.path("fleet.toml"))
@@ -369,6 +392,7 @@ fn a_plan_hash_is_accepted_and_refused_once_the_inventory_changed() {
         fleet,
         coordinator,
         agents,
+        proxies,
     };
     let o = s.ctl(&["upgrade", "--all", "--plan-hash", &hash]);
     assert_eq!(o.status.code(), Some(2), "{o:?}");
