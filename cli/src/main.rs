@@ -87,28 +87,51 @@ enum Command {
         step: Option<String>,
     },
     /// Pause a run: in-flight steps finish, nothing new starts.
-    Pause { id: String },
+    Pause {
+        id: String,
+        #[command(flatten)]
+        note: Note,
+    },
     /// Resume a paused or halted run.
-    Resume { id: String },
-    /// Abort a run.
-    Abort { id: String },
+    Resume {
+        id: String,
+        #[command(flatten)]
+        note: Note,
+    },
+    /// Abort a run: steps in flight finish, nothing new starts, the run ends.
+    Abort {
+        id: String,
+        #[command(flatten)]
+        note: Note,
+    },
     /// Approve a gate or an attended install.
     Approve {
         id: String,
         #[arg(long)]
         node: Option<String>,
+        #[command(flatten)]
+        note: Note,
     },
-    /// Retry a node's failed step.
+    /// Retry a node's failed step (without --node: the failed preflight or backup-database).
     Retry {
         id: String,
         #[arg(long)]
-        node: String,
+        node: Option<String>,
+        /// The step, when the node has several (e.g. verify).
+        #[arg(long)]
+        step: Option<String>,
+        #[command(flatten)]
+        note: Note,
     },
-    /// Skip a node's failed step.
+    /// Skip a node's failed or pending member step.
     Skip {
         id: String,
         #[arg(long)]
         node: String,
+        #[arg(long)]
+        step: Option<String>,
+        #[command(flatten)]
+        note: Note,
     },
     /// Who did what, when.
     Audit { id: Option<String> },
@@ -167,6 +190,14 @@ enum InventoryCommand {
 #[derive(Subcommand)]
 enum RunCommand {
     Show { id: String },
+}
+
+/// Why, for the audit trail.
+#[derive(Args)]
+struct Note {
+    /// Recorded with the action in the audit trail.
+    #[arg(long, default_value = "")]
+    comment: String,
 }
 
 #[derive(Args)]
@@ -284,8 +315,10 @@ async fn run(cli: Cli) -> Result<()> {
         command => {
             let mut remote = remote::connect(&cli.coordinator, cli.tls_dir.as_ref()).await?;
             let output = cli.output;
-            let control = |id: &str, action, node| (id.to_string(), action, node);
-            let (id, action, node) = match command {
+            let control = |id: &str, action, node, step, note: Note| {
+                (id.to_string(), action, node, step, note.comment)
+            };
+            let (id, action, node, step, comment) = match command {
                 Command::Runs => return runs::list(&mut remote, output).await,
                 Command::Run {
                     command: RunCommand::Show { id },
@@ -295,15 +328,38 @@ async fn run(cli: Cli) -> Result<()> {
                     return runs::logs(&mut remote, &id, &node, step, output).await;
                 }
                 Command::Audit { id } => return runs::audit(&mut remote, id, output).await,
-                Command::Pause { id } => control(&id, pb::ControlAction::Pause, None),
-                Command::Resume { id } => control(&id, pb::ControlAction::Resume, None),
-                Command::Abort { id } => control(&id, pb::ControlAction::Abort, None),
-                Command::Approve { id, node } => control(&id, pb::ControlAction::Approve, node),
-                Command::Retry { id, node } => control(&id, pb::ControlAction::Retry, Some(node)),
-                Command::Skip { id, node } => control(&id, pb::ControlAction::Skip, Some(node)),
+                Command::Pause { id, note } => {
+                    control(&id, pb::ControlAction::Pause, None, None, note)
+                }
+                Command::Resume { id, note } => {
+                    control(&id, pb::ControlAction::Resume, None, None, note)
+                }
+                Command::Abort { id, note } => {
+                    control(&id, pb::ControlAction::Abort, None, None, note)
+                }
+                Command::Approve { id, node, note } => {
+                    control(&id, pb::ControlAction::Approve, node, None, note)
+                }
+                Command::Retry {
+                    id,
+                    node,
+                    step,
+                    note,
+                } => control(&id, pb::ControlAction::Retry, node, step, note),
+                Command::Skip {
+                    id,
+                    node,
+                    step,
+                    note,
+                } => control(&id, pb::ControlAction::Skip, Some(node), step, note),
                 _ => return Err(CliError::Usage("unexpected command".into())),
             };
-            runs::control(&mut remote, &id, action, node, output).await
+            let request = runs::ControlArgs {
+                node,
+                step,
+                comment,
+            };
+            runs::control(&mut remote, &id, action, request, output).await
         }
     }
 }

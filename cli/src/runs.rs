@@ -529,11 +529,18 @@ pub async fn logs(
     Ok(())
 }
 
+/// What a control names besides the run: a node's step, and why.
+pub struct ControlArgs {
+    pub node: Option<String>,
+    pub step: Option<String>,
+    pub comment: String,
+}
+
 pub async fn control(
     remote: &mut Remote,
     run_id: &str,
     action: pb::ControlAction,
-    node: Option<String>,
+    args: ControlArgs,
     output: Output,
 ) -> Result<()> {
     let run = remote
@@ -541,7 +548,9 @@ pub async fn control(
         .control(pb::ControlRequest {
             run_id: run_id.to_string(),
             action: action as i32,
-            node,
+            node: args.node,
+            step: args.step,
+            comment: args.comment,
             ..Default::default()
         })
         .await

@@ -824,6 +824,12 @@ impl Run {
             if self.envs[env].status == EnvStatus::Halted {
                 self.unhalt(env, out);
             }
+        } else if !chain_failed && !e.master_lost {
+            // Still over: say how things stand now; a retried step starts once the halt is lifted.
+            self.halt = Some(format!(
+                "{} member failure(s) in {} exceed max_failures = {}: retry or skip them, or resume to accept them (retried steps start then)",
+                e.member_failures, self.env_names[env], self.max_failures
+            ));
         }
     }
 

@@ -222,7 +222,7 @@ fn the_coordinator_killed_at_random_moments_resumes_every_run_with_every_invaria
 }
 
 /// Waits for the first fixture log line of `node`'s `tool` (start or end).
-fn wait_tool(fleet: &Fleet, node: &str, tool: &str, start: bool) {
+pub(crate) fn wait_tool(fleet: &Fleet, node: &str, tool: &str, start: bool) {
     eventually(PATIENCE, &format!("{node} {tool} start={start}"), || {
         tool_log(fleet)
             .iter()
@@ -231,7 +231,11 @@ fn wait_tool(fleet: &Fleet, node: &str, tool: &str, start: bool) {
     });
 }
 
-fn step_of<'a>(run: &'a serde_json::Value, node: &str, step: &str) -> &'a serde_json::Value {
+pub(crate) fn step_of<'a>(
+    run: &'a serde_json::Value,
+    node: &str,
+    step: &str,
+) -> &'a serde_json::Value {
     run["steps"]
         .as_array()
         .unwrap()

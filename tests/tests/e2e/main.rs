@@ -4,6 +4,7 @@
 
 mod agent_steps;
 mod attach;
+mod controls;
 mod durability;
 mod inventory;
 mod plan;
