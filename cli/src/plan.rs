@@ -59,6 +59,7 @@ fn to_json(plan: &pb::PlanResponse) -> Value {
             "members": e.members,
             "gate": e.gate,
             "window": (!e.window.is_empty()).then_some(&e.window),
+            "earliest_start": e.earliest_start_unix_ms.map(crate::runs::time),
         })).collect::<Vec<_>>(),
         "steps": plan.steps.iter().map(|s| json!({
             "index": s.index,

@@ -44,7 +44,7 @@ fn step_state(state: pb::StepState) -> &'static str {
     }
 }
 
-fn time(ms: i64) -> String {
+pub(crate) fn time(ms: i64) -> String {
     humantime::format_rfc3339_seconds(
         UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0)),
     )

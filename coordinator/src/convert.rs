@@ -73,12 +73,24 @@ pub fn action(kind: StepKind) -> pb::Action {
     }
 }
 
+/// The window as written, and when it lets a step start: `sat,sun 22:00-04:00 Europe/Berlin; opens
+/// Sat 2026-11-28 22:00:00 CET`, or `…; open now, until …`.
+fn describe_window(window: &crate::inventory::Window, now: i64) -> String {
+    match (window.closes_at(now), window.next_open(now)) {
+        (Some(close), _) => format!("{window}; open now, until {}", window.local(close)),
+        (None, Some(open)) => format!("{window}; opens {}", window.local(open)),
+        (None, None) => format!("{window}; never opens"),
+    }
+}
+
 pub fn plan_response(plan: &Plan, inventory: &Inventory) -> pb::PlanResponse {
+    let now = fleet_proto::unix_ms(std::time::SystemTime::now());
     let environments = plan
         .environments
         .iter()
         .map(|e| {
             let inv = inventory.environments.iter().find(|i| i.name == e.name);
+            let window = inv.and_then(|i| i.window.as_ref());
             pb::EnvironmentPlan {
                 name: e.name.to_string(),
                 master: e.master.to_string(),
@@ -88,11 +100,8 @@ pub fn plan_response(plan: &Plan, inventory: &Inventory) -> pb::PlanResponse {
                     Some(crate::inventory::InstallMode::Attended) => pb::InstallMode::Attended,
                     _ => pb::InstallMode::Unattended,
                 } as i32,
-                window: inv
-                    .and_then(|i| i.window.as_ref())
-                    .map(|w| w.to_string())
-                    .unwrap_or_default(),
-                earliest_start_unix_ms: None,
+                window: window.map(|w| describe_window(w, now)).unwrap_or_default(),
+                earliest_start_unix_ms: window.and_then(|w| w.next_open(now)),
             }
         })
         .collect();

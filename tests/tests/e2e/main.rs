@@ -10,6 +10,7 @@ mod inventory;
 mod plan;
 mod refusals;
 mod upgrade;
+mod windows;
 
 /// A two-environment inventory: dev (a1 master, a2 member) and prod (p1 master).
 pub const FLEET: &str = r#"
