@@ -1,8 +1,10 @@
 //! A real agent process runs the steps a coordinator assigns: numbered events with the result last,
-//! an attempt run at most once, assignments from an older epoch refused. The coordinator here is a
+//! an attempt run at most once (across agent restarts too: its journal), unacknowledged events sent
+//! again, assignments from an older epoch refused. The coordinator here is a
 //! stand-in served by the test over mTLS with the fleet's coordinator certificate.
 
-use std::sync::Mutex;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fleet_proto::identity::Role;
@@ -16,9 +18,10 @@ use tokio_stream::wrappers::ReceiverStream;
 
 type Outbound = mpsc::Receiver<Result<pb::CoordinatorMessage, tonic::Status>>;
 
+/// Serves one agent stream per queued outbound channel, in order.
 struct StandIn {
     inbound: mpsc::Sender<pb::AgentMessage>,
-    outbound: Mutex<Option<Outbound>>,
+    outbound: Arc<Mutex<VecDeque<Outbound>>>,
 }
 
 #[tonic::async_trait]
@@ -33,8 +36,8 @@ impl pb::agent_service_server::AgentService for StandIn {
             .outbound
             .lock()
             .unwrap()
-            .take()
-            .ok_or_else(|| tonic::Status::unavailable("one stream only"))?;
+            .pop_front()
+            .ok_or_else(|| tonic::Status::unavailable("no stream expected now"))?;
         let mut stream = request.into_inner();
         let inbound = self.inbound.clone();
         tokio::spawn(async move {
@@ -81,7 +84,7 @@ fn install(attempt_id: &str, epoch: u64) -> C {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_runs_an_assigned_step_once_and_refuses_a_stale_epoch() {
+async fn an_agent_runs_an_assigned_step_once_even_across_restarts_and_refuses_a_stale_epoch() {
     let fleet = Fleet::new().unwrap();
     fleet.issue_agent("tls", "a1", "agents/a1/tls").unwrap();
     let coordinator = TlsMaterial::load(
@@ -93,9 +96,10 @@ async fn an_agent_runs_an_assigned_step_once_and_refuses_a_stale_epoch() {
     let url = format!("https://{}", listener.local_addr().unwrap());
     let (inbound_tx, mut inbound) = mpsc::channel(1024);
     let (to_agent, outbound) = mpsc::channel(64);
+    let streams = Arc::new(Mutex::new(VecDeque::from([outbound])));
     let stand_in = StandIn {
         inbound: inbound_tx,
-        outbound: Mutex::new(Some(outbound)),
+        outbound: streams.clone(),
     };
     let server = tokio::spawn(
         tonic::transport::Server::builder()
@@ -111,17 +115,13 @@ async fn an_agent_runs_an_assigned_step_once_and_refuses_a_stale_epoch() {
         fixture("esso-setup").display(),
         home.display()
     );
-    let agent = Agent::start_with(
-        &fleet,
-        &AgentSpec {
-            node: "a1",
-            tls_rel: "agents/a1/tls",
-            coordinator: &url,
-            version: "3.0.6",
-        },
-        &extra,
-    )
-    .unwrap();
+    let spec = AgentSpec {
+        node: "a1",
+        tls_rel: "agents/a1/tls",
+        coordinator: &url,
+        version: "3.0.6",
+    };
+    let mut agent = Agent::start_with(&fleet, &spec, &extra).unwrap();
 
     let A::Hello(hello) = next(&mut inbound).await else {
         panic!("no hello first")
@@ -226,6 +226,102 @@ async fn an_agent_runs_an_assigned_step_once_and_refuses_a_stale_epoch() {
         (pb::AttemptState::Finished, pb::AttemptState::Unknown)
     );
     assert_eq!(r1.last_seq, events.len() as u64);
+    assert_eq!(
+        std::fs::read_to_string(home.join("version"))
+            .unwrap()
+            .trim(),
+        "sentinel",
+        "never run twice"
+    );
+
+    // The agent restarts. Its journal still holds att-1 (no coordinator said its result is stored)
+    // and epoch 5: it reports the attempt in its hello and sends every event again.
+    let (to_agent, outbound) = mpsc::channel(64);
+    streams.lock().unwrap().push_back(outbound);
+    agent.process.kill();
+    let mut agent = Agent::start_with(&fleet, &spec, &extra).unwrap();
+    let A::Hello(hello) = next(&mut inbound).await else {
+        panic!("no hello first")
+    };
+    assert_eq!(hello.highest_epoch_seen, 5);
+    assert_eq!(hello.attempts.len(), 1, "{:?}", hello.attempts);
+    assert_eq!(
+        (
+            hello.attempts[0].attempt_id.as_str(),
+            hello.attempts[0].state()
+        ),
+        ("att-1", pb::AttemptState::Finished)
+    );
+    to_agent
+        .send(send(C::Welcome(pb::Welcome {
+            epoch: 6,
+            heartbeat_interval_ms: 200,
+            heartbeat_timeout_ms: 5_000,
+            protocol_version: 1,
+            ..Default::default()
+        })))
+        .await
+        .unwrap();
+    let mut again = Vec::new();
+    while again.len() < events.len() {
+        if let A::Event(e) = next(&mut inbound).await {
+            again.push(e.seq);
+        }
+    }
+    assert_eq!(again, events, "every unacknowledged event, in order");
+    // Delivered again after the restart: still not run.
+    to_agent.send(send(install("att-1", 6))).await.unwrap();
+    let A::AssignmentAck(ack) = next(&mut inbound).await else {
+        panic!("no ack")
+    };
+    assert_eq!(ack.decision(), pb::AssignmentDecision::Duplicate);
+
+    // Acknowledged as stored and complete: the next hello no longer reports it, and nothing is re-sent.
+    to_agent
+        .send(send(C::EventAck(pb::EventAck {
+            attempt_id: "att-1".into(),
+            up_to_seq: events.len() as u64,
+            complete: true,
+            epoch: 6,
+        })))
+        .await
+        .unwrap();
+    // The agent answers queries in order: this one proves the ack above was handled.
+    to_agent
+        .send(send(C::AttemptQuery(pb::AttemptQuery {
+            attempt_ids: vec!["att-1".into()],
+            epoch: 6,
+        })))
+        .await
+        .unwrap();
+    let A::AttemptReport(report) = next(&mut inbound).await else {
+        panic!("no report")
+    };
+    assert_eq!(report.acked_seq, events.len() as u64);
+    let (to_agent, outbound) = mpsc::channel(64);
+    streams.lock().unwrap().push_back(outbound);
+    agent.process.kill();
+    let agent = Agent::start_with(&fleet, &spec, &extra).unwrap();
+    let A::Hello(hello) = next(&mut inbound).await else {
+        panic!("no hello first")
+    };
+    assert!(hello.attempts.is_empty(), "{:?}", hello.attempts);
+    assert_eq!(hello.highest_epoch_seen, 6);
+    to_agent
+        .send(send(C::Welcome(pb::Welcome {
+            epoch: 6,
+            heartbeat_interval_ms: 200,
+            heartbeat_timeout_ms: 5_000,
+            protocol_version: 1,
+            ..Default::default()
+        })))
+        .await
+        .unwrap();
+    to_agent.send(send(install("att-1", 6))).await.unwrap();
+    let A::AssignmentAck(ack) = next(&mut inbound).await else {
+        panic!("no ack: nothing else comes first")
+    };
+    assert_eq!(ack.decision(), pb::AssignmentDecision::Duplicate);
     assert_eq!(
         std::fs::read_to_string(home.join("version"))
             .unwrap()

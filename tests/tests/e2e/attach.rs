@@ -170,4 +170,12 @@ fn agents_and_coordinators_refuse_each_other_across_a_stale_epoch() {
     let line = a1.process.wait_for_log("refusing a stale coordinator");
     assert!(line.contains("older than epoch 2"), "{line}");
     assert_eq!(stale.node(&fleet, "a1").unwrap()["attached"], false);
+
+    // Restarted, the agent still knows epoch 2 (its journal): the stale coordinator stays refused.
+    let mut a1 = a1;
+    a1.process.kill();
+    let a1 = Agent::start_issued(&fleet, &stale.url(), "a1", "3.0.6").unwrap();
+    let line = a1.process.wait_for_log("refusing a stale coordinator");
+    assert!(line.contains("older than epoch 2"), "{line}");
+    assert_eq!(stale.node(&fleet, "a1").unwrap()["attached"], false);
 }
