@@ -5,6 +5,7 @@
 mod agent_steps;
 mod attach;
 mod controls;
+mod deliveries;
 mod durability;
 mod inventory;
 mod plan;
