@@ -64,6 +64,8 @@ pub struct Agent {
     highest_epoch: u64,
     /// Attempts, their events until acknowledged, and the newest epoch seen: what survives a restart.
     journal: Journal,
+    /// Attempts that were running when the agent last stopped and whose process still runs.
+    orphans: Vec<(String, u32)>,
     /// Messages that need not survive a broken stream (facts), from tasks that outlive one.
     outbox: mpsc::Sender<pb::AgentMessage>,
     outbox_rx: Option<mpsc::Receiver<pb::AgentMessage>>,
@@ -86,13 +88,7 @@ impl Agent {
             path: config.state_dir.clone(),
             detail: e.to_string(),
         })?;
-        let (journal, interrupted) = Journal::open(&config.state_dir)?;
-        for attempt_id in interrupted {
-            tracing::error!(
-                attempt_id = %attempt_id,
-                "step attempt {attempt_id} was running when this agent stopped: it is reported failed (interrupted), not run again"
-            );
-        }
+        let (journal, orphans) = Journal::open(&config.state_dir)?;
         let highest_epoch = journal.highest_epoch()?;
         let (outbox, outbox_rx) = mpsc::channel(64);
         Ok(Self {
@@ -102,14 +98,24 @@ impl Agent {
             started_at: SystemTime::now(),
             highest_epoch,
             journal,
+            orphans,
             outbox,
             outbox_rx: Some(outbox_rx),
         })
     }
 
     /// Attaches, and re-attaches with backoff whenever the stream ends, until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let span = tracing::info_span!("node", node = %self.config.node);
+        for (attempt_id, pid) in std::mem::take(&mut self.orphans) {
+            tracing::warn!(
+                attempt_id = %attempt_id,
+                "step attempt {attempt_id} was running when this agent stopped and its process {pid} still runs: \
+                 it is reported interrupted once that process ends, and not run again"
+            );
+            let journal = self.journal.clone();
+            tokio::spawn(async move { journal.wait_and_interrupt(&attempt_id, pid).await });
+        }
         self.attach_forever(shutdown).instrument(span).await;
     }
 

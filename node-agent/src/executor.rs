@@ -192,24 +192,20 @@ async fn run(config: &AgentConfig, a: &Assignment, events: &mut Events) -> pb::S
         timeout: action.timeout.unwrap_or(a.timeout).min(a.timeout),
         stdin_secret,
     };
-    events
-        .send(Kind::Started(pb::StepStarted {
-            pid: 0,
-            command: spec.display(),
-        }))
-        .await;
-
     let (report_tx, mut reports) = mpsc::channel(256);
     let runner = runner::run(&spec, report_tx);
     tokio::pin!(runner);
+    // `Started` carries the process id: the journal keeps it, so that an agent restarted while the
+    // step's process runs on waits for that process before it reports the attempt interrupted.
+    let command = spec.display();
     let outcome = loop {
         tokio::select! {
             outcome = &mut runner => break outcome,
-            Some(report) = reports.recv() => events.send(event_of(report)).await,
+            Some(report) = reports.recv() => events.send(event_of(report, &command)).await,
         }
     };
     while let Ok(report) = reports.try_recv() {
-        events.send(event_of(report)).await;
+        events.send(event_of(report, &command)).await;
     }
     let outcome = match outcome {
         Ok(outcome) => outcome,
@@ -274,8 +270,12 @@ pub fn install_exit(code: Option<i32>) -> InstallExit {
     }
 }
 
-fn event_of(report: Report) -> Kind {
+fn event_of(report: Report, command: &str) -> Kind {
     match report {
+        Report::Spawned(pid) => Kind::Started(pb::StepStarted {
+            pid,
+            command: command.to_string(),
+        }),
         Report::Progress { percent, message } => {
             Kind::Progress(pb::StepProgress { percent, message })
         }

@@ -8,7 +8,9 @@
 //!   acknowledges it (invariant 5). An attempt is forgotten only when the coordinator says its result
 //!   is stored (`complete`).
 //! - An attempt that was running when the agent stopped is `interrupted` at the next start: its
-//!   outcome is unknown, it is not run again, and a final failed event says so.
+//!   outcome is unknown, it is not run again, and a final failed event says so. When its process
+//!   still runs (an installer outlives the agent that started it), the attempt stays running until
+//!   that process has ended, so that nothing else is started on the server meanwhile.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -38,7 +40,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     last_seq    INTEGER NOT NULL DEFAULT 0, -- highest event seq journaled
     acked_seq   INTEGER NOT NULL DEFAULT 0, -- highest seq a coordinator acknowledged
     result      BLOB,                       -- StepFinished, protobuf
-    complete    INTEGER NOT NULL DEFAULT 0  -- the coordinator stored the result
+    complete    INTEGER NOT NULL DEFAULT 0, -- the coordinator stored the result
+    pid         INTEGER                     -- the step's process, once started
 );
 CREATE TABLE IF NOT EXISTS events (
     attempt_id TEXT NOT NULL,
@@ -70,8 +73,9 @@ struct Inner {
 
 impl Journal {
     /// Opens (creating) the journal in `state_dir`. Attempts that were running when the agent
-    /// stopped are marked interrupted and get their final event; their ids are returned.
-    pub fn open(state_dir: &Path) -> Result<(Self, Vec<String>), JournalError> {
+    /// stopped are marked interrupted and get their final event, unless their process still runs:
+    /// those are returned as orphans (attempt id, process id), for [`Journal::wait_and_interrupt`].
+    pub fn open(state_dir: &Path) -> Result<(Self, Vec<(String, u32)>), JournalError> {
         let path = state_dir.join(FILE);
         let err = |source| JournalError {
             path: path.clone(),
@@ -125,28 +129,54 @@ impl Journal {
         &self.inner.changed
     }
 
-    fn interrupt_running(&self) -> Result<Vec<String>, JournalError> {
-        let running: Vec<(String, u64)> = self.with(|c| {
-            let mut stmt =
-                c.prepare("SELECT id, last_seq FROM attempts WHERE state = 'running'")?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+    fn interrupt_running(&self) -> Result<Vec<(String, u32)>, JournalError> {
+        let running: Vec<(String, Option<u32>)> = self.with(|c| {
+            let mut stmt = c.prepare("SELECT id, pid FROM attempts WHERE state = 'running'")?;
+            let rows = stmt.query_map([], |r| {
+                let pid = r.get::<_, Option<i64>>(1)?;
+                Ok((r.get(0)?, pid.and_then(|p| u32::try_from(p).ok())))
+            })?;
             rows.collect()
         })?;
-        for (id, last_seq) in &running {
-            let result = pb::StepFinished {
-                outcome: pb::StepOutcome::Failed as i32,
-                error: "interrupted: the agent stopped while this step ran; its outcome is unknown and it was not run again (check the server, then retry or skip the step)".into(),
-                ..Default::default()
-            };
-            let event = pb::StepEvent {
-                attempt_id: id.clone(),
-                seq: last_seq + 1,
-                at_unix_ms: now(),
-                kind: Some(pb::step_event::Kind::Finished(result)),
-            };
-            self.record_as(&event, "interrupted")?;
+        let mut orphans = Vec::new();
+        for (id, pid) in running {
+            match pid.filter(|&p| p > 0 && process_alive(p)) {
+                Some(pid) => orphans.push((id, pid)),
+                None => self.interrupt(&id, "")?,
+            }
         }
-        Ok(running.into_iter().map(|(id, _)| id).collect())
+        Ok(orphans)
+    }
+
+    /// Records the attempt as interrupted, with its final (failed) event.
+    fn interrupt(&self, attempt_id: &str, detail: &str) -> Result<(), JournalError> {
+        let last_seq = self.find(attempt_id)?.map_or(0, |r| r.last_seq);
+        let result = pb::StepFinished {
+            outcome: pb::StepOutcome::Failed as i32,
+            error: format!(
+                "interrupted: the agent stopped while this step ran{detail}; its outcome is unknown and it was not run again (check the server, then retry or skip the step)"
+            ),
+            ..Default::default()
+        };
+        let event = pb::StepEvent {
+            attempt_id: attempt_id.to_string(),
+            seq: last_seq + 1,
+            at_unix_ms: now(),
+            kind: Some(pb::step_event::Kind::Finished(result)),
+        };
+        self.record_as(&event, "interrupted")
+    }
+
+    /// Waits until the process an interrupted attempt started has ended, then records the attempt
+    /// as interrupted.
+    pub async fn wait_and_interrupt(&self, attempt_id: &str, pid: u32) {
+        while process_alive(pid) {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        let detail = format!(" (its process {pid} ran on, and has ended)");
+        if let Err(e) = self.interrupt(attempt_id, &detail) {
+            tracing::error!(attempt_id, "cannot record an interrupted attempt: {e}");
+        }
     }
 
     /// The newest coordinator epoch this agent has seen (0: none).
@@ -210,6 +240,14 @@ impl Journal {
                 "UPDATE attempts SET last_seq = MAX(last_seq, ?2) WHERE id = ?1",
                 params![event.attempt_id, seq],
             )?;
+            if let Some(pb::step_event::Kind::Started(started)) = &event.kind
+                && started.pid > 0
+            {
+                tx.execute(
+                    "UPDATE attempts SET pid = ?2 WHERE id = ?1",
+                    params![event.attempt_id, i64::from(started.pid)],
+                )?;
+            }
             if let Some(pb::step_event::Kind::Finished(result)) = &event.kind {
                 tx.execute(
                     "UPDATE attempts SET state = ?2, result = ?3, finished_at = ?4 WHERE id = ?1",
@@ -343,6 +381,40 @@ fn report_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<pb::AttemptReport> {
     })
 }
 
+/// Whether a process with this id exists (another one may have reused the id, rarely: then the
+/// agent waits for that one too, which is safe). Where it cannot tell, it says no.
+fn process_alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Ok(pid) = i32::try_from(pid) else {
+            return false;
+        };
+        // Signal 0: only the existence and permission checks.
+        let exists = matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Ok(()) | Err(nix::errno::Errno::EPERM)
+        );
+        exists && !is_zombie(pid)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        false
+    }
+}
+
+/// A zombie has ended: only its parent has not collected it (Linux: the state letter in /proc).
+#[cfg(unix)]
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
 fn now() -> i64 {
     unix_ms(SystemTime::now())
 }
@@ -448,8 +520,11 @@ mod tests {
         j.accept("a", 1, "r", "s").unwrap().unwrap();
         j.record(&event("a", 1, false)).unwrap();
         drop(j);
-        let (j, interrupted) = Journal::open(dir.path()).unwrap();
-        assert_eq!(interrupted, ["a"]);
+        let (j, orphans) = Journal::open(dir.path()).unwrap();
+        assert!(
+            orphans.is_empty(),
+            "no process was recorded: interrupted at once"
+        );
         let report = j.report("a").unwrap();
         assert_eq!(report.state(), pb::AttemptState::Interrupted);
         let result = report.result.unwrap();
@@ -471,5 +546,52 @@ mod tests {
         drop(j);
         let (j, _) = Journal::open(dir.path()).unwrap();
         assert_eq!(j.highest_epoch().unwrap(), 5);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn an_interrupted_attempt_whose_process_runs_on_waits_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        j.accept("a", 1, "r", "upgrade").unwrap().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let started = pb::StepEvent {
+            attempt_id: "a".into(),
+            seq: 1,
+            at_unix_ms: 1,
+            kind: Some(pb::step_event::Kind::Started(pb::StepStarted {
+                pid: child.id(),
+                command: "setup".into(),
+            })),
+        };
+        j.record(&started).unwrap();
+        drop(j);
+        let (j, orphans) = Journal::open(dir.path()).unwrap();
+        assert_eq!(orphans, [("a".to_string(), child.id())]);
+        assert_eq!(j.report("a").unwrap().state(), pb::AttemptState::Running);
+        assert_eq!(j.in_flight(), 1, "nothing else should start meanwhile");
+        let waiting = {
+            let j = j.clone();
+            let pid = child.id();
+            tokio::spawn(async move { j.wait_and_interrupt("a", pid).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        assert_eq!(j.report("a").unwrap().state(), pb::AttemptState::Running);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        let report = j.report("a").unwrap();
+        assert_eq!(report.state(), pb::AttemptState::Interrupted);
+        let error = report.result.unwrap().error;
+        assert!(
+            error.contains(&format!("its process {} ran on, and has ended", child.id())),
+            "{error}"
+        );
     }
 }

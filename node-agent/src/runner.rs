@@ -41,8 +41,16 @@ impl CommandSpec {
 /// What a running command reports, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Report {
-    Progress { percent: u32, message: String },
-    Output { key: String, value: String },
+    /// The process started, with this id (first, once).
+    Spawned(u32),
+    Progress {
+        percent: u32,
+        message: String,
+    },
+    Output {
+        key: String,
+        value: String,
+    },
     Stdout(String),
     Stderr(String),
 }
@@ -139,6 +147,7 @@ pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Ou
         source,
     })?;
     let deadline = tokio::time::Instant::now() + spec.timeout;
+    let _ = reports.send(Report::Spawned(child.id().unwrap_or(0))).await;
     if let (Some(secret), Some(mut stdin)) = (spec.stdin_secret.clone(), child.stdin.take()) {
         // From a task: a child that writes a lot before it reads stdin must not stall the deadline.
         // A program that exits without reading its input is its own failure; report that, not EPIPE.
@@ -348,7 +357,7 @@ mod tests {
         assert_eq!(outcome.failure("facts"), "facts exited with code 3: oops");
         let mut stdout = Vec::new();
         while let Ok(report) = rx.try_recv() {
-            if !matches!(report, Report::Stderr(_)) {
+            if !matches!(report, Report::Stderr(_) | Report::Spawned(_)) {
                 stdout.push(report);
             }
         }

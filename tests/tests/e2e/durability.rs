@@ -363,6 +363,20 @@ fn an_agent_killed_mid_step_reports_the_attempt_interrupted_and_never_reruns_it(
     });
     let upgrade = step_of(&halted, "a1", "upgrade");
     assert_eq!(upgrade["state"], "failed", "{halted}");
+    // The setup outlived the killed agent: the attempt was reported only once it had ended.
+    assert!(
+        tool_log(&s.fleet)
+            .iter()
+            .any(|e| e.node == "a1" && e.tool == "setup" && !e.start),
+        "reported interrupted while its setup still ran"
+    );
+    assert!(
+        upgrade["message"]
+            .as_str()
+            .unwrap()
+            .contains("ran on, and has ended"),
+        "{upgrade}"
+    );
     assert!(
         upgrade["message"]
             .as_str()
