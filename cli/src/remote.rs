@@ -15,6 +15,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Remote {
     pub url: String,
     pub client: OperatorServiceClient<Channel>,
+    tls_dir: Option<PathBuf>,
+}
+
+impl Remote {
+    /// Connects again (the coordinator restarted, the link dropped).
+    pub async fn reconnect(&mut self) -> Result<()> {
+        *self = connect(&self.url, self.tls_dir.as_ref()).await?;
+        Ok(())
+    }
 }
 
 pub async fn connect(coordinator: &str, tls_dir: Option<&PathBuf>) -> Result<Remote> {
@@ -42,5 +51,6 @@ pub async fn connect(coordinator: &str, tls_dir: Option<&PathBuf>) -> Result<Rem
     Ok(Remote {
         url: coordinator.to_string(),
         client: OperatorServiceClient::new(channel),
+        tls_dir: Some(tls_dir.clone()),
     })
 }

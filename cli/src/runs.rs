@@ -200,9 +200,98 @@ async fn follow_from(
         }
         return final_result(&run);
     }
-    let after_seq = if from_start { 0 } else { run.last_event_seq };
+    let mut after_seq = if from_start { 0 } else { run.last_event_seq };
     let live = output == Output::Text && std::io::stdout().is_terminal();
     let mut view = if live { View::live(&run) } else { View::Plain };
+    // A coordinator that restarts (or a link that drops) does not end the watch: it reconnects and
+    // goes on from the last event it showed, for as long as RECONNECT_FOR allows.
+    let mut lost_since: Option<std::time::Instant> = None;
+    'watch: loop {
+        let lost = match watch_once(
+            remote,
+            run_id,
+            after_seq,
+            output,
+            &mut view,
+            &mut lost_since,
+        )
+        .await
+        {
+            Ok(Watched::Stopped) => break 'watch,
+            Ok(Watched::Seen(seq)) => {
+                after_seq = seq;
+                "the coordinator ended the stream".to_string()
+            }
+            Err((seq, status)) if transient(&status) => {
+                after_seq = seq.max(after_seq);
+                CliError::from_status(&status, &remote.url).to_string()
+            }
+            Err((_, status)) => return Err(CliError::from_status(&status, &remote.url)),
+        };
+        let since = *lost_since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() > RECONNECT_FOR {
+            view.finish();
+            return Err(CliError::Unreachable(format!(
+                "{lost}; gave up after {} s (the run goes on: `fleetctl watch {run_id}`)",
+                RECONNECT_FOR.as_secs()
+            )));
+        }
+        view.note(&format!("{lost}; reconnecting"));
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if remote.reconnect().await.is_ok() {
+                break;
+            }
+            if since.elapsed() > RECONNECT_FOR {
+                view.finish();
+                return Err(CliError::Unreachable(format!(
+                    "{lost}; gave up after {} s (the run goes on: `fleetctl watch {run_id}`)",
+                    RECONNECT_FOR.as_secs()
+                )));
+            }
+        }
+    }
+    view.finish();
+    let run = get(remote, run_id).await?;
+    match output {
+        Output::Json => println!("{}", run_json(&run)),
+        Output::Text => print!("{}", run_text(&run)),
+    }
+    final_result(&run)
+}
+
+/// How long `watch` keeps reconnecting to a coordinator that went away.
+const RECONNECT_FOR: Duration = Duration::from_secs(120);
+
+enum Watched {
+    /// The run stopped (finished or halted).
+    Stopped,
+    /// The stream ended; the last stored event seen.
+    Seen(u64),
+}
+
+/// Worth reconnecting for: the coordinator or the link went away.
+fn transient(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::Internal
+            | tonic::Code::DeadlineExceeded
+    )
+}
+
+/// One watch stream, from `after_seq`; `Err` carries the last seq seen with the stream's error.
+async fn watch_once(
+    remote: &mut Remote,
+    run_id: &str,
+    after_seq: u64,
+    output: Output,
+    view: &mut View,
+    lost_since: &mut Option<std::time::Instant>,
+) -> std::result::Result<Watched, (u64, tonic::Status)> {
+    let mut seen = after_seq;
     let mut stream = remote
         .client
         .watch_run(pb::WatchRunRequest {
@@ -213,9 +302,15 @@ async fn follow_from(
             step: None,
         })
         .await
-        .map_err(rpc(remote))?
+        .map_err(|s| (seen, s))?
         .into_inner();
-    while let Some(event) = stream.message().await.map_err(rpc(remote))? {
+    *lost_since = None;
+    loop {
+        let Some(event) = stream.message().await.map_err(|s| (seen, s))? else {
+            return Ok(Watched::Seen(seen));
+        };
+        // Live output of a step carries the seq of the last stored event: taking the highest is right.
+        seen = seen.max(event.seq);
         if output == Output::Text {
             view.show(&event);
         }
@@ -228,16 +323,9 @@ async fn follow_from(
                     | pb::RunState::Halted
             )
         {
-            break;
+            return Ok(Watched::Stopped);
         }
     }
-    view.finish();
-    let run = get(remote, run_id).await?;
-    match output {
-        Output::Json => println!("{}", run_json(&run)),
-        Output::Text => print!("{}", run_text(&run)),
-    }
-    final_result(&run)
 }
 
 enum View {
@@ -411,6 +499,16 @@ impl View {
                 }
                 _ => {}
             },
+        }
+    }
+
+    /// A line about the watch itself (not the run), on standard error.
+    fn note(&self, text: &str) {
+        match self {
+            View::Live { bars, .. } => {
+                let _ = bars.println(format!("fleetctl: {text}"));
+            }
+            View::Plain => eprintln!("fleetctl: {text}"),
         }
     }
 

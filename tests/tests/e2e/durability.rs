@@ -399,3 +399,33 @@ fn an_agent_killed_mid_step_reports_the_attempt_interrupted_and_never_reruns_it(
     assert_eq!(step_of(&run, "a1", "upgrade")["attempts"], 2);
     check_stored_events(&s.fleet, &run_id);
 }
+
+#[test]
+fn an_operator_following_a_run_rides_out_a_coordinator_restart() {
+    let env = [("m1", ", FAKE_SETUP_SECONDS = \"1.5\"")];
+    let mut s = setup(FLEET, &[("b2", "3.0.7")], &env);
+    let follower = {
+        let (url, tls) = (s.coordinator.url(), s.fleet.path("tls"));
+        std::thread::spawn(move || {
+            fleet_tests::fleetctl(&[
+                "--coordinator",
+                &url,
+                "--tls-dir",
+                fleet_tests::path_str(&tls).unwrap(),
+                "--output",
+                "json",
+                "upgrade",
+                "--all",
+            ])
+        })
+    };
+    wait_tool(&s.fleet, "m1", "setup", true);
+    restart_coordinator(&mut s);
+    let o = follower.join().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert!(stderr.contains("reconnecting"), "{stderr}");
+    let run: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(run["state"], "succeeded", "{run}");
+    check_order(&tool_log(&s.fleet), 2);
+}
