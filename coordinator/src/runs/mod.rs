@@ -499,9 +499,13 @@ impl Manager {
             return true;
         };
         let running = active.run.has_running_steps();
-        // A finished run still hears results and times out silent steps of attempts it sent.
+        // A finished (aborted) run still hears results of attempts it sent, learns which never
+        // arrived, and times out silent ones.
         if active.run.status().is_final()
-            && !matches!(event, Event::StepFinished { .. } | Event::Tick)
+            && !matches!(
+                event,
+                Event::StepFinished { .. } | Event::StepNotDelivered { .. } | Event::Tick
+            )
         {
             return true;
         }
