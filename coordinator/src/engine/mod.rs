@@ -780,10 +780,14 @@ impl Run {
         }
     }
 
-    /// A change to an environment's members after its gate began waiting: the gate starts over.
+    /// A change to an environment's members after its gate began waiting, or passed while the
+    /// environment was held (an approval given during a halt): the gate starts over.
     fn reopen_gate(&mut self, env: usize, out: &mut Vec<Command>) {
         let gate = self.envs[env].steps.end - 1;
-        if self.steps[gate].state == StepState::Waiting {
+        let passed_but_held = self.steps[gate].state == StepState::Succeeded
+            && self.envs[env].status != EnvStatus::Succeeded;
+        if self.steps[gate].state == StepState::Waiting || passed_but_held {
+            self.steps[gate].finished_at = None;
             self.steps[gate].wait_until = None;
             self.set(gate, StepState::Pending, "", out);
             self.set_env(env, EnvStatus::Running, out);

@@ -467,6 +467,45 @@ fn a_detached_master_halts_its_environment_until_it_is_back_and_resumed() {
 }
 
 #[test]
+fn an_approval_given_while_halted_is_withdrawn_when_a_member_is_retried() {
+    // Found by the properties (kept as a regression): the approval predated the member's new result.
+    let inv = inventory(&[("manual", &["m", "a"], ""), ("auto", &["p"], "")], 1, 0);
+    let mut run = run_of(&inv, &[]);
+    let mut queue = dispatched(&run.apply(Event::Start, T0).unwrap());
+    while let Some((step, _)) = queue.pop() {
+        if run.steps[step].plan.kind == StepKind::UpgradeMember {
+            fail(&mut run, step);
+            break;
+        }
+        queue.extend(ok(&mut run, step));
+    }
+    let a = run
+        .steps
+        .iter()
+        .position(|s| s.plan.kind == StepKind::UpgradeMember)
+        .unwrap();
+    run.apply(Event::Control(Control::Resume), T0).unwrap(); // accept a's failure
+    assert_eq!(run.status(), RunStatus::WaitingApproval);
+    let m = NodeName::new("m").unwrap();
+    run.apply(Event::NodeDetached(m.clone()), T0).unwrap();
+    run.apply(Event::Control(Control::Approve), T0).unwrap();
+    run.apply(Event::Control(Control::Retry { step: a }), T0)
+        .unwrap();
+    run.apply(Event::NodeAttached(m), T0).unwrap();
+    let mut queue = dispatched(&run.apply(Event::Control(Control::Resume), T0).unwrap());
+    while let Some((step, _)) = queue.pop() {
+        assert_eq!(
+            run.steps[step].plan.env,
+            0,
+            "{} started without a new approval",
+            name(&run, step)
+        );
+        queue.extend(ok(&mut run, step));
+    }
+    assert_eq!(run.status(), RunStatus::WaitingApproval);
+}
+
+#[test]
 fn one_resume_lifts_a_pause_and_a_halt() {
     let inv = inventory(&[("auto", &["m", "a", "b"], "")], 1, 0);
     let mut run = run_of(&inv, &[]);
