@@ -402,6 +402,20 @@ impl Agent {
             Ok(a) => a,
             Err((decision, reason)) => return refuse(decision, reason, None),
         };
+        // One step at a time on a server: a second installer next to one still running (an attempt
+        // the coordinator gave up on, or one that outlived a restart of this agent) is refused.
+        let new = self
+            .journal
+            .report(&assignment.attempt_id)
+            .is_ok_and(|r| r.state() == pb::AttemptState::Unknown);
+        let running = self.journal.in_flight();
+        if new && running > 0 {
+            return refuse(
+                pb::AssignmentDecision::Busy,
+                format!("{running} step attempt(s) still run on this server; one step at a time"),
+                None,
+            );
+        }
         match self.journal.accept(
             &assignment.attempt_id,
             assignment.epoch,

@@ -715,7 +715,9 @@ impl Manager {
                 }
                 decision => {
                     tracing::warn!(node = %node, attempt_id = %ack.attempt_id, ?decision, "assignment refused: {}", ack.reason);
-                    if let Some((step, attempt)) = self.current_attempt(&ack.attempt_id) {
+                    if self.attempt_of(&node, &ack.attempt_id).is_some()
+                        && let Some((step, attempt)) = self.current_attempt(&ack.attempt_id)
+                    {
                         let outcome =
                             Outcome::Failed(format!("{node} refused the step: {}", ack.reason));
                         self.apply(Event::StepFinished {
@@ -1125,18 +1127,32 @@ impl Manager {
         };
         for id in older {
             tracing::error!(run = %id, "run {id} was left unfinished by an older coordinator and is not resumed: only one run is active at a time");
+            self.broken = Some(format!(
+                "runs {} were left unfinished; only the newest is resumed: abort the others' steps by hand and restart",
+                older.join(", ")
+            ));
         }
         let stored = match self.store.load_run(newest) {
             Ok(stored) => stored,
             Err(e) => {
-                tracing::error!(run = %newest, "cannot resume run {newest}: {e}");
+                let problem = format!("cannot resume run {newest}: {e}");
+                tracing::error!(run = %newest, "{problem}");
+                self.broken = Some(format!(
+                    "{problem}; no new run starts while it may still have steps out on agents (restart the coordinator once the cause is fixed)"
+                ));
                 return;
             }
         };
         let inventory = match Inventory::parse(&self.inventory.path, &stored.inventory_toml) {
             Ok(inventory) => inventory,
             Err(e) => {
-                tracing::error!(run = %newest, "cannot resume run {newest}: its inventory snapshot no longer parses: {e}");
+                let problem = format!(
+                    "cannot resume run {newest}: its inventory snapshot no longer parses: {e}"
+                );
+                tracing::error!(run = %newest, "{problem}");
+                self.broken = Some(format!(
+                    "{problem}; no new run starts while it may still have steps out on agents (restart the coordinator once the cause is fixed)"
+                ));
                 return;
             }
         };
@@ -1150,7 +1166,11 @@ impl Manager {
         ) {
             Ok(run) => run,
             Err(e) => {
-                tracing::error!(run = %newest, "cannot resume run {newest}: {e}");
+                let problem = format!("cannot resume run {newest}: {e}");
+                tracing::error!(run = %newest, "{problem}");
+                self.broken = Some(format!(
+                    "{problem}; no new run starts while it may still have steps out on agents (restart the coordinator once the cause is fixed)"
+                ));
                 return;
             }
         };
@@ -1174,9 +1194,25 @@ impl Manager {
         );
         tracing::info!(run = %newest, status = run.status().as_str(), "{note}");
         if let Err(e) = self.store.note(newest, now_ms(), &note) {
-            tracing::error!(run = %newest, "cannot resume run {newest}: {e}");
+            let problem = format!("cannot resume run {newest}: {e}");
+            tracing::error!(run = %newest, "{problem}");
+            self.broken = Some(format!(
+                "{problem}; no new run starts while it may still have steps out on agents (restart the coordinator once the cause is fixed)"
+            ));
             return;
         }
+        // The clock of steps out on agents starts again: time the coordinator was down is not theirs
+        // to answer for (their results may be waiting in the agents' journals).
+        let mut run = run;
+        let restarted = now_ms();
+        for s in run
+            .steps
+            .iter_mut()
+            .filter(|s| s.state == StepState::Running)
+        {
+            s.dispatched_at = Some(restarted);
+        }
+        let never_started = !run.started;
         self.active = Some(Active {
             id: stored.id.clone(),
             run,
@@ -1188,6 +1224,10 @@ impl Manager {
             installer_sha256: stored.installer_sha256,
         });
         self.stream_stored();
+        if never_started {
+            // Stored, then stopped before its first decision.
+            self.apply(Event::Start).await;
+        }
         for (step, attempt) in in_flight {
             let Some(a) = stored
                 .attempts
