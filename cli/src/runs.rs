@@ -231,10 +231,7 @@ async fn follow_from(
         let since = *lost_since.get_or_insert_with(std::time::Instant::now);
         if since.elapsed() > RECONNECT_FOR {
             view.finish();
-            return Err(CliError::Unreachable(format!(
-                "{lost}; gave up after {} s (the run goes on: `fleetctl watch {run_id}`)",
-                RECONNECT_FOR.as_secs()
-            )));
+            return Err(gave_up(&lost, run_id));
         }
         view.note(&format!("{lost}; reconnecting"));
         loop {
@@ -244,10 +241,7 @@ async fn follow_from(
             }
             if since.elapsed() > RECONNECT_FOR {
                 view.finish();
-                return Err(CliError::Unreachable(format!(
-                    "{lost}; gave up after {} s (the run goes on: `fleetctl watch {run_id}`)",
-                    RECONNECT_FOR.as_secs()
-                )));
+                return Err(gave_up(&lost, run_id));
             }
         }
     }
@@ -258,6 +252,13 @@ async fn follow_from(
         Output::Text => print!("{}", run_text(&run)),
     }
     final_result(&run)
+}
+
+fn gave_up(lost: &str, run_id: &str) -> CliError {
+    CliError::Unreachable(format!(
+        "{lost}; gave up after {} s (the run goes on: `fleetctl watch {run_id}`)",
+        RECONNECT_FOR.as_secs()
+    ))
 }
 
 /// How long `watch` keeps reconnecting to a coordinator that went away.

@@ -21,7 +21,7 @@ use crate::catalogue::ActionName;
 use crate::config::AgentConfig;
 use crate::executor::{self, Assignment};
 use crate::facts;
-use crate::journal::{Journal, JournalError};
+use crate::journal::{Accept, Journal, JournalError};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A session that lasted this long resets the re-attach backoff.
@@ -402,29 +402,24 @@ impl Agent {
             Ok(a) => a,
             Err((decision, reason)) => return refuse(decision, reason, None),
         };
-        // One step at a time on a server: a second installer next to one still running (an attempt
-        // the coordinator gave up on, or one that outlived a restart of this agent) is refused.
-        let new = self
-            .journal
-            .report(&assignment.attempt_id)
-            .is_ok_and(|r| r.state() == pb::AttemptState::Unknown);
-        let running = self.journal.in_flight();
-        if new && running > 0 {
-            return refuse(
-                pb::AssignmentDecision::Busy,
-                format!("{running} step attempt(s) still run on this server; one step at a time"),
-                None,
-            );
-        }
         match self.journal.accept(
             &assignment.attempt_id,
             assignment.epoch,
             &assignment.run_id,
             &assignment.step,
         ) {
-            Ok(Ok(())) => {}
+            Ok(Accept::New) => {}
+            Ok(Accept::Busy(running)) => {
+                return refuse(
+                    pb::AssignmentDecision::Busy,
+                    format!(
+                        "{running} step attempt(s) still run on this server; one step at a time"
+                    ),
+                    None,
+                );
+            }
             // Redelivered: report, never run again.
-            Ok(Err(known)) => {
+            Ok(Accept::Known(known)) => {
                 return pb::AssignmentAck {
                     attempt_id,
                     decision: pb::AssignmentDecision::Duplicate as i32,

@@ -210,9 +210,15 @@ impl Journal {
         epoch: u64,
         run_id: &str,
         step: &str,
-    ) -> Result<Result<(), Box<pb::AttemptReport>>, JournalError> {
+    ) -> Result<Accept, JournalError> {
         if let Some(known) = self.find(attempt_id)? {
-            return Ok(Err(Box::new(known)));
+            return Ok(Accept::Known(Box::new(known)));
+        }
+        // One step at a time on a server: no second installer next to one still running (an attempt
+        // the coordinator gave up on, or one that outlived a restart of this agent).
+        let running = self.in_flight();
+        if running > 0 {
+            return Ok(Accept::Busy(running));
         }
         self.with(|c| {
             c.execute(
@@ -220,7 +226,7 @@ impl Journal {
                 params![attempt_id, i64::try_from(epoch).unwrap_or(i64::MAX), run_id, step, now()],
             )
         })?;
-        Ok(Ok(()))
+        Ok(Accept::New)
     }
 
     /// Journals an event of an attempt (its result too, when it is the final one) and wakes the session.
@@ -363,6 +369,17 @@ impl Journal {
     }
 }
 
+/// What [`Journal::accept`] decided.
+#[derive(Debug)]
+pub enum Accept {
+    /// Journaled as running: run it.
+    New,
+    /// Seen before: what is known of it; never run again.
+    Known(Box<pb::AttemptReport>),
+    /// This many other attempts still run here.
+    Busy(u32),
+}
+
 fn report_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<pb::AttemptReport> {
     let state = match r.get::<_, String>(1)?.as_str() {
         "running" => pb::AttemptState::Running,
@@ -423,6 +440,19 @@ fn now() -> i64 {
 mod tests {
     use super::*;
 
+    impl Accept {
+        fn fresh(self) {
+            assert!(matches!(self, Accept::New), "{self:?}");
+        }
+
+        fn known(self) -> Box<pb::AttemptReport> {
+            match self {
+                Accept::Known(r) => r,
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
     fn event(attempt: &str, seq: u64, finished: bool) -> pb::StepEvent {
         let kind = if finished {
             pb::step_event::Kind::Finished(pb::StepFinished {
@@ -448,9 +478,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (j, interrupted) = Journal::open(dir.path()).unwrap();
         assert!(interrupted.is_empty());
-        j.accept("a", 3, "r", "upgrade").unwrap().unwrap();
+        j.accept("a", 3, "r", "upgrade").unwrap().fresh();
         assert_eq!(j.in_flight(), 1);
-        let again = j.accept("a", 3, "r", "upgrade").unwrap().unwrap_err();
+        let again = j.accept("a", 3, "r", "upgrade").unwrap().known();
         assert_eq!(again.state(), pb::AttemptState::Running);
         j.record(&event("a", 1, false)).unwrap();
         j.record(&event("a", 2, true)).unwrap();
@@ -460,7 +490,7 @@ mod tests {
             interrupted.is_empty(),
             "a finished attempt is not interrupted"
         );
-        let done = j.accept("a", 4, "r", "upgrade").unwrap().unwrap_err();
+        let done = j.accept("a", 4, "r", "upgrade").unwrap().known();
         assert_eq!(
             (done.state(), done.last_seq),
             (pb::AttemptState::Finished, 2)
@@ -473,7 +503,7 @@ mod tests {
     fn unacknowledged_events_are_sent_again_and_acknowledged_ones_forgotten() {
         let dir = tempfile::tempdir().unwrap();
         let (j, _) = Journal::open(dir.path()).unwrap();
-        j.accept("a", 1, "r", "s").unwrap().unwrap();
+        j.accept("a", 1, "r", "s").unwrap().fresh();
         for seq in 1..=3 {
             j.record(&event("a", seq, false)).unwrap();
         }
@@ -500,14 +530,14 @@ mod tests {
         assert!(j.unsettled().unwrap().is_empty());
         assert!(j.unsent(&mut HashMap::new()).unwrap().is_empty());
         // Still known: a redelivery is answered, never run.
-        assert!(j.accept("a", 1, "r", "s").unwrap().is_err());
+        j.accept("a", 1, "r", "s").unwrap().known();
     }
 
     #[test]
     fn a_complete_ack_for_a_running_attempt_forgets_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let (j, _) = Journal::open(dir.path()).unwrap();
-        j.accept("a", 1, "r", "s").unwrap().unwrap();
+        j.accept("a", 1, "r", "s").unwrap().fresh();
         j.record(&event("a", 1, false)).unwrap();
         j.ack("a", 1, true).unwrap();
         assert_eq!(j.unsettled().unwrap().len(), 1);
@@ -517,7 +547,7 @@ mod tests {
     fn an_attempt_running_when_the_agent_stopped_is_interrupted_not_rerun() {
         let dir = tempfile::tempdir().unwrap();
         let (j, _) = Journal::open(dir.path()).unwrap();
-        j.accept("a", 1, "r", "s").unwrap().unwrap();
+        j.accept("a", 1, "r", "s").unwrap().fresh();
         j.record(&event("a", 1, false)).unwrap();
         drop(j);
         let (j, orphans) = Journal::open(dir.path()).unwrap();
@@ -532,7 +562,7 @@ mod tests {
         assert!(result.error.starts_with("interrupted"), "{}", result.error);
         let events = j.unsent(&mut HashMap::new()).unwrap();
         assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
-        assert!(j.accept("a", 2, "r", "s").unwrap().is_err());
+        j.accept("a", 2, "r", "s").unwrap().known();
         assert_eq!(j.in_flight(), 0);
     }
 
@@ -553,7 +583,7 @@ mod tests {
     async fn an_interrupted_attempt_whose_process_runs_on_waits_for_it() {
         let dir = tempfile::tempdir().unwrap();
         let (j, _) = Journal::open(dir.path()).unwrap();
-        j.accept("a", 1, "r", "upgrade").unwrap().unwrap();
+        j.accept("a", 1, "r", "upgrade").unwrap().fresh();
         let mut child = std::process::Command::new("sleep")
             .arg("30")
             .spawn()

@@ -69,6 +69,16 @@ async fn next(rx: &mut mpsc::Receiver<pb::AgentMessage>) -> A {
     }
 }
 
+fn welcome(epoch: u64) -> Result<pb::CoordinatorMessage, tonic::Status> {
+    send(C::Welcome(pb::Welcome {
+        epoch,
+        heartbeat_interval_ms: 200,
+        heartbeat_timeout_ms: 5_000,
+        protocol_version: 1,
+        ..Default::default()
+    }))
+}
+
 fn install(attempt_id: &str, epoch: u64) -> C {
     C::Assign(pb::StepAssignment {
         epoch,
@@ -127,16 +137,7 @@ async fn an_agent_runs_an_assigned_step_once_even_across_restarts_and_refuses_a_
         panic!("no hello first")
     };
     assert_eq!((hello.node.as_str(), hello.highest_epoch_seen), ("a1", 0));
-    to_agent
-        .send(send(C::Welcome(pb::Welcome {
-            epoch: 5,
-            heartbeat_interval_ms: 200,
-            heartbeat_timeout_ms: 5_000,
-            protocol_version: 1,
-            ..Default::default()
-        })))
-        .await
-        .unwrap();
+    to_agent.send(welcome(5)).await.unwrap();
     to_agent.send(send(install("att-1", 5))).await.unwrap();
 
     let A::AssignmentAck(ack) = next(&mut inbound).await else {
@@ -252,16 +253,7 @@ async fn an_agent_runs_an_assigned_step_once_even_across_restarts_and_refuses_a_
         ),
         ("att-1", pb::AttemptState::Finished)
     );
-    to_agent
-        .send(send(C::Welcome(pb::Welcome {
-            epoch: 6,
-            heartbeat_interval_ms: 200,
-            heartbeat_timeout_ms: 5_000,
-            protocol_version: 1,
-            ..Default::default()
-        })))
-        .await
-        .unwrap();
+    to_agent.send(welcome(6)).await.unwrap();
     let mut again = Vec::new();
     while again.len() < events.len() {
         if let A::Event(e) = next(&mut inbound).await {
@@ -307,16 +299,7 @@ async fn an_agent_runs_an_assigned_step_once_even_across_restarts_and_refuses_a_
     };
     assert!(hello.attempts.is_empty(), "{:?}", hello.attempts);
     assert_eq!(hello.highest_epoch_seen, 6);
-    to_agent
-        .send(send(C::Welcome(pb::Welcome {
-            epoch: 6,
-            heartbeat_interval_ms: 200,
-            heartbeat_timeout_ms: 5_000,
-            protocol_version: 1,
-            ..Default::default()
-        })))
-        .await
-        .unwrap();
+    to_agent.send(welcome(6)).await.unwrap();
     to_agent.send(send(install("att-1", 6))).await.unwrap();
     let A::AssignmentAck(ack) = next(&mut inbound).await else {
         panic!("no ack: nothing else comes first")
