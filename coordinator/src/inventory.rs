@@ -196,14 +196,26 @@ pub enum SqlAuth {
     Integrated,
 }
 
+/// How the connection to SQL Server is encrypted (`encrypt` in `[environment.sso_database]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqlEncryption {
+    /// `encrypt = "strict"`: TDS 8.0, TLS before anything else (SQL Server 2022 and later).
+    Strict,
+    /// `encrypt = true`, the default: the whole session in TLS, negotiated at pre-login (TDS 7.4).
+    Mandatory,
+    /// `encrypt = false`: only the login packet is encrypted, as SQL Server always does; the rest is
+    /// plaintext. For a SQL Server that has no certificate.
+    LoginOnly,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SsoDatabase {
     pub server: String,
     pub port: u16,
     pub database: String,
     pub auth: SqlAuth,
-    /// TLS to SQL Server; on by default.
-    pub encrypt: bool,
+    /// TLS to SQL Server: `Mandatory` by default.
+    pub encryption: SqlEncryption,
     /// Trust any server certificate: only when explicitly set.
     pub trust_server_certificate: bool,
     pub ca_file: Option<PathBuf>,
@@ -338,8 +350,8 @@ struct RawSsoDatabase {
     user: Option<Spanned<String>>,
     password_file: Option<Spanned<String>>,
     integrated: Option<Spanned<bool>>,
-    encrypt: Option<bool>,
-    trust_server_certificate: Option<bool>,
+    encrypt: Option<Spanned<toml::Value>>,
+    trust_server_certificate: Option<Spanned<bool>>,
     ca_file: Option<Spanned<String>>,
     connect_timeout: Option<Spanned<String>>,
     query_timeout: Option<Spanned<String>>,
@@ -857,6 +869,39 @@ impl Checker<'_> {
             None => Some(Duration::from_secs(30 * 60)),
             Some(d) => self.duration(d, &format!("{key}.query_timeout")),
         };
+        let encryption = match raw.encrypt.as_ref().map(|e| (e, e.get_ref())) {
+            None | Some((_, toml::Value::Boolean(true))) => Some(SqlEncryption::Mandatory),
+            Some((_, toml::Value::Boolean(false))) => Some(SqlEncryption::LoginOnly),
+            Some((_, toml::Value::String(text))) if text.eq_ignore_ascii_case("strict") => {
+                Some(SqlEncryption::Strict)
+            }
+            Some((at, other)) => {
+                self.problem(
+                    at,
+                    format!("{key}.encrypt"),
+                    format!(
+                        "{other} is not an encryption mode: write true (the default: TLS for the whole session), \"strict\" (TDS 8.0, SQL Server 2022 and later) or false (only the login is encrypted)"
+                    ),
+                );
+                None
+            }
+        };
+        let trust_any = raw
+            .trust_server_certificate
+            .as_ref()
+            .is_some_and(|t| *t.get_ref());
+        if let (Some(trust), Some(_), true) = (
+            &raw.trust_server_certificate,
+            &raw.ca_file,
+            trust_any,
+        ) {
+            self.problem(
+                trust,
+                format!("{key}.trust_server_certificate"),
+                "choose either ca_file (verify the server's certificate against that CA) or trust_server_certificate = true (accept any certificate), not both",
+            );
+            ok = false;
+        }
         if !ok {
             return None;
         }
@@ -865,8 +910,8 @@ impl Checker<'_> {
             port: port?,
             database,
             auth: auth?,
-            encrypt: raw.encrypt.unwrap_or(true),
-            trust_server_certificate: raw.trust_server_certificate.unwrap_or(false),
+            encryption: encryption?,
+            trust_server_certificate: trust_any,
             ca_file: raw.ca_file.as_ref().map(|f| self.base.join(f.get_ref())),
             connect_timeout: connect_timeout?,
             query_timeout: query_timeout?,

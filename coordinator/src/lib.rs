@@ -26,6 +26,7 @@ pub mod plan;
 pub mod runs;
 pub mod service;
 pub mod settings;
+pub mod sql;
 pub mod store;
 
 use std::path::PathBuf;

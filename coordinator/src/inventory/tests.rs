@@ -61,6 +61,23 @@ fn edit(from: &str, to: &str) -> String {
 }
 
 #[test]
+fn sql_encryption_modes_and_trust() {
+    for (line, mode) in [
+        ("", SqlEncryption::Mandatory),
+        ("encrypt = true\n", SqlEncryption::Mandatory),
+        ("encrypt = \"strict\"\n", SqlEncryption::Strict),
+        ("encrypt = false\n", SqlEncryption::LoginOnly),
+    ] {
+        let text = VALID.replace("port = 1433\n", &format!("port = 1433\n{line}ca_file = \"sql-ca.pem\"\n"));
+        let inventory = parse(&text).unwrap();
+        let db = inventory.environments[0].sso_database.as_ref().unwrap();
+        assert_eq!(db.encryption, mode, "{line}");
+        assert_eq!(db.ca_file.as_deref(), Some(Path::new("/etc/ssofleet/sql-ca.pem")));
+        assert!(!db.trust_server_certificate);
+    }
+}
+
+#[test]
 fn parses_the_spec_example() {
     let inv = parse(VALID).unwrap();
     assert_eq!(inv.upgrade.target_version, "3.0.7");
@@ -87,7 +104,7 @@ fn parses_the_spec_example() {
     assert_eq!(window.tz_name, "Europe/Berlin");
     assert_eq!(window.to_string(), "sat,sun 22:00-04:00 Europe/Berlin");
     let db = dev.sso_database.as_ref().unwrap();
-    assert!(db.encrypt && !db.trust_server_certificate);
+    assert!(db.encryption == SqlEncryption::Mandatory && !db.trust_server_certificate);
     assert_eq!(
         db.auth,
         SqlAuth::Sql {
@@ -278,6 +295,18 @@ fn bad_values_name_their_key() {
             "",
             "password_file",
             "environment[0].sso_database.user",
+        ),
+        (
+            "port = 1433",
+            "port = 1433\nencrypt = \"yes\"",
+            "encrypt",
+            "environment[0].sso_database.encrypt",
+        ),
+        (
+            "port = 1433",
+            "port = 1433\nca_file = \"ca.pem\"\ntrust_server_certificate = true",
+            "trust_server_certificate",
+            "environment[0].sso_database.trust_server_certificate",
         ),
         (
             "backup_dir = '\\\\backup01\\sso\\prod'",

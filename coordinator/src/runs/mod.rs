@@ -22,11 +22,13 @@ use crate::plan::{Plan, Selection, StepKind};
 use crate::store::{AuditEntry, NewRun, Store};
 use fleet_proto::unix_ms;
 
+mod backup;
 mod preflight;
 mod queries;
 mod wire;
 
-use preflight::{PreflightJob, preflight};
+use backup::{BackupJob, backup_database};
+use preflight::{PreflightJob, SsoCheck, preflight};
 use wire::{assignment, run_event};
 
 /// Why a request about runs failed; the service maps each to a gRPC status.
@@ -108,6 +110,25 @@ enum Request {
         step: usize,
         attempt: u32,
         result: Result<Option<String>, String>,
+    },
+    /// A line of progress of one of the coordinator's own steps (`backup-database`), stored like an
+    /// agent's event.
+    CoordinatorProgress {
+        run_id: String,
+        attempt_id: String,
+        step: usize,
+        seq: u64,
+        at: Millis,
+        percent: u32,
+        message: String,
+    },
+    /// `backup-database` ended: the verified backup, or why there is none.
+    BackupDone {
+        run_id: String,
+        step: usize,
+        attempt: u32,
+        attempt_id: String,
+        result: Result<crate::sql::BackupDone, String>,
     },
     AttachmentChanged,
     /// An agent attached (or re-attached): what its journal holds of attempts not fully acknowledged.
@@ -367,6 +388,25 @@ impl Manager {
                 attempt,
                 result,
             } => self.preflight_done(&run_id, step, attempt, result).await,
+            Request::CoordinatorProgress {
+                run_id,
+                attempt_id,
+                step,
+                seq,
+                at,
+                percent,
+                message,
+            } => self.coordinator_progress(&run_id, &attempt_id, step, seq, at, percent, message),
+            Request::BackupDone {
+                run_id,
+                step,
+                attempt,
+                attempt_id,
+                result,
+            } => {
+                self.backup_done(&run_id, step, attempt, &attempt_id, result)
+                    .await
+            }
             Request::AttachmentChanged => {
                 self.refresh_attachment().await;
             }
@@ -640,6 +680,19 @@ impl Manager {
                 ]
             }
         } else if planned.kind == StepKind::Preflight {
+            let env_name = &active.run.env_names[planned.env];
+            let sso = active
+                .inventory
+                .environments
+                .iter()
+                .find(|e| e.name.as_str() == env_name)
+                .and_then(|e| {
+                    e.sso_database.clone().map(|db| SsoCheck {
+                        db,
+                        master: e.master.clone(),
+                        env: env_name.clone(),
+                    })
+                });
             let job = PreflightJob::new(
                 &active.id,
                 &active.run,
@@ -647,8 +700,40 @@ impl Manager {
                 attempt,
                 &active.plan.installer,
                 self.epoch,
+                sso,
             );
             tokio::spawn(preflight(job, self.fleet.clone(), self.requests.clone()));
+            Vec::new()
+        } else if planned.kind == StepKind::BackupDatabase {
+            let env_name = active.run.env_names[planned.env].clone();
+            let env = active
+                .inventory
+                .environments
+                .iter()
+                .find(|e| e.name.as_str() == env_name);
+            let Some((db, backup_dir)) =
+                env.and_then(|e| e.sso_database.clone().map(|db| (db, e.backup_dir.clone())))
+            else {
+                return vec![Event::StepFinished {
+                    step,
+                    attempt,
+                    outcome: Outcome::Failed(format!(
+                        "{env_name} has no sso_database in this run's inventory"
+                    )),
+                }];
+            };
+            let path = crate::sql::backup_path(&backup_dir, &db.database, &env_name, &active.id, attempt);
+            let job = BackupJob {
+                run_id: active.id.clone(),
+                env: env_name,
+                step,
+                attempt,
+                attempt_id: attempt_id.to_string(),
+                db,
+                path,
+                first_seq: self.store.contiguous_seq(attempt_id).unwrap_or(0) + 1,
+            };
+            tokio::spawn(backup_database(job, self.requests.clone()));
             Vec::new()
         } else {
             vec![Event::StepFinished {
@@ -698,6 +783,102 @@ impl Manager {
             step,
             attempt,
             outcome,
+        })
+        .await;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn coordinator_progress(
+        &mut self,
+        run_id: &str,
+        attempt_id: &str,
+        step: usize,
+        seq: u64,
+        at: Millis,
+        percent: u32,
+        message: String,
+    ) {
+        let payload = serde_json::json!({ "percent": percent, "message": message });
+        match self
+            .store
+            .agent_event(attempt_id, seq, at, "progress", &payload)
+        {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::error!("cannot store a backup-database event: {e}");
+                return;
+            }
+        }
+        let Some(active) = self.active.as_ref().filter(|a| a.id == run_id) else {
+            return;
+        };
+        let Some(s) = active.run.steps.get(step) else {
+            return;
+        };
+        let _ = active.events.send(pb::RunEvent {
+            seq: active.last_seq,
+            at_unix_ms: at,
+            run_id: run_id.to_string(),
+            environment: active.run.env_names[s.plan.env].clone(),
+            node: None,
+            step: s.plan.kind.name().into(),
+            attempt_id: attempt_id.to_string(),
+            kind: Some(pb::run_event::Kind::Progress(pb::StepProgress {
+                percent,
+                message,
+            })),
+        });
+    }
+
+    /// Stores the backup's result (the file as an artifact) and applies it, if it is still the step's
+    /// current attempt.
+    async fn backup_done(
+        &mut self,
+        run_id: &str,
+        step: usize,
+        attempt: u32,
+        attempt_id: &str,
+        result: Result<crate::sql::BackupDone, String>,
+    ) {
+        let Some(active) = self.active.as_ref().filter(|a| a.id == run_id) else {
+            return;
+        };
+        let current = active
+            .run
+            .steps
+            .get(step)
+            .is_some_and(|s| s.attempt == attempt && s.state == StepState::Running);
+        if !current {
+            return;
+        }
+        let (outcome, error, artifacts) = match &result {
+            Ok(done) => (
+                "Succeeded",
+                String::new(),
+                vec![(
+                    "sso-database-backup".to_string(),
+                    done.path.clone(),
+                    done.size_bytes,
+                    String::new(),
+                )],
+            ),
+            Err(e) => ("Failed", e.clone(), Vec::new()),
+        };
+        if let Err(e) =
+            self.store
+                .finish_attempt(attempt_id, now_ms(), outcome, &error, None, &artifacts)
+        {
+            tracing::error!("cannot store the result of backup-database: {e}");
+            return;
+        }
+        self.apply(Event::StepFinished {
+            step,
+            attempt,
+            outcome: match result {
+                Ok(_) => Outcome::Succeeded,
+                Err(e) => Outcome::Failed(e),
+            },
         })
         .await;
     }

@@ -11,12 +11,22 @@ use super::Request;
 use crate::domain::NodeName;
 use crate::engine::Run;
 use crate::fleet::FleetHandle;
+use crate::inventory::SsoDatabase;
+use crate::sql;
 use crate::plan::{Expected, StepKind};
 
 /// How long preflight waits for the environment's nodes to attach.
 const ATTACH_WAIT: Duration = Duration::from_secs(60);
 
-/// What a preflight checks: the nodes of one environment that have steps to run, and which of them install.
+/// Where an SSO database is configured: it must record the inventory's master as the master secret server.
+pub(super) struct SsoCheck {
+    pub db: SsoDatabase,
+    pub master: NodeName,
+    pub env: String,
+}
+
+/// What a preflight checks: the nodes of one environment that have steps to run, and which of them
+/// install; and the SSO database's master secret server, where one is configured.
 pub(super) struct PreflightJob {
     run_id: String,
     step: usize,
@@ -25,6 +35,7 @@ pub(super) struct PreflightJob {
     epoch: u64,
     nodes: BTreeSet<NodeName>,
     installing: BTreeSet<NodeName>,
+    sso: Option<SsoCheck>,
 }
 
 impl PreflightJob {
@@ -35,6 +46,7 @@ impl PreflightJob {
         attempt: u32,
         installer: &str,
         epoch: u64,
+        sso: Option<SsoCheck>,
     ) -> Self {
         let env = run.steps[step].plan.env;
         let steps = &run.steps[run.envs[env].steps.clone()];
@@ -62,6 +74,7 @@ impl PreflightJob {
             epoch,
             nodes,
             installing,
+            sso,
         }
     }
 }
@@ -74,7 +87,7 @@ pub(super) async fn preflight(
     requests: mpsc::Sender<Request>,
 ) {
     const WAIT: Duration = Duration::from_secs(120);
-    let result = async {
+    let nodes = async {
         // Nodes that are away (a restarted coordinator, an agent re-attaching) get a while to attach.
         let attach_deadline = tokio::time::Instant::now() + ATTACH_WAIT;
         let detached = loop {
@@ -173,8 +186,13 @@ pub(super) async fn preflight(
             }
         }
         Ok(first)
-    }
-    .await;
+    };
+    let (database, nodes) = tokio::join!(check_master_secret_server(job.sso.as_ref()), nodes);
+    let result = match (database, nodes) {
+        (Ok(()), nodes) => nodes,
+        (Err(db), Ok(_)) => Err(db),
+        (Err(db), Err(nodes)) => Err(format!("{db}; {nodes}")),
+    };
     let _ = requests
         .send(Request::PreflightDone {
             run_id: job.run_id,
@@ -183,4 +201,25 @@ pub(super) async fn preflight(
             result,
         })
         .await;
+}
+
+/// The master secret server recorded in the SSO database must be the inventory's master (SPEC §5):
+/// upgrading another server first would upgrade the wrong one first.
+async fn check_master_secret_server(check: Option<&SsoCheck>) -> Result<(), String> {
+    let Some(check) = check else {
+        return Ok(());
+    };
+    let db = &check.db;
+    let recorded = sql::secret_server(db)
+        .await
+        .map_err(|e| format!("SSO database: {e}"))?;
+    if sql::same_server(&recorded, check.master.as_str()) {
+        tracing::info!(env = %check.env, database = %db.database, server = %db.server, "the SSO database records {recorded} as the master secret server, as the inventory says");
+        Ok(())
+    } else {
+        Err(format!(
+            "the SSO database {} on {}:{} records {recorded} as the master secret server, but the inventory's master of {} is {}: correct the inventory, or move the master secret server first (ssomanage -updatedb, ESSO.md); nothing was changed",
+            db.database, db.server, db.port, check.env, check.master
+        ))
+    }
 }
