@@ -890,11 +890,9 @@ impl Checker<'_> {
             .trust_server_certificate
             .as_ref()
             .is_some_and(|t| *t.get_ref());
-        if let (Some(trust), Some(_), true) = (
-            &raw.trust_server_certificate,
-            &raw.ca_file,
-            trust_any,
-        ) {
+        if let (Some(trust), Some(_), true) =
+            (&raw.trust_server_certificate, &raw.ca_file, trust_any)
+        {
             self.problem(
                 trust,
                 format!("{key}.trust_server_certificate"),

@@ -207,10 +207,11 @@ pub fn plan(
                 String::new(),
             ),
             (Some(db), false) => (
-                Expected::Skipped(
-                    "backing up the SSO database (SQL Server) is not built yet".into(),
+                Expected::Run,
+                format!(
+                    "{} on {}:{} to {}",
+                    db.database, db.server, db.port, env.backup_dir
                 ),
-                format!("{}:{} {}", db.server, db.port, db.database),
             ),
         };
         push(None, StepKind::BackupDatabase, 0, db, db_note);

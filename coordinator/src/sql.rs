@@ -170,7 +170,9 @@ pub fn describe(failure: Failure, stage: Stage, db: &SsoDatabase, path: Option<&
                         "check the user and the password in {}",
                         password_file.display()
                     ),
-                    SqlAuth::Integrated => "check that the coordinator's account has a login".into(),
+                    SqlAuth::Integrated => {
+                        "check that the coordinator's account has a login".into()
+                    }
                 };
                 SqlError::new(
                     K::Login,
@@ -464,9 +466,10 @@ async fn execute(
     let mut tries = 0;
     loop {
         tries += 1;
-        let result =
-            tokio::time::timeout(db.query_timeout, async { client.execute(sql, params).await })
-                .await;
+        let result = tokio::time::timeout(db.query_timeout, async {
+            client.execute(sql, params).await
+        })
+        .await;
         match result {
             Ok(Ok(_)) => return Ok(()),
             Ok(Err(TdsError::Server(e))) if e.code() == 1205 && tries < DEADLOCK_TRIES => {
@@ -585,7 +588,13 @@ pub fn quote_literal(text: &str) -> String {
 /// The backup file of one attempt, in `backup_dir` as the SQL Server sees it: a Windows path or UNC
 /// share takes `\`, anything else `/`. The same attempt always gets the same name, so a coordinator
 /// restart that runs it again overwrites (INIT) instead of leaving a second file.
-pub fn backup_path(backup_dir: &str, database: &str, env: &str, run_id: &str, attempt: u32) -> String {
+pub fn backup_path(
+    backup_dir: &str,
+    database: &str,
+    env: &str,
+    run_id: &str,
+    attempt: u32,
+) -> String {
     let safe = |s: &str| -> String {
         s.chars()
             .map(|c| {
@@ -598,7 +607,8 @@ pub fn backup_path(backup_dir: &str, database: &str, env: &str, run_id: &str, at
             .collect()
     };
     let windows = backup_dir.contains('\\')
-        || backup_dir.as_bytes().get(1) == Some(&b':') && backup_dir.as_bytes()[0].is_ascii_alphabetic();
+        || backup_dir.as_bytes().get(1) == Some(&b':')
+            && backup_dir.as_bytes()[0].is_ascii_alphabetic();
     let sep = if windows { '\\' } else { '/' };
     let dir = backup_dir.trim_end_matches(['\\', '/']);
     let run: String = run_id.chars().take(8).collect();

@@ -68,11 +68,17 @@ fn sql_encryption_modes_and_trust() {
         ("encrypt = \"strict\"\n", SqlEncryption::Strict),
         ("encrypt = false\n", SqlEncryption::LoginOnly),
     ] {
-        let text = VALID.replace("port = 1433\n", &format!("port = 1433\n{line}ca_file = \"sql-ca.pem\"\n"));
+        let text = VALID.replace(
+            "port = 1433\n",
+            &format!("port = 1433\n{line}ca_file = \"sql-ca.pem\"\n"),
+        );
         let inventory = parse(&text).unwrap();
         let db = inventory.environments[0].sso_database.as_ref().unwrap();
         assert_eq!(db.encryption, mode, "{line}");
-        assert_eq!(db.ca_file.as_deref(), Some(Path::new("/etc/ssofleet/sql-ca.pem")));
+        assert_eq!(
+            db.ca_file.as_deref(),
+            Some(Path::new("/etc/ssofleet/sql-ca.pem"))
+        );
         assert!(!db.trust_server_certificate);
     }
 }

@@ -83,7 +83,7 @@ fn orders_steps_master_first_environment_after_environment() {
         shape(&plan),
         [
             "dev - preflight 0 run",
-            "dev - backup-database 0 skipped (backing up the SSO database (SQL Server) is not built yet)",
+            "dev - backup-database 0 run",
             "dev d1 backup-secret 0 run",
             "dev d1 upgrade-master 0 run",
             "dev d1 verify-master 0 run",

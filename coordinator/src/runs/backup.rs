@@ -64,7 +64,9 @@ pub(super) async fn backup_database(job: BackupJob, requests: mpsc::Sender<Reque
     drop(lines);
     let _ = forward.await;
     match &result {
-        Ok(done) => tracing::info!(parent: &span, backup_set_id = done.backup_set_id, size_bytes = done.size_bytes, path = %done.path, "SSO database backed up and verified"),
+        Ok(done) => {
+            tracing::info!(parent: &span, backup_set_id = done.backup_set_id, size_bytes = done.size_bytes, path = %done.path, "SSO database backed up and verified")
+        }
         Err(e) => tracing::warn!(parent: &span, kind = ?e.kind, "backup-database failed: {e}"),
     }
     let _ = requests

@@ -722,7 +722,8 @@ impl Manager {
                     )),
                 }];
             };
-            let path = crate::sql::backup_path(&backup_dir, &db.database, &env_name, &active.id, attempt);
+            let path =
+                crate::sql::backup_path(&backup_dir, &db.database, &env_name, &active.id, attempt);
             let job = BackupJob {
                 run_id: active.id.clone(),
                 env: env_name,

@@ -12,8 +12,8 @@ use crate::domain::NodeName;
 use crate::engine::Run;
 use crate::fleet::FleetHandle;
 use crate::inventory::SsoDatabase;
-use crate::sql;
 use crate::plan::{Expected, StepKind};
+use crate::sql;
 
 /// How long preflight waits for the environment's nodes to attach.
 const ATTACH_WAIT: Duration = Duration::from_secs(60);

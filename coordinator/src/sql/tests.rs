@@ -53,7 +53,13 @@ fn short_names_match_fqdns_case_insensitively() {
 #[test]
 fn backup_paths_follow_the_directory_style_and_are_safe() {
     assert_eq!(
-        backup_path("\\\\backup01\\sso\\dev\\", "SSODB", "dev", "0123456789abcdef", 2),
+        backup_path(
+            "\\\\backup01\\sso\\dev\\",
+            "SSODB",
+            "dev",
+            "0123456789abcdef",
+            2
+        ),
         "\\\\backup01\\sso\\dev\\SSODB_dev_01234567_2.bak"
     );
     assert_eq!(
@@ -81,13 +87,20 @@ fn server_errors_become_clear_messages() {
             server(18456),
             Stage::Connect,
             SqlErrorKind::Login,
-            &["refused the login of 'ssofleet'", "/etc/ssofleet/sql-dev", "state 8"],
+            &[
+                "refused the login of 'ssofleet'",
+                "/etc/ssofleet/sql-dev",
+                "state 8",
+            ],
         ),
         (
             server(4060),
             Stage::Connect,
             SqlErrorKind::DatabaseMissing,
-            &["database 'SSODB' does not exist", "sqldev01.corp.example:1433"],
+            &[
+                "database 'SSODB' does not exist",
+                "sqldev01.corp.example:1433",
+            ],
         ),
         (
             server(262),
@@ -111,7 +124,12 @@ fn server_errors_become_clear_messages() {
             server(3201),
             Stage::Backup,
             SqlErrorKind::BackupDevice,
-            &["cannot open \\\\backup01", "error 3201", "check backup_dir", "not counted"],
+            &[
+                "cannot open \\\\backup01",
+                "error 3201",
+                "check backup_dir",
+                "not counted",
+            ],
         ),
         (
             server(3189),
@@ -178,7 +196,11 @@ fn server_errors_become_clear_messages() {
         let e = describe(failure.clone(), *stage, &db, path);
         assert_eq!(e.kind, *kind, "{failure:?}: {}", e.message);
         for needle in *needles {
-            assert!(e.message.contains(needle), "{needle:?} not in {:?}", e.message);
+            assert!(
+                e.message.contains(needle),
+                "{needle:?} not in {:?}",
+                e.message
+            );
         }
     }
 }
@@ -193,7 +215,10 @@ fn settings_problems_are_named_before_connecting() {
     };
     let e = config(&db).unwrap_err();
     assert_eq!(e.kind, SqlErrorKind::Config);
-    assert!(e.message.contains("cannot read the SQL password file"), "{e}");
+    assert!(
+        e.message.contains("cannot read the SQL password file"),
+        "{e}"
+    );
 
     let empty = dir.path().join("empty");
     std::fs::write(&empty, "\n").unwrap();

@@ -8,6 +8,7 @@ mod controls;
 mod deliveries;
 mod durability;
 mod inventory;
+mod mssql_contract;
 mod plan;
 mod refusals;
 mod upgrade;
