@@ -81,8 +81,9 @@ enum Command {
     /// A node's step output in a run.
     Logs {
         id: String,
+        /// One node's steps; without it, every node's and the coordinator's own (backup-database).
         #[arg(long)]
-        node: String,
+        node: Option<String>,
         #[arg(long)]
         step: Option<String>,
     },
@@ -325,7 +326,7 @@ async fn run(cli: Cli) -> Result<()> {
                 } => return runs::show(&mut remote, &id, output).await,
                 Command::Watch { id } => return runs::follow(&mut remote, &id, output).await,
                 Command::Logs { id, node, step } => {
-                    return runs::logs(&mut remote, &id, &node, step, output).await;
+                    return runs::logs(&mut remote, &id, node, step, output).await;
                 }
                 Command::Audit { id } => return runs::audit(&mut remote, id, output).await,
                 Command::Pause { id, note } => {

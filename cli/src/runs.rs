@@ -582,15 +582,16 @@ pub async fn list(remote: &mut Remote, output: Output) -> Result<()> {
 pub async fn logs(
     remote: &mut Remote,
     run_id: &str,
-    node: &str,
+    node: Option<String>,
     step: Option<String>,
     output: Output,
 ) -> Result<()> {
+    let every_node = node.is_none();
     let events = remote
         .client
         .logs(pb::LogsRequest {
             run_id: run_id.to_string(),
-            node: Some(node.to_string()),
+            node,
             step,
         })
         .await
@@ -606,7 +607,17 @@ pub async fn logs(
                 Some(pb::run_event::Kind::Output(o)) => format!("{}={}", o.key, o.value),
                 _ => return None,
             };
-            Some((e.step.clone(), text))
+            let step = if every_node {
+                let who = e
+                    .node
+                    .as_deref()
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or("coordinator");
+                format!("{who} {}", e.step)
+            } else {
+                e.step.clone()
+            };
+            Some((step, text))
         })
         .collect();
     match output {

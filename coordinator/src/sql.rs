@@ -187,7 +187,7 @@ pub fn describe(failure: Failure, stage: Stage, db: &SsoDatabase, path: Option<&
             4060 | 911 | 4064 => SqlError::new(
                 K::DatabaseMissing,
                 format!(
-                    "database '{}' does not exist on {}:{} or the login {} cannot open it (error {code}: {message}): check sso_database.database",
+                    "database '{}' does not exist on {}:{} or the login {} cannot open it (error {code}: {message}): check sso_database.database{unknown_backup}",
                     db.database,
                     db.server,
                     db.port,
@@ -211,7 +211,7 @@ pub fn describe(failure: Failure, stage: Stage, db: &SsoDatabase, path: Option<&
                 SqlError::new(
                     K::PermissionDenied,
                     format!(
-                        "permission denied to the login {} while {} in {} (error {code}: {message}): {needs}",
+                        "permission denied to the login {} while {} in {} (error {code}: {message}): {needs}{unknown_backup}",
                         login_name(db),
                         stage.doing(),
                         place(db)
@@ -234,7 +234,7 @@ pub fn describe(failure: Failure, stage: Stage, db: &SsoDatabase, path: Option<&
             1205 => SqlError::new(
                 K::Deadlock,
                 format!(
-                    "{} was chosen as a deadlock victim {DEADLOCK_TRIES} times in a row (error 1205) in {}: try again when the server is quieter",
+                    "{} was chosen as a deadlock victim {DEADLOCK_TRIES} times in a row (error 1205) in {}: try again when the server is quieter{unknown_backup}",
                     stage.doing(),
                     place(db)
                 ),

@@ -7,6 +7,8 @@
 #![forbid(unsafe_code)]
 
 pub mod proxy;
+pub mod tdsfake;
+pub use tdsfake as tds;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

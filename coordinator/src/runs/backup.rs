@@ -60,7 +60,6 @@ pub(super) async fn backup_database(job: BackupJob, requests: mpsc::Sender<Reque
     let result = sql::backup(&job.db, &job.path, &mut progress)
         .instrument(span.clone())
         .await;
-    drop(progress);
     drop(lines);
     let _ = forward.await;
     match &result {

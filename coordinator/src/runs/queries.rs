@@ -161,7 +161,7 @@ impl Manager {
                 };
                 Some(pb::RunEvent {
                     run_id: run_id.to_string(),
-                    node: Some(node),
+                    node: (!node.is_empty()).then_some(node),
                     step,
                     kind: Some(kind),
                     ..Default::default()

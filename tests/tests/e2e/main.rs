@@ -11,6 +11,7 @@ mod inventory;
 mod mssql_contract;
 mod plan;
 mod refusals;
+mod sql;
 mod upgrade;
 mod windows;
 

@@ -12,7 +12,7 @@ use fleet_tests::tds::{
 };
 use fleet_tests::{PATIENCE, eventually, path_str, tool_log};
 
-use crate::durability::wait_final;
+use crate::durability::{restart_coordinator, start_detached, wait_final};
 use crate::upgrade::{FLEET, setup};
 
 const USER: &str = "ssofleet";
@@ -36,7 +36,8 @@ fn pki() -> Pki {
     let key = KeyPair::generate().unwrap();
     let mut leaf =
         CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    leaf.distinguished_name.push(DnType::CommonName, "localhost");
+    leaf.distinguished_name
+        .push(DnType::CommonName, "localhost");
     let cert = leaf.signed_by(&key, &issuer).unwrap();
     Pki {
         ca_pem: ca_cert.pem(),
@@ -48,12 +49,20 @@ fn pki() -> Pki {
 }
 
 async fn server(pki: &Pki, secret_server: &str) -> FakeSqlServer {
+    server_with(pki, secret_server, ServerEncryption::Required).await
+}
+
+async fn server_with(
+    pki: &Pki,
+    secret_server: &str,
+    encryption: ServerEncryption,
+) -> FakeSqlServer {
     FakeSqlServer::start(FakeSqlConfig {
         tls: Some(TlsIdentity {
             cert_chain_pem: pki.identity.cert_chain_pem.clone(),
             key_pem: pki.identity.key_pem.clone(),
         }),
-        encryption: ServerEncryption::Required,
+        encryption,
         logins: vec![(USER.into(), PASSWORD.into())],
         databases: vec![FakeDatabase {
             name: "SSODB".into(),
@@ -94,11 +103,15 @@ fn ops(server: &FakeSqlServer) -> Vec<Op> {
 async fn reads_the_master_and_takes_a_verified_backup_in_every_encryption_mode() {
     let pki = pki();
     let fake = server(&pki, "SSO-DEV-01.corp.example").await;
+    let optional = server_with(&pki, "SSO-DEV-01.corp.example", ServerEncryption::Optional).await;
     let dir = tempfile::tempdir().unwrap();
-    for (mode, expected) in [
-        (SqlEncryption::Strict, ConnMode::Strict),
-        (SqlEncryption::Mandatory, ConnMode::Tls),
-        (SqlEncryption::LoginOnly, ConnMode::LoginOnly),
+    for (mode, fake, expected) in [
+        (SqlEncryption::Strict, &fake, ConnMode::Strict),
+        (SqlEncryption::Mandatory, &fake, ConnMode::Tls),
+        // A server that forces encryption encrypts the whole session anyway.
+        (SqlEncryption::LoginOnly, &fake, ConnMode::Tls),
+        (SqlEncryption::LoginOnly, &optional, ConnMode::LoginOnly),
+        (SqlEncryption::Mandatory, &optional, ConnMode::Tls),
     ] {
         let db = database(dir.path(), &pki, fake.port(), mode);
         let recorded = sql::secret_server(&db).await.unwrap();
@@ -106,7 +119,10 @@ async fn reads_the_master_and_takes_a_verified_backup_in_every_encryption_mode()
         assert!(sql::same_server(&recorded, "sso-dev-01"));
         let conn = fake.connections().pop().unwrap();
         assert_eq!(conn.mode, expected, "{mode:?}");
-        assert_eq!((conn.user.as_str(), conn.database.as_str()), (USER, "SSODB"));
+        assert_eq!(
+            (conn.user.as_str(), conn.database.as_str()),
+            (USER, "SSODB")
+        );
     }
 
     // Identifiers and paths travel as parameters: a quote and a bracket reach the server intact.
@@ -116,13 +132,21 @@ async fn reads_the_master_and_takes_a_verified_backup_in_every_encryption_mode()
     let path = sql::backup_path(path_str(&backups).unwrap(), "SSODB", "dev", "0123456789", 1);
     let before = fake.log().len();
     let mut lines = Vec::new();
-    let done = sql::backup(&db, &path, &mut |l| lines.push(l)).await.unwrap();
+    let done = sql::backup(&db, &path, &mut |l| lines.push(l))
+        .await
+        .unwrap();
     assert_eq!(done.path, path);
     assert!(done.size_bytes > 0 && done.backup_set_id > 0, "{done:?}");
     assert!(Path::new(&path).exists(), "the backup file is written");
     assert_eq!(lines.len(), 3, "{lines:?}");
-    assert!(lines[0].starts_with("BACKUP DATABASE [SSODB] TO DISK = N'"), "{lines:?}");
-    assert!(lines[0].contains("it''s [odd]"), "quoted for display: {lines:?}");
+    assert!(
+        lines[0].starts_with("BACKUP DATABASE [SSODB] TO DISK = N'"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[0].contains("it''s [odd]"),
+        "quoted for display: {lines:?}"
+    );
     assert!(lines[2].contains(&format!("backup_set_id {}", done.backup_set_id)));
     let log = fake.log().split_off(before);
     assert_eq!(
@@ -152,19 +176,64 @@ async fn every_failure_is_named_and_none_counts_as_a_backup() {
     let path = sql::backup_path(path_str(&backups).unwrap(), "SSODB", "dev", "run", 1);
 
     let cases: Vec<(Op, Fault, SqlErrorKind, &str)> = vec![
-        (Op::Login, Fault::Error(18456), SqlErrorKind::Login, "error 18456"),
-        (Op::Backup, Fault::Error(3201), SqlErrorKind::BackupDevice, "error 3201"),
-        (Op::Backup, Fault::Error(262), SqlErrorKind::PermissionDenied, "db_backupoperator"),
-        (Op::Backup, Fault::Hang, SqlErrorKind::Timeout, "query_timeout (2s)"),
-        (Op::Backup, Fault::Drop, SqlErrorKind::ConnectionDropped, "dropped while BACKUP DATABASE"),
-        (Op::Backup, Fault::Corrupt, SqlErrorKind::VerifyFailed, "error 3189"),
-        (Op::Backup, Fault::NoHistory, SqlErrorKind::NotRecorded, "no backup of [SSODB]"),
-        (Op::Verify, Fault::Drop, SqlErrorKind::ConnectionDropped, "RESTORE VERIFYONLY"),
-        (Op::History, Fault::Error(229), SqlErrorKind::PermissionDenied, "msdb"),
+        (
+            Op::Login,
+            Fault::Error(18456),
+            SqlErrorKind::Login,
+            "error 18456",
+        ),
+        (
+            Op::Backup,
+            Fault::Error(3201),
+            SqlErrorKind::BackupDevice,
+            "error 3201",
+        ),
+        (
+            Op::Backup,
+            Fault::Error(262),
+            SqlErrorKind::PermissionDenied,
+            "db_backupoperator",
+        ),
+        (
+            Op::Backup,
+            Fault::Hang,
+            SqlErrorKind::Timeout,
+            "query_timeout (2s)",
+        ),
+        (
+            Op::Backup,
+            Fault::Drop,
+            SqlErrorKind::ConnectionDropped,
+            "dropped while BACKUP DATABASE",
+        ),
+        (
+            Op::Backup,
+            Fault::Corrupt,
+            SqlErrorKind::VerifyFailed,
+            "error 3189",
+        ),
+        (
+            Op::Backup,
+            Fault::NoHistory,
+            SqlErrorKind::NotRecorded,
+            "no backup of [SSODB]",
+        ),
+        (
+            Op::Verify,
+            Fault::Drop,
+            SqlErrorKind::ConnectionDropped,
+            "RESTORE VERIFYONLY",
+        ),
+        (
+            Op::History,
+            Fault::Error(229),
+            SqlErrorKind::PermissionDenied,
+            "msdb",
+        ),
     ];
     for (op, fault, kind, needle) in cases {
         let label = format!("{op:?} {fault:?}");
-        fake.inject(op, fault);
+        fake.inject(op, fault.clone());
         let rows_before = fake.backups().len();
         let e = sql::backup(&db, &path, &mut |_| {}).await.unwrap_err();
         assert_eq!(e.kind, kind, "{label}: {e}");
@@ -340,7 +409,10 @@ fn an_upgrade_backs_up_the_sso_database_before_anything_is_touched() {
         .find(|l| l.op == Op::History)
         .expect("the msdb row was read");
     let first_tool = tool_log(&s.fleet)[0].at_ns;
-    assert!(unix_ns(recorded.at) < first_tool, "backup-database ran first");
+    assert!(
+        unix_ns(recorded.at) < first_tool,
+        "backup-database ran first"
+    );
     assert_eq!(
         log.iter()
             .map(|l| l.op)
@@ -355,7 +427,11 @@ fn an_upgrade_backs_up_the_sso_database_before_anything_is_touched() {
         ],
         "prod has no SSO database: dev's statements only"
     );
-    assert!(fake.connections().iter().all(|c| c.mode == ConnMode::Strict));
+    assert!(
+        fake.connections()
+            .iter()
+            .all(|c| c.mode == ConnMode::Strict)
+    );
     // Its progress is kept as the step's log.
     let o = s.ctl(&[
         "logs",
@@ -364,7 +440,7 @@ fn an_upgrade_backs_up_the_sso_database_before_anything_is_touched() {
         "backup-database",
     ]);
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.contains("RESTORE VERIFYONLY"), "{text}");
+    assert!(text.contains("RESTORE VERIFYONLY"), "{o:?}");
     assert!(text.contains("recorded in msdb: backup_set_id"), "{text}");
 }
 
@@ -410,7 +486,10 @@ fn a_backup_that_fails_stops_the_environment_until_a_retry_succeeds() {
         "{backup}"
     );
     assert!(backup["artifacts"].as_array().is_none_or(Vec::is_empty));
-    assert!(tool_log(&s.fleet).is_empty(), "no secret backup, no install");
+    assert!(
+        tool_log(&s.fleet).is_empty(),
+        "no secret backup, no install"
+    );
 
     // The operator retries the coordinator's step (no --node) and the run goes on.
     let id = run["id"].as_str().unwrap();
@@ -423,4 +502,46 @@ fn a_backup_that_fails_stops_the_environment_until_a_retry_succeeds() {
     eventually(PATIENCE, "one recorded backup", || {
         (fake.backups().len() == 1).then_some(())
     });
+}
+
+#[test]
+fn a_coordinator_killed_during_the_backup_takes_it_again_when_it_resumes() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pki = pki();
+    let fake = rt.block_on(server(&pki, "m1"));
+    fake.inject(Op::Backup, Fault::Delay(Duration::from_secs(2)));
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = setup(&fleet_with_sql(dir.path(), &pki, fake.port()), &[], &[]);
+    let id = start_detached(&s);
+    eventually(PATIENCE, "BACKUP DATABASE in progress", || {
+        ops(&fake).contains(&Op::LastBackupId).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    restart_coordinator(&mut s);
+    let run = wait_final(&s, &id, PATIENCE * 3);
+    assert_eq!(run["state"], "succeeded", "{run}");
+    let backup = step(&run, "backup-database");
+    assert_eq!(
+        backup["attempts"], 1,
+        "the same attempt, taken again: {backup}"
+    );
+    // Its log goes on after the restart: the stored lines keep their order, none twice.
+    let o = s.ctl(&["logs", &id, "--step", "backup-database"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(text.matches("recorded in msdb").count(), 1, "{text}");
+    assert!(
+        text.find("BACKUP DATABASE").unwrap() < text.find("recorded in msdb").unwrap(),
+        "{text}"
+    );
+    let verified = fake
+        .log()
+        .iter()
+        .filter(|l| l.op == Op::History)
+        .map(|l| unix_ns(l.at))
+        .max()
+        .unwrap();
+    assert!(
+        verified < tool_log(&s.fleet)[0].at_ns,
+        "backed up before any tool ran"
+    );
 }
