@@ -19,12 +19,12 @@ const USER: &str = "ssofleet";
 const PASSWORD: &str = "Corr3ct-h0rse!";
 
 /// A CA and a server certificate for localhost / 127.0.0.1 signed by it.
-struct Pki {
-    ca_pem: String,
-    identity: TlsIdentity,
+pub(crate) struct Pki {
+    pub(crate) ca_pem: String,
+    pub(crate) identity: TlsIdentity,
 }
 
-fn pki() -> Pki {
+pub(crate) fn pki() -> Pki {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
