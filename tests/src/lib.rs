@@ -7,8 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod proxy;
-pub mod tdsfake;
-pub use tdsfake as tds;
+pub mod tds;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
