@@ -25,6 +25,11 @@ pub(crate) struct Pki {
 }
 
 pub(crate) fn pki() -> Pki {
+    pki_for(&["localhost", "127.0.0.1"])
+}
+
+/// As [`pki`], the server certificate naming `names`.
+fn pki_for(names: &[&str]) -> Pki {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -35,9 +40,8 @@ pub(crate) fn pki() -> Pki {
     let issuer = Issuer::new(ca, ca_key);
     let key = KeyPair::generate().unwrap();
     let mut leaf =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    leaf.distinguished_name
-        .push(DnType::CommonName, "localhost");
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    leaf.distinguished_name.push(DnType::CommonName, names[0]);
     let cert = leaf.signed_by(&key, &issuer).unwrap();
     Pki {
         ca_pem: ca_cert.pem(),
@@ -325,6 +329,19 @@ async fn the_server_certificate_is_verified_and_timeouts_hold() {
         };
         sql::secret_server(&trusting).await.unwrap();
     }
+
+    // A certificate from the right CA for another host name: refused too.
+    let elsewhere = pki_for(&["sqlprod01.corp.example"]);
+    let misnamed = server(&elsewhere, "SSO-DEV-01").await;
+    let db = database(
+        dir.path(),
+        &elsewhere,
+        misnamed.port(),
+        SqlEncryption::Strict,
+    );
+    let e = sql::secret_server(&db).await.unwrap_err();
+    assert_eq!(e.kind, SqlErrorKind::Tls, "{e}");
+    assert!(misnamed.connections().is_empty(), "no login was sent");
 
     // A server that accepts the connection and never answers: connect_timeout.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
