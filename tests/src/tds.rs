@@ -70,7 +70,7 @@ pub enum Op {
     History,
     /// `SELECT @@VERSION`, `SELECT 1`, `SET …` and statements it has no script for.
     Other,
-    /// Matches every statement (for faults).
+    /// Matches every statement, not a login (for faults).
     Any,
 }
 
@@ -78,9 +78,11 @@ pub enum Op {
 pub enum Fault {
     /// Answer with this SQL Server error (for Backup and Verify followed by 3013, as SQL Server does).
     Error(i32),
-    /// Send the first part of the answer without the end-of-message bit, then nothing.
+    /// Send the first part of the answer without the end-of-message bit, then nothing until the
+    /// client goes away.
     Hang,
-    /// Send the first part of the answer, then close the connection (Login: right after pre-login).
+    /// Send the first part of the answer, then close the connection (Login: close instead of
+    /// answering the pre-login).
     Drop,
     /// Answer normally, this much later.
     Delay(Duration),
@@ -161,7 +163,7 @@ impl Shared {
         let i = state
             .faults
             .iter()
-            .position(|(o, _, n)| (*o == op || *o == Op::Any) && *n > 0)?;
+            .position(|(o, _, n)| (*o == op || (*o == Op::Any && op != Op::Login)) && *n > 0)?;
         let fault = state.faults[i].1.clone();
         state.faults[i].2 -= 1;
         if state.faults[i].2 == 0 {
@@ -742,8 +744,9 @@ async fn session(
             (Some(Fault::Hang), _, _) => {
                 io.write_all(&packets(REPLY, &[0xE3], packet_size, false))
                     .await?;
-                std::future::pending::<()>().await;
-                None
+                io.flush().await?;
+                until_closed(&mut io).await;
+                return Ok(());
             }
             (Some(Fault::Drop), _, _) => return Ok(()),
             (_, false, _) => {
@@ -1225,7 +1228,7 @@ async fn statement(
                 4035,
                 1,
                 0,
-                "Processed 392 pages for database 'SSODB', file 'SSODB' on file 1.",
+                &format!("Processed 392 pages for database '{current_db}', file '{current_db}' on file 1."),
             ),
             _ => t.info(0, 1, 0, "working"),
         }
@@ -1237,7 +1240,8 @@ async fn statement(
             io.write_all(&packets(REPLY, &first_part(op), packet_size, false))
                 .await?;
             io.flush().await?;
-            std::future::pending::<()>().await;
+            until_closed(io).await;
+            return Ok(Reply::Close);
         }
         Some(Fault::Drop) => {
             log("drop");
@@ -1679,4 +1683,10 @@ fn encode(answer: &Answer, rpc: bool) -> Vec<u8> {
         t.done(DONE, status, rows);
     }
     t.0
+}
+
+/// Waits for the client to close the connection (what a hung server notices last).
+async fn until_closed(io: &mut Box<dyn Io>) {
+    let mut buf = [0u8; 512];
+    while matches!(io.read(&mut buf).await, Ok(n) if n > 0) {}
 }

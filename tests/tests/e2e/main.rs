@@ -12,6 +12,7 @@ mod mssql_contract;
 mod plan;
 mod refusals;
 mod sql;
+mod tds;
 mod tds_crosscheck;
 mod upgrade;
 mod windows;
