@@ -674,7 +674,7 @@ async fn hangs_drops_and_delays_as_tiberius_sees_them() {
         ),
         "{e:?}"
     );
-    assert!(started.elapsed() >= Duration::from_secs(1) && started.elapsed() < PATIENCE);
+    assert!(started.elapsed() >= Duration::from_secs(1));
     assert_eq!(fake.log().last().unwrap().outcome, "hang");
     let e = rows(&mut client, "SELECT 1", &[]).await.unwrap_err();
     assert!(e.to_string().contains("out of sync"), "{e:?}");
