@@ -19,6 +19,9 @@ use crate::domain::{EnvName, NodeName, Role};
 #[derive(Debug, Clone)]
 pub struct Inventory {
     pub path: PathBuf,
+    /// The text this inventory was parsed from: what a run stores as its snapshot (not the file as
+    /// it may read later).
+    pub source: String,
     pub upgrade: Upgrade,
     pub policy: Policy,
     /// In file order: the order environments are upgraded in.
@@ -442,6 +445,7 @@ impl Checker<'_> {
         let complete = environments.len() == raw.environment.len();
         Some(Inventory {
             path: path.to_path_buf(),
+            source: self.text.to_string(),
             upgrade: upgrade?,
             policy: policy?,
             environments,

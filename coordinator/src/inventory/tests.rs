@@ -61,6 +61,12 @@ fn edit(from: &str, to: &str) -> String {
 }
 
 #[test]
+fn keeps_the_text_it_was_parsed_from() {
+    // A run's snapshot is this text, not whatever the file holds when the run starts.
+    assert_eq!(parse(VALID).unwrap().source, VALID);
+}
+
+#[test]
 fn sql_encryption_modes_and_trust() {
     for (line, mode) in [
         ("", SqlEncryption::Mandatory),

@@ -482,7 +482,7 @@ impl Manager {
             .unwrap_or(Millis::MAX / 4);
         let mut run = Run::new(&plan, step_timeout_ms, self.attached.clone());
         run.set_windows(windows_of(&self.inventory, &plan));
-        let inventory_toml = std::fs::read_to_string(&self.inventory.path).unwrap_or_default();
+        let inventory_toml = self.inventory.source.clone();
         let selection_json = serde_json::json!({
             "environments": selection.environments.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
             "master_only": selection.master_only,
