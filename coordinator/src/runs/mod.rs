@@ -506,16 +506,16 @@ impl Manager {
             },
             &plan,
             &run,
+            Some(&AuditEntry {
+                at: started_at,
+                operator: operator.clone(),
+                action: "start".into(),
+                run_id: id.clone(),
+                node: None,
+                step: None,
+                detail: format!("plan {}", plan.hash),
+            }),
         )?;
-        self.store.audit(&AuditEntry {
-            at: started_at,
-            operator: operator.clone(),
-            action: "start".into(),
-            run_id: id.clone(),
-            node: None,
-            step: None,
-            detail: format!("plan {}", plan.hash),
-        })?;
         tracing::info!(run = %id, operator = %operator, plan = %plan.hash, "run started");
         let (events, _) = broadcast::channel(4096);
         self.active = Some(Active {

@@ -260,7 +260,14 @@ impl Store {
     }
 
     /// Stores a new run with its inventory snapshot, its plan and its planned steps.
-    pub fn create_run(&mut self, new: &NewRun<'_>, plan: &Plan, run: &Run) -> Result<()> {
+    /// Stores a new run, its steps and, in the same transaction, the audit entry of whoever started it.
+    pub fn create_run(
+        &mut self,
+        new: &NewRun<'_>,
+        plan: &Plan,
+        run: &Run,
+        audit: Option<&AuditEntry>,
+    ) -> Result<()> {
         let path = self.path.clone();
         let err = |source| StoreError::Sqlite {
             path: path.clone(),
@@ -296,6 +303,9 @@ impl Store {
                 ],
             )
             .map_err(err)?;
+        }
+        if let Some(entry) = audit {
+            insert_audit(&tx, entry).map_err(err)?;
         }
         tx.commit().map_err(err)
     }

@@ -63,7 +63,7 @@ fn a_run_its_dispatches_and_changes_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(dir.path()).unwrap();
     let (p, mut run) = new_plan_and_run();
-    store.create_run(&new_meta("r1"), &p, &run).unwrap();
+    store.create_run(&new_meta("r1"), &p, &run, None).unwrap();
     let commands = run.apply(Event::Start, 2_000).unwrap();
     let ids = store.commit("r1", &run, &commands, 2_000, None).unwrap();
     assert_eq!(ids.len(), 1, "preflight dispatched");
@@ -112,7 +112,7 @@ fn agent_events_are_stored_once_and_acknowledged_up_to_a_gap() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(dir.path()).unwrap();
     let (p, mut run) = new_plan_and_run();
-    store.create_run(&new_meta("r1"), &p, &run).unwrap();
+    store.create_run(&new_meta("r1"), &p, &run, None).unwrap();
     let commands = run.apply(Event::Start, 2_000).unwrap();
     let attempt = store
         .commit("r1", &run, &commands, 2_000, None)
@@ -166,7 +166,7 @@ fn a_stored_run_restores_to_the_same_run_at_every_point() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(dir.path()).unwrap();
     let (p, mut run) = new_plan_and_run();
-    store.create_run(&new_meta("r1"), &p, &run).unwrap();
+    store.create_run(&new_meta("r1"), &p, &run, None).unwrap();
     let mut now = 2_000;
     let mut commands = run.apply(Event::Start, now).unwrap();
     let mut controls = 0;
@@ -256,7 +256,7 @@ fn an_unfinished_run_is_found_for_resuming() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(dir.path()).unwrap();
     let (p, mut run) = new_plan_and_run();
-    store.create_run(&new_meta("r1"), &p, &run).unwrap();
+    store.create_run(&new_meta("r1"), &p, &run, None).unwrap();
     let commands = run.apply(Event::Start, 2_000).unwrap();
     let ids = store.commit("r1", &run, &commands, 2_000, None).unwrap();
     drop(store);
