@@ -254,6 +254,11 @@ impl Inventory {
             .flat_map(|env| env.nodes().map(move |(n, r)| (env, n, r)))
     }
 
+    /// The environment called `name`.
+    pub fn environment(&self, name: &str) -> Option<&Environment> {
+        self.environments.iter().find(|e| e.name.as_str() == name)
+    }
+
     pub fn find_node(&self, node: &NodeName) -> Option<(&Environment, Role)> {
         self.nodes()
             .find(|(_, n, _)| *n == node)

@@ -426,20 +426,25 @@ pub async fn connect(db: &SsoDatabase) -> Result<SqlClient, SqlError> {
         .map_err(|e| fail(e.into()))
 }
 
-/// Runs a statement that returns rows; a deadlock victim is tried again, up to `DEADLOCK_TRIES` in all.
-async fn rows(
+/// Runs a statement within `query_timeout`, with its rows (none for `Returns::Nothing`); a deadlock
+/// victim is tried again, up to `DEADLOCK_TRIES` in all.
+async fn run(
     client: &mut SqlClient,
     db: &SsoDatabase,
     stage: Stage,
     sql: &str,
     params: &[&dyn ToSql],
     path: Option<&str>,
+    returns: Returns,
 ) -> Result<Vec<Row>, SqlError> {
     let mut tries = 0;
     loop {
         tries += 1;
         let result = tokio::time::timeout(db.query_timeout, async {
-            client.query(sql, params).await?.into_first_result().await
+            match returns {
+                Returns::Rows => client.query(sql, params).await?.into_first_result().await,
+                Returns::Nothing => client.execute(sql, params).await.map(|_| Vec::new()),
+            }
         })
         .await;
         match result {
@@ -454,32 +459,10 @@ async fn rows(
     }
 }
 
-/// Runs a statement that returns no rows, like `rows`.
-async fn execute(
-    client: &mut SqlClient,
-    db: &SsoDatabase,
-    stage: Stage,
-    sql: &str,
-    params: &[&dyn ToSql],
-    path: Option<&str>,
-) -> Result<(), SqlError> {
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        let result = tokio::time::timeout(db.query_timeout, async {
-            client.execute(sql, params).await
-        })
-        .await;
-        match result {
-            Ok(Ok(_)) => return Ok(()),
-            Ok(Err(TdsError::Server(e))) if e.code() == 1205 && tries < DEADLOCK_TRIES => {
-                tracing::warn!(stage = ?stage, "chosen as a deadlock victim (1205); trying again");
-                tokio::time::sleep(Duration::from_millis(500 * u64::from(tries))).await;
-            }
-            Ok(Err(e)) => return Err(describe(e.into(), stage, db, path)),
-            Err(_) => return Err(timed_out(stage, db, path)),
-        }
-    }
+#[derive(Clone, Copy)]
+enum Returns {
+    Rows,
+    Nothing,
 }
 
 fn timed_out(stage: Stage, db: &SsoDatabase, path: Option<&str>) -> SqlError {
@@ -507,13 +490,14 @@ fn column<'a, T: tiberius::FromSql<'a>>(
 /// The master secret server recorded in the SSO database (`gi_SecretServer`).
 pub async fn secret_server(db: &SsoDatabase) -> Result<String, SqlError> {
     let mut client = connect(db).await?;
-    let rows = rows(
+    let rows = run(
         &mut client,
         db,
         Stage::SecretServer,
         SECRET_SERVER_SQL,
         &[],
         None,
+        Returns::Rows,
     )
     .await?;
     match rows.as_slice() {
@@ -629,13 +613,14 @@ pub async fn backup(
 ) -> Result<BackupDone, SqlError> {
     let mut client = connect(db).await?;
     let database = db.database.as_str();
-    let last = rows(
+    let last = run(
         &mut client,
         db,
         Stage::LastBackupId,
         LAST_BACKUP_ID_SQL,
         &[&database],
         Some(path),
+        Returns::Rows,
     )
     .await?;
     let last_id: i32 = match last.first() {
@@ -647,35 +632,38 @@ pub async fn backup(
         quote_ident(database),
         quote_literal(path)
     ));
-    execute(
+    run(
         &mut client,
         db,
         Stage::Backup,
         BACKUP_SQL,
         &[&database, &path],
         Some(path),
+        Returns::Nothing,
     )
     .await?;
     progress(format!(
         "RESTORE VERIFYONLY FROM DISK = {} WITH CHECKSUM",
         quote_literal(path)
     ));
-    execute(
+    run(
         &mut client,
         db,
         Stage::Verify,
         VERIFY_SQL,
         &[&path],
         Some(path),
+        Returns::Nothing,
     )
     .await?;
-    let history = rows(
+    let history = run(
         &mut client,
         db,
         Stage::History,
         HISTORY_SQL,
         &[&database, &last_id, &path],
         Some(path),
+        Returns::Rows,
     )
     .await?;
     let Some(row) = history.first() else {

@@ -159,11 +159,16 @@ impl Shared {
 
     /// Takes the next fault for `op`, if one was injected.
     fn fault(&self, op: Op) -> Option<Fault> {
+        self.take_fault(op, |_| true)
+    }
+
+    /// Takes the next fault for `op` that `wanted` accepts; `Op::Any` stands for every statement,
+    /// not a login.
+    fn take_fault(&self, op: Op, wanted: impl Fn(&Fault) -> bool) -> Option<Fault> {
         let mut state = self.state();
-        let i = state
-            .faults
-            .iter()
-            .position(|(o, _, n)| (*o == op || (*o == Op::Any && op != Op::Login)) && *n > 0)?;
+        let i = state.faults.iter().position(|(o, f, n)| {
+            (*o == op || (*o == Op::Any && op != Op::Login)) && *n > 0 && wanted(f)
+        })?;
         let fault = state.faults[i].1.clone();
         state.faults[i].2 -= 1;
         if state.faults[i].2 == 0 {
@@ -508,7 +513,10 @@ async fn connection(socket: TcpStream, shared: &Arc<Shared>) -> io::Result<()> {
             return Err(bad("expected PRELOGIN inside strict TLS"));
         };
         let _ = prelogin_encryption(&request);
-        if login_fault_drops(shared) {
+        if shared
+            .take_fault(Op::Login, |f| *f == Fault::Drop)
+            .is_some()
+        {
             return Ok(());
         }
         stream
@@ -540,7 +548,10 @@ async fn connection(socket: TcpStream, shared: &Arc<Shared>) -> io::Result<()> {
         }
         (_, true) => (ENCRYPT_ON, Some(ConnMode::Tls)),
     };
-    if login_fault_drops(shared) {
+    if shared
+        .take_fault(Op::Login, |f| *f == Fault::Drop)
+        .is_some()
+    {
         return Ok(());
     }
     socket
@@ -572,20 +583,6 @@ async fn connection(socket: TcpStream, shared: &Arc<Shared>) -> io::Result<()> {
         return session(Box::new(framing.inner), login, mode, shared).await;
     }
     session(Box::new(stream), login, mode, shared).await
-}
-
-/// An injected Login fault of `Drop`: close right after pre-login.
-fn login_fault_drops(shared: &Shared) -> bool {
-    let mut state = shared.state();
-    if let Some(i) = state
-        .faults
-        .iter()
-        .position(|(o, f, _)| *o == Op::Login && *f == Fault::Drop)
-    {
-        state.faults.remove(i);
-        return true;
-    }
-    false
 }
 
 /// The client's ENCRYPTION option (ENCRYPT_NOT_SUP when absent).
@@ -1036,22 +1033,7 @@ fn classify(normalized: &str) -> Op {
 /// `[name]` (with `]]`) right after `prefix` in `text` (case-insensitive).
 fn bracketed_after(text: &str, prefix: &str) -> Option<String> {
     let at = text.to_ascii_lowercase().find(prefix)? + prefix.len();
-    let rest = text[at..].trim_start().strip_prefix('[')?;
-    let mut out = String::new();
-    let mut chars = rest.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == ']' {
-            if chars.peek() == Some(&']') {
-                chars.next();
-                out.push(']');
-            } else {
-                return Some(out);
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    None
+    unquote(text[at..].trim_start().strip_prefix('[')?, ']')
 }
 
 /// `N'text'` (with `''`) after `prefix` in `text`.
@@ -1062,18 +1044,21 @@ fn literal_after(text: &str, prefix: &str) -> Option<String> {
         .strip_prefix("N'")
         .or_else(|| rest.strip_prefix("n'"))
         .or_else(|| rest.strip_prefix('\''))?;
+    unquote(rest, '\'')
+}
+
+/// The text up to the closing `close`, a doubled `close` standing for itself (T-SQL's quoting).
+fn unquote(rest: &str, close: char) -> Option<String> {
     let mut out = String::new();
     let mut chars = rest.chars().peekable();
     while let Some(c) = chars.next() {
-        if c == '\'' {
-            if chars.peek() == Some(&'\'') {
-                chars.next();
-                out.push('\'');
-            } else {
-                return Some(out);
-            }
-        } else {
+        if c != close {
             out.push(c);
+        } else if chars.peek() == Some(&close) {
+            chars.next();
+            out.push(close);
+        } else {
+            return Some(out);
         }
     }
     None
@@ -1454,7 +1439,9 @@ fn backup(
         let mut state = shared.state();
         state.next_id += 1;
         let id = state.next_id;
-        let finished = iso_now();
+        let finished = jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%S%.3f")
+            .to_string();
         state.backups.push(BackupRow {
             backup_set_id: id,
             database_name: name.clone(),
@@ -1480,32 +1467,6 @@ fn backup(
         ],
         ..Answer::default()
     }
-}
-
-/// Now as `2026-11-23T04:05:06.123` (UTC; SQL Server would use its local time).
-fn iso_now() -> String {
-    let since = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = since.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_millis()
-    )
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::{Request, now_ms};
+use crate::engine::Millis;
 use crate::inventory::SsoDatabase;
 use crate::sql;
 
@@ -23,20 +24,20 @@ pub(super) struct BackupJob {
 /// Runs the backup off the manager's task; its progress and result go back as requests, in order.
 pub(super) async fn backup_database(job: BackupJob, requests: mpsc::Sender<Request>) {
     let span = tracing::info_span!("backup-database", run = %job.run_id, env = %job.env, database = %job.db.database, server = %job.db.server);
-    let (lines, mut rx) = mpsc::unbounded_channel::<(u32, String)>();
+    let (lines, mut rx) = mpsc::unbounded_channel::<(Millis, u32, String)>();
     let forward = {
         let requests = requests.clone();
         let (run_id, attempt_id, step) = (job.run_id.clone(), job.attempt_id.clone(), job.step);
         let mut seq = job.first_seq;
         tokio::spawn(async move {
-            while let Some((percent, message)) = rx.recv().await {
+            while let Some((at, percent, message)) = rx.recv().await {
                 let _ = requests
                     .send(Request::CoordinatorProgress {
                         run_id: run_id.clone(),
                         attempt_id: attempt_id.clone(),
                         step,
                         seq,
-                        at: now_ms(),
+                        at,
                         percent,
                         message,
                     })
@@ -47,7 +48,7 @@ pub(super) async fn backup_database(job: BackupJob, requests: mpsc::Sender<Reque
     };
     let mut stage = 0u32;
     let mut progress = |message: String| {
-        // connect → backup → verify → recorded
+        // BACKUP started → VERIFYONLY started → recorded in msdb
         stage += 1;
         let percent = match stage {
             1 => 5,
@@ -55,7 +56,7 @@ pub(super) async fn backup_database(job: BackupJob, requests: mpsc::Sender<Reque
             _ => 100,
         };
         tracing::info!(parent: &span, "{message}");
-        let _ = lines.send((percent, message));
+        let _ = lines.send((now_ms(), percent, message));
     };
     let result = sql::backup(&job.db, &job.path, &mut progress)
         .instrument(span.clone())

@@ -284,6 +284,32 @@ struct Active {
     installer_sha256: Option<String>,
 }
 
+impl Active {
+    /// Streams a step's event to watchers as it happens (it is stored already).
+    fn send_live(
+        &self,
+        step: usize,
+        node: Option<String>,
+        attempt_id: &str,
+        at: Millis,
+        kind: pb::run_event::Kind,
+    ) {
+        let Some(s) = self.run.steps.get(step) else {
+            return;
+        };
+        let _ = self.events.send(pb::RunEvent {
+            seq: self.last_seq,
+            at_unix_ms: at,
+            run_id: self.id.clone(),
+            environment: self.run.env_names[s.plan.env].clone(),
+            node,
+            step: s.plan.kind.name().into(),
+            attempt_id: attempt_id.to_string(),
+            kind: Some(kind),
+        });
+    }
+}
+
 struct Manager {
     store: Store,
     inventory: Inventory,
@@ -681,18 +707,13 @@ impl Manager {
             }
         } else if planned.kind == StepKind::Preflight {
             let env_name = &active.run.env_names[planned.env];
-            let sso = active
-                .inventory
-                .environments
-                .iter()
-                .find(|e| e.name.as_str() == env_name)
-                .and_then(|e| {
-                    e.sso_database.clone().map(|db| SsoCheck {
-                        db,
-                        master: e.master.clone(),
-                        env: env_name.clone(),
-                    })
-                });
+            let sso = active.inventory.environment(env_name).and_then(|e| {
+                e.sso_database.clone().map(|db| SsoCheck {
+                    db,
+                    master: e.master.clone(),
+                    env: env_name.clone(),
+                })
+            });
             let job = PreflightJob::new(
                 &active.id,
                 &active.run,
@@ -706,13 +727,10 @@ impl Manager {
             Vec::new()
         } else if planned.kind == StepKind::BackupDatabase {
             let env_name = active.run.env_names[planned.env].clone();
-            let env = active
+            let Some((db, backup_dir)) = active
                 .inventory
-                .environments
-                .iter()
-                .find(|e| e.name.as_str() == env_name);
-            let Some((db, backup_dir)) =
-                env.and_then(|e| e.sso_database.clone().map(|db| (db, e.backup_dir.clone())))
+                .environment(&env_name)
+                .and_then(|e| e.sso_database.clone().map(|db| (db, e.backup_dir.clone())))
             else {
                 return vec![Event::StepFinished {
                     step,
@@ -745,6 +763,16 @@ impl Manager {
         }
     }
 
+    /// Whether `attempt` is still the running attempt of `step` in the active run `run_id` (what a
+    /// coordinator step's task reports on).
+    fn running_attempt(&self, run_id: &str, step: usize, attempt: u32) -> bool {
+        self.active
+            .as_ref()
+            .filter(|a| a.id == run_id)
+            .and_then(|a| a.run.steps.get(step))
+            .is_some_and(|s| s.attempt == attempt && s.state == StepState::Running)
+    }
+
     async fn preflight_done(
         &mut self,
         run_id: &str,
@@ -752,18 +780,13 @@ impl Manager {
         attempt: u32,
         result: Result<Option<String>, String>,
     ) {
-        let Some(active) = self.active.as_mut().filter(|a| a.id == run_id) else {
-            return;
-        };
         // A late answer of an attempt the run has moved past changes nothing.
-        let current = active
-            .run
-            .steps
-            .get(step)
-            .is_some_and(|s| s.attempt == attempt && s.state == StepState::Running);
-        if !current {
+        if !self.running_attempt(run_id, step, attempt) {
             return;
         }
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
         let outcome = match (result, &active.installer_sha256) {
             (Err(problem), _) => Outcome::Failed(problem),
             (Ok(None), _) => Outcome::Succeeded,
@@ -814,22 +837,13 @@ impl Manager {
         let Some(active) = self.active.as_ref().filter(|a| a.id == run_id) else {
             return;
         };
-        let Some(s) = active.run.steps.get(step) else {
-            return;
-        };
-        let _ = active.events.send(pb::RunEvent {
-            seq: active.last_seq,
-            at_unix_ms: at,
-            run_id: run_id.to_string(),
-            environment: active.run.env_names[s.plan.env].clone(),
-            node: None,
-            step: s.plan.kind.name().into(),
-            attempt_id: attempt_id.to_string(),
-            kind: Some(pb::run_event::Kind::Progress(pb::StepProgress {
-                percent,
-                message,
-            })),
-        });
+        active.send_live(
+            step,
+            None,
+            attempt_id,
+            at,
+            pb::run_event::Kind::Progress(pb::StepProgress { percent, message }),
+        );
     }
 
     /// Stores the backup's result (the file as an artifact) and applies it, if it is still the step's
@@ -842,15 +856,7 @@ impl Manager {
         attempt_id: &str,
         result: Result<crate::sql::BackupDone, String>,
     ) {
-        let Some(active) = self.active.as_ref().filter(|a| a.id == run_id) else {
-            return;
-        };
-        let current = active
-            .run
-            .steps
-            .get(step)
-            .is_some_and(|s| s.attempt == attempt && s.state == StepState::Running);
-        if !current {
+        if !self.running_attempt(run_id, step, attempt) {
             return;
         }
         let (outcome, error, artifacts) = match &result {
@@ -1158,26 +1164,20 @@ impl Manager {
         let Some(active) = self.active.as_ref().filter(|a| a.id == row.run_id) else {
             return;
         };
-        let step = row.step;
-        let live = pb::RunEvent {
-            seq: active.last_seq,
-            at_unix_ms: event.at_unix_ms,
-            run_id: row.run_id.clone(),
-            environment: active.run.env_names[active.run.steps[step].plan.env].clone(),
-            node: Some(node.to_string()),
-            step: active.run.steps[step].plan.kind.name().into(),
-            attempt_id: event.attempt_id.clone(),
-            kind: match kind {
-                Kind::Progress(p) => Some(pb::run_event::Kind::Progress(p)),
-                Kind::Output(o) => Some(pb::run_event::Kind::Output(o)),
-                Kind::Log(l) => Some(pb::run_event::Kind::Log(l)),
-                Kind::Waiting(w) => Some(pb::run_event::Kind::Waiting(w)),
-                Kind::Started(_) | Kind::Finished(_) => None,
-            },
+        let live = match kind {
+            Kind::Progress(p) => pb::run_event::Kind::Progress(p),
+            Kind::Output(o) => pb::run_event::Kind::Output(o),
+            Kind::Log(l) => pb::run_event::Kind::Log(l),
+            Kind::Waiting(w) => pb::run_event::Kind::Waiting(w),
+            Kind::Started(_) | Kind::Finished(_) => return,
         };
-        if live.kind.is_some() {
-            let _ = active.events.send(live);
-        }
+        active.send_live(
+            row.step,
+            Some(node.to_string()),
+            &event.attempt_id,
+            event.at_unix_ms,
+            live,
+        );
     }
 
     async fn control(
@@ -1452,9 +1452,7 @@ fn windows_of(inventory: &Inventory, plan: &Plan) -> Vec<Option<crate::inventory
         .iter()
         .map(|e| {
             inventory
-                .environments
-                .iter()
-                .find(|i| i.name == e.name)
+                .environment(e.name.as_str())
                 .and_then(|i| i.window.clone())
         })
         .collect()

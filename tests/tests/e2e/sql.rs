@@ -385,6 +385,29 @@ fn fleet_with_sql(dir: &Path, pki: &Pki, port: u16) -> String {
     FLEET.replacen("backup_dir = 'BACKUPS'\n", &section, 1)
 }
 
+/// The upgrade fleet with dev's SSO database on a scripted server that records `secret_server` as
+/// the master secret server. Fields drop in order: processes, then the server, then its runtime.
+struct SqlFleet {
+    s: crate::upgrade::Setup,
+    fake: FakeSqlServer,
+    _dir: tempfile::TempDir,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn sql_fleet(secret_server: &str) -> SqlFleet {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pki = pki();
+    let fake = rt.block_on(server(&pki, secret_server));
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(&fleet_with_sql(dir.path(), &pki, fake.port()), &[], &[]);
+    SqlFleet {
+        s,
+        fake,
+        _dir: dir,
+        _rt: rt,
+    }
+}
+
 fn unix_ns(at: std::time::SystemTime) -> u128 {
     at.duration_since(UNIX_EPOCH).unwrap().as_nanos()
 }
@@ -400,12 +423,8 @@ fn step<'a>(run: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
 
 #[test]
 fn an_upgrade_backs_up_the_sso_database_before_anything_is_touched() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let pki = pki();
     // The SSO database names the master by its FQDN, in capitals; the inventory says "m1".
-    let fake = rt.block_on(server(&pki, "M1.corp.example"));
-    let dir = tempfile::tempdir().unwrap();
-    let s = setup(&fleet_with_sql(dir.path(), &pki, fake.port()), &[], &[]);
+    let SqlFleet { s, fake, .. } = &sql_fleet("M1.corp.example");
     let (code, run) = s.json(&["upgrade", "--all"]);
     assert_eq!(code, Some(0), "{run}");
     assert_eq!(run["state"], "succeeded");
@@ -463,11 +482,7 @@ fn an_upgrade_backs_up_the_sso_database_before_anything_is_touched() {
 
 #[test]
 fn a_master_secret_server_that_is_not_the_inventorys_master_halts_preflight() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let pki = pki();
-    let fake = rt.block_on(server(&pki, "SSO-OTHER-07.corp.example"));
-    let dir = tempfile::tempdir().unwrap();
-    let s = setup(&fleet_with_sql(dir.path(), &pki, fake.port()), &[], &[]);
+    let SqlFleet { s, fake, .. } = &sql_fleet("SSO-OTHER-07.corp.example");
     let (code, run) = s.json(&["upgrade", "--all"]);
     assert_eq!(code, Some(1), "{run}");
     assert_eq!(run["state"], "halted");
@@ -478,16 +493,12 @@ fn a_master_secret_server_that_is_not_the_inventorys_master_halts_preflight() {
         "{reason}"
     );
     assert!(tool_log(&s.fleet).is_empty(), "no tool ran");
-    assert!(!ops(&fake).contains(&Op::Backup), "no backup was taken");
+    assert!(!ops(fake).contains(&Op::Backup), "no backup was taken");
 }
 
 #[test]
 fn a_backup_that_fails_stops_the_environment_until_a_retry_succeeds() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let pki = pki();
-    let fake = rt.block_on(server(&pki, "m1"));
-    let dir = tempfile::tempdir().unwrap();
-    let s = setup(&fleet_with_sql(dir.path(), &pki, fake.port()), &[], &[]);
+    let SqlFleet { s, fake, .. } = &sql_fleet("m1");
     // The connection drops in the middle of BACKUP DATABASE.
     fake.inject(Op::Backup, Fault::Drop);
     let (code, run) = s.json(&["upgrade", "--all"]);
@@ -512,7 +523,7 @@ fn a_backup_that_fails_stops_the_environment_until_a_retry_succeeds() {
     let id = run["id"].as_str().unwrap();
     let o = s.ctl(&["retry", id, "--step", "backup-database"]);
     assert_eq!(o.status.code(), Some(0), "{o:?}");
-    let run = wait_final(&s, id, PATIENCE * 3);
+    let run = wait_final(s, id, PATIENCE * 3);
     assert_eq!(run["state"], "succeeded", "{run}");
     let backup = step(&run, "backup-database");
     assert_eq!(backup["attempts"], 2, "{backup}");
@@ -523,19 +534,15 @@ fn a_backup_that_fails_stops_the_environment_until_a_retry_succeeds() {
 
 #[test]
 fn a_coordinator_killed_during_the_backup_takes_it_again_when_it_resumes() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let pki = pki();
-    let fake = rt.block_on(server(&pki, "m1"));
+    let SqlFleet { s, fake, .. } = &mut sql_fleet("m1");
     fake.inject(Op::Backup, Fault::Delay(Duration::from_secs(2)));
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = setup(&fleet_with_sql(dir.path(), &pki, fake.port()), &[], &[]);
-    let id = start_detached(&s);
+    let id = start_detached(s);
     eventually(PATIENCE, "BACKUP DATABASE in progress", || {
-        ops(&fake).contains(&Op::LastBackupId).then_some(())
+        ops(fake).contains(&Op::LastBackupId).then_some(())
     });
     std::thread::sleep(Duration::from_millis(300));
-    restart_coordinator(&mut s);
-    let run = wait_final(&s, &id, PATIENCE * 3);
+    restart_coordinator(s);
+    let run = wait_final(s, &id, PATIENCE * 3);
     assert_eq!(run["state"], "succeeded", "{run}");
     let backup = step(&run, "backup-database");
     assert_eq!(

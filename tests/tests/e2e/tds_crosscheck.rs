@@ -4,7 +4,7 @@
 //! 1.3 has no strict mode). So the server is not only consistent with tiberius, our own client.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use fleet_tests::path_str;
@@ -12,7 +12,7 @@ use fleet_tests::tds::{
     ConnMode, FakeDatabase, FakeSqlConfig, FakeSqlServer, Fault, Op, ServerEncryption, TlsIdentity,
 };
 
-use crate::sql::{Pki, pki};
+use crate::sql::pki;
 
 /// Whether `program` runs here; when it does not, a test that needs it fails if `required` names an
 /// environment variable that is set (CI sets FLEET_REQUIRE_TSQL), and is skipped with a note otherwise.
@@ -34,8 +34,19 @@ fn available(program: &str, required: Option<&str>, package: &str) -> bool {
     found
 }
 
-async fn server(pki: &Pki, encryption: ServerEncryption) -> FakeSqlServer {
-    FakeSqlServer::start(FakeSqlConfig {
+/// A scripted server with its CA written to a temporary directory.
+struct Bench {
+    dir: tempfile::TempDir,
+    ca: PathBuf,
+    fake: FakeSqlServer,
+}
+
+async fn start(encryption: ServerEncryption) -> Bench {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let fake = FakeSqlServer::start(FakeSqlConfig {
         tls: Some(TlsIdentity {
             cert_chain_pem: pki.identity.cert_chain_pem.clone(),
             key_pem: pki.identity.key_pem.clone(),
@@ -48,39 +59,49 @@ async fn server(pki: &Pki, encryption: ServerEncryption) -> FakeSqlServer {
         }],
     })
     .await
-    .unwrap()
+    .unwrap();
+    Bench { dir, ca, fake }
 }
 
-/// Runs `tsql -S fake` with `sql` on its standard input, under a freetds.conf of its own.
-fn tsql(dir: &Path, port: u16, encryption: &str, ca: &Path, password: &str, sql: &str) -> Output {
-    let conf = dir.join("freetds.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "[fake]\n\thost = localhost\n\tport = {port}\n\ttds version = 7.4\n\tencryption = {encryption}\n\
-             \tca file = {}\n\tcheck certificate hostname = yes\n",
-            path_str(ca).unwrap()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new("tsql")
-        .args([
-            "-S", "fake", "-U", "ssofleet", "-P", password, "-D", "SSODB",
-        ])
-        .env("FREETDSCONF", &conf)
-        .env_remove("TDSVER")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+impl Bench {
+    /// Runs `tsql -S fake` (off the runtime's threads) with `sql` on its standard input, under a
+    /// freetds.conf of its own that trusts `ca`.
+    async fn tsql(&self, encryption: &str, ca: &Path, password: &str, sql: &str) -> Output {
+        let conf = self.dir.path().join("freetds.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "[fake]\n\thost = localhost\n\tport = {}\n\ttds version = 7.4\n\tencryption = {encryption}\n\
+                 \tca file = {}\n\tcheck certificate hostname = yes\n",
+                self.fake.port(),
+                path_str(ca).unwrap()
+            ),
+        )
         .unwrap();
-    child
-        .stdin
-        .take()
+        let (password, input) = (password.to_string(), format!("{sql}\nexit\n"));
+        tokio::task::spawn_blocking(move || {
+            let mut child = Command::new("tsql")
+                .args([
+                    "-S", "fake", "-U", "ssofleet", "-P", &password, "-D", "SSODB",
+                ])
+                .env("FREETDSCONF", &conf)
+                .env_remove("TDSVER")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+            child.wait_with_output().unwrap()
+        })
+        .await
         .unwrap()
-        .write_all(format!("{sql}\nexit\n").as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    }
 }
 
 fn text(o: &Output) -> String {
@@ -96,13 +117,9 @@ async fn freetds_tsql_logs_in_queries_and_sees_info_and_errors() {
     if !available("tsql", Some("FLEET_REQUIRE_TSQL"), "freetds-bin") {
         return;
     }
-    let pki = pki();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, &pki.ca_pem).unwrap();
-    let fake = server(&pki, ServerEncryption::Required).await;
-    let port = fake.port();
-    let backup = dir.path().join("it's.bak");
+    let b = start(ServerEncryption::Required).await;
+    let fake = &b.fake;
+    let backup = b.dir.path().join("it's.bak");
     let backup_sql = format!(
         "BACKUP DATABASE [SSODB] TO DISK = N'{}' WITH COPY_ONLY, CHECKSUM, INIT",
         path_str(&backup).unwrap().replace('\'', "''")
@@ -114,13 +131,7 @@ async fn freetds_tsql_logs_in_queries_and_sees_info_and_errors() {
          RESTORE VERIFYONLY FROM DISK = N'{}' WITH CHECKSUM\ngo",
         path_str(&backup).unwrap().replace('\'', "''")
     );
-    let dir_path = dir.path().to_path_buf();
-    let ca_path = ca.clone();
-    let o = tokio::task::spawn_blocking(move || {
-        tsql(&dir_path, port, "require", &ca_path, "Corr3ct-h0rse!", &sql)
-    })
-    .await
-    .unwrap();
+    let o = b.tsql("require", &b.ca, "Corr3ct-h0rse!", &sql).await;
     let out = text(&o);
     assert!(o.status.success(), "{out}");
     assert!(out.contains("SSO-DEV-01.corp.example"), "the row: {out}");
@@ -142,19 +153,14 @@ async fn freetds_tsql_logs_in_queries_and_sees_info_and_errors() {
 
     // An error the server plays: tsql prints its number and text.
     fake.inject(Op::Backup, Fault::Error(3201));
-    let (dir_path, ca_path) = (dir.path().to_path_buf(), ca.clone());
-    let o = tokio::task::spawn_blocking(move || {
-        tsql(
-            &dir_path,
-            port,
+    let o = b
+        .tsql(
             "require",
-            &ca_path,
+            &b.ca,
             "Corr3ct-h0rse!",
             &format!("{backup_sql}\ngo"),
         )
-    })
-    .await
-    .unwrap();
+        .await;
     let out = text(&o);
     assert!(
         out.contains("Msg 3201") && out.contains("Cannot open backup device"),
@@ -163,39 +169,18 @@ async fn freetds_tsql_logs_in_queries_and_sees_info_and_errors() {
     assert!(out.contains("Msg 3013"), "{out}");
 
     // A wrong password: login failed, tsql gives up.
-    let (dir_path, ca_path) = (dir.path().to_path_buf(), ca.clone());
-    let o = tokio::task::spawn_blocking(move || {
-        tsql(
-            &dir_path,
-            port,
-            "require",
-            &ca_path,
-            "wrong",
-            "SELECT 1\ngo",
-        )
-    })
-    .await
-    .unwrap();
+    let o = b.tsql("require", &b.ca, "wrong", "SELECT 1\ngo").await;
     let out = text(&o);
     assert!(!o.status.success(), "{out}");
     assert!(out.contains("Login failed for user 'ssofleet'"), "{out}");
 
     // Another CA: the TLS handshake fails before any login.
-    let other = pki_other(dir.path());
+    let other = b.dir.path().join("other-ca.pem");
+    std::fs::write(&other, pki().ca_pem).unwrap();
     let before = fake.connections().len();
-    let dir_path = dir.path().to_path_buf();
-    let o = tokio::task::spawn_blocking(move || {
-        tsql(
-            &dir_path,
-            port,
-            "require",
-            &other,
-            "Corr3ct-h0rse!",
-            "SELECT 1\ngo",
-        )
-    })
-    .await
-    .unwrap();
+    let o = b
+        .tsql("require", &other, "Corr3ct-h0rse!", "SELECT 1\ngo")
+        .await;
     assert!(!o.status.success(), "{}", text(&o));
     assert_eq!(
         fake.connections().len(),
@@ -209,37 +194,21 @@ async fn freetds_tsql_in_plaintext_and_login_only_modes() {
     if !available("tsql", Some("FLEET_REQUIRE_TSQL"), "freetds-bin") {
         return;
     }
-    let pki = pki();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, &pki.ca_pem).unwrap();
-    let fake = server(&pki, ServerEncryption::Optional).await;
-    let port = fake.port();
+    let b = start(ServerEncryption::Optional).await;
     for (encryption, mode) in [
         ("off", ConnMode::Plain),
         ("request", ConnMode::LoginOnly),
         ("require", ConnMode::Tls),
     ] {
-        let (dir_path, ca_path) = (dir.path().to_path_buf(), ca.clone());
-        let o = tokio::task::spawn_blocking(move || {
-            tsql(
-                &dir_path,
-                port,
-                encryption,
-                &ca_path,
-                "Corr3ct-h0rse!",
-                "SELECT gi_SecretServer FROM dbo.SSOX_GlobalInfo\ngo",
-            )
-        })
-        .await
-        .unwrap();
+        let sql = "SELECT gi_SecretServer FROM dbo.SSOX_GlobalInfo\ngo";
+        let o = b.tsql(encryption, &b.ca, "Corr3ct-h0rse!", sql).await;
         let out = text(&o);
         assert!(
             out.contains("SSO-DEV-01.corp.example"),
             "{encryption}: {out}"
         );
         assert_eq!(
-            fake.connections().last().unwrap().mode,
+            b.fake.connections().last().unwrap().mode,
             mode,
             "{encryption}: {out}"
         );
@@ -251,38 +220,13 @@ async fn a_server_that_forces_encryption_refuses_a_plaintext_tsql() {
     if !available("tsql", Some("FLEET_REQUIRE_TSQL"), "freetds-bin") {
         return;
     }
-    let pki = pki();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, &pki.ca_pem).unwrap();
-    let fake = server(&pki, ServerEncryption::Required).await;
-    let port = fake.port();
-    let dir_path = dir.path().to_path_buf();
-    let o = tokio::task::spawn_blocking(move || {
-        tsql(
-            &dir_path,
-            port,
-            "off",
-            &ca,
-            "Corr3ct-h0rse!",
-            "SELECT 1\ngo",
-        )
-    })
-    .await
-    .unwrap();
+    let b = start(ServerEncryption::Required).await;
+    let o = b.tsql("off", &b.ca, "Corr3ct-h0rse!", "SELECT 1\ngo").await;
     assert!(!o.status.success(), "{}", text(&o));
     assert!(
-        fake.connections().is_empty(),
+        b.fake.connections().is_empty(),
         "the password never reached it"
     );
-}
-
-/// A CA that did not sign the server's certificate, written to `dir`.
-fn pki_other(dir: &Path) -> std::path::PathBuf {
-    let other = pki();
-    let path = dir.join("other-ca.pem");
-    std::fs::write(&path, other.ca_pem).unwrap();
-    path
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,12 +240,8 @@ async fn openssl_sees_strict_tls_with_the_tds_8_alpn() {
         println!("skipped: openssl not found");
         return;
     }
-    let pki = pki();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, &pki.ca_pem).unwrap();
-    let fake = server(&pki, ServerEncryption::Required).await;
-    let port = fake.port();
+    let b = start(ServerEncryption::Required).await;
+    let (port, ca) = (b.fake.port(), b.ca.clone());
     let o = tokio::task::spawn_blocking(move || {
         let mut child = Command::new("openssl")
             .args([
