@@ -5,7 +5,7 @@ use fleet_proto::pb;
 
 use crate::domain::{EnvName, NodeName};
 use crate::inventory::Inventory;
-use crate::plan::{Expected, Plan, Selection, StepKind, Versions};
+use crate::plan::{Expected, Plan, Selection, StepKind, Versions, Workflow};
 
 /// A request's selection, checked against the inventory. `Err` is a message for the operator.
 pub fn selection(
@@ -13,10 +13,21 @@ pub fn selection(
     inventory: &Inventory,
 ) -> Result<Selection, String> {
     let raw = raw.cloned().unwrap_or_default();
-    match raw.workflow() {
-        pb::Workflow::Upgrade | pb::Workflow::Unspecified => {}
-        pb::Workflow::Migrate => return Err("the migrate workflow is not built yet".into()),
-    }
+    let workflow = match raw.workflow() {
+        pb::Workflow::Upgrade | pb::Workflow::Unspecified => Workflow::Upgrade,
+        pb::Workflow::Migrate => {
+            if raw.all || raw.environments.len() != 1 {
+                return Err("migrate runs on exactly one environment: --env E".into());
+            }
+            if raw.master_only || raw.max_parallel.is_some() || raw.max_failures.is_some() {
+                return Err(
+                    "migrate runs on the master secret server only: --master-only, --max-parallel and --max-failures do not apply"
+                        .into(),
+                );
+            }
+            Workflow::Migrate
+        }
+    };
     if raw.all != raw.environments.is_empty() {
         return Err(
             "name the environments, or all of them (--all), not both and not neither".into(),
@@ -42,6 +53,7 @@ pub fn selection(
         return Err("--max-parallel must be at least 1".into());
     }
     Ok(Selection {
+        workflow,
         environments,
         master_only: raw.master_only,
         max_parallel: raw.max_parallel,
@@ -68,7 +80,14 @@ pub fn action(kind: StepKind) -> pb::Action {
     match kind {
         StepKind::BackupSecret => pb::Action::BackupSecret,
         StepKind::UpgradeMaster | StepKind::UpgradeMember => pb::Action::InstallSso,
-        StepKind::VerifyMaster | StepKind::VerifyMember => pb::Action::VerifySso,
+        StepKind::VerifyMaster | StepKind::VerifyMember | StepKind::VerifyMigration => {
+            pb::Action::VerifySso
+        }
+        StepKind::InstallSso => pb::Action::InstallSso,
+        StepKind::BackupSecurityData => pb::Action::BackupSecurityData,
+        StepKind::ExportEncryptionKey => pb::Action::ExportEncryptionKey,
+        StepKind::CopyMigrationUtility => pb::Action::CopyMigrationUtility,
+        StepKind::RunMigration => pb::Action::RunMigration,
         StepKind::Preflight | StepKind::BackupDatabase | StepKind::Gate => pb::Action::Unspecified,
     }
 }

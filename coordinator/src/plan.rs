@@ -1,10 +1,14 @@
-//! Planning (SPEC §5): inventory + live facts → the ordered steps of the upgrade workflow, and the
-//! plan's hash. Pure: the caller supplies the versions the nodes reported.
+//! Planning (SPEC §5): inventory + live facts → the ordered steps of a workflow, and the plan's hash.
+//! Pure: the caller supplies the versions the nodes reported.
 //!
-//! Per environment, in file order: `preflight` → `backup-database` → `backup-secret` →
+//! **upgrade**, per environment, in file order: `preflight` → `backup-database` → `backup-secret` →
 //! `upgrade-master` → `verify-master` → for each member `upgrade` → `verify` → `gate`.
 //! A node whose facts already show the target version is planned `already-current` (invariant 6).
 //! The master is verified even when already current: members never start on an unverified master.
+//!
+//! **migrate**, on one environment's master secret server: `backup-security-data` →
+//! `export-encryption-key` → `install-sso` → `copy-migration-utility` → `run-migration` → `verify`.
+//! Every step is in the chain: each starts only once the one before it succeeded.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -17,11 +21,31 @@ use crate::inventory::{Gate, Inventory};
 /// Which environments a run covers, and its policy overrides.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Selection {
+    pub workflow: Workflow,
     /// Empty: every environment.
     pub environments: Vec<EnvName>,
     pub master_only: bool,
     pub max_parallel: Option<u32>,
     pub max_failures: Option<u32>,
+}
+
+/// The workflows of SPEC §5.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+pub enum Workflow {
+    #[default]
+    Upgrade,
+    Migrate,
+}
+
+impl Workflow {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Workflow::Upgrade => "upgrade",
+            Workflow::Migrate => "migrate",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -34,6 +58,13 @@ pub enum StepKind {
     UpgradeMember,
     VerifyMember,
     Gate,
+    // The migrate workflow.
+    BackupSecurityData,
+    ExportEncryptionKey,
+    InstallSso,
+    CopyMigrationUtility,
+    RunMigration,
+    VerifyMigration,
 }
 
 impl StepKind {
@@ -48,6 +79,12 @@ impl StepKind {
             StepKind::UpgradeMember => "upgrade",
             StepKind::VerifyMember => "verify",
             StepKind::Gate => "gate",
+            StepKind::BackupSecurityData => "backup-security-data",
+            StepKind::ExportEncryptionKey => "export-encryption-key",
+            StepKind::InstallSso => "install-sso",
+            StepKind::CopyMigrationUtility => "copy-migration-utility",
+            StepKind::RunMigration => "run-migration",
+            StepKind::VerifyMigration => "verify",
         }
     }
 
@@ -59,15 +96,20 @@ impl StepKind {
         )
     }
 
-    /// The master chain: a failure here halts the environment, and no member starts.
+    /// The master chain: run in order, each only once the one before it succeeded; a failure here
+    /// halts the environment, and no member starts. Every step of the migrate workflow is in it.
     pub fn in_master_chain(self) -> bool {
+        !matches!(
+            self,
+            StepKind::UpgradeMember | StepKind::VerifyMember | StepKind::Gate
+        )
+    }
+
+    /// Steps that run the installer (attended installs wait for the operator here).
+    pub fn installs(self) -> bool {
         matches!(
             self,
-            StepKind::Preflight
-                | StepKind::BackupDatabase
-                | StepKind::BackupSecret
-                | StepKind::UpgradeMaster
-                | StepKind::VerifyMaster
+            StepKind::UpgradeMaster | StepKind::UpgradeMember | StepKind::InstallSso
         )
     }
 
@@ -107,6 +149,9 @@ pub struct EnvPlan {
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Plan {
+    /// Plans stored before the migrate workflow existed are upgrades.
+    #[serde(default)]
+    pub workflow: Workflow,
     pub target_version: String,
     pub installer: String,
     pub max_parallel: u32,
@@ -124,12 +169,28 @@ pub enum PlanError {
     UnknownEnvironment(String),
     #[error("--max-parallel must be at least 1")]
     ZeroParallel,
+    #[error("migrate runs on exactly one environment: --env E")]
+    MigrateOneEnvironment,
 }
 
 /// The version each node reported; a node missing from the map has not reported (not attached).
 pub type Versions = HashMap<NodeName, Option<String>>;
 
 pub fn plan(
+    inventory: &Inventory,
+    selection: &Selection,
+    versions: &Versions,
+) -> Result<Plan, PlanError> {
+    match selection.workflow {
+        Workflow::Upgrade => upgrade_plan(inventory, selection, versions),
+        Workflow::Migrate => match selection.environments.as_slice() {
+            [env] => migrate_plan(inventory, env, versions),
+            _ => Err(PlanError::MigrateOneEnvironment),
+        },
+    }
+}
+
+fn upgrade_plan(
     inventory: &Inventory,
     selection: &Selection,
     versions: &Versions,
@@ -274,6 +335,7 @@ pub fn plan(
         push(None, StepKind::Gate, 0, Expected::Run, env.gate.to_string());
     }
     let mut plan = Plan {
+        workflow: Workflow::Upgrade,
         target_version: target.clone(),
         installer: inventory.upgrade.installer.clone(),
         max_parallel,
@@ -290,10 +352,101 @@ pub fn plan(
     Ok(plan)
 }
 
+/// The migrate workflow on environment `env`: every step on its master secret server, in order.
+/// ESSO is installed there (`install-sso`) unless its facts already show the target version; the
+/// other steps always run (the migration is why the run exists). The environment's install mode
+/// applies to `install-sso` as to an upgrade.
+pub fn migrate_plan(
+    inventory: &Inventory,
+    env: &EnvName,
+    versions: &Versions,
+) -> Result<Plan, PlanError> {
+    let Some(e) = inventory.environments.iter().find(|e| &e.name == env) else {
+        return Err(PlanError::UnknownEnvironment(env.to_string()));
+    };
+    let target = &inventory.upgrade.target_version;
+    let mut warnings = Vec::new();
+    let master_version = versions.get(&e.master);
+    if master_version.is_none() {
+        warnings.push(format!(
+            "{} ({}) has not reported its version (not attached): planned as needing ESSO installed",
+            e.master, e.name
+        ));
+    }
+    let install = if master_version == Some(&Some(target.clone())) {
+        Expected::AlreadyCurrent
+    } else {
+        Expected::Run
+    };
+    let steps = [
+        (
+            StepKind::BackupSecurityData,
+            Expected::Run,
+            "the existing host security data",
+        ),
+        (
+            StepKind::ExportEncryptionKey,
+            Expected::Run,
+            "udbkey /showkey",
+        ),
+        (StepKind::InstallSso, install, ""),
+        (
+            StepKind::CopyMigrationUtility,
+            Expected::Run,
+            "hissomig to the master secret server",
+        ),
+        (
+            StepKind::RunMigration,
+            Expected::Run,
+            "hissomig -export, then -import",
+        ),
+        (StepKind::VerifyMigration, Expected::Run, ""),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(index, (kind, expected, note))| PlannedStep {
+        index,
+        env: 0,
+        node: Some(e.master.clone()),
+        kind,
+        batch: 0,
+        expected,
+        note: if kind == StepKind::VerifyMigration {
+            format!("version {target}")
+        } else {
+            note.to_string()
+        },
+    })
+    .collect();
+    let mut plan = Plan {
+        workflow: Workflow::Migrate,
+        target_version: target.clone(),
+        installer: inventory.upgrade.installer.clone(),
+        max_parallel: 1,
+        max_failures: 0,
+        master_only: true,
+        environments: vec![EnvPlan {
+            name: e.name.clone(),
+            master: e.master.clone(),
+            members: Vec::new(),
+            gate: Gate::Auto,
+        }],
+        steps,
+        warnings,
+        hash: String::new(),
+    };
+    plan.hash = plan_hash(&plan, versions);
+    Ok(plan)
+}
+
 /// SHA-256 over a canonical text of the plan: steps, nodes, versions, installer, policy. Shown as 16
 /// hex digits, enough to tell any drift from the plan an operator reviewed.
 fn plan_hash(plan: &Plan, versions: &Versions) -> String {
-    let mut canonical = format!(
+    let mut canonical = match plan.workflow {
+        Workflow::Upgrade => String::new(),
+        Workflow::Migrate => "workflow=migrate\n".to_string(),
+    };
+    canonical += &format!(
         "ssofleet-plan-v1\ntarget={}\ninstaller={}\nmax_parallel={}\nmax_failures={}\n",
         plan.target_version, plan.installer, plan.max_parallel, plan.max_failures
     );

@@ -138,6 +138,8 @@ pub struct StepRun {
     pub message: String,
     /// A soak gate passes at this time.
     pub wait_until: Option<Millis>,
+    /// The attempt whose attended install the operator approved (its agent is told to verify).
+    pub approved: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,6 +155,8 @@ pub struct EnvRun {
     pub master_lost: bool,
     /// Index range of this environment's steps.
     pub steps: std::ops::Range<usize>,
+    /// The master secret server.
+    pub master: NodeName,
     /// No step starts while this is closed (invariant 7).
     pub window: Option<Window>,
 }
@@ -170,6 +174,10 @@ pub enum Control {
     Abort,
     /// Pass the current manual gate.
     Approve,
+    /// The operator says the attended install `step` waits for is done: its agent verifies it.
+    ApproveInstall {
+        step: usize,
+    },
     Retry {
         step: usize,
     },
@@ -189,6 +197,12 @@ pub enum Event {
     StepStarted {
         step: usize,
         attempt: u32,
+    },
+    /// The agent stopped at an attended install and waits for the operator (`instruction`).
+    StepWaiting {
+        step: usize,
+        attempt: u32,
+        instruction: String,
     },
     StepFinished {
         step: usize,
@@ -227,6 +241,17 @@ pub enum Command {
     },
     /// Deliver a `Tick` at (or after) this time.
     WakeAt(Millis),
+    /// The operator approved the attended install of `step`: tell its agent to verify and finish.
+    Continue {
+        step: usize,
+        attempt: u32,
+    },
+    /// The run was aborted while `step` waited for an attended install: its agent ends the attempt
+    /// (nothing runs there meanwhile).
+    Cancel {
+        step: usize,
+        attempt: u32,
+    },
 }
 
 /// An operator control the run's state does not allow; nothing changed.
@@ -274,6 +299,7 @@ impl Run {
                     finished_at: None,
                     message,
                     wait_until: None,
+                    approved: None,
                 }
             })
             .collect();
@@ -297,6 +323,7 @@ impl Run {
                     failures_accepted: 0,
                     master_lost: false,
                     steps: first..last,
+                    master: e.master.clone(),
                     window: None,
                 }
             })
@@ -322,9 +349,24 @@ impl Run {
         }
     }
 
-    /// Whether an attempt of this run is out on an agent (or in the coordinator) with no result yet.
+    /// Whether an attempt of this run is out on an agent (or in the coordinator) with no result yet:
+    /// running, or held by its agent at an attended install.
     pub fn has_running_steps(&self) -> bool {
-        self.steps.iter().any(|s| s.state == StepState::Running)
+        self.steps
+            .iter()
+            .any(|s| s.state == StepState::Running || self.waits_for_install(s))
+    }
+
+    /// A step whose agent waits for the operator's attended install.
+    fn waits_for_install(&self, s: &StepRun) -> bool {
+        s.state == StepState::Waiting && s.plan.kind != StepKind::Gate
+    }
+
+    /// The gate step of `env`, if its workflow has one (migrate has none).
+    fn gate_step(&self, env: usize) -> Option<usize> {
+        let last = self.envs[env].steps.end.checked_sub(1)?;
+        (self.envs[env].steps.contains(&last) && self.steps[last].plan.kind == StepKind::Gate)
+            .then_some(last)
     }
 
     pub fn status(&self) -> RunStatus {
@@ -350,6 +392,22 @@ impl Run {
                 self.master_detached(&node, &mut out);
             }
             Event::StepStarted { .. } => {}
+            Event::StepWaiting {
+                step,
+                attempt,
+                instruction,
+            } => {
+                let waits = self.steps.get(step).is_some_and(|s| {
+                    s.attempt == attempt
+                        && s.state == StepState::Running
+                        && s.approved != Some(attempt)
+                        && s.plan.kind.installs()
+                        && !self.aborted
+                });
+                if waits {
+                    self.set(step, StepState::Waiting, instruction, &mut out);
+                }
+            }
             Event::StepFinished {
                 step,
                 attempt,
@@ -417,6 +475,7 @@ impl Run {
             finished_at: s.finished_at,
             message: s.message.clone(),
             wait_until: s.wait_until,
+            approved: s.approved,
         }
     }
 
@@ -447,6 +506,7 @@ impl Run {
             step.finished_at = r.finished_at;
             step.message = r.message;
             step.wait_until = r.wait_until;
+            step.approved = r.approved;
         }
         for (env, d) in run.envs.iter_mut().zip(durable.envs) {
             env.status = d.status;
@@ -471,12 +531,8 @@ impl Run {
             return;
         };
         let e = &self.envs[env];
-        let master = self.steps[e.steps.clone()]
-            .iter()
-            .find(|s| s.plan.kind == StepKind::VerifyMaster)
-            .and_then(|s| s.plan.node.clone());
         let in_progress = matches!(e.status, EnvStatus::Running | EnvStatus::WaitingGate);
-        if master.as_ref() != Some(node) || !in_progress || self.aborted || self.status.is_final() {
+        if &e.master != node || !in_progress || self.aborted || self.status.is_final() {
             return;
         }
         self.envs[env].master_lost = true;
@@ -544,8 +600,9 @@ impl Run {
         let Some(s) = self.steps.get(step) else {
             return;
         };
-        // Duplicates and stale attempts change nothing.
-        if attempt != s.attempt || s.state != StepState::Running {
+        // Duplicates and stale attempts change nothing. An attempt waiting for an attended install
+        // ends when it is cancelled (an aborted run).
+        if attempt != s.attempt || !(s.state == StepState::Running || self.waits_for_install(s)) {
             return;
         }
         self.steps[step].finished_at = Some(now);
@@ -629,11 +686,46 @@ impl Run {
                     return Err(Refused("the run is neither paused nor halted".into()));
                 }
             }
-            Control::Abort => self.aborted = true,
+            Control::Abort => {
+                self.aborted = true;
+                for step in 0..self.steps.len() {
+                    if self.waits_for_install(&self.steps[step]) {
+                        let attempt = self.steps[step].attempt;
+                        out.push(Command::Cancel { step, attempt });
+                    }
+                }
+            }
+            Control::ApproveInstall { step } => {
+                let s = self
+                    .steps
+                    .get(step)
+                    .ok_or_else(|| Refused(format!("no step {step} in this run")))?;
+                if !self.waits_for_install(s) {
+                    return Err(Refused(format!(
+                        "{} is {}, not waiting for an attended install",
+                        self.describe(step),
+                        s.state.as_str()
+                    )));
+                }
+                if self.aborted {
+                    return Err(Refused("the run is aborted".into()));
+                }
+                let attempt = s.attempt;
+                // The verification is a step of its own now, with the step timeout.
+                self.steps[step].dispatched_at = Some(now);
+                self.steps[step].approved = Some(attempt);
+                self.set(
+                    step,
+                    StepState::Running,
+                    "approved: the agent verifies the install",
+                    out,
+                );
+                out.push(Command::Continue { step, attempt });
+            }
             Control::Approve => {
                 let gate = self
                     .current_env()
-                    .and_then(|env| self.envs[env].steps.clone().last())
+                    .and_then(|env| self.gate_step(env))
                     .filter(|&g| {
                         self.steps[g].state == StepState::Waiting
                             && self.envs[self.steps[g].plan.env].gate == Gate::Manual
@@ -783,7 +875,9 @@ impl Run {
     /// A change to an environment's members after its gate began waiting, or passed while the
     /// environment was held (an approval given during a halt): the gate starts over.
     fn reopen_gate(&mut self, env: usize, out: &mut Vec<Command>) {
-        let gate = self.envs[env].steps.end - 1;
+        let Some(gate) = self.gate_step(env) else {
+            return;
+        };
         let passed_but_held = self.steps[gate].state == StepState::Succeeded
             && self.envs[env].status != EnvStatus::Succeeded;
         if self.steps[gate].state == StepState::Waiting || passed_but_held {
@@ -796,8 +890,10 @@ impl Run {
 
     /// A halted environment goes on: waiting at its gate if the gate already waits, else running.
     fn unhalt(&mut self, env: usize, out: &mut Vec<Command>) {
-        let gate = self.envs[env].steps.end - 1;
-        let status = if self.steps[gate].state == StepState::Waiting {
+        let gate_waits = self
+            .gate_step(env)
+            .is_some_and(|g| self.steps[g].state == StepState::Waiting);
+        let status = if gate_waits {
             EnvStatus::WaitingGate
         } else {
             EnvStatus::Running
@@ -807,13 +903,11 @@ impl Run {
 
     /// A master whose detachment halted its environment and that has not re-attached.
     fn lost_master(&self) -> Option<NodeName> {
-        self.envs.iter().filter(|e| e.master_lost).find_map(|e| {
-            self.steps[e.steps.clone()]
-                .iter()
-                .find(|s| s.plan.kind == StepKind::VerifyMaster)
-                .and_then(|s| s.plan.node.clone())
-                .filter(|m| !self.attached.contains(m))
-        })
+        self.envs
+            .iter()
+            .filter(|e| e.master_lost && !self.attached.contains(&e.master))
+            .map(|e| e.master.clone())
+            .next()
     }
 
     fn clear_halt_if_resolved(&mut self, env: usize, out: &mut Vec<Command>) {
@@ -939,8 +1033,10 @@ impl Run {
         if !members_finished {
             return false;
         }
-        // The gate.
-        let gate = range.end - 1;
+        // The gate (a workflow without one has finished here).
+        let Some(gate) = self.gate_step(env) else {
+            return true;
+        };
         match self.steps[gate].state {
             StepState::Succeeded => true,
             StepState::Pending => {
@@ -1036,8 +1132,29 @@ impl Run {
             return (RunStatus::Paused, "paused by the operator".into());
         }
         if let Some(env) = self.current_env() {
-            let gate = &self.steps[self.envs[env].steps.end - 1];
-            if gate.state == StepState::Waiting && self.envs[env].gate == Gate::Manual {
+            let waiting: Vec<&StepRun> = self.steps[self.envs[env].steps.clone()]
+                .iter()
+                .filter(|s| self.waits_for_install(s))
+                .collect();
+            if let Some(first) = waiting.first() {
+                let node = first.plan.node.as_ref().map_or("", NodeName::as_str);
+                let more = match waiting.len() {
+                    1 => String::new(),
+                    n => format!(" ({} more attended installs wait)", n - 1),
+                };
+                return (
+                    RunStatus::WaitingApproval,
+                    format!(
+                        "attended install on {node}: {}; when it is done: `fleetctl approve <run> --node {node}`{more}",
+                        first.message
+                    ),
+                );
+            }
+            let gate = self.gate_step(env).map(|g| &self.steps[g]);
+            if let Some(gate) = gate
+                && gate.state == StepState::Waiting
+                && self.envs[env].gate == Gate::Manual
+            {
                 return (
                     RunStatus::WaitingApproval,
                     format!(
@@ -1115,6 +1232,7 @@ pub struct StepRecord {
     pub finished_at: Option<Millis>,
     pub message: String,
     pub wait_until: Option<Millis>,
+    pub approved: Option<u32>,
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::inventory::Inventory;
+use crate::plan::Workflow;
 use crate::plan::{Selection, Versions, plan};
 
 const T0: Millis = 1_000_000;
@@ -27,6 +28,7 @@ fn inventory(envs: &[(&str, &[&str], &str)], max_parallel: u32, max_failures: u3
 
 fn all() -> Selection {
     Selection {
+        workflow: Workflow::Upgrade,
         environments: Vec::new(),
         master_only: false,
         max_parallel: None,
@@ -729,6 +731,7 @@ fn round_trip(run: &Run) -> Run {
         serde_json::from_str(&serde_json::to_string(&run.durable()).unwrap()).unwrap();
     let windows = run.envs.iter().map(|e| e.window.clone()).collect();
     let plan = Plan {
+        workflow: crate::plan::Workflow::Upgrade,
         target_version: String::new(),
         installer: String::new(),
         max_parallel: run.max_parallel,
@@ -740,7 +743,7 @@ fn round_trip(run: &Run) -> Run {
             .zip(&run.envs)
             .map(|(name, e)| crate::plan::EnvPlan {
                 name: crate::domain::EnvName::new(name).unwrap(),
-                master: NodeName::new("unused").unwrap(),
+                master: e.master.clone(),
                 members: Vec::new(),
                 gate: e.gate.clone(),
             })
@@ -887,7 +890,7 @@ proptest! {
     #[test]
     fn ordering_invariants_hold_under_any_interleaving(
         shape in shape(),
-        choices in proptest::collection::vec((0u8..12, any::<u16>(), proptest::bool::weighted(0.2)), 0..400),
+        choices in proptest::collection::vec((0u8..14, any::<u16>(), proptest::bool::weighted(0.2)), 0..400),
     ) {
         let (mut run, already_current) = build(&shape);
         let mut obs = Observer::default();
@@ -931,6 +934,13 @@ proptest! {
                     Event::Tick
                 }
                 7 => Event::Control(Control::Approve),
+                // An agent stops at an attended install (the attempt stays out), or the operator
+                // approves one (the same attempt goes on).
+                12 if !obs.outstanding.is_empty() => {
+                    let (&step, &attempt) = obs.outstanding.iter().nth(pick % obs.outstanding.len()).unwrap();
+                    Event::StepWaiting { step, attempt, instruction: "attended".into() }
+                }
+                13 => Event::Control(Control::ApproveInstall { step: pick % run.steps.len() }),
                 8 => {
                     let step = pick % run.steps.len();
                     if flag { Event::Control(Control::Skip { step }) } else { Event::Control(Control::Retry { step }) }
@@ -976,4 +986,214 @@ proptest! {
         prop_assert_eq!(run.status(), RunStatus::Succeeded);
         prop_assert!(run.steps.iter().all(|s| s.state.is_done()));
     }
+}
+
+/// Walks a run through its master chain to the master's upgrade (dispatched, not finished).
+fn to_master_upgrade(run: &mut Run) -> usize {
+    let mut queue = dispatched(&run.apply(Event::Start, T0).unwrap());
+    loop {
+        let (step, _) = queue.remove(0);
+        if run.steps[step].plan.kind == StepKind::UpgradeMaster {
+            return step;
+        }
+        queue.extend(ok(run, step));
+    }
+}
+
+fn wait_for_operator(run: &mut Run, step: usize) -> Vec<Command> {
+    let attempt = run.steps[step].attempt;
+    run.apply(
+        Event::StepWaiting {
+            step,
+            attempt,
+            instruction: "run setup.exe on m1".into(),
+        },
+        T0,
+    )
+    .unwrap()
+}
+
+#[test]
+fn an_attended_install_waits_for_the_operator_and_continues_the_same_attempt() {
+    let inv = inventory(&[("auto", &["m1", "a"], "")], 1, 0);
+    let mut run = run_of(&inv, &[]);
+    let upgrade = to_master_upgrade(&mut run);
+    wait_for_operator(&mut run, upgrade);
+    assert_eq!(run.steps[upgrade].state, StepState::Waiting);
+    assert_eq!(run.status(), RunStatus::WaitingApproval);
+    assert!(
+        run.reason()
+            .contains("attended install on m1: run setup.exe on m1")
+            && run.reason().contains("--node m1"),
+        "{}",
+        run.reason()
+    );
+    assert!(run.has_running_steps(), "the agent holds the attempt");
+    // Waiting is not silence: no step timeout while the operator works.
+    let later = T0 + 10 * 3_600_000;
+    run.apply(Event::Tick, later).unwrap();
+    assert_eq!(run.steps[upgrade].state, StepState::Waiting);
+    // A gate approval is not an install approval.
+    assert!(run.apply(Event::Control(Control::Approve), later).is_err());
+    let verify_master = upgrade + 1;
+    assert!(
+        run.apply(
+            Event::Control(Control::ApproveInstall {
+                step: verify_master
+            }),
+            later
+        )
+        .is_err()
+    );
+
+    let commands = run
+        .apply(
+            Event::Control(Control::ApproveInstall { step: upgrade }),
+            later,
+        )
+        .unwrap();
+    assert!(commands.contains(&Command::Continue {
+        step: upgrade,
+        attempt: 1
+    }));
+    assert!(
+        dispatched(&commands).is_empty(),
+        "no new attempt: the same one continues"
+    );
+    assert_eq!(run.steps[upgrade].state, StepState::Running);
+    assert_eq!(run.steps[upgrade].approved, Some(1));
+    assert_eq!(run.status(), RunStatus::Running);
+    // A redelivered waiting event does not undo the approval.
+    wait_for_operator(&mut run, upgrade);
+    assert_eq!(run.steps[upgrade].state, StepState::Running);
+    // The approval survives a restart of the coordinator.
+    let restored = round_trip(&run);
+    assert_eq!(restored.steps[upgrade].approved, Some(1));
+    // The verification has the step timeout, counted from the approval.
+    run.apply(Event::Tick, later + 600_000 + RESULT_GRACE_MS + 1)
+        .unwrap();
+    assert_eq!(run.steps[upgrade].state, StepState::Failed);
+}
+
+#[test]
+fn members_wait_for_the_master_install_and_each_attended_member_waits_alone() {
+    let inv = inventory(&[("auto", &["m1", "a", "b"], "")], 2, 0);
+    let mut run = run_of(&inv, &[]);
+    let upgrade = to_master_upgrade(&mut run);
+    wait_for_operator(&mut run, upgrade);
+    // Invariant 1: nothing of the members while the master's install waits.
+    assert!(dispatched(&run.apply(Event::Tick, T0 + 1).unwrap()).is_empty());
+    run.apply(
+        Event::Control(Control::ApproveInstall { step: upgrade }),
+        T0,
+    )
+    .unwrap();
+    let verify = ok(&mut run, upgrade);
+    let members = ok(&mut run, verify[0].0);
+    assert_eq!(members.len(), 2);
+    for &(step, _) in &members {
+        wait_for_operator(&mut run, step);
+    }
+    assert!(
+        run.reason().contains("1 more attended installs wait"),
+        "{}",
+        run.reason()
+    );
+    // Both waiting count against max_parallel: nothing else starts.
+    assert!(dispatched(&run.apply(Event::Tick, T0 + 1).unwrap()).is_empty());
+    // Abort: the agents are told to end the waiting attempts; their results still count.
+    let commands = run.apply(Event::Control(Control::Abort), T0).unwrap();
+    let cancels: Vec<usize> = commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Cancel { step, .. } => Some(*step),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(cancels, members.iter().map(|m| m.0).collect::<Vec<_>>());
+    assert!(run.has_running_steps());
+    for &(step, _) in &members {
+        fail(&mut run, step);
+    }
+    assert!(!run.has_running_steps());
+    assert_eq!(run.status(), RunStatus::Aborted);
+}
+
+fn migrate_run(current: bool) -> Run {
+    let inv = inventory(&[("auto", &["m1", "a"], "")], 1, 0);
+    let versions: Versions = [(
+        crate::domain::NodeName::new("m1").unwrap(),
+        Some(if current { "3.0.7" } else { "" }.to_string()).filter(|v| !v.is_empty()),
+    )]
+    .into_iter()
+    .collect();
+    let p = crate::plan::migrate_plan(&inv, &crate::domain::EnvName::new("e0").unwrap(), &versions)
+        .unwrap();
+    let attached = inv.nodes().map(|(_, n, _)| n.clone()).collect();
+    Run::new(&p, 600_000, attached)
+}
+
+#[test]
+fn migrate_runs_its_six_steps_in_order_on_the_master_and_ends_without_a_gate() {
+    let mut run = migrate_run(false);
+    let first = dispatched(&run.apply(Event::Start, T0).unwrap());
+    assert_eq!(first.len(), 1);
+    let order = run_to_quiet(&mut run, first);
+    assert_eq!(
+        order,
+        [
+            "m1:backup-security-data",
+            "m1:export-encryption-key",
+            "m1:install-sso",
+            "m1:copy-migration-utility",
+            "m1:run-migration",
+            "m1:verify",
+        ]
+    );
+    assert_eq!(run.status(), RunStatus::Succeeded);
+
+    // Already on the target version: ESSO is not installed again, the migration still runs.
+    let mut run = migrate_run(true);
+    let first = dispatched(&run.apply(Event::Start, T0).unwrap());
+    let order = run_to_quiet(&mut run, first);
+    assert!(!order.contains(&"m1:install-sso".to_string()), "{order:?}");
+    assert_eq!(order.len(), 5);
+    assert_eq!(run.steps[2].state, StepState::AlreadyCurrent);
+}
+
+#[test]
+fn a_failed_migrate_step_halts_and_nothing_after_it_starts_until_it_is_retried() {
+    let mut run = migrate_run(false);
+    let first = dispatched(&run.apply(Event::Start, T0).unwrap());
+    let export = ok(&mut run, first[0].0);
+    assert!(fail(&mut run, export[0].0).is_empty());
+    assert_eq!(run.status(), RunStatus::Halted);
+    assert!(
+        run.reason().contains("export-encryption-key on m1"),
+        "{}",
+        run.reason()
+    );
+    // Skipping a chain step is refused; resume is refused while it is failed.
+    assert!(
+        run.apply(Event::Control(Control::Skip { step: 1 }), T0)
+            .is_err()
+    );
+    assert!(run.apply(Event::Control(Control::Resume), T0).is_err());
+    let again = dispatched(
+        &run.apply(Event::Control(Control::Retry { step: 1 }), T0)
+            .unwrap(),
+    );
+    assert_eq!(again, [(1, 2)]);
+    let order = run_to_quiet(&mut run, again);
+    assert_eq!(order.len(), 5);
+    assert_eq!(run.status(), RunStatus::Succeeded);
+    // The master detaching halts a migration in progress too.
+    let mut run = migrate_run(false);
+    run.apply(Event::Start, T0).unwrap();
+    run.apply(
+        Event::NodeDetached(crate::domain::NodeName::new("m1").unwrap()),
+        T0,
+    )
+    .unwrap();
+    assert_eq!(run.status(), RunStatus::Halted);
 }

@@ -31,6 +31,7 @@ fn inventory(text: &str) -> Inventory {
 
 fn all() -> Selection {
     Selection {
+        workflow: Workflow::Upgrade,
         environments: Vec::new(),
         master_only: false,
         max_parallel: None,
@@ -118,6 +119,7 @@ fn master_only_and_all_current() {
         ("d4", "3.0.7"),
     ]);
     let sel = Selection {
+        workflow: Workflow::Upgrade,
         environments: vec![EnvName::new("dev").unwrap()],
         ..all()
     };
@@ -134,6 +136,7 @@ fn master_only_and_all_current() {
     );
 
     let sel = Selection {
+        workflow: Workflow::Upgrade,
         master_only: true,
         ..sel
     };
@@ -170,6 +173,7 @@ fn the_hash_is_stable_and_changes_with_drift() {
         plan(
             &inv,
             &Selection {
+                workflow: Workflow::Upgrade,
                 max_parallel: Some(1),
                 ..all()
             },
@@ -185,11 +189,65 @@ fn the_hash_is_stable_and_changes_with_drift() {
 fn unknown_environment_is_an_error() {
     let inv = inventory(FLEET);
     let sel = Selection {
+        workflow: Workflow::Upgrade,
         environments: vec![EnvName::new("staging").unwrap()],
         ..all()
     };
     assert_eq!(
         plan(&inv, &sel, &Versions::new()),
         Err(PlanError::UnknownEnvironment("staging".into()))
+    );
+}
+
+#[test]
+fn migrate_plans_six_steps_on_one_environments_master() {
+    let inv = inventory(FLEET);
+    let sel = Selection {
+        workflow: Workflow::Migrate,
+        environments: vec![EnvName::new("prod").unwrap()],
+        master_only: false,
+        max_parallel: None,
+        max_failures: None,
+    };
+    let p = plan(&inv, &sel, &versions(&[("p1", "")])).unwrap();
+    assert_eq!(p.workflow, Workflow::Migrate);
+    assert_eq!(
+        shape(&p),
+        [
+            "prod p1 backup-security-data 0 run",
+            "prod p1 export-encryption-key 0 run",
+            "prod p1 install-sso 0 run",
+            "prod p1 copy-migration-utility 0 run",
+            "prod p1 run-migration 0 run",
+            "prod p1 verify 0 run",
+        ]
+    );
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    // Not the hash of anything else, and it moves with the master's version.
+    let current = plan(&inv, &sel, &versions(&[("p1", "3.0.7")])).unwrap();
+    assert_ne!(current.hash, p.hash);
+    assert_eq!(current.steps[2].expected, Expected::AlreadyCurrent);
+    let unknown = plan(&inv, &sel, &versions(&[])).unwrap();
+    assert!(
+        unknown.warnings[0].contains("p1 (prod) has not reported"),
+        "{:?}",
+        unknown.warnings
+    );
+
+    let two = Selection {
+        environments: vec![EnvName::new("prod").unwrap(), EnvName::new("dev").unwrap()],
+        ..sel.clone()
+    };
+    assert_eq!(
+        plan(&inv, &two, &versions(&[])),
+        Err(PlanError::MigrateOneEnvironment)
+    );
+    let none = Selection {
+        environments: Vec::new(),
+        ..sel
+    };
+    assert_eq!(
+        plan(&inv, &none, &versions(&[])),
+        Err(PlanError::MigrateOneEnvironment)
     );
 }

@@ -64,6 +64,13 @@ pub struct ControlRequest {
 
 type Reply<T> = oneshot::Sender<Result<T, RunError>>;
 
+/// What the coordinator tells an agent about an attempt held for an attended install.
+#[derive(Debug, Clone, Copy)]
+enum AgentOrder {
+    Continue,
+    Cancel,
+}
+
 enum Request {
     Start {
         selection: Selection,
@@ -510,6 +517,7 @@ impl Manager {
         run.set_windows(windows_of(&self.inventory, &plan));
         let inventory_toml = self.inventory.source.clone();
         let selection_json = serde_json::json!({
+            "workflow": plan.workflow.as_str(),
             "environments": selection.environments.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
             "master_only": selection.master_only,
             "max_parallel": plan.max_parallel,
@@ -520,7 +528,7 @@ impl Manager {
         self.store.create_run(
             &NewRun {
                 id: &id,
-                workflow: "upgrade",
+                workflow: plan.workflow.as_str(),
                 started_by: &operator,
                 started_at,
                 inventory_toml: &inventory_toml,
@@ -542,7 +550,7 @@ impl Manager {
                 detail: format!("plan {}", plan.hash),
             }),
         )?;
-        tracing::info!(run = %id, operator = %operator, plan = %plan.hash, "run started");
+        tracing::info!(run = %id, operator = %operator, plan = %plan.hash, workflow = plan.workflow.as_str(), "run started");
         let (events, _) = broadcast::channel(4096);
         self.active = Some(Active {
             id: id.clone(),
@@ -625,8 +633,19 @@ impl Manager {
         let mut ids = ids.into_iter();
         let mut follow_ups = Vec::new();
         for command in commands {
-            let Command::Dispatch { step, attempt } = command else {
-                continue;
+            let (step, attempt) = match command {
+                Command::Dispatch { step, attempt } => (step, attempt),
+                Command::Continue { step, .. } => {
+                    self.tell_agent(step, AgentOrder::Continue, audit.as_ref())
+                        .await;
+                    continue;
+                }
+                Command::Cancel { step, .. } => {
+                    self.tell_agent(step, AgentOrder::Cancel, audit.as_ref())
+                        .await;
+                    continue;
+                }
+                _ => continue,
             };
             let Some(attempt_id) = ids.next() else {
                 continue;
@@ -642,6 +661,38 @@ impl Manager {
             }
         }
         true
+    }
+
+    /// Tells the agent of `step` to go on with its attended install's attempt (verify and finish), or
+    /// to end it because the run was aborted. Not delivered: the agent reports the attempt waiting
+    /// when it is back, and is told again then.
+    async fn tell_agent(&mut self, step: usize, order: AgentOrder, audit: Option<&AuditEntry>) {
+        let Some(active) = self.active.as_ref() else {
+            return;
+        };
+        let (Some(node), Some(attempt_id)) = (
+            active.run.steps[step].plan.node.clone(),
+            active.attempts.get(&step).cloned(),
+        ) else {
+            return;
+        };
+        let operator = audit.map(|a| a.operator.clone()).unwrap_or_default();
+        let body = match order {
+            AgentOrder::Continue => CoordinatorBody::ContinueAttempt(pb::ContinueAttempt {
+                attempt_id,
+                operator,
+                epoch: self.epoch,
+            }),
+            AgentOrder::Cancel => CoordinatorBody::Cancel(pb::CancelAttempt {
+                attempt_id,
+                reason: format!("the run was aborted by {operator}"),
+                epoch: self.epoch,
+            }),
+        };
+        let _ = self
+            .fleet
+            .send(node, pb::CoordinatorMessage { body: Some(body) })
+            .await;
     }
 
     /// Sends stored run events that watchers have not had yet.
@@ -980,9 +1031,45 @@ impl Manager {
                     tracing::warn!(node = %node, attempt_id = %report.attempt_id, "a finished attempt reported without its result")
                 }
             },
+            pb::AttemptState::Waiting => self.waiting_report(&node, &report).await,
             state => {
                 tracing::debug!(node = %node, attempt_id = %report.attempt_id, ?state, "attempt still in progress on its agent");
             }
+        }
+    }
+
+    /// The agent holds an attempt waiting for the operator's attended install. Where the operator has
+    /// approved it already, the agent did not get the word: it is told again (or, in an aborted run,
+    /// told to end the attempt). Otherwise the step waits for the operator (this also covers a waiting
+    /// event stored just before a coordinator crash and not yet applied).
+    async fn waiting_report(&mut self, node: &NodeName, report: &pb::AttemptReport) {
+        let Some(waiting) = report.waiting.as_ref() else {
+            return;
+        };
+        if waiting.reason() != pb::WaitReason::AttendedInstall {
+            tracing::debug!(node = %node, attempt_id = %report.attempt_id, "{node} waits for its reboot");
+            return;
+        }
+        let Some((step, attempt)) = self.current_attempt(&report.attempt_id) else {
+            return;
+        };
+        let Some(active) = self.active.as_ref() else {
+            return;
+        };
+        let s = &active.run.steps[step];
+        let aborted = active.run.status() == crate::engine::RunStatus::Aborted;
+        if aborted {
+            self.tell_agent(step, AgentOrder::Cancel, None).await;
+        } else if s.approved == Some(attempt) && s.state == StepState::Running {
+            tracing::info!(node = %node, attempt_id = %report.attempt_id, "{node} still waits for an approved install: telling it again");
+            self.tell_agent(step, AgentOrder::Continue, None).await;
+        } else {
+            self.apply(Event::StepWaiting {
+                step,
+                attempt,
+                instruction: waiting.instruction.clone(),
+            })
+            .await;
         }
     }
 
@@ -1158,6 +1245,19 @@ impl Manager {
             return;
         }
         self.ack(&node, &event.attempt_id, None).await;
+        if let Kind::Waiting(w) = &kind
+            && w.reason() == pb::WaitReason::AttendedInstall
+            && let Some((step, attempt)) = self.current_attempt(&event.attempt_id)
+            && step == row.step
+        {
+            // Applied even when redelivered: the engine ignores it once the operator approved.
+            self.apply(Event::StepWaiting {
+                step,
+                attempt,
+                instruction: w.instruction.clone(),
+            })
+            .await;
+        }
         if !fresh {
             return;
         }
@@ -1247,9 +1347,19 @@ impl Manager {
             pb::ControlAction::Resume => Control::Resume,
             pb::ControlAction::Abort => Control::Abort,
             pb::ControlAction::Approve if request.node.is_some() => {
-                return Err(RunError::Invalid(
-                    "approving an attended install (--node) is not built yet".into(),
-                ));
+                let node = request.node.as_deref().unwrap_or_default();
+                let node = NodeName::new(node).map_err(RunError::Invalid)?;
+                let waiting = active.run.steps.iter().position(|s| {
+                    s.plan.node.as_ref() == Some(&node)
+                        && s.plan.kind.installs()
+                        && s.state == StepState::Waiting
+                });
+                let Some(step) = waiting else {
+                    return Err(RunError::Precondition(format!(
+                        "no attended install on {node} waits for approval in run {run_id}"
+                    )));
+                };
+                Control::ApproveInstall { step }
             }
             pb::ControlAction::Approve => Control::Approve,
             pb::ControlAction::Retry => Control::Retry { step: find_step()? },
@@ -1259,7 +1369,7 @@ impl Manager {
             }
         };
         let (node, step_name) = match &control {
-            Control::Retry { step } | Control::Skip { step } => {
+            Control::Retry { step } | Control::Skip { step } | Control::ApproveInstall { step } => {
                 let s = &active.run.steps[*step].plan;
                 (
                     s.node.as_ref().map(ToString::to_string),

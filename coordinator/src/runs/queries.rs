@@ -14,7 +14,7 @@ impl Manager {
         let active = self.active.as_ref().filter(|a| a.id == run_id);
         Ok(pb::Run {
             id: row.id.clone(),
-            workflow: pb::Workflow::Upgrade as i32,
+            workflow: super::wire::workflow(&row.workflow) as i32,
             state: run_state(&row.state) as i32,
             started_at_unix_ms: row.started_at,
             finished_at_unix_ms: row.finished_at,
@@ -66,7 +66,7 @@ impl Manager {
             .into_iter()
             .map(|r| pb::RunSummary {
                 id: r.id,
-                workflow: pb::Workflow::Upgrade as i32,
+                workflow: super::wire::workflow(&r.workflow) as i32,
                 state: run_state(&r.state) as i32,
                 started_at_unix_ms: r.started_at,
                 finished_at_unix_ms: r.finished_at,

@@ -26,6 +26,7 @@ pub(super) fn assignment(
     ]);
     if let Some(env) = env {
         params.insert("backup_dir".into(), env.backup_dir.clone());
+        params.insert("master".into(), env.master.to_string());
     }
     let action = crate::convert::action(s.kind);
     pb::StepAssignment {
@@ -42,6 +43,13 @@ pub(super) fn assignment(
             _ => pb::InstallMode::Unattended,
         } as i32,
         expected_installer_sha256: String::new(),
+    }
+}
+
+pub(super) fn workflow(stored: &str) -> pb::Workflow {
+    match stored {
+        "migrate" => pb::Workflow::Migrate,
+        _ => pb::Workflow::Upgrade,
     }
 }
 

@@ -20,6 +20,7 @@ pub const FILE: &str = "ssofleet.db";
 pub const MIGRATIONS: &[&str] = &[
     include_str!("001_initial.sql"),
     include_str!("002_resume.sql"),
+    include_str!("003_attended.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -394,7 +395,7 @@ impl Store {
                         serde_json::json!({ "state": status.as_str(), "reason": reason }),
                     )
                 }
-                Command::WakeAt(_) => continue,
+                Command::WakeAt(_) | Command::Continue { .. } | Command::Cancel { .. } => continue,
             };
             seq += 1;
             tx.execute(
@@ -469,7 +470,7 @@ impl Store {
                     .map_err(|e| corrupt(format!("its stored state does not parse: {e}")))
             })?;
         let records = self.query(
-            "SELECT state, attempts, dispatched_at, finished_at, message, wait_until FROM steps WHERE run_id = ?1 ORDER BY idx",
+            "SELECT state, attempts, dispatched_at, finished_at, message, wait_until, approved FROM steps WHERE run_id = ?1 ORDER BY idx",
             [run_id],
             |r| {
                 Ok((
@@ -481,6 +482,7 @@ impl Store {
                         finished_at: r.get(3)?,
                         message: r.get(4)?,
                         wait_until: r.get(5)?,
+                        approved: r.get(6)?,
                     },
                 ))
             },
@@ -835,7 +837,7 @@ fn insert_audit(conn: &Connection, entry: &AuditEntry) -> rusqlite::Result<()> {
 fn write_step(conn: &Connection, run_id: &str, run: &Run, step: usize) -> rusqlite::Result<()> {
     let r = run.step_record(step);
     conn.execute(
-        "UPDATE steps SET state = ?3, attempts = ?4, dispatched_at = ?5, finished_at = ?6, message = ?7, wait_until = ?8
+        "UPDATE steps SET state = ?3, attempts = ?4, dispatched_at = ?5, finished_at = ?6, message = ?7, wait_until = ?8, approved = ?9
          WHERE run_id = ?1 AND idx = ?2",
         params![
             run_id,
@@ -845,7 +847,8 @@ fn write_step(conn: &Connection, run_id: &str, run: &Run, step: usize) -> rusqli
             r.dispatched_at,
             r.finished_at,
             r.message,
-            r.wait_until
+            r.wait_until,
+            r.approved
         ],
     )?;
     Ok(())

@@ -4,6 +4,7 @@ use std::path::Path;
 use super::*;
 use crate::engine::{Event, Outcome, StepState};
 use crate::inventory::Inventory;
+use crate::plan::Workflow;
 use crate::plan::{Selection, Versions, plan};
 
 const FLEET: &str = "[upgrade]\ntarget_version = \"3.0.7\"\ninstaller = 's'\n[[environment]]\nname = \"dev\"\nmaster = \"m\"\nmembers = [\"a\"]\nbackup_dir = 'b'\n";
@@ -11,6 +12,7 @@ const FLEET: &str = "[upgrade]\ntarget_version = \"3.0.7\"\ninstaller = 's'\n[[e
 fn new_plan_and_run() -> (Plan, Run) {
     let inv = Inventory::parse(Path::new("f.toml"), FLEET).unwrap();
     let sel = Selection {
+        workflow: Workflow::Upgrade,
         environments: Vec::new(),
         master_only: false,
         max_parallel: None,
