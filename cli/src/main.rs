@@ -62,10 +62,12 @@ enum Command {
     Plan(Selection),
     /// Start an upgrade run and follow it to the end.
     Upgrade(UpgradeArgs),
-    /// The host-security migration workflow on one environment.
+    /// The host-security migration workflow on one environment's master secret server: back up the
+    /// old security data, export its key, install ESSO, copy hissomig there, run it, verify.
     Migrate {
         #[arg(long)]
         env: String,
+        /// Print the run's id and return at once.
         #[arg(long)]
         detach: bool,
     },
@@ -105,7 +107,8 @@ enum Command {
         #[command(flatten)]
         note: Note,
     },
-    /// Approve a gate or an attended install.
+    /// Approve a manual gate, or (with --node) say that the attended install on that node is done:
+    /// its agent then verifies it before the step counts.
     Approve {
         id: String,
         #[arg(long)]
@@ -311,7 +314,12 @@ async fn run(cli: Cli) -> Result<()> {
             )
             .await
         }
-        Command::Migrate { .. } => not_built("migrate"),
+        Command::Migrate { env, detach } => {
+            let mut selection = plan::selection(false, &[env], false, None, None);
+            selection.workflow = pb::Workflow::Migrate as i32;
+            let mut remote = remote::connect(&cli.coordinator, cli.tls_dir.as_ref()).await?;
+            runs::upgrade(&mut remote, selection, None, detach, cli.output).await
+        }
         Command::Demo => demo::run(cli.output).await,
         command => {
             let mut remote = remote::connect(&cli.coordinator, cli.tls_dir.as_ref()).await?;
@@ -363,13 +371,6 @@ async fn run(cli: Cli) -> Result<()> {
             runs::control(&mut remote, &id, action, request, output).await
         }
     }
-}
-
-fn not_built(command: &str) -> Result<()> {
-    Err(CliError::Usage(format!(
-        "`fleetctl {command}` is not built yet: the upgrade workflow runs through `fleetctl upgrade`; \
-         the local demo comes next"
-    )))
 }
 
 fn report_written(output: Output, written: &[PathBuf]) {

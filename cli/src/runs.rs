@@ -55,7 +55,7 @@ pub(crate) fn time(ms: i64) -> String {
 pub fn run_json(run: &pb::Run) -> Value {
     json!({
         "id": run.id,
-        "workflow": "upgrade",
+        "workflow": workflow(run.workflow()),
         "state": run_state(run.state()),
         "reason": run.reason,
         "started_at": time(run.started_at_unix_ms),
@@ -555,7 +555,7 @@ pub async fn list(remote: &mut Remote, output: Output) -> Result<()> {
         Output::Json => {
             let items: Vec<Value> = runs
                 .iter()
-                .map(|r| json!({ "id": r.id, "workflow": "upgrade", "state": run_state(r.state()), "started_at": time(r.started_at_unix_ms), "started_by": r.started_by }))
+                .map(|r| json!({ "id": r.id, "workflow": workflow(r.workflow()), "state": run_state(r.state()), "started_at": time(r.started_at_unix_ms), "started_by": r.started_by }))
                 .collect();
             println!("{}", Value::Array(items));
         }
@@ -719,4 +719,11 @@ pub async fn audit(remote: &mut Remote, run_id: Option<String>, output: Output) 
         }
     }
     Ok(())
+}
+
+fn workflow(w: pb::Workflow) -> &'static str {
+    match w {
+        pb::Workflow::Migrate => "migrate",
+        pb::Workflow::Upgrade | pb::Workflow::Unspecified => "upgrade",
+    }
 }

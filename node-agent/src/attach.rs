@@ -116,6 +116,21 @@ impl Agent {
             let journal = self.journal.clone();
             tokio::spawn(async move { journal.wait_and_interrupt(&attempt_id, pid).await });
         }
+        // Attempts that waited for a reboot: this start is the reboot (or a restart of the agent
+        // meanwhile); either way the install is verified now and the attempt finished.
+        match self.journal.waiting_for_reboot() {
+            Ok(waiting) => {
+                for w in waiting {
+                    let _enter = span.enter();
+                    self.take_up(
+                        &w.attempt_id,
+                        pb::WaitReason::Reboot,
+                        "the server restarted after the install",
+                    );
+                }
+            }
+            Err(e) => tracing::error!("cannot read the journal: {e}"),
+        }
         self.attach_forever(shutdown).instrument(span).await;
     }
 
@@ -346,14 +361,29 @@ impl Agent {
                         }
                     }
                 }
-                CoordinatorBody::Cancel(c) => tracing::warn!(
-                    attempt_id = %c.attempt_id,
-                    "cancelling a step attempt is not built yet; it runs to its end or its timeout"
-                ),
-                CoordinatorBody::ContinueAttempt(c) => tracing::warn!(
-                    attempt_id = %c.attempt_id,
-                    "attended installs are not built yet; ignoring the approval"
-                ),
+                CoordinatorBody::Cancel(c) if c.epoch >= self.highest_epoch => {
+                    match self.journal.cancel_waiting(&c.attempt_id, &c.reason) {
+                        Ok(true) => {
+                            tracing::info!(attempt_id = %c.attempt_id, "the attended install's attempt was cancelled: {}", c.reason)
+                        }
+                        Ok(false) => tracing::warn!(
+                            attempt_id = %c.attempt_id,
+                            "cancelling a running step attempt is not built yet; it runs to its end or its timeout"
+                        ),
+                        Err(e) => tracing::error!("cannot read the journal: {e}"),
+                    }
+                }
+                CoordinatorBody::ContinueAttempt(c) if c.epoch >= self.highest_epoch => {
+                    let why = if c.operator.is_empty() {
+                        "the attended install was approved".to_string()
+                    } else {
+                        format!("the attended install was approved by {}", c.operator)
+                    };
+                    self.take_up(&c.attempt_id, pb::WaitReason::AttendedInstall, &why);
+                }
+                CoordinatorBody::Cancel(_) | CoordinatorBody::ContinueAttempt(_) => {
+                    tracing::warn!("a cancel or approval from an older coordinator epoch; ignored")
+                }
             }
         }
     }
@@ -398,15 +428,17 @@ impl Agent {
                 None,
             );
         }
+        let kept = raw.clone();
         let assignment = match Assignment::from_proto(raw) {
             Ok(a) => a,
             Err((decision, reason)) => return refuse(decision, reason, None),
         };
-        match self.journal.accept(
+        match self.journal.accept_with(
             &assignment.attempt_id,
             assignment.epoch,
             &assignment.run_id,
             &assignment.step,
+            Some(&kept),
         ) {
             Ok(Accept::New) => {}
             Ok(Accept::Busy(running)) => {
@@ -436,6 +468,21 @@ impl Agent {
                 );
             }
         }
+        self.start(assignment, None);
+        pb::AssignmentAck {
+            attempt_id,
+            decision: pb::AssignmentDecision::Accepted as i32,
+            reason: String::new(),
+            report: None,
+        }
+    }
+}
+
+impl Agent {
+    /// Runs an accepted attempt in its own task, or (`continuation`: its last seq and why) goes on
+    /// with one that waited. Its events go into the journal, never waiting on the network: a step's
+    /// timeout holds while the coordinator is unreachable.
+    fn start(&self, assignment: Assignment, continuation: Option<(u64, String)>) {
         let span = tracing::info_span!(
             "step", run = %assignment.run_id, environment = %assignment.environment,
             step = %assignment.step, attempt_id = %assignment.attempt_id
@@ -444,10 +491,7 @@ impl Agent {
         let facts_outbox = self.outbox.clone();
         tokio::spawn(
             async move {
-                tracing::info!(action = %assignment.action, "step started");
                 let (tx, mut rx) = mpsc::channel::<pb::StepEvent>(256);
-                // Into the journal, never waiting on the network: a step's timeout holds while the
-                // coordinator is unreachable.
                 let forward = tokio::spawn(async move {
                     while let Some(event) = rx.recv().await {
                         if let Err(e) = journal.record(&event) {
@@ -465,17 +509,74 @@ impl Agent {
                         let _ = facts_outbox.try_send(message(AgentBody::Facts(facts)));
                     }
                 };
-                let result = executor::execute(&config, &assignment, tx, refresh).await;
+                let result = match continuation {
+                    None => {
+                        tracing::info!(action = %assignment.action, "step started");
+                        executor::execute(&config, &assignment, tx, refresh).await
+                    }
+                    Some((last_seq, why)) => {
+                        tracing::info!(action = %assignment.action, "{why}: verifying");
+                        Some(
+                            executor::continue_after(
+                                &config, &assignment, last_seq, &why, tx, refresh,
+                            )
+                            .await,
+                        )
+                    }
+                };
                 let _ = forward.await;
-                tracing::info!(outcome = ?result.outcome(), error = %result.error, "step finished");
+                match result {
+                    Some(result) => tracing::info!(outcome = ?result.outcome(), error = %result.error, "step finished"),
+                    None => tracing::info!("step waits for the operator's attended install"),
+                }
             }
             .instrument(span),
         );
-        pb::AssignmentAck {
-            attempt_id,
-            decision: pb::AssignmentDecision::Accepted as i32,
-            reason: String::new(),
-            report: None,
+    }
+
+    /// Goes on with an attempt the journal holds as waiting, if it waits for `reason`.
+    fn take_up(&self, attempt_id: &str, reason: pb::WaitReason, why: &str) {
+        let waiting = match self.journal.take_up(attempt_id, reason) {
+            Ok(Some(waiting)) => waiting,
+            Ok(None) => {
+                tracing::debug!(
+                    attempt_id,
+                    "attempt {attempt_id} does not wait for {reason:?}; nothing to do"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::error!(attempt_id, "cannot read the journal: {e}");
+                return;
+            }
+        };
+        let assignment = waiting
+            .assignment
+            .ok_or_else(|| "the journal kept no assignment for it".to_string())
+            .and_then(|a| Assignment::from_proto(a).map_err(|(_, why)| why));
+        match assignment {
+            Ok(assignment) => self.start(assignment, Some((waiting.last_seq, why.to_string()))),
+            Err(problem) => {
+                tracing::error!(
+                    attempt_id,
+                    "cannot go on with attempt {attempt_id}: {problem}"
+                );
+                let event = pb::StepEvent {
+                    attempt_id: attempt_id.to_string(),
+                    seq: waiting.last_seq + 1,
+                    at_unix_ms: unix_ms(SystemTime::now()),
+                    kind: Some(pb::step_event::Kind::Finished(pb::StepFinished {
+                        outcome: pb::StepOutcome::Failed as i32,
+                        error: format!(
+                            "{why}, but the agent cannot verify the install: {problem}; check the server, then retry the step"
+                        ),
+                        ..Default::default()
+                    })),
+                };
+                if let Err(e) = self.journal.record(&event) {
+                    tracing::error!(attempt_id, "cannot journal a step event: {e}");
+                }
+            }
         }
     }
 }

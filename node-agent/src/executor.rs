@@ -5,6 +5,14 @@
 //!   environment, node, run and time, and must exist afterwards: its size and SHA-256 are reported;
 //! - `install_sso`: exit codes 3010 and 1641 are success with a reboot pending;
 //! - `verify_sso`: a reported `version` must equal the target and a reported `service` be running.
+//!
+//! An install may end in a wait instead of a result:
+//! - `attended` mode: the agent does not run the installer; it reports the instruction for the
+//!   operator and waits. On the operator's approval ([`continue_after`]) it verifies, then finishes.
+//! - exit code 1641 (the installer restarts the server), or 3010 under the `if-required` reboot
+//!   policy (the agent restarts it): the agent reports that it waits for the reboot. The agent that
+//!   starts after the reboot verifies and finishes the attempt ([`continue_after`]); a server that is
+//!   still up after the step timeout fails the step.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +23,7 @@ use fleet_proto::{pb, unix_ms};
 use tokio::sync::mpsc;
 
 use crate::catalogue::{ActionName, expand};
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, RebootPolicy};
 use crate::runner::{self, CommandSpec, Report};
 
 /// An assignment, checked.
@@ -31,6 +39,8 @@ pub struct Assignment {
     pub timeout: Duration,
     /// The installer's SHA-256 the run's preflight read; `install_sso` refuses a different file.
     pub expected_installer_sha256: Option<String>,
+    /// `install_sso` only: run the installer, or wait for the operator to run it.
+    pub install_mode: pb::InstallMode,
 }
 
 impl Assignment {
@@ -49,6 +59,7 @@ impl Assignment {
         if a.timeout_ms == 0 {
             return Err(invalid("no timeout".into()));
         }
+        let install_mode = a.install_mode();
         Ok(Self {
             attempt_id: a.attempt_id,
             epoch: a.epoch,
@@ -59,6 +70,7 @@ impl Assignment {
             params: a.params.into_iter().collect(),
             timeout: Duration::from_millis(a.timeout_ms),
             expected_installer_sha256: Some(a.expected_installer_sha256).filter(|h| !h.is_empty()),
+            install_mode,
         })
     }
 }
@@ -108,7 +120,15 @@ pub fn backup_file(
     }
 }
 
-/// Runs the attempt; every event goes to `tx`, the result (also sent, last) is returned.
+/// How an attempt's run ended: with its result, or waiting (the operator, a reboot).
+enum Ending {
+    Finished(pb::StepFinished),
+    Waits(pb::StepWaiting),
+}
+
+/// Runs the attempt; every event goes to `tx`, the result (also sent, last) is returned. `None`: the
+/// attempt waits for the operator's attended install (its last event says so), and goes on with
+/// [`continue_after`].
 /// `before_result` runs after the action and before the result is sent (the agent refreshes its facts
 /// there, so that the coordinator knows a node's new version by the time its step counts as done).
 pub async fn execute(
@@ -116,18 +136,114 @@ pub async fn execute(
     assignment: &Assignment,
     tx: mpsc::Sender<pb::StepEvent>,
     before_result: impl std::future::Future<Output = ()>,
-) -> pb::StepFinished {
+) -> Option<pb::StepFinished> {
     let mut events = Events {
         attempt_id: assignment.attempt_id.clone(),
         seq: 0,
         tx,
     };
     let started = std::time::Instant::now();
-    let mut result = run(config, assignment, &mut events).await;
+    match run(config, assignment, &mut events).await {
+        Ending::Finished(mut result) => {
+            result.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            before_result.await;
+            events.send(Kind::Finished(result.clone())).await;
+            Some(result)
+        }
+        Ending::Waits(waiting) => {
+            events.send(Kind::Waiting(waiting)).await;
+            None
+        }
+    }
+}
+
+/// Goes on with an attempt that waited (`why`: the operator approved the attended install, or the
+/// server restarted): verifies the install with `verify_sso`, then finishes the attempt. Its events
+/// continue after `last_seq`.
+pub async fn continue_after(
+    config: &AgentConfig,
+    assignment: &Assignment,
+    last_seq: u64,
+    why: &str,
+    tx: mpsc::Sender<pb::StepEvent>,
+    before_result: impl std::future::Future<Output = ()>,
+) -> pb::StepFinished {
+    let mut events = Events {
+        attempt_id: assignment.attempt_id.clone(),
+        seq: last_seq,
+        tx,
+    };
+    let started = std::time::Instant::now();
+    events
+        .send(Kind::Log(pb::StepLog {
+            stream: pb::LogStream::Agent as i32,
+            line: format!("{why}: verifying the install (verify_sso)"),
+        }))
+        .await;
+    let params = params_of(config, assignment);
+    let mut result = match run_action(
+        config,
+        ActionName::VerifySso,
+        &params,
+        None,
+        assignment.timeout,
+        &mut events,
+    )
+    .await
+    {
+        Err(e) => failed(format!("{why}, but the install cannot be verified: {e}")),
+        Ok(outcome) if !outcome.succeeded() => failed(format!(
+            "{why}, but the install cannot be verified: {}",
+            outcome.failure("verify_sso")
+        )),
+        Ok(outcome) => {
+            let mut result = pb::StepFinished {
+                outcome: pb::StepOutcome::Succeeded as i32,
+                exit_code: outcome.exit_code,
+                outputs: outcome.outputs.clone().into_iter().collect(),
+                ..Default::default()
+            };
+            if let Some(problem) = verify_problem(&outcome.outputs, &params) {
+                result.outcome = pb::StepOutcome::Failed as i32;
+                result.error = format!("{why}, but the install is not right: {problem}");
+                result.stderr_tail = outcome.stderr_tail;
+            }
+            result
+        }
+    };
     result.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     before_result.await;
     events.send(Kind::Finished(result.clone())).await;
     result
+}
+
+/// The instruction an attended install waits with: what to run, where, which options, and how to
+/// say it is done.
+pub fn attended_instruction(
+    node: &str,
+    step: &str,
+    run_id: &str,
+    params: &BTreeMap<String, String>,
+) -> String {
+    let installer = params
+        .get("installer")
+        .map_or("the product's setup", String::as_str);
+    let target = params
+        .get("target_version")
+        .map_or("the target version", String::as_str);
+    let role = if step == "upgrade-master" || step == "install-sso" {
+        "the master secret server (upgraded first)"
+    } else {
+        "a member of the SSO system"
+    };
+    format!(
+        "on {node} ({role}), as a local administrator who is an SSO administrator, run {installer}: \
+         Custom installation, feature Enterprise Single Sign-On (where BizTalk Server or Host Integration \
+         Server already provides ESSO on this server, do not select it again: upgrade the existing one), \
+         \"Enable Enterprise Single Sign-on on this computer\", \"Join an existing SSO system\", then \
+         confirm the upgrade; reboot if setup asks. When it is done: `fleetctl approve {run_id} --node {node}`; \
+         the agent then verifies ESSO {target} before the step counts"
+    )
 }
 
 fn failed(error: impl Into<String>) -> pb::StepFinished {
@@ -138,14 +254,61 @@ fn failed(error: impl Into<String>) -> pb::StepFinished {
     }
 }
 
-async fn run(config: &AgentConfig, a: &Assignment, events: &mut Events) -> pb::StepFinished {
-    let Some(action) = config.actions.get(&a.action) else {
-        return failed(built_in_unavailable(a.action));
-    };
+/// The step's placeholder values: the coordinator's, and the agent's own.
+fn params_of(config: &AgentConfig, a: &Assignment) -> BTreeMap<String, String> {
     let mut params = a.params.clone();
     params.insert("node".into(), config.node.clone());
     params.insert("run_id".into(), a.run_id.clone());
     params.insert("environment".into(), a.environment.clone());
+    params
+}
+
+/// Runs an action: its configured command, or the built-in implementation.
+async fn run_action(
+    config: &AgentConfig,
+    action: ActionName,
+    params: &BTreeMap<String, String>,
+    stdin_secret: Option<String>,
+    timeout: Duration,
+    events: &mut Events,
+) -> Result<runner::Outcome, String> {
+    let Some(configured) = config.actions.get(&action) else {
+        return Err(built_in_unavailable(action));
+    };
+    let args: Result<Vec<String>, _> = configured.args.iter().map(|t| expand(t, params)).collect();
+    let args = args.map_err(|e| format!("{action}: {e}"))?;
+    let spec = CommandSpec {
+        program: configured.program.clone(),
+        args,
+        env: configured.env.clone(),
+        timeout: configured.timeout.unwrap_or(timeout).min(timeout),
+        stdin_secret,
+    };
+    run_spec(&spec, events).await
+}
+
+/// Runs one command, its reports sent on as the attempt's events.
+async fn run_spec(spec: &CommandSpec, events: &mut Events) -> Result<runner::Outcome, String> {
+    let (report_tx, mut reports) = mpsc::channel(256);
+    let runner = runner::run(spec, report_tx);
+    tokio::pin!(runner);
+    // `Started` carries the process id: the journal keeps it, so that an agent restarted while the
+    // step's process runs on waits for that process before it reports the attempt interrupted.
+    let command = spec.display();
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut runner => break outcome,
+            Some(report) = reports.recv() => events.send(event_of(report, &command)).await,
+        }
+    };
+    while let Ok(report) = reports.try_recv() {
+        events.send(event_of(report, &command)).await;
+    }
+    outcome.map_err(|e| e.to_string())
+}
+
+async fn run(config: &AgentConfig, a: &Assignment, events: &mut Events) -> Ending {
+    let params = params_of(config, a);
     if a.action == ActionName::InstallSso
         && let (Some(expected), Some(installer)) =
             (&a.expected_installer_sha256, params.get("installer"))
@@ -153,13 +316,171 @@ async fn run(config: &AgentConfig, a: &Assignment, events: &mut Events) -> pb::S
         match crate::hashing::sha256_file(Path::new(installer)).await {
             Ok((_, found)) if &found == expected => {}
             Ok((_, found)) => {
-                return failed(format!(
+                return Ending::Finished(failed(format!(
                     "the installer {installer} has SHA-256 {found}, but the run's preflight read {expected}: it changed since; not installed"
-                ));
+                )));
             }
-            Err(e) => return failed(format!("cannot read the installer {installer}: {e}")),
+            Err(e) => {
+                return Ending::Finished(failed(format!(
+                    "cannot read the installer {installer}: {e}"
+                )));
+            }
         }
     }
+    if a.action == ActionName::InstallSso && a.install_mode == pb::InstallMode::Attended {
+        return Ending::Waits(pb::StepWaiting {
+            instruction: attended_instruction(&config.node, &a.step, &a.run_id, &params),
+            reason: pb::WaitReason::AttendedInstall as i32,
+        });
+    }
+    let result = run_step(config, a, params, events).await;
+    if result.reboot_pending {
+        let code = result.exit_code;
+        let reboots_itself = code == Some(1641)
+            || result
+                .outputs
+                .get("reboot")
+                .is_some_and(|r| r.trim().eq_ignore_ascii_case("started"));
+        if reboots_itself || config.reboot == RebootPolicy::IfRequired {
+            return Ending::Finished(reboot(config, a, code, reboots_itself, events).await);
+        }
+        events
+            .send(agent_log(
+                "the install needs a reboot to finish; the reboot policy is \"never\", so the server is not restarted (restart it in a maintenance window)".to_string(),
+            ))
+            .await;
+    }
+    Ending::Finished(result)
+}
+
+fn agent_log(line: String) -> Kind {
+    Kind::Log(pb::StepLog {
+        stream: pb::LogStream::Agent as i32,
+        line,
+    })
+}
+
+/// How long the server has, after the reboot command, to go down before the command is run.
+pub const REBOOT_DELAY_SECS: u32 = 30;
+
+/// The installer needs a reboot and the server is restarted (by the installer itself for 1641, by
+/// the agent under `if-required`). The attempt waits for it: the agent that starts after the reboot
+/// verifies the install and finishes the attempt. Returns only when the reboot did not happen.
+async fn reboot(
+    config: &AgentConfig,
+    a: &Assignment,
+    code: Option<i32>,
+    reboots_itself: bool,
+    events: &mut Events,
+) -> pb::StepFinished {
+    let cause = match code {
+        Some(code @ (3010 | 1641)) => format!("the installer exited with {code}"),
+        _ => "the install reported that a reboot is required".to_string(),
+    };
+    let instruction = if reboots_itself {
+        format!(
+            "{cause} and restarts {}: the agent verifies the install when it is back",
+            config.node
+        )
+    } else {
+        format!(
+            "{cause}: the agent restarts {} (reboot policy if-required) and verifies the install when it is back",
+            config.node
+        )
+    };
+    events
+        .send(Kind::Waiting(pb::StepWaiting {
+            instruction,
+            reason: pb::WaitReason::Reboot as i32,
+        }))
+        .await;
+    if !reboots_itself {
+        let comment = format!(
+            "ssofleet: {} of run {} needs a reboot to finish the ESSO install",
+            a.step, a.run_id
+        );
+        let spec = match reboot_command(config, &comment, a.timeout) {
+            Ok(spec) => spec,
+            Err(e) => {
+                return failed(format!(
+                    "installed ({cause}), but the server cannot be restarted: {e}; restart it by hand, then retry the step"
+                ));
+            }
+        };
+        match run_spec(&spec, events).await {
+            Ok(outcome) if outcome.succeeded() => {}
+            Ok(outcome) => {
+                return failed(format!(
+                    "installed ({cause}), but the reboot failed: {}; restart the server by hand, then retry the step",
+                    outcome.failure("the reboot command")
+                ));
+            }
+            Err(e) => {
+                return failed(format!(
+                    "installed ({cause}), but the reboot failed: {e}; restart the server by hand, then retry the step"
+                ));
+            }
+        }
+    }
+    // The server goes down, and this process with it. Still here after the step's timeout: the
+    // reboot did not happen.
+    tokio::time::sleep(a.timeout).await;
+    failed(format!(
+        "installed ({cause}), but the server did not restart within {} of the reboot; restart it, and the agent verifies the install when it is back — or retry the step",
+        humantime::format_duration(a.timeout)
+    ))
+}
+
+/// The arguments of `shutdown.exe` that restart the server in `delay` seconds, recorded as a planned
+/// application installation (reason p:4:2) with `comment` in the event log.
+pub fn shutdown_args(delay_secs: u32, comment: &str) -> Vec<String> {
+    vec![
+        "/r".into(),
+        "/t".into(),
+        delay_secs.to_string(),
+        "/c".into(),
+        // shutdown.exe refuses comments longer than 512 characters.
+        comment.chars().take(500).collect(),
+        "/d".into(),
+        "p:4:2".into(),
+    ]
+}
+
+fn reboot_command(
+    config: &AgentConfig,
+    comment: &str,
+    timeout: Duration,
+) -> Result<CommandSpec, String> {
+    let program = shutdown_program(config).ok_or_else(|| {
+        format!(
+            "this platform has no shutdown.exe: set [tools] shutdown in {}",
+            config.path.display()
+        )
+    })?;
+    Ok(CommandSpec {
+        program,
+        args: shutdown_args(REBOOT_DELAY_SECS, comment),
+        env: BTreeMap::new(),
+        timeout: timeout.min(Duration::from_secs(120)),
+        stdin_secret: None,
+    })
+}
+
+fn shutdown_program(_config: &AgentConfig) -> Option<PathBuf> {
+    if cfg!(windows) {
+        let root = std::env::var_os("SystemRoot").unwrap_or_else(|| "C:\\Windows".into());
+        Some(PathBuf::from(root).join("System32").join("shutdown.exe"))
+    } else {
+        None
+    }
+}
+
+async fn run_step(
+    config: &AgentConfig,
+    a: &Assignment,
+    mut params: BTreeMap<String, String>,
+    events: &mut Events,
+) -> pb::StepFinished {
     let mut stdin_secret = None;
     let mut backup = None;
     if a.action == ActionName::BackupSecret {
@@ -180,36 +501,10 @@ async fn run(config: &AgentConfig, a: &Assignment, events: &mut Events) -> pb::S
             Err(e) => return failed(e),
         }
     }
-    let args: Result<Vec<String>, _> = action.args.iter().map(|t| expand(t, &params)).collect();
-    let args = match args {
-        Ok(args) => args,
-        Err(e) => return failed(format!("{}: {e}", a.action)),
-    };
-    let spec = CommandSpec {
-        program: action.program.clone(),
-        args,
-        env: action.env.clone(),
-        timeout: action.timeout.unwrap_or(a.timeout).min(a.timeout),
-        stdin_secret,
-    };
-    let (report_tx, mut reports) = mpsc::channel(256);
-    let runner = runner::run(&spec, report_tx);
-    tokio::pin!(runner);
-    // `Started` carries the process id: the journal keeps it, so that an agent restarted while the
-    // step's process runs on waits for that process before it reports the attempt interrupted.
-    let command = spec.display();
-    let outcome = loop {
-        tokio::select! {
-            outcome = &mut runner => break outcome,
-            Some(report) = reports.recv() => events.send(event_of(report, &command)).await,
-        }
-    };
-    while let Ok(report) = reports.try_recv() {
-        events.send(event_of(report, &command)).await;
-    }
-    let outcome = match outcome {
+    let outcome = match run_action(config, a.action, &params, stdin_secret, a.timeout, events).await
+    {
         Ok(outcome) => outcome,
-        Err(e) => return failed(e.to_string()),
+        Err(e) => return failed(e),
     };
     let mut result = pb::StepFinished {
         outcome: pb::StepOutcome::Succeeded as i32,
@@ -218,8 +513,7 @@ async fn run(config: &AgentConfig, a: &Assignment, events: &mut Events) -> pb::S
         outputs: outcome.outputs.clone().into_iter().collect(),
         ..Default::default()
     };
-    let reboot = a.action == ActionName::InstallSso
-        && install_exit(outcome.exit_code) == InstallExit::RebootPending;
+    let reboot = a.action == ActionName::InstallSso && reboot_request(&outcome).is_some();
     if outcome.timed_out {
         result.outcome = pb::StepOutcome::TimedOut as i32;
         result.error = outcome.failure(a.action.as_str());
@@ -245,7 +539,7 @@ async fn run(config: &AgentConfig, a: &Assignment, events: &mut Events) -> pb::S
         }
     }
     if a.action == ActionName::VerifySso
-        && let Some(problem) = verify_problem(&outcome.outputs, params.get("target_version"))
+        && let Some(problem) = verify_problem(&outcome.outputs, &params)
     {
         result.outcome = pb::StepOutcome::Failed as i32;
         result.error = problem;
@@ -260,6 +554,38 @@ pub enum InstallExit {
     /// 3010 (reboot required) or 1641 (reboot started): installed, the reboot policy decides.
     RebootPending,
     Failed,
+}
+
+/// What an install asks of the server afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebootRequest {
+    /// 3010: installed; the server must restart to finish (the reboot policy decides).
+    Required,
+    /// 1641: the installer itself restarts the server.
+    Started,
+}
+
+/// Whether an install that ran asks for a reboot: by its exit code (3010, 1641), or, for a configured
+/// command that exits 0 (a wrapper, or a platform whose exit codes are 8 bits), by reporting
+/// `::output:: reboot=required` or `reboot=started`.
+pub fn reboot_request(outcome: &runner::Outcome) -> Option<RebootRequest> {
+    if outcome.timed_out {
+        return None;
+    }
+    match outcome.exit_code {
+        Some(3010) => Some(RebootRequest::Required),
+        Some(1641) => Some(RebootRequest::Started),
+        Some(0) => match outcome
+            .outputs
+            .get("reboot")
+            .map(|r| r.trim().to_ascii_lowercase())
+        {
+            Some(r) if r == "required" => Some(RebootRequest::Required),
+            Some(r) if r == "started" => Some(RebootRequest::Started),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 pub fn install_exit(code: Option<i32>) -> InstallExit {
@@ -291,11 +617,46 @@ fn event_of(report: Report, command: &str) -> Kind {
     }
 }
 
-/// What `verify_sso` found wrong in the results of the verify command, if anything.
+/// Whether two names are the same server: case-insensitive; a short (NetBIOS) name matches the first
+/// label of an FQDN.
+pub fn same_server(a: &str, b: &str) -> bool {
+    let (a, b) = (a.trim().to_ascii_lowercase(), b.trim().to_ascii_lowercase());
+    if a == b {
+        return true;
+    }
+    let is_ip = |s: &str| s.parse::<std::net::IpAddr>().is_ok();
+    if is_ip(&a) || is_ip(&b) {
+        return false;
+    }
+    let first = |s: &str| s.split('.').next().unwrap_or_default().to_string();
+    (!a.contains('.') || !b.contains('.')) && first(&a) == first(&b)
+}
+
+/// What `verify_sso` found wrong in the results of the verify action, if anything: the version must
+/// be the target (`target_version`), the ENTSSO service running, and, where the action reports them,
+/// the SSO database must name the environment's master secret server (`master`) and SSO be enabled.
 pub fn verify_problem(
     outputs: &BTreeMap<String, String>,
-    target: Option<&String>,
+    params: &BTreeMap<String, String>,
 ) -> Option<String> {
+    let target = params.get("target_version");
+    if let (Some(found), Some(master)) = (outputs.get("secret_server"), params.get("master"))
+        && !same_server(found, master)
+    {
+        return Some(format!(
+            "the SSO database names {found} as the master secret server, but the inventory's master is {master}"
+        ));
+    }
+    if let Some(enabled) = outputs.get("sso_enabled")
+        && !matches!(
+            enabled.trim().to_ascii_lowercase().as_str(),
+            "yes" | "true" | "enabled" | "1"
+        )
+    {
+        return Some(format!(
+            "SSO is not enabled (ssomanage -displaydb: {enabled})"
+        ));
+    }
     if let (Some(found), Some(target)) = (outputs.get("version"), target)
         && found.trim() != target.trim()
     {

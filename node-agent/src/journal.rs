@@ -11,6 +11,9 @@
 //!   outcome is unknown, it is not run again, and a final failed event says so. When its process
 //!   still runs (an installer outlives the agent that started it), the attempt stays running until
 //!   that process has ended, so that nothing else is started on the server meanwhile.
+//! - An attempt may wait (`waiting`): for the operator's attended install, or for the reboot its
+//!   installer asked for. It keeps its assignment, so that it can go on after an agent restart (the
+//!   reboot) or the operator's approval; nothing else runs on the server while it waits.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +27,14 @@ use tokio::sync::Notify;
 
 pub const FILE: &str = "journal.db";
 
+/// Columns added after the first release of the journal: (name, declaration).
+const ADDED_COLUMNS: [(&str, &str); 2] = [
+    // StepAssignment, protobuf: what a waiting attempt goes on with.
+    ("assignment", "BLOB"),
+    // StepWaiting, protobuf: what a waiting attempt waits for.
+    ("waiting", "BLOB"),
+];
+
 /// Completed attempts are kept this long to answer redeliveries, then pruned.
 const KEEP_COMPLETE_MS: i64 = 30 * 24 * 3600 * 1000;
 
@@ -34,7 +45,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     epoch       INTEGER NOT NULL,
     run_id      TEXT NOT NULL,
     step        TEXT NOT NULL,
-    state       TEXT NOT NULL,              -- running, finished, interrupted
+    state       TEXT NOT NULL,              -- running, waiting, finished, interrupted
     accepted_at INTEGER NOT NULL,
     finished_at INTEGER,
     last_seq    INTEGER NOT NULL DEFAULT 0, -- highest event seq journaled
@@ -88,6 +99,7 @@ impl Journal {
         )
         .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        add_columns(&conn).map_err(err)?;
         let journal = Self {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
@@ -211,6 +223,19 @@ impl Journal {
         run_id: &str,
         step: &str,
     ) -> Result<Accept, JournalError> {
+        self.accept_with(attempt_id, epoch, run_id, step, None)
+    }
+
+    /// [`Journal::accept`], keeping the assignment with the attempt (an attempt that may wait needs it
+    /// to go on).
+    pub fn accept_with(
+        &self,
+        attempt_id: &str,
+        epoch: u64,
+        run_id: &str,
+        step: &str,
+        assignment: Option<&pb::StepAssignment>,
+    ) -> Result<Accept, JournalError> {
         if let Some(known) = self.find(attempt_id)? {
             return Ok(Accept::Known(Box::new(known)));
         }
@@ -222,8 +247,15 @@ impl Journal {
         }
         self.with(|c| {
             c.execute(
-                "INSERT INTO attempts (id, epoch, run_id, step, state, accepted_at) VALUES (?1, ?2, ?3, ?4, 'running', ?5)",
-                params![attempt_id, i64::try_from(epoch).unwrap_or(i64::MAX), run_id, step, now()],
+                "INSERT INTO attempts (id, epoch, run_id, step, state, accepted_at, assignment) VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6)",
+                params![
+                    attempt_id,
+                    i64::try_from(epoch).unwrap_or(i64::MAX),
+                    run_id,
+                    step,
+                    now(),
+                    assignment.map(Message::encode_to_vec)
+                ],
             )
         })?;
         Ok(Accept::New)
@@ -254,6 +286,12 @@ impl Journal {
                     params![event.attempt_id, i64::from(started.pid)],
                 )?;
             }
+            if let Some(pb::step_event::Kind::Waiting(waiting)) = &event.kind {
+                tx.execute(
+                    "UPDATE attempts SET state = 'waiting', waiting = ?2 WHERE id = ?1 AND state = 'running'",
+                    params![event.attempt_id, waiting.encode_to_vec()],
+                )?;
+            }
             if let Some(pb::step_event::Kind::Finished(result)) = &event.kind {
                 tx.execute(
                     "UPDATE attempts SET state = ?2, result = ?3, finished_at = ?4 WHERE id = ?1",
@@ -279,7 +317,7 @@ impl Journal {
             // running one.
             let complete = complete
                 && tx.execute(
-                    "UPDATE attempts SET complete = 1 WHERE id = ?1 AND state <> 'running'",
+                    "UPDATE attempts SET complete = 1 WHERE id = ?1 AND state IN ('finished', 'interrupted')",
                     [attempt_id],
                 )? == 1;
             if complete {
@@ -297,7 +335,7 @@ impl Journal {
     fn find(&self, attempt_id: &str) -> Result<Option<pb::AttemptReport>, JournalError> {
         self.with(|c| {
             c.query_row(
-                "SELECT id, state, last_seq, acked_seq, result, epoch FROM attempts WHERE id = ?1",
+                "SELECT id, state, last_seq, acked_seq, result, epoch, waiting FROM attempts WHERE id = ?1",
                 [attempt_id],
                 report_row,
             )
@@ -318,7 +356,7 @@ impl Journal {
     pub fn unsettled(&self) -> Result<Vec<pb::AttemptReport>, JournalError> {
         self.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT id, state, last_seq, acked_seq, result, epoch FROM attempts WHERE complete = 0 ORDER BY accepted_at, id",
+                "SELECT id, state, last_seq, acked_seq, result, epoch, waiting FROM attempts WHERE complete = 0 ORDER BY accepted_at, id",
             )?;
             let rows = stmt.query_map([], report_row)?;
             rows.collect()
@@ -357,16 +395,123 @@ impl Journal {
         Ok(out)
     }
 
+    /// The attempts waiting for a reboot, with their assignments: after a start of the agent (the
+    /// reboot happened, or the agent was restarted meanwhile) each is verified and finished.
+    pub fn waiting_for_reboot(&self) -> Result<Vec<Waiting>, JournalError> {
+        let rows: Vec<(String, u64, Blob, Blob)> = self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, last_seq, assignment, waiting FROM attempts WHERE state = 'waiting' ORDER BY accepted_at",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?, r.get(3)?))
+            })?;
+            rows.collect()
+        })?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(attempt_id, last_seq, assignment, waiting)| {
+                let waiting = waiting.and_then(|b| pb::StepWaiting::decode(b.as_slice()).ok())?;
+                (waiting.reason() == pb::WaitReason::Reboot).then(|| Waiting {
+                    attempt_id,
+                    last_seq,
+                    assignment: assignment
+                        .and_then(|b| pb::StepAssignment::decode(b.as_slice()).ok()),
+                    waiting,
+                })
+            })
+            .collect())
+    }
+
+    /// Takes a waiting attempt up again (`running`), if it waits for `reason`: once only, so that a
+    /// repeated approval does nothing. Its assignment and last seq, to go on with.
+    pub fn take_up(
+        &self,
+        attempt_id: &str,
+        reason: pb::WaitReason,
+    ) -> Result<Option<Waiting>, JournalError> {
+        let row: Option<(u64, Blob, Blob)> = self.with(|c| {
+            let tx = c.transaction()?;
+            let row = tx
+                .query_row(
+                    "SELECT last_seq, assignment, waiting FROM attempts WHERE id = ?1 AND state = 'waiting'",
+                    [attempt_id],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)? as u64,
+                            r.get::<_, Option<Vec<u8>>>(1)?,
+                            r.get::<_, Option<Vec<u8>>>(2)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let waits_for = row
+                .as_ref()
+                .and_then(|(_, _, w)| w.as_ref())
+                .and_then(|b| pb::StepWaiting::decode(b.as_slice()).ok())
+                .is_some_and(|w| w.reason() == reason);
+            if !waits_for {
+                return Ok(None);
+            }
+            tx.execute(
+                "UPDATE attempts SET state = 'running' WHERE id = ?1 AND state = 'waiting'",
+                [attempt_id],
+            )?;
+            tx.commit()?;
+            Ok(row)
+        })?;
+        Ok(row.and_then(|(last_seq, assignment, waiting)| {
+            Some(Waiting {
+                attempt_id: attempt_id.to_string(),
+                last_seq,
+                assignment: assignment.and_then(|b| pb::StepAssignment::decode(b.as_slice()).ok()),
+                waiting: waiting.and_then(|b| pb::StepWaiting::decode(b.as_slice()).ok())?,
+            })
+        }))
+    }
+
+    /// Ends an attempt that waits for the operator (its run was aborted): its final event says so.
+    /// False when it is not waiting for the operator (nothing to cancel: it runs, or has ended).
+    pub fn cancel_waiting(&self, attempt_id: &str, reason: &str) -> Result<bool, JournalError> {
+        let Some(taken) = self.take_up(attempt_id, pb::WaitReason::AttendedInstall)? else {
+            return Ok(false);
+        };
+        let event = pb::StepEvent {
+            attempt_id: attempt_id.to_string(),
+            seq: taken.last_seq + 1,
+            at_unix_ms: now(),
+            kind: Some(pb::step_event::Kind::Finished(pb::StepFinished {
+                outcome: pb::StepOutcome::Cancelled as i32,
+                error: format!("cancelled while waiting for the attended install: {reason}"),
+                ..Default::default()
+            })),
+        };
+        self.record(&event)?;
+        Ok(true)
+    }
+
     pub fn in_flight(&self) -> u32 {
         self.with(|c| {
             c.query_row(
-                "SELECT COUNT(*) FROM attempts WHERE state = 'running'",
+                "SELECT COUNT(*) FROM attempts WHERE state IN ('running', 'waiting')",
                 [],
                 |r| r.get::<_, i64>(0),
             )
         })
         .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
     }
+}
+
+/// A protobuf column that may be empty.
+type Blob = Option<Vec<u8>>;
+
+/// An attempt that waited, as the journal holds it.
+#[derive(Debug, Clone)]
+pub struct Waiting {
+    pub attempt_id: String,
+    pub last_seq: u64,
+    /// `None` only for an attempt journaled by an agent too old to keep it.
+    pub assignment: Option<pb::StepAssignment>,
+    pub waiting: pb::StepWaiting,
 }
 
 /// What [`Journal::accept`] decided.
@@ -385,9 +530,11 @@ fn report_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<pb::AttemptReport> {
         "running" => pb::AttemptState::Running,
         "finished" => pb::AttemptState::Finished,
         "interrupted" => pb::AttemptState::Interrupted,
+        "waiting" => pb::AttemptState::Waiting,
         _ => pb::AttemptState::Unspecified,
     };
     let result: Option<Vec<u8>> = r.get(4)?;
+    let waiting: Option<Vec<u8>> = r.get(6)?;
     Ok(pb::AttemptReport {
         attempt_id: r.get(0)?,
         state: state as i32,
@@ -395,7 +542,26 @@ fn report_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<pb::AttemptReport> {
         acked_seq: r.get::<_, i64>(3)? as u64,
         result: result.and_then(|b| pb::StepFinished::decode(b.as_slice()).ok()),
         epoch: r.get::<_, i64>(5)? as u64,
+        waiting: waiting
+            .filter(|_| state == pb::AttemptState::Waiting)
+            .and_then(|b| pb::StepWaiting::decode(b.as_slice()).ok()),
     })
+}
+
+/// Brings a journal written by an older agent up to this schema.
+fn add_columns(conn: &Connection) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info('attempts')")?;
+    let have: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (name, declaration) in ADDED_COLUMNS {
+        if !have.iter().any(|h| h == name) {
+            conn.execute_batch(&format!(
+                "ALTER TABLE attempts ADD COLUMN {name} {declaration}"
+            ))?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether a process with this id exists (another one may have reused the id, rarely: then the
@@ -622,6 +788,151 @@ mod tests {
         assert!(
             error.contains(&format!("its process {} ran on, and has ended", child.id())),
             "{error}"
+        );
+    }
+
+    fn waiting(attempt: &str, seq: u64, reason: pb::WaitReason) -> pb::StepEvent {
+        pb::StepEvent {
+            attempt_id: attempt.into(),
+            seq,
+            at_unix_ms: 1,
+            kind: Some(pb::step_event::Kind::Waiting(pb::StepWaiting {
+                instruction: "run setup".into(),
+                reason: reason as i32,
+            })),
+        }
+    }
+
+    fn assignment(id: &str) -> pb::StepAssignment {
+        pb::StepAssignment {
+            attempt_id: id.into(),
+            step: "upgrade-master".into(),
+            timeout_ms: 1000,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_waiting_attempt_survives_restarts_and_is_taken_up_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        j.accept_with("a", 1, "r", "upgrade-master", Some(&assignment("a")))
+            .unwrap()
+            .fresh();
+        j.record(&event("a", 1, false)).unwrap();
+        j.record(&waiting("a", 2, pb::WaitReason::AttendedInstall))
+            .unwrap();
+        drop(j);
+        // Not interrupted by a restart, and still busy: nothing else runs on the server.
+        let (j, orphans) = Journal::open(dir.path()).unwrap();
+        assert!(orphans.is_empty());
+        let report = j.report("a").unwrap();
+        assert_eq!(report.state(), pb::AttemptState::Waiting);
+        assert_eq!(
+            report.waiting.as_ref().map(|w| w.reason()),
+            Some(pb::WaitReason::AttendedInstall)
+        );
+        assert_eq!(j.in_flight(), 1);
+        assert!(matches!(
+            j.accept("b", 1, "r", "x").unwrap(),
+            Accept::Busy(1)
+        ));
+        assert!(
+            j.waiting_for_reboot().unwrap().is_empty(),
+            "it waits for the operator"
+        );
+        // A complete ack cannot make the agent forget it.
+        j.ack("a", 2, true).unwrap();
+        assert_eq!(j.unsettled().unwrap().len(), 1);
+        // The wrong reason takes nothing; the right one once.
+        assert!(j.take_up("a", pb::WaitReason::Reboot).unwrap().is_none());
+        let taken = j
+            .take_up("a", pb::WaitReason::AttendedInstall)
+            .unwrap()
+            .unwrap();
+        assert_eq!(taken.last_seq, 2);
+        assert_eq!(taken.assignment.unwrap().step, "upgrade-master");
+        assert_eq!(j.report("a").unwrap().state(), pb::AttemptState::Running);
+        assert!(
+            j.take_up("a", pb::WaitReason::AttendedInstall)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            !j.cancel_waiting("a", "aborted").unwrap(),
+            "running: not cancelled"
+        );
+    }
+
+    #[test]
+    fn reboots_are_found_at_start_and_cancels_end_only_operator_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        j.accept_with("a", 1, "r", "upgrade", Some(&assignment("a")))
+            .unwrap()
+            .fresh();
+        j.record(&waiting("a", 1, pb::WaitReason::Reboot)).unwrap();
+        j.record(&event("a", 2, false)).unwrap();
+        drop(j);
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        let rebooted = j.waiting_for_reboot().unwrap();
+        assert_eq!(rebooted.len(), 1);
+        assert_eq!(
+            (rebooted[0].attempt_id.as_str(), rebooted[0].last_seq),
+            ("a", 2)
+        );
+        assert!(
+            !j.cancel_waiting("a", "aborted").unwrap(),
+            "a reboot is not cancelled"
+        );
+
+        let dir2 = tempfile::tempdir().unwrap();
+        let (j2, _) = Journal::open(dir2.path()).unwrap();
+        j2.accept("c", 1, "r", "upgrade").unwrap().fresh();
+        j2.record(&waiting("c", 1, pb::WaitReason::AttendedInstall))
+            .unwrap();
+        assert!(
+            j2.cancel_waiting("c", "the run was aborted by ops")
+                .unwrap()
+        );
+        let report = j2.report("c").unwrap();
+        assert_eq!(report.state(), pb::AttemptState::Finished);
+        assert_eq!(report.last_seq, 2);
+        let result = report.result.unwrap();
+        assert_eq!(result.outcome(), pb::StepOutcome::Cancelled);
+        assert!(
+            result.error.contains("the run was aborted by ops"),
+            "{}",
+            result.error
+        );
+        assert_eq!(j2.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_journal_of_an_older_agent_gets_the_new_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join(FILE)).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE attempts (id TEXT PRIMARY KEY, epoch INTEGER NOT NULL, run_id TEXT NOT NULL,
+                 step TEXT NOT NULL, state TEXT NOT NULL, accepted_at INTEGER NOT NULL, finished_at INTEGER,
+                 last_seq INTEGER NOT NULL DEFAULT 0, acked_seq INTEGER NOT NULL DEFAULT 0, result BLOB,
+                 complete INTEGER NOT NULL DEFAULT 0, pid INTEGER);
+                 INSERT INTO attempts (id, epoch, run_id, step, state, accepted_at) VALUES ('old', 1, 'r', 's', 'finished', 1);",
+            )
+            .unwrap();
+        }
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.report("old").unwrap().state(), pb::AttemptState::Finished);
+        j.accept_with("new", 1, "r", "s", Some(&assignment("new")))
+            .unwrap()
+            .fresh();
+        drop(j);
+        // Opening again works on the new schema (the running attempt is interrupted, as always).
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        assert_eq!(
+            j.report("new").unwrap().state(),
+            pb::AttemptState::Interrupted
         );
     }
 }

@@ -68,6 +68,7 @@ fn assignment(action: ActionName, params: &[(&str, &str)]) -> Assignment {
             .collect(),
         timeout: Duration::from_secs(30),
         expected_installer_sha256: None,
+        install_mode: pb::InstallMode::Unattended,
     }
 }
 
@@ -76,7 +77,9 @@ async fn run_collect(
     a: &Assignment,
 ) -> (pb::StepFinished, Vec<pb::StepEvent>) {
     let (tx, mut rx) = mpsc::channel(1024);
-    let result = execute(config, a, tx, async {}).await;
+    let result = execute(config, a, tx, async {})
+        .await
+        .expect("the attempt finished");
     let mut events = Vec::new();
     while let Ok(e) = rx.try_recv() {
         events.push(e);
@@ -354,4 +357,259 @@ async fn an_installer_changed_since_preflight_is_not_run() {
         "the setup never started"
     );
     assert!(!dir.path().join("esso/version").exists());
+}
+
+fn kinds(events: &[pb::StepEvent]) -> Vec<&Kind> {
+    events.iter().filter_map(|e| e.kind.as_ref()).collect()
+}
+
+#[tokio::test]
+async fn an_attended_install_waits_with_the_instruction_and_runs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), "", None);
+    let mut a = assignment(
+        ActionName::InstallSso,
+        &[
+            ("target_version", "3.0.7"),
+            ("installer", r"D:\media\Setup.exe"),
+        ],
+    );
+    a.step = "upgrade-master".into();
+    a.install_mode = pb::InstallMode::Attended;
+    let (tx, mut rx) = mpsc::channel(64);
+    assert!(execute(&config, &a, tx, async {}).await.is_none());
+    let mut events = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        events.push(e);
+    }
+    assert_eq!(events.len(), 1, "{events:?}");
+    let Some(Kind::Waiting(w)) = &events[0].kind else {
+        panic!("{events:?}")
+    };
+    assert_eq!(w.reason(), pb::WaitReason::AttendedInstall);
+    for part in [
+        "on sso-dev-01 (the master secret server",
+        r"run D:\media\Setup.exe",
+        "Custom installation",
+        "Join an existing SSO system",
+        "do not select it again",
+        "`fleetctl approve r-7 --node sso-dev-01`",
+        "verifies ESSO 3.0.7",
+    ] {
+        assert!(
+            w.instruction.contains(part),
+            "{part:?} in {}",
+            w.instruction
+        );
+    }
+    assert!(
+        !dir.path().join("esso/version").exists(),
+        "the installer did not run"
+    );
+}
+
+#[tokio::test]
+async fn after_the_approval_or_the_reboot_the_install_is_verified_and_the_events_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), "", None);
+    let mut a = assignment(
+        ActionName::InstallSso,
+        &[("target_version", "3.0.7"), ("master", "sso-dev-01")],
+    );
+    a.install_mode = pb::InstallMode::Attended;
+    let go_on = |config: AgentConfig, a: Assignment| async move {
+        let (tx, mut rx) = mpsc::channel(64);
+        let result = continue_after(&config, &a, 4, "the install was approved", tx, async {}).await;
+        let mut events = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            events.push(e);
+        }
+        (result, events)
+    };
+    // The operator has not installed anything.
+    let (result, events) = go_on(config.clone(), a.clone()).await;
+    assert_eq!(result.outcome(), pb::StepOutcome::Failed);
+    assert_eq!(
+        result.error,
+        "the install was approved, but the install is not right: ESSO reports version , expected 3.0.7"
+    );
+    assert_eq!(
+        events.first().map(|e| e.seq),
+        Some(5),
+        "after the journal's last seq"
+    );
+    assert!(
+        matches!(events.last().and_then(|e| e.kind.as_ref()), Some(Kind::Finished(f)) if *f == result)
+    );
+    // Installed: it counts.
+    std::fs::create_dir_all(dir.path().join("esso")).unwrap();
+    std::fs::write(dir.path().join("esso/version"), "3.0.7\n").unwrap();
+    let (result, events) = go_on(config.clone(), a.clone()).await;
+    assert_eq!(result.outcome(), pb::StepOutcome::Succeeded, "{result:?}");
+    assert_eq!(
+        result.outputs.get("version").map(String::as_str),
+        Some("3.0.7")
+    );
+    assert!(
+        matches!(kinds(&events)[0], Kind::Log(l) if l.line == "the install was approved: verifying the install (verify_sso)")
+    );
+    // Without a verify action there is no counting it.
+    let mut bare = config.clone();
+    bare.actions.remove(&ActionName::VerifySso);
+    let (result, _) = go_on(bare, a).await;
+    assert!(
+        result.error.starts_with(
+            "the install was approved, but the install cannot be verified: the built-in verify_sso"
+        ),
+        "{}",
+        result.error
+    );
+}
+
+#[tokio::test]
+async fn a_reboot_the_install_asks_for_follows_the_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = assignment(ActionName::InstallSso, &[("target_version", "3.0.7")]);
+    a.timeout = Duration::from_millis(300);
+
+    // Policy never: installed, reboot pending, the server is left alone.
+    let never = config(dir.path(), ", FAKE_SETUP_REBOOT = \"required\"", None);
+    let (result, events) = run_collect(&never, &a).await;
+    assert_eq!(
+        (result.outcome(), result.reboot_pending),
+        (pb::StepOutcome::Succeeded, true),
+        "{result:?}"
+    );
+    assert!(
+        kinds(&events).iter().any(
+            |k| matches!(k, Kind::Log(l) if l.line.contains("the reboot policy is \"never\""))
+        )
+    );
+    assert!(!kinds(&events).iter().any(|k| matches!(k, Kind::Waiting(_))));
+
+    // The installer restarts the server itself: the attempt waits for that, whatever the policy, and
+    // fails when the server is still up after the step timeout.
+    let started = config(dir.path(), ", FAKE_SETUP_REBOOT = \"started\"", None);
+    let (result, events) = run_collect(&started, &a).await;
+    let waiting: Vec<&pb::StepWaiting> = kinds(&events)
+        .into_iter()
+        .filter_map(|k| match k {
+            Kind::Waiting(w) => Some(w),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].reason(), pb::WaitReason::Reboot);
+    assert!(
+        waiting[0].instruction.contains("restarts sso-dev-01"),
+        "{}",
+        waiting[0].instruction
+    );
+    assert_eq!(result.outcome(), pb::StepOutcome::Failed);
+    assert!(
+        result.error.contains("did not restart within 300ms"),
+        "{}",
+        result.error
+    );
+    assert_well_formed(&events, &result);
+
+    // if-required: the agent restarts the server; here no shutdown.exe exists, which fails clearly.
+    let mut if_required = config(dir.path(), ", FAKE_SETUP_REBOOT = \"required\"", None);
+    if_required.reboot = RebootPolicy::IfRequired;
+    let (result, events) = run_collect(&if_required, &a).await;
+    if cfg!(not(windows)) {
+        assert_eq!(result.outcome(), pb::StepOutcome::Failed);
+        assert!(
+            result.error.starts_with("installed (the install reported that a reboot is required), but the server cannot be restarted: this platform has no shutdown.exe"),
+            "{}",
+            result.error
+        );
+        assert!(kinds(&events).iter().any(|k| matches!(k, Kind::Waiting(_))));
+    }
+}
+
+#[test]
+fn reboot_requests_and_the_shutdown_command_line() {
+    let outcome = |code: Option<i32>, reboot: Option<&str>| runner::Outcome {
+        exit_code: code,
+        timed_out: false,
+        outputs: reboot
+            .map(|r| [("reboot".to_string(), r.to_string())].into())
+            .unwrap_or_default(),
+        stderr_tail: Vec::new(),
+        duration: Duration::ZERO,
+    };
+    assert_eq!(
+        reboot_request(&outcome(Some(3010), None)),
+        Some(RebootRequest::Required)
+    );
+    assert_eq!(
+        reboot_request(&outcome(Some(1641), None)),
+        Some(RebootRequest::Started)
+    );
+    assert_eq!(
+        reboot_request(&outcome(Some(0), Some("Required"))),
+        Some(RebootRequest::Required)
+    );
+    assert_eq!(
+        reboot_request(&outcome(Some(0), Some("started"))),
+        Some(RebootRequest::Started)
+    );
+    assert_eq!(reboot_request(&outcome(Some(0), Some("no"))), None);
+    assert_eq!(
+        reboot_request(&outcome(Some(1), Some("required"))),
+        None,
+        "a failed install is not rebooted"
+    );
+    assert_eq!(reboot_request(&outcome(Some(0), None)), None);
+    assert_eq!(
+        shutdown_args(30, "ssofleet: upgrade-master of run r needs a reboot"),
+        [
+            "/r",
+            "/t",
+            "30",
+            "/c",
+            "ssofleet: upgrade-master of run r needs a reboot",
+            "/d",
+            "p:4:2"
+        ]
+    );
+    assert_eq!(shutdown_args(0, &"x".repeat(600))[4].len(), 500);
+}
+
+#[test]
+fn verify_checks_the_master_secret_server_and_sso_status_where_reported() {
+    let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let params = map(&[("target_version", "3.0.7"), ("master", "sso-dev-01")]);
+    let good = map(&[
+        ("version", "3.0.7"),
+        ("service", "running"),
+        ("secret_server", "SSO-DEV-01.corp.example"),
+        ("sso_enabled", "Yes"),
+    ]);
+    assert_eq!(verify_problem(&good, &params), None);
+    let mut other = good.clone();
+    other.insert("secret_server".into(), "sso-prod-01".into());
+    assert_eq!(
+        verify_problem(&other, &params).as_deref(),
+        Some(
+            "the SSO database names sso-prod-01 as the master secret server, but the inventory's master is sso-dev-01"
+        )
+    );
+    let mut disabled = good.clone();
+    disabled.insert("sso_enabled".into(), "No".into());
+    assert_eq!(
+        verify_problem(&disabled, &params).as_deref(),
+        Some("SSO is not enabled (ssomanage -displaydb: No)")
+    );
+    assert!(same_server("sso-dev-01", "SSO-DEV-01.corp.example"));
+    assert!(same_server("a.corp.example", "A.CORP.EXAMPLE"));
+    assert!(!same_server("a.corp.example", "a.other.example"));
+    assert!(!same_server("10.0.0.1", "10.0.0.10"));
+    assert!(!same_server("sso-dev-01", "sso-dev-02"));
 }
