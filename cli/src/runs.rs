@@ -443,6 +443,10 @@ impl View {
                 "{place} {} {}% {}",
                 event.step, p.percent, p.message
             )),
+            // An attended install shows as the step's change to waiting; a reboot only here.
+            Some(pb::run_event::Kind::Waiting(w)) if w.reason() == pb::WaitReason::Reboot => {
+                Some(format!("{place} {} {}", event.step, w.instruction))
+            }
             _ => None,
         };
         match self {
@@ -490,6 +494,15 @@ impl View {
                     if s.state() == pb::StepState::Failed {
                         let _ =
                             bars.println(format!("failed: {place} {}: {}", event.step, s.message));
+                    }
+                    if s.state() == pb::StepState::Waiting && !node.is_empty() {
+                        let _ =
+                            bars.println(format!("waiting: {place} {}: {}", event.step, s.message));
+                    }
+                }
+                Some(pb::run_event::Kind::Waiting(_)) => {
+                    if let (Some(bar), Some(line)) = (nodes.get(&node), line) {
+                        bar.set_message(line);
                     }
                 }
                 Some(pb::run_event::Kind::Progress(p)) => {
@@ -605,6 +618,7 @@ pub async fn logs(
                 Some(pb::run_event::Kind::Log(l)) => l.line.clone(),
                 Some(pb::run_event::Kind::Progress(p)) => format!("[{}%] {}", p.percent, p.message),
                 Some(pb::run_event::Kind::Output(o)) => format!("{}={}", o.key, o.value),
+                Some(pb::run_event::Kind::Waiting(w)) => format!("waiting: {}", w.instruction),
                 _ => return None,
             };
             let step = if every_node {

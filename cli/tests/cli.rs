@@ -87,7 +87,10 @@ fn usage_errors_exit_2() {
 fn migrate_needs_its_environment() {
     let o = fleetctl(&["migrate"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--env"), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--env"),
+        "{o:?}"
+    );
 }
 
 #[test]

@@ -232,12 +232,12 @@ pub fn attended_instruction(
         .get("target_version")
         .map_or("the target version", String::as_str);
     let role = if step == "upgrade-master" || step == "install-sso" {
-        "the master secret server (upgraded first)"
+        "the master secret server, upgraded first"
     } else {
         "a member of the SSO system"
     };
     format!(
-        "on {node} ({role}), as a local administrator who is an SSO administrator, run {installer}: \
+        "on {node}, {role}, as a local administrator who is an SSO administrator, run {installer}: \
          Custom installation, feature Enterprise Single Sign-On (where BizTalk Server or Host Integration \
          Server already provides ESSO on this server, do not select it again: upgrade the existing one), \
          \"Enable Enterprise Single Sign-on on this computer\", \"Join an existing SSO system\", then \

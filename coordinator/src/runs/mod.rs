@@ -1210,7 +1210,10 @@ impl Manager {
             ),
             Kind::Waiting(w) => (
                 "waiting",
-                serde_json::json!({ "instruction": w.instruction }),
+                serde_json::json!({
+                    "instruction": w.instruction,
+                    "reason": if w.reason() == pb::WaitReason::Reboot { "reboot" } else { "attended" },
+                }),
             ),
             Kind::Finished(f) => (
                 "finished",

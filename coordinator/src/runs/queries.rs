@@ -153,6 +153,13 @@ impl Manager {
                             .trim_end()
                             .to_string(),
                     }),
+                    "waiting" => pb::run_event::Kind::Waiting(pb::StepWaiting {
+                        instruction: text("instruction"),
+                        reason: match text("reason").as_str() {
+                            "reboot" => pb::WaitReason::Reboot,
+                            _ => pb::WaitReason::AttendedInstall,
+                        } as i32,
+                    }),
                     "started" => pb::run_event::Kind::Log(pb::StepLog {
                         stream: pb::LogStream::Agent as i32,
                         line: format!("started: {}", text("command")),

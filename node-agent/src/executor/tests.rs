@@ -388,7 +388,7 @@ async fn an_attended_install_waits_with_the_instruction_and_runs_nothing() {
     };
     assert_eq!(w.reason(), pb::WaitReason::AttendedInstall);
     for part in [
-        "on sso-dev-01 (the master secret server",
+        "on sso-dev-01, the master secret server, upgraded first,",
         r"run D:\media\Setup.exe",
         "Custom installation",
         "Join an existing SSO system",

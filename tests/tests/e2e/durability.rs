@@ -345,18 +345,7 @@ fn an_agent_killed_mid_step_reports_the_attempt_interrupted_and_never_reruns_it(
     let index = NODES.iter().position(|(n, _)| *n == "a1").unwrap();
     s.agents[index].process.kill();
     // The same agent, started again on its state directory.
-    let actions = fleet_tests::upgrade_actions(&s.fleet, "a1", env[0].1).unwrap();
-    s.agents[index] = fleet_tests::Agent::start_with(
-        &s.fleet,
-        &fleet_tests::AgentSpec {
-            node: "a1",
-            tls_rel: "agents/a1/tls",
-            coordinator: &s.coordinator.url(),
-            version: "3.0.6",
-        },
-        &actions,
-    )
-    .unwrap();
+    s.agents[index] = crate::upgrade::restart_agent_with(&s, "a1", env[0].1, "");
     let halted = eventually(PATIENCE, "the run halted", || {
         let (_, run) = s.json(&["run", "show", &run_id]);
         (run["state"] == "halted").then_some(run)

@@ -4,6 +4,7 @@
 
 mod agent_steps;
 mod attach;
+mod attended;
 mod controls;
 mod deliveries;
 mod durability;

@@ -117,6 +117,32 @@ pub(crate) fn setup_proxied(
     }
 }
 
+/// Starts `node`'s agent again on its state directory (after it was killed), with the fixture
+/// settings `extra_env` and `extra` lines appended to its agent.toml.
+pub(crate) fn restart_agent_with(s: &Setup, node: &str, extra_env: &str, extra: &str) -> Agent {
+    let actions = upgrade_actions(&s.fleet, node, extra_env).unwrap() + extra;
+    let tls = format!("agents/{node}/tls");
+    let url = s
+        .proxies
+        .get(node)
+        .map_or_else(|| s.coordinator.url(), Proxy::url);
+    Agent::start_with(
+        &s.fleet,
+        &AgentSpec {
+            node,
+            tls_rel: &tls,
+            coordinator: &url,
+            version: "3.0.6",
+        },
+        &actions,
+    )
+    .unwrap()
+}
+
+pub(crate) fn restart_agent(s: &Setup, node: &str) -> Agent {
+    restart_agent_with(s, node, "", "")
+}
+
 impl Setup {
     pub(crate) fn ctl(&self, args: &[&str]) -> Output {
         let (url, tls) = (self.coordinator.url(), self.fleet.path("tls"));
