@@ -9,6 +9,7 @@ mod controls;
 mod deliveries;
 mod durability;
 mod inventory;
+mod migrate;
 mod mssql_contract;
 mod plan;
 mod refusals;
