@@ -198,6 +198,12 @@ pub enum Event {
         step: usize,
         attempt: u32,
     },
+    /// The agent restarts the server its install needs rebooted: the step's timeout starts again (the
+    /// agent reports after the reboot).
+    StepRebooting {
+        step: usize,
+        attempt: u32,
+    },
     /// The agent stopped at an attended install and waits for the operator (`instruction`).
     StepWaiting {
         step: usize,
@@ -392,6 +398,14 @@ impl Run {
                 self.master_detached(&node, &mut out);
             }
             Event::StepStarted { .. } => {}
+            Event::StepRebooting { step, attempt } => {
+                if let Some(s) = self.steps.get_mut(step)
+                    && s.attempt == attempt
+                    && s.state == StepState::Running
+                {
+                    s.dispatched_at = Some(now);
+                }
+            }
             Event::StepWaiting {
                 step,
                 attempt,

@@ -1197,3 +1197,28 @@ fn a_failed_migrate_step_halts_and_nothing_after_it_starts_until_it_is_retried()
     .unwrap();
     assert_eq!(run.status(), RunStatus::Halted);
 }
+
+#[test]
+fn a_reboot_gives_the_step_its_timeout_again() {
+    let inv = inventory(&[("auto", &["m1"], "")], 1, 0);
+    let mut run = run_of(&inv, &[]);
+    let upgrade = to_master_upgrade(&mut run);
+    let later = T0 + 500_000;
+    run.apply(
+        Event::StepRebooting {
+            step: upgrade,
+            attempt: 1,
+        },
+        later,
+    )
+    .unwrap();
+    // Past the first deadline, within the new one.
+    run.apply(Event::Tick, T0 + 600_000 + RESULT_GRACE_MS + 1)
+        .unwrap();
+    assert_eq!(run.steps[upgrade].state, StepState::Running);
+    run.apply(Event::Tick, later + 600_000 + RESULT_GRACE_MS + 1)
+        .unwrap();
+    assert_eq!(run.steps[upgrade].state, StepState::Failed);
+    // A stale attempt's reboot changes nothing.
+    assert_eq!(run.steps[upgrade].attempt, 1);
+}

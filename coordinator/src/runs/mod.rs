@@ -1264,6 +1264,13 @@ impl Manager {
         if !fresh {
             return;
         }
+        if let Kind::Waiting(w) = &kind
+            && w.reason() == pb::WaitReason::Reboot
+            && let Some((step, attempt)) = self.current_attempt(&event.attempt_id)
+            && step == row.step
+        {
+            self.apply(Event::StepRebooting { step, attempt }).await;
+        }
         let Some(active) = self.active.as_ref().filter(|a| a.id == row.run_id) else {
             return;
         };
