@@ -313,16 +313,23 @@ pub async fn install(s: &mut Session<'_>) -> Result<i32, Fail> {
         code.map_or("none".into(), |c| c.to_string()),
     )
     .await;
-    match (install_exit(code), code) {
-        (InstallExit::Success, Some(c)) => {
-            s.progress(100, "installed").await;
-            Ok(c)
-        }
-        (InstallExit::RebootPending, Some(c)) => {
+    let result = installer_outcome(code, &log);
+    if let Ok(c) = result {
+        if install_exit(Some(c)) == InstallExit::RebootPending {
             s.output("reboot_pending", "true").await;
             s.progress(100, "installed; a reboot is pending").await;
-            Ok(c)
+        } else {
+            s.progress(100, "installed").await;
         }
+    }
+    result
+}
+
+/// The installer's exit code judged by the executor's rules (`install_exit`): success and
+/// reboot-pending keep their code (0, 3010, 1641); anything else fails with the code and the log.
+pub fn installer_outcome(code: Option<i32>, log: &str) -> Result<i32, Fail> {
+    match (install_exit(code), code) {
+        (InstallExit::Success | InstallExit::RebootPending, Some(c)) => Ok(c),
         (_, code) => Err(Fail {
             message: format!(
                 "the installer exited with code {}{}; its log is {log}",
@@ -348,4 +355,27 @@ fn installer_error(code: i32) -> Option<&'static str> {
         1638 => "another version of this product is already installed",
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn installer_exit_codes_keep_their_meaning() {
+        assert_eq!(installer_outcome(Some(0), "l"), Ok(0));
+        assert_eq!(installer_outcome(Some(3010), "l"), Ok(3010));
+        assert_eq!(installer_outcome(Some(1641), "l"), Ok(1641));
+        let fail = installer_outcome(Some(1603), r"C:\s\i.log").unwrap_err();
+        assert_eq!(fail.exit_code, Some(1603));
+        assert_eq!(
+            fail.message,
+            r"the installer exited with code 1603 (fatal error during installation); its log is C:\s\i.log"
+        );
+        let fail = installer_outcome(None, "l").unwrap_err();
+        assert_eq!(
+            (fail.exit_code, fail.message.as_str()),
+            (Some(1), "the installer exited with code none; its log is l")
+        );
+    }
 }

@@ -165,6 +165,8 @@ pub async fn run(s: &mut Session<'_>) -> Result<(), Fail> {
         s.param("run_id").unwrap_or("run"),
         "xml",
     );
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Fail::new(format!("cannot create {}: {e}", dir.display())))?;
     let log_dir = s.param("migration_log_dir").map(str::to_string);
     let hac = s.tools.host_account_cache_service.clone();
 
@@ -190,7 +192,15 @@ pub async fn run(s: &mut Session<'_>) -> Result<(), Fail> {
             Echo::Forward,
         )
         .await;
-    let export = tool_result("hissomig -export", export);
+    let export = tool_result("hissomig -export", export).and_then(|()| {
+        if Path::new(&xml).is_file() {
+            Ok(())
+        } else {
+            Err(Fail::new(format!(
+                "hissomig -export reported success but wrote no {xml}"
+            )))
+        }
+    });
     s.output("exported", export.is_ok().to_string()).await;
 
     // Restarted whatever the export did.
