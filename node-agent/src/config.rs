@@ -11,6 +11,7 @@ use fleet_proto::tls::TlsFiles;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::builtin::{ToolOverrides, Tools};
 use crate::catalogue::{ActionName, PLACEHOLDERS, check_template};
 
 #[derive(Debug, Clone)]
@@ -26,6 +27,8 @@ pub struct AgentConfig {
     pub reconnect_initial: Duration,
     pub reconnect_max: Duration,
     pub reboot: RebootPolicy,
+    /// Where the Windows tools of the built-in actions are (`[tools]` over the platform's defaults).
+    pub tools: Tools,
 }
 
 /// A configured command that replaces an action's built-in implementation.
@@ -58,6 +61,26 @@ struct Raw {
     #[serde(default)]
     reconnect: RawReconnect,
     reboot: Option<Spanned<String>>,
+    #[serde(default)]
+    tools: RawTools,
+}
+
+/// `[tools]`: each tool's path (relative to the file), the ESSO folder, the migration folder and
+/// the Host Account Cache service's name.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTools {
+    sc: Option<Spanned<String>>,
+    reg: Option<Spanned<String>>,
+    shutdown: Option<Spanned<String>>,
+    msiexec: Option<Spanned<String>>,
+    ssoconfig: Option<Spanned<String>>,
+    ssomanage: Option<Spanned<String>>,
+    udbkey: Option<Spanned<String>>,
+    hissomig: Option<Spanned<String>>,
+    esso_dir: Option<Spanned<String>>,
+    migration_dir: Option<Spanned<String>>,
+    host_account_cache_service: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -194,6 +217,7 @@ impl AgentConfig {
                 RebootPolicy::Never
             }
         };
+        let tools = ctx.tools(&raw.tools, base);
         if !ctx.problems.is_empty() {
             ctx.problems.sort_by_key(|p| p.line);
             return Err(fail(ctx.problems));
@@ -213,6 +237,7 @@ impl AgentConfig {
             reconnect_initial,
             reconnect_max: reconnect_max.max(reconnect_initial),
             reboot,
+            tools: Tools::for_this_platform(&tools),
         })
     }
 }
@@ -223,6 +248,53 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    fn tools(&mut self, raw: &RawTools, base: &Path) -> ToolOverrides {
+        let mut path = |value: &Option<Spanned<String>>, key: &str| {
+            let value = value.as_ref()?;
+            let text = value.get_ref().trim();
+            if text.is_empty() {
+                self.problem(
+                    value.span(),
+                    &format!("tools.{key}"),
+                    "the path is empty".into(),
+                );
+                return None;
+            }
+            Some(base.join(text))
+        };
+        let overrides = ToolOverrides {
+            sc: path(&raw.sc, "sc"),
+            reg: path(&raw.reg, "reg"),
+            shutdown: path(&raw.shutdown, "shutdown"),
+            msiexec: path(&raw.msiexec, "msiexec"),
+            ssoconfig: path(&raw.ssoconfig, "ssoconfig"),
+            ssomanage: path(&raw.ssomanage, "ssomanage"),
+            udbkey: path(&raw.udbkey, "udbkey"),
+            hissomig: path(&raw.hissomig, "hissomig"),
+            esso_dir: path(&raw.esso_dir, "esso_dir"),
+            migration_dir: path(&raw.migration_dir, "migration_dir"),
+            host_account_cache_service: None,
+        };
+        let service = raw.host_account_cache_service.as_ref().and_then(|name| {
+            let text = name.get_ref().trim();
+            // Service names cannot hold these (MS-SCMR: "/", "\\", "," and space are illegal).
+            if text.is_empty() || text.contains(['/', '\\', ',', ' ']) {
+                self.problem(
+                    name.span(),
+                    "tools.host_account_cache_service",
+                    format!("{:?} is not a service name (no spaces, slashes or commas), e.g. \"SnaDatabase\"", name.get_ref()),
+                );
+                None
+            } else {
+                Some(text.to_string())
+            }
+        });
+        ToolOverrides {
+            host_account_cache_service: service,
+            ..overrides
+        }
+    }
+
     fn problem(&mut self, at: std::ops::Range<usize>, key: &str, message: String) {
         self.problems.push(Problem {
             line: line_of(self.text, at.start),
@@ -300,6 +372,50 @@ timeout = "10m"
         let c = AgentConfig::parse(Path::new("agent.toml"), example).unwrap();
         assert_eq!(c.node, "sso-dev-01");
         assert_eq!(c.reconnect_max, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn tools_are_read_relative_to_the_file() {
+        let text = format!(
+            "{VALID}[tools]\nsc = 'fake/sc'\nssoconfig = '/opt/esso/ssoconfig'\nmigration_dir = 'hostsec'\nhost_account_cache_service = 'SnaHac'\n"
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.tools.sc, Some(PathBuf::from("/etc/ssofleet/fake/sc")));
+        assert_eq!(
+            c.tools.ssoconfig,
+            Some(PathBuf::from("/opt/esso/ssoconfig"))
+        );
+        assert_eq!(
+            c.tools.hissomig,
+            Some(PathBuf::from("/etc/ssofleet/hostsec/hissomig.exe"))
+        );
+        assert_eq!(c.tools.host_account_cache_service, "SnaHac");
+        if !cfg!(windows) {
+            assert_eq!(c.tools.reg, None);
+            assert_eq!(parse(VALID).unwrap().tools, Tools::default());
+        }
+
+        let e = parse(&format!("{VALID}[tools]\nscexe = 'x'\n")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("line 15, key tools.scexe: unknown key `scexe`"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "{VALID}[tools]\nreg = ''\nhost_account_cache_service = 'Sna Hac'\n"
+        ))
+        .unwrap_err();
+        let shown = e.to_string();
+        assert!(
+            shown.contains("line 15, key tools.reg: the path is empty"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains(
+                "line 16, key tools.host_account_cache_service: \"Sna Hac\" is not a service name"
+            ),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`config`]: `agent.toml`, validated once.
 //! - [`catalogue`]: the closed list of actions and the placeholders of their argument templates.
+//! - [`builtin`]: the built-in Windows implementations of the actions (sc, reg, ssoconfig, setup, …).
 //! - [`runner`]: runs a configured command with a timeout and reads its line protocol.
 //! - [`executor`]: runs one step attempt and reports numbered events.
 //! - [`facts`]: the `facts` action.
@@ -14,6 +15,7 @@
 
 pub mod attach;
 pub mod backoff;
+pub mod builtin;
 pub mod catalogue;
 pub mod config;
 pub mod executor;
