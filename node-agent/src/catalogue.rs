@@ -78,7 +78,7 @@ impl FromStr for ActionName {
 }
 
 /// The placeholders an argument template may use.
-pub const PLACEHOLDERS: [&str; 7] = [
+pub const PLACEHOLDERS: [&str; 8] = [
     "node",
     "run_id",
     "environment",
@@ -86,6 +86,7 @@ pub const PLACEHOLDERS: [&str; 7] = [
     "installer",
     "backup_file",
     "backup_dir",
+    "master",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

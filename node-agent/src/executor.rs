@@ -273,7 +273,7 @@ async fn run_action(
     events: &mut Events,
 ) -> Result<runner::Outcome, String> {
     let Some(configured) = config.actions.get(&action) else {
-        return Err(built_in_unavailable(action));
+        return run_built_in(config, action, params, stdin_secret, timeout, events).await;
     };
     let args: Result<Vec<String>, _> = configured.args.iter().map(|t| expand(t, params)).collect();
     let args = args.map_err(|e| format!("{action}: {e}"))?;
@@ -285,6 +285,38 @@ async fn run_action(
         stdin_secret,
     };
     run_spec(&spec, events).await
+}
+
+/// Runs the built-in implementation of `action` (the Windows tools), its reports sent on as the
+/// attempt's events.
+async fn run_built_in(
+    config: &AgentConfig,
+    action: ActionName,
+    params: &BTreeMap<String, String>,
+    stdin_secret: Option<String>,
+    timeout: Duration,
+    events: &mut Events,
+) -> Result<runner::Outcome, String> {
+    let ctx = crate::builtin::Context {
+        params: params.clone(),
+        stdin_secret,
+        timeout,
+        state_dir: config.state_dir.clone(),
+    };
+    let (report_tx, mut reports) = mpsc::channel(256);
+    let run = crate::builtin::run(action, &config.tools, &ctx, report_tx);
+    tokio::pin!(run);
+    let command = format!("built-in {action}");
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut run => break outcome,
+            Some(report) = reports.recv() => events.send(event_of(report, &command)).await,
+        }
+    };
+    while let Ok(report) = reports.try_recv() {
+        events.send(event_of(report, &command)).await;
+    }
+    outcome
 }
 
 /// Runs one command, its reports sent on as the attempt's events.
@@ -431,48 +463,26 @@ async fn reboot(
     ))
 }
 
-/// The arguments of `shutdown.exe` that restart the server in `delay` seconds, recorded as a planned
-/// application installation (reason p:4:2) with `comment` in the event log.
-pub fn shutdown_args(delay_secs: u32, comment: &str) -> Vec<String> {
-    vec![
-        "/r".into(),
-        "/t".into(),
-        delay_secs.to_string(),
-        "/c".into(),
-        // shutdown.exe refuses comments longer than 512 characters.
-        comment.chars().take(500).collect(),
-        "/d".into(),
-        "p:4:2".into(),
-    ]
-}
-
 fn reboot_command(
     config: &AgentConfig,
     comment: &str,
     timeout: Duration,
 ) -> Result<CommandSpec, String> {
-    let program = shutdown_program(config).ok_or_else(|| {
+    let shutdown = config.tools.shutdown.as_deref().ok_or_else(|| {
         format!(
             "this platform has no shutdown.exe: set [tools] shutdown in {}",
             config.path.display()
         )
     })?;
+    let invocation =
+        crate::builtin::commands::shutdown_restart(shutdown, REBOOT_DELAY_SECS, comment);
     Ok(CommandSpec {
-        program,
-        args: shutdown_args(REBOOT_DELAY_SECS, comment),
+        program: invocation.program,
+        args: invocation.args,
         env: BTreeMap::new(),
         timeout: timeout.min(Duration::from_secs(120)),
         stdin_secret: None,
     })
-}
-
-fn shutdown_program(_config: &AgentConfig) -> Option<PathBuf> {
-    if cfg!(windows) {
-        let root = std::env::var_os("SystemRoot").unwrap_or_else(|| "C:\\Windows".into());
-        Some(PathBuf::from(root).join("System32").join("shutdown.exe"))
-    } else {
-        None
-    }
 }
 
 async fn run_step(
@@ -617,21 +627,6 @@ fn event_of(report: Report, command: &str) -> Kind {
     }
 }
 
-/// Whether two names are the same server: case-insensitive; a short (NetBIOS) name matches the first
-/// label of an FQDN.
-pub fn same_server(a: &str, b: &str) -> bool {
-    let (a, b) = (a.trim().to_ascii_lowercase(), b.trim().to_ascii_lowercase());
-    if a == b {
-        return true;
-    }
-    let is_ip = |s: &str| s.parse::<std::net::IpAddr>().is_ok();
-    if is_ip(&a) || is_ip(&b) {
-        return false;
-    }
-    let first = |s: &str| s.split('.').next().unwrap_or_default().to_string();
-    (!a.contains('.') || !b.contains('.')) && first(&a) == first(&b)
-}
-
 /// What `verify_sso` found wrong in the results of the verify action, if anything: the version must
 /// be the target (`target_version`), the ENTSSO service running, and, where the action reports them,
 /// the SSO database must name the environment's master secret server (`master`) and SSO be enabled.
@@ -641,7 +636,7 @@ pub fn verify_problem(
 ) -> Option<String> {
     let target = params.get("target_version");
     if let (Some(found), Some(master)) = (outputs.get("secret_server"), params.get("master"))
-        && !same_server(found, master)
+        && !crate::builtin::parse::same_server(found, master)
     {
         return Some(format!(
             "the SSO database names {found} as the master secret server, but the inventory's master is {master}"
@@ -715,18 +710,6 @@ async fn artifact(path: &Path) -> Result<pb::Artifact, String> {
         size_bytes: size,
         sha256,
     })
-}
-
-fn built_in_unavailable(action: ActionName) -> String {
-    if cfg!(windows) {
-        format!(
-            "the built-in {action} action (driving the Windows ESSO tools) is not built yet: configure [actions.{action}] in agent.toml"
-        )
-    } else {
-        format!(
-            "the built-in {action} action drives Windows tools and cannot run on this platform: configure [actions.{action}] in agent.toml"
-        )
-    }
 }
 
 #[cfg(test)]

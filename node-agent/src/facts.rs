@@ -1,9 +1,9 @@
 //! The `facts` action: what this node is (ESSO version, ENTSSO service state, products present).
 //!
 //! With `[actions.facts]` configured, the command's `::output::` lines are the facts. Otherwise the
-//! built-in implementation runs. On Windows that drives the real tools (service query, registry), which
-//! is not built yet and says so in the facts' `error`; elsewhere ESSO cannot be installed, so the
-//! built-in reports the host with no ESSO.
+//! built-in implementation runs: on Windows it drives the real tools (service query, registry);
+//! elsewhere ESSO cannot be installed, so it reports the host with no ESSO (unless `[tools]` names
+//! stand-ins for the Windows tools).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -38,7 +38,7 @@ pub async fn collect(config: &AgentConfig, params: &BTreeMap<String, String>) ->
                 Err(e) => error_facts(format!("facts: {e}")),
             }
         }
-        None => built_in(),
+        None => built_in(config).await,
     };
     // The installer this run would install: the agent reads it itself (invariant 8: one installer).
     if let Some(installer) = params.get("installer").filter(|i| !i.is_empty()) {
@@ -144,22 +144,17 @@ fn is_true(value: &str) -> bool {
     matches!(value.to_ascii_lowercase().as_str(), "true" | "yes" | "1")
 }
 
-#[cfg(windows)]
-fn built_in() -> pb::Facts {
-    error_facts(
-        "the built-in Windows facts action (ENTSSO service and registry queries) is not built yet; \
-         configure [actions.facts] in agent.toml"
-            .into(),
-    )
-}
-
-#[cfg(not(windows))]
-fn built_in() -> pb::Facts {
-    // ESSO exists only on Windows: on this platform there is nothing to find.
-    pb::Facts {
-        esso_version: None,
-        service: pb::ServiceState::NotInstalled as i32,
-        ..Default::default()
+/// The built-in facts: the Windows tools (service and registry queries). Where none is there (ESSO
+/// exists only on Windows, and no `[tools]` stand in for them), the host has no ESSO.
+async fn built_in(config: &AgentConfig) -> pb::Facts {
+    if cfg!(windows) || config.tools.sc.is_some() || config.tools.reg.is_some() {
+        crate::builtin::facts(&config.tools, &config.state_dir).await
+    } else {
+        pb::Facts {
+            esso_version: None,
+            service: pb::ServiceState::NotInstalled as i32,
+            ..Default::default()
+        }
     }
 }
 

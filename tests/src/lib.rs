@@ -461,9 +461,20 @@ impl Agent {
 
     /// As [`Agent::start`], with `extra` appended to agent.toml (more actions, secrets).
     pub fn start_with(fleet: &Fleet, spec: &AgentSpec<'_>, extra: &str) -> Result<Self> {
+        Self::start_with_top(fleet, spec, "", extra)
+    }
+
+    /// As [`Agent::start_with`], with `top` lines (top-level keys such as `reboot`) first in agent.toml.
+    pub fn start_with_top(
+        fleet: &Fleet,
+        spec: &AgentSpec<'_>,
+        top: &str,
+        extra: &str,
+    ) -> Result<Self> {
         let tls = fleet.path(spec.tls_rel);
-        let config = format!(
-            r#"node = "{node}"
+        let config = top.to_string()
+            + &format!(
+                r#"node = "{node}"
 coordinator = "{coordinator}"
 state_dir = "state"
 [tls]
@@ -477,14 +488,15 @@ max = "500ms"
 program = "{facts}"
 env = {{ {env}, FAKE_ESSO_SERVICE = "running", FAKE_ESSO_PRODUCTS = "biztalk" }}
 "#,
-            node = spec.node,
-            coordinator = spec.coordinator,
-            ca = tls.join("ca.pem").display(),
-            cert = tls.join("agent.pem").display(),
-            key = tls.join("agent-key.pem").display(),
-            facts = fixture("esso-facts").display(),
-            env = esso_env(fleet, spec.node),
-        ) + extra;
+                node = spec.node,
+                coordinator = spec.coordinator,
+                ca = tls.join("ca.pem").display(),
+                cert = tls.join("agent.pem").display(),
+                key = tls.join("agent-key.pem").display(),
+                facts = fixture("esso-facts").display(),
+                env = esso_env(fleet, spec.node),
+            )
+            + extra;
         // The simulated server's ESSO, at the version the spec says (none when empty).
         let home = fleet.path(&format!("agents/{}/esso", spec.node));
         std::fs::create_dir_all(&home)?;

@@ -140,6 +140,8 @@ pub struct StepRun {
     pub wait_until: Option<Millis>,
     /// The attempt whose attended install the operator approved (its agent is told to verify).
     pub approved: Option<u32>,
+    /// The attempt whose agent restarts the server (its node detaching is expected, not a loss).
+    pub rebooting: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -306,6 +308,7 @@ impl Run {
                     message,
                     wait_until: None,
                     approved: None,
+                    rebooting: None,
                 }
             })
             .collect();
@@ -404,6 +407,7 @@ impl Run {
                     && s.state == StepState::Running
                 {
                     s.dispatched_at = Some(now);
+                    s.rebooting = Some(attempt);
                 }
             }
             Event::StepWaiting {
@@ -546,7 +550,14 @@ impl Run {
         };
         let e = &self.envs[env];
         let in_progress = matches!(e.status, EnvStatus::Running | EnvStatus::WaitingGate);
-        if &e.master != node || !in_progress || self.aborted || self.status.is_final() {
+        // The master's agent said it restarts the server: its going away is the reboot.
+        let rebooting = self.steps[e.steps.clone()].iter().any(|s| {
+            s.plan.node.as_ref() == Some(node)
+                && s.state == StepState::Running
+                && s.rebooting == Some(s.attempt)
+        });
+        if &e.master != node || rebooting || !in_progress || self.aborted || self.status.is_final()
+        {
             return;
         }
         self.envs[env].master_lost = true;

@@ -1222,3 +1222,27 @@ fn a_reboot_gives_the_step_its_timeout_again() {
     // A stale attempt's reboot changes nothing.
     assert_eq!(run.steps[upgrade].attempt, 1);
 }
+
+#[test]
+fn a_master_that_goes_away_for_its_announced_reboot_does_not_halt_the_environment() {
+    let inv = inventory(&[("auto", &["m1", "a"], "")], 1, 0);
+    let mut run = run_of(&inv, &[]);
+    let upgrade = to_master_upgrade(&mut run);
+    let m1 = crate::domain::NodeName::new("m1").unwrap();
+    run.apply(
+        Event::StepRebooting {
+            step: upgrade,
+            attempt: 1,
+        },
+        T0,
+    )
+    .unwrap();
+    run.apply(Event::NodeDetached(m1.clone()), T0).unwrap();
+    assert_eq!(run.status(), RunStatus::Running, "{}", run.reason());
+    run.apply(Event::NodeAttached(m1.clone()), T0).unwrap();
+    let verify = ok(&mut run, upgrade);
+    assert_eq!(verify.len(), 1, "verify-master follows");
+    // Unannounced, the same detach halts.
+    run.apply(Event::NodeDetached(m1), T0).unwrap();
+    assert_eq!(run.status(), RunStatus::Halted);
+}

@@ -392,6 +392,11 @@ pub fn same_server(found: &str, expected: &str) -> bool {
     if a == b {
         return true;
     }
+    // An address is compared whole: 10.0.0.1 is not "10".
+    let is_ip = |s: &str| s.parse::<std::net::IpAddr>().is_ok();
+    if is_ip(&a) || is_ip(&b) {
+        return false;
+    }
     let first = |s: &str| s.split('.').next().unwrap_or("").to_string();
     match (a.contains('.'), b.contains('.')) {
         (true, false) => first(&a) == b,

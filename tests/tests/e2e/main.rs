@@ -5,6 +5,7 @@
 mod agent_steps;
 mod attach;
 mod attended;
+mod builtins;
 mod controls;
 mod deliveries;
 mod durability;

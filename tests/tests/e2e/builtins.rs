@@ -1,0 +1,194 @@
+//! The agent's built-in Windows actions in a real run, with fixture scripts standing in for the
+//! Windows tools (`sc`, `reg`, `ssomanage`, `ssoconfig`, `shutdown`; `[tools]` in agent.toml), and
+//! the reboot an install asks for: the agent restarts the server (reboot policy `if-required`), and
+//! the agent that starts after the "reboot" verifies the install and finishes the step.
+
+use std::path::{Path, PathBuf};
+
+use fleet_tests::{Agent, AgentSpec, PATIENCE, esso_env, eventually, fixture, path_str};
+
+use crate::durability::{step_of, wait_final};
+use crate::upgrade::{FLEET, NODES, Setup, setup};
+
+fn script(path: &Path, body: &str) -> PathBuf {
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.to_path_buf()
+}
+
+/// The simulated Windows server of `node`: ENTSSO running, ESSO 3.0.6 in the registry, the SSO
+/// database naming `M1.corp.example` as the master secret server. Returns its state directory.
+fn windows_server(s: &Setup, node: &str) -> PathBuf {
+    let win = s.fleet.path(&format!("agents/{node}/win"));
+    std::fs::create_dir_all(win.join("reg/native")).unwrap();
+    std::fs::write(win.join("service.ENTSSO"), "running\n").unwrap();
+    let sample = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../node-agent/src/builtin/samples/reg-query-entsso-key.txt"),
+    )
+    .unwrap()
+    .replace("REG_SZ    3.0.7", "REG_SZ    3.0.6");
+    std::fs::write(
+        win.join("reg/native/HKLM_SOFTWARE_Microsoft_ENTSSO"),
+        sample,
+    )
+    .unwrap();
+    std::fs::write(win.join("secret_server"), "M1.corp.example").unwrap();
+    win
+}
+
+/// agent.toml for `node` with the built-in actions over the Windows fixtures, and an install that
+/// asks for a reboot (the configured setup; it also records the new version in the registry).
+fn built_in_config(s: &Setup, node: &str, win: &Path) -> (String, String) {
+    let bin = s.fleet.path(&format!("agents/{node}/bin"));
+    std::fs::create_dir_all(&bin).unwrap();
+    let fixtures = fixture("windows");
+    let mut tools = String::from("[tools]\n");
+    for tool in ["sc", "reg", "ssomanage", "ssoconfig", "shutdown"] {
+        let wrapper = script(
+            &bin.join(tool),
+            &format!(
+                "FAKE_WIN_DIR='{}' exec '{}' \"$@\"",
+                win.display(),
+                fixtures.join(tool).display()
+            ),
+        );
+        tools.push_str(&format!("{tool} = \"{}\"\n", wrapper.display()));
+    }
+    let install = script(
+        &bin.join("install"),
+        &format!(
+            "'{}' \"$1\" || exit $?\nsed -i \"s/ProductVersion    REG_SZ    .*/ProductVersion    REG_SZ    $1/\" '{}'",
+            fixture("esso-setup").display(),
+            win.join("reg/native/HKLM_SOFTWARE_Microsoft_ENTSSO")
+                .display()
+        ),
+    );
+    let password = s
+        .fleet
+        .write(
+            &format!("agents/{node}/backup-password"),
+            "correct horse battery\n",
+        )
+        .unwrap();
+    let extra = format!(
+        r#"[secrets]
+backup_password_file = "{}"
+{tools}[actions.install_sso]
+program = "{}"
+args = ["{{target_version}}"]
+env = {{ {}, FAKE_SETUP_REBOOT = "required" }}
+"#,
+        password.display(),
+        install.display(),
+        esso_env(&s.fleet, node),
+    );
+    ("reboot = \"if-required\"\n".to_string(), extra)
+}
+
+fn start_agent(s: &Setup, node: &str, top: &str, extra: &str) -> Agent {
+    let tls = format!("agents/{node}/tls");
+    Agent::start_with_top(
+        &s.fleet,
+        &AgentSpec {
+            node,
+            tls_rel: &tls,
+            coordinator: &s.coordinator.url(),
+            version: "3.0.6",
+        },
+        top,
+        extra,
+    )
+    .unwrap()
+}
+
+fn calls(win: &Path) -> Vec<String> {
+    std::fs::read_to_string(win.join("calls.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_built_in_actions_back_up_install_reboot_and_verify_a_master() {
+    let mut s = setup(FLEET, &[], &[]);
+    let m1 = NODES.iter().position(|(n, _)| *n == "m1").unwrap();
+    s.agents[m1].process.kill();
+    let win = windows_server(&s, "m1");
+    let (top, extra) = built_in_config(&s, "m1", &win);
+    s.agents[m1] = start_agent(&s, "m1", &top, &extra);
+    s.coordinator.wait_attached(&s.fleet, "m1", true);
+
+    let (code, started) = s.json(&["upgrade", "--env", "dev", "--detach"]);
+    assert_eq!(code, Some(0), "{started}");
+    let run_id = started["run_id"].as_str().unwrap().to_string();
+
+    // The install asked for a reboot: the agent ran shutdown.exe, and waits for the server to go down.
+    let shutdown = eventually(PATIENCE, "the agent restarting the server", || {
+        calls(&win).into_iter().find(|c| c.starts_with("shutdown"))
+    });
+    assert!(
+        shutdown.starts_with("shutdown [/r] [/t] [30] [/c] [ssofleet: upgrade-master of run ")
+            && shutdown.ends_with("[/d] [p:4:2]"),
+        "{shutdown}"
+    );
+    let (_, run) = s.json(&["run", "show", &run_id]);
+    assert_eq!(
+        step_of(&run, "m1", "upgrade-master")["state"],
+        "running",
+        "{run}"
+    );
+    assert!(
+        !calls(&win).iter().any(|c| c.starts_with("ssomanage")),
+        "not verified before the reboot"
+    );
+    // The backup was the built-in one: the password went to ssoconfig's standard input only.
+    let backup = calls(&win)
+        .into_iter()
+        .find(|c| c.starts_with("ssoconfig"))
+        .unwrap();
+    assert!(
+        backup.starts_with("ssoconfig [-backupSecret] ["),
+        "{backup}"
+    );
+    assert!(!backup.contains("correct horse"), "{backup}");
+    let stdin = std::fs::read_to_string(win.join("stdin.ssoconfig")).unwrap();
+    assert!(
+        stdin.starts_with("correct horse battery\ncorrect horse battery\n"),
+        "{stdin}"
+    );
+
+    // The server goes down (the agent with it) and comes back: the agent verifies, then reports.
+    s.agents[m1].process.kill();
+    s.agents[m1] = start_agent(&s, "m1", &top, &extra);
+    let run = wait_final(&s, &run_id, PATIENCE);
+    assert_eq!(run["state"], "succeeded", "{run}");
+    let upgrade = step_of(&run, "m1", "upgrade-master");
+    assert_eq!(upgrade["attempts"], 1, "{run}");
+    let log = s.ctl(&["logs", &run_id, "--node", "m1", "--step", "upgrade-master"]);
+    let log = String::from_utf8_lossy(&log.stdout);
+    for line in [
+        "waiting: the install reported that a reboot is required: the agent restarts m1",
+        "the server restarted after the install: verifying the install (verify_sso)",
+        "version=3.0.7",
+        "secret_server=M1.corp.example",
+    ] {
+        assert!(log.contains(line), "{line:?} in\n{log}");
+    }
+    // verify-master ran the built-in verification too: ENTSSO, the registry, the SSO database.
+    let after_reboot: Vec<String> = calls(&win)
+        .into_iter()
+        .skip_while(|c| !c.starts_with("shutdown"))
+        .collect();
+    assert!(
+        after_reboot
+            .iter()
+            .filter(|c| c.starts_with("ssomanage [-displaydb]"))
+            .count()
+            >= 2,
+        "{after_reboot:?}"
+    );
+    assert!(path_str(&win).is_ok());
+}
