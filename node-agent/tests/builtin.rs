@@ -362,6 +362,13 @@ async fn install_selects_esso_only_when_no_other_product_provides_it() {
             log.display()
         )
     );
+    // The log's tail comes with the failure, before the reason.
+    let n = o.stderr_tail.len();
+    assert!(n >= 2, "{o:?}");
+    assert_eq!(
+        o.stderr_tail[n - 2],
+        "installer log: simulated installer log"
+    );
 
     // An MSI goes through msiexec.
     f.set("exit.setup", "0");

@@ -314,6 +314,20 @@ pub async fn install(s: &mut Session<'_>) -> Result<i32, Fail> {
     )
     .await;
     let result = installer_outcome(code, &log);
+    if result.is_err() {
+        // The installer's own account of what went wrong, before our one-line reason.
+        match std::fs::read(&log) {
+            Ok(bytes) => {
+                for line in log_tail(&bytes, INSTALL_LOG_TAIL) {
+                    s.note(format!("installer log: {line}"), true).await;
+                }
+            }
+            Err(e) => {
+                s.note(format!("the installer log {log} cannot be read: {e}"), true)
+                    .await
+            }
+        }
+    }
     if let Ok(c) = result {
         if install_exit(Some(c)) == InstallExit::RebootPending {
             s.output("reboot_pending", "true").await;
@@ -344,6 +358,32 @@ pub fn installer_outcome(code: Option<i32>, log: &str) -> Result<i32, Fail> {
     }
 }
 
+/// How many lines of the installer's log a failed install carries.
+const INSTALL_LOG_TAIL: usize = 12;
+
+/// The last `n` non-empty lines of an installer log. Windows Installer and setup.exe often write
+/// UTF-16LE with a byte order mark; otherwise the text is read as UTF-8 (lossily).
+pub fn log_tail(bytes: &[u8], n: usize) -> Vec<String> {
+    let text = match bytes {
+        [0xFF, 0xFE, rest @ ..] => {
+            let units: Vec<u16> = rest
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            String::from_utf16_lossy(&units)
+        }
+        [0xEF, 0xBB, 0xBF, rest @ ..] => String::from_utf8_lossy(rest).into_owned(),
+        _ => String::from_utf8_lossy(bytes).into_owned(),
+    };
+    let lines: Vec<String> = text
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect();
+    lines[lines.len().saturating_sub(n)..].to_vec()
+}
+
 /// Windows Installer's common failure codes.
 fn installer_error(code: i32) -> Option<&'static str> {
     Some(match code {
@@ -360,6 +400,28 @@ fn installer_error(code: i32) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_installer_log_tail_is_read_in_utf16_and_utf8() {
+        let text = "MSI (s) (1C:2C) start\r\n\r\nAction ended: InstallFinalize. Return value 3.\r\nProduct: Microsoft Enterprise Single Sign-On -- Installation failed.\r\n";
+        let mut utf16 = vec![0xFF, 0xFE];
+        utf16.extend(text.encode_utf16().flat_map(u16::to_le_bytes));
+        let tail = log_tail(&utf16, 2);
+        assert_eq!(
+            tail,
+            [
+                "Action ended: InstallFinalize. Return value 3.",
+                "Product: Microsoft Enterprise Single Sign-On -- Installation failed."
+            ]
+        );
+        assert_eq!(
+            log_tail(text.as_bytes(), 12).len(),
+            3,
+            "blank lines dropped"
+        );
+        assert_eq!(log_tail(b"\xEF\xBB\xBFone\ntwo", 1), ["two"]);
+        assert!(log_tail(b"", 5).is_empty());
+    }
 
     #[test]
     fn installer_exit_codes_keep_their_meaning() {
