@@ -1,4 +1,8 @@
 //! `fleet-agent --config agent.toml`: attaches to the coordinator and re-attaches, forever.
+//!
+//! On Windows, `fleet-agent --service --config …` is how the service manager starts it (installed by
+//! `deploy/windows/install-agent.ps1`): it reports to the service manager and stops on its Stop or
+//! Shutdown control. A service has no console: `--log-dir` writes the log to daily files.
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -7,7 +11,7 @@ use fleet_agent::attach::Agent;
 use fleet_agent::config::AgentConfig;
 use tokio_util::sync::CancellationToken;
 
-#[derive(Parser)]
+#[derive(Parser, Debug, Clone)]
 #[command(name = "fleet-agent", version, about = "ssofleet node agent")]
 struct Args {
     /// The agent's configuration file.
@@ -16,35 +20,80 @@ struct Args {
     /// Log format: text or json.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Write the log to daily files `fleet-agent.log.<date>` in this directory instead of standard
+    /// error.
+    #[arg(long)]
+    log_dir: Option<PathBuf>,
+    /// Run as the Windows service `ssofleet-agent` (only the service manager starts it so).
+    #[arg(long)]
+    service: bool,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
-    fleet_proto::logging::init(args.log_format == "json");
-    let config = match AgentConfig::load(&args.config) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("fleet-agent: invalid configuration:\n{e}");
-            return ExitCode::from(2);
-        }
-    };
-    let agent = match Agent::new(config) {
-        Ok(agent) => agent,
-        Err(e) => {
-            eprintln!("fleet-agent: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    if let Some(dir) = &args.log_dir
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        eprintln!(
+            "fleet-agent: cannot create the log directory {}: {e}",
+            dir.display()
+        );
+        return ExitCode::from(2);
+    }
+    fleet_proto::logging::init_with(
+        args.log_format == "json",
+        args.log_dir.as_deref().map(|d| (d, "fleet-agent.log")),
+    );
+    if args.service {
+        return service::run(args);
+    }
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
-    tokio::spawn(async move {
+    run_agent(&args, shutdown, async move {
         wait_for_signal().await;
         stop.cancel();
-    });
-    agent.run(shutdown).await;
-    ExitCode::SUCCESS
+    })
+}
+
+/// Loads the configuration and runs the agent until `shutdown` (which `stopper` may trigger).
+fn run_agent(
+    args: &Args,
+    shutdown: CancellationToken,
+    stopper: impl std::future::Future<Output = ()> + Send + 'static,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("fleet-agent: cannot start the async runtime: {e}");
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async {
+        let config = match AgentConfig::load(&args.config) {
+            Ok(config) => config,
+            Err(e) => {
+                eprintln!("fleet-agent: invalid configuration:\n{e}");
+                tracing::error!("invalid configuration: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let agent = match Agent::new(config) {
+            Ok(agent) => agent,
+            Err(e) => {
+                eprintln!("fleet-agent: {e}");
+                tracing::error!("{e}");
+                return ExitCode::from(2);
+            }
+        };
+        tokio::spawn(stopper);
+        agent.run(shutdown).await;
+        ExitCode::SUCCESS
+    })
 }
 
 async fn wait_for_signal() {
@@ -60,4 +109,104 @@ async fn wait_for_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(not(windows))]
+mod service {
+    use std::process::ExitCode;
+
+    pub fn run(_args: super::Args) -> ExitCode {
+        eprintln!(
+            "fleet-agent: --service runs the agent as a Windows service; on this platform run it without --service (e.g. from systemd: deploy/systemd/fleet-agent.service)"
+        );
+        ExitCode::from(2)
+    }
+}
+
+/// The Windows service: a thin layer over `run_agent` (the service manager's Stop and Shutdown
+/// controls cancel the agent; its status is Running while the agent runs, then Stopped).
+#[cfg(windows)]
+#[allow(unsafe_code)] // define_windows_service! generates the service's FFI entry point.
+mod service {
+    use std::ffi::OsString;
+    use std::process::ExitCode;
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+    use windows_service::service::{
+        ServiceControl, ServiceControlAccept, ServiceExitCode, ServiceState, ServiceStatus,
+        ServiceType,
+    };
+    use windows_service::service_control_handler::{self, ServiceControlHandlerResult};
+    use windows_service::{define_windows_service, service_dispatcher};
+
+    /// The service name `install-agent.ps1` registers.
+    pub const NAME: &str = "ssofleet-agent";
+
+    static ARGS: OnceLock<super::Args> = OnceLock::new();
+
+    define_windows_service!(ffi_service_main, service_main);
+
+    pub fn run(args: super::Args) -> ExitCode {
+        let _ = ARGS.set(args);
+        match service_dispatcher::start(NAME, ffi_service_main) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!(
+                    "fleet-agent: cannot run as the Windows service {NAME} ({e}): the service manager starts it (`Start-Service {NAME}`); in a console, run without --service"
+                );
+                ExitCode::from(1)
+            }
+        }
+    }
+
+    fn status(state: ServiceState, exit: u32) -> ServiceStatus {
+        ServiceStatus {
+            service_type: ServiceType::OWN_PROCESS,
+            current_state: state,
+            controls_accepted: if state == ServiceState::Running {
+                ServiceControlAccept::STOP | ServiceControlAccept::SHUTDOWN
+            } else {
+                ServiceControlAccept::empty()
+            },
+            exit_code: ServiceExitCode::Win32(exit),
+            checkpoint: 0,
+            wait_hint: Duration::from_secs(30),
+            process_id: None,
+        }
+    }
+
+    fn service_main(_arguments: Vec<OsString>) {
+        let Some(args) = ARGS.get() else {
+            return;
+        };
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let handler = move |control| match control {
+            ServiceControl::Stop | ServiceControl::Shutdown => {
+                tracing::info!("the service manager asks the agent to stop");
+                stop.cancel();
+                ServiceControlHandlerResult::NoError
+            }
+            ServiceControl::Interrogate => ServiceControlHandlerResult::NoError,
+            _ => ServiceControlHandlerResult::NotImplemented,
+        };
+        let handle = match service_control_handler::register(NAME, handler) {
+            Ok(handle) => handle,
+            Err(e) => {
+                tracing::error!("cannot register with the service manager: {e}");
+                return;
+            }
+        };
+        if let Err(e) = handle.set_service_status(status(ServiceState::Running, 0)) {
+            tracing::error!("cannot report the service running: {e}");
+        }
+        let code = super::run_agent(args, shutdown, std::future::pending());
+        // ERROR_BAD_CONFIGURATION (1610) for a configuration the agent refused, else success.
+        let exit = if code == ExitCode::SUCCESS { 0 } else { 1610 };
+        if let Err(e) = handle.set_service_status(status(ServiceState::Stopped, exit)) {
+            tracing::error!("cannot report the service stopped: {e}");
+        }
+    }
 }

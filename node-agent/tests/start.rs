@@ -52,3 +52,43 @@ fn a_missing_certificate_is_named() {
         "{stderr}"
     );
 }
+
+#[test]
+fn with_a_log_dir_the_log_goes_to_daily_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let logs = dir.path().join("logs");
+    let o = Command::new(env!("CARGO_BIN_EXE_fleet-agent"))
+        .args(["--config", config.to_str().unwrap(), "--log-dir"])
+        .arg(&logs)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(&logs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with("fleet-agent.log."), "{name}");
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(text.contains("file not found"), "{text}");
+}
+
+#[cfg(not(windows))]
+#[test]
+fn service_mode_is_for_windows_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_fleet-agent"))
+        .args(["--config", config.to_str().unwrap(), "--service"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("runs the agent as a Windows service"),
+        "{o:?}"
+    );
+}

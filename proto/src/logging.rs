@@ -1,13 +1,34 @@
-//! The tracing subscriber every ssofleet process installs: standard error, text or JSON lines, the
-//! filter from `FLEET_LOG` (default `info`).
+//! The tracing subscriber every ssofleet process installs: standard error, or daily files in a log
+//! directory (a Windows service has no console); text or JSON lines; the filter from `FLEET_LOG`
+//! (default `info`).
+
+use std::path::Path;
+
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 pub fn init(json: bool) {
+    init_with(json, None);
+}
+
+/// As [`init`]; with `log_dir` = (directory, file name), the lines go to `<directory>/<name>.<date>`,
+/// a new file each day, instead of standard error.
+pub fn init_with(json: bool, log_dir: Option<(&Path, &str)>) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("FLEET_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, ansi) = match log_dir {
+        Some((dir, name)) => (
+            BoxMakeWriter::new(tracing_appender::rolling::daily(dir, name)),
+            false,
+        ),
+        None => (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        ),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_writer(writer)
+        .with_ansi(ansi);
     if json {
         builder.json().init();
     } else {
