@@ -205,6 +205,8 @@ pub enum Event {
     StepRebooting {
         step: usize,
         attempt: u32,
+        /// What the agent said it does (shown as the step's message).
+        message: String,
     },
     /// The agent stopped at an attended install and waits for the operator (`instruction`).
     StepWaiting {
@@ -401,13 +403,18 @@ impl Run {
                 self.master_detached(&node, &mut out);
             }
             Event::StepStarted { .. } => {}
-            Event::StepRebooting { step, attempt } => {
+            Event::StepRebooting {
+                step,
+                attempt,
+                message,
+            } => {
                 if let Some(s) = self.steps.get_mut(step)
                     && s.attempt == attempt
                     && s.state == StepState::Running
                 {
                     s.dispatched_at = Some(now);
                     s.rebooting = Some(attempt);
+                    self.set(step, StepState::Running, message, &mut out);
                 }
             }
             Event::StepWaiting {
@@ -494,6 +501,7 @@ impl Run {
             message: s.message.clone(),
             wait_until: s.wait_until,
             approved: s.approved,
+            rebooting: s.rebooting,
         }
     }
 
@@ -525,6 +533,7 @@ impl Run {
             step.message = r.message;
             step.wait_until = r.wait_until;
             step.approved = r.approved;
+            step.rebooting = r.rebooting;
         }
         for (env, d) in run.envs.iter_mut().zip(durable.envs) {
             env.status = d.status;
@@ -1258,6 +1267,7 @@ pub struct StepRecord {
     pub message: String,
     pub wait_until: Option<Millis>,
     pub approved: Option<u32>,
+    pub rebooting: Option<u32>,
 }
 
 #[cfg(test)]

@@ -1208,6 +1208,7 @@ fn a_reboot_gives_the_step_its_timeout_again() {
         Event::StepRebooting {
             step: upgrade,
             attempt: 1,
+            message: "rebooting".into(),
         },
         later,
     )
@@ -1233,10 +1234,14 @@ fn a_master_that_goes_away_for_its_announced_reboot_does_not_halt_the_environmen
         Event::StepRebooting {
             step: upgrade,
             attempt: 1,
+            message: "restarting m1".into(),
         },
         T0,
     )
     .unwrap();
+    assert_eq!(run.steps[upgrade].message, "restarting m1");
+    // It survives a coordinator restart.
+    let mut run = round_trip(&run);
     run.apply(Event::NodeDetached(m1.clone()), T0).unwrap();
     assert_eq!(run.status(), RunStatus::Running, "{}", run.reason());
     run.apply(Event::NodeAttached(m1.clone()), T0).unwrap();

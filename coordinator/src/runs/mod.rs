@@ -1269,7 +1269,12 @@ impl Manager {
             && let Some((step, attempt)) = self.current_attempt(&event.attempt_id)
             && step == row.step
         {
-            self.apply(Event::StepRebooting { step, attempt }).await;
+            self.apply(Event::StepRebooting {
+                step,
+                attempt,
+                message: w.instruction.clone(),
+            })
+            .await;
         }
         let Some(active) = self.active.as_ref().filter(|a| a.id == row.run_id) else {
             return;

@@ -470,7 +470,7 @@ impl Store {
                     .map_err(|e| corrupt(format!("its stored state does not parse: {e}")))
             })?;
         let records = self.query(
-            "SELECT state, attempts, dispatched_at, finished_at, message, wait_until, approved FROM steps WHERE run_id = ?1 ORDER BY idx",
+            "SELECT state, attempts, dispatched_at, finished_at, message, wait_until, approved, rebooting FROM steps WHERE run_id = ?1 ORDER BY idx",
             [run_id],
             |r| {
                 Ok((
@@ -483,6 +483,7 @@ impl Store {
                         message: r.get(4)?,
                         wait_until: r.get(5)?,
                         approved: r.get(6)?,
+                        rebooting: r.get(7)?,
                     },
                 ))
             },
@@ -837,7 +838,7 @@ fn insert_audit(conn: &Connection, entry: &AuditEntry) -> rusqlite::Result<()> {
 fn write_step(conn: &Connection, run_id: &str, run: &Run, step: usize) -> rusqlite::Result<()> {
     let r = run.step_record(step);
     conn.execute(
-        "UPDATE steps SET state = ?3, attempts = ?4, dispatched_at = ?5, finished_at = ?6, message = ?7, wait_until = ?8, approved = ?9
+        "UPDATE steps SET state = ?3, attempts = ?4, dispatched_at = ?5, finished_at = ?6, message = ?7, wait_until = ?8, approved = ?9, rebooting = ?10
          WHERE run_id = ?1 AND idx = ?2",
         params![
             run_id,
@@ -848,7 +849,8 @@ fn write_step(conn: &Connection, run_id: &str, run: &Run, step: usize) -> rusqli
             r.finished_at,
             r.message,
             r.wait_until,
-            r.approved
+            r.approved,
+            r.rebooting
         ],
     )?;
     Ok(())
