@@ -368,7 +368,10 @@ fn config(db: &SsoDatabase) -> Result<Config, SqlError> {
                     ),
                 )
             })?;
-            let password = text.trim_end_matches(['\r', '\n']);
+            // A byte order mark (Windows editors and PowerShell write one) is not part of it.
+            let password = text
+                .trim_start_matches('\u{feff}')
+                .trim_end_matches(['\r', '\n']);
             if password.is_empty() {
                 return Err(SqlError::new(
                     SqlErrorKind::Config,

@@ -145,6 +145,10 @@ impl Agent {
                 () = shutdown.cancelled() => return,
                 end = self.session(&mut welcomed, &shutdown, &mut outbox) => end,
             };
+            if shutdown.is_cancelled() {
+                tracing::info!("the agent stops");
+                return;
+            }
             // Only a session that lasted resets the backoff: two agents fighting over one certificate,
             // or a coordinator that drops every stream, must not make a tight loop.
             if welcomed.is_some_and(|at: std::time::Instant| at.elapsed() >= STABLE_SESSION) {

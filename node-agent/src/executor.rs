@@ -686,7 +686,11 @@ async fn read_secret(config: &AgentConfig) -> Result<String, String> {
     let text = tokio::fs::read_to_string(path)
         .await
         .map_err(|e| format!("the backup password file {}: {e}", path.display()))?;
-    let secret = text.trim_end_matches(['\r', '\n']).to_string();
+    // A byte order mark (Windows PowerShell's UTF8 encoding writes one) is not part of the password.
+    let secret = text
+        .trim_start_matches('\u{feff}')
+        .trim_end_matches(['\r', '\n'])
+        .to_string();
     if secret.chars().count() < 7 {
         // ssoconfig refuses shorter passwords (0xC0002A54); say so before running it.
         return Err(format!(
@@ -712,5 +716,7 @@ async fn artifact(path: &Path) -> Result<pb::Artifact, String> {
     })
 }
 
+// The executor's tests drive POSIX shell scripts (tests/fixtures).
 #[cfg(test)]
+#[cfg(unix)]
 mod tests;

@@ -126,7 +126,6 @@ mod service {
 /// The Windows service: a thin layer over `run_agent` (the service manager's Stop and Shutdown
 /// controls cancel the agent; its status is Running while the agent runs, then Stopped).
 #[cfg(windows)]
-#[allow(unsafe_code)] // define_windows_service! generates the service's FFI entry point.
 mod service {
     use std::ffi::OsString;
     use std::process::ExitCode;

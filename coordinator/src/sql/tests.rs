@@ -227,6 +227,14 @@ fn settings_problems_are_named_before_connecting() {
         password_file: empty,
     };
     assert!(config(&db).unwrap_err().message.contains("is empty"));
+    // A byte order mark alone is no password either (it is stripped, not sent).
+    let bom = dir.path().join("bom");
+    std::fs::write(&bom, "\u{feff}\r\n").unwrap();
+    db.auth = SqlAuth::Sql {
+        user: "ssofleet".into(),
+        password_file: bom,
+    };
+    assert!(config(&db).unwrap_err().message.contains("is empty"));
 
     let good = dir.path().join("pw");
     std::fs::write(&good, "s3cret\r\n").unwrap();

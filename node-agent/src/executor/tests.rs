@@ -601,3 +601,10 @@ fn verify_checks_the_master_secret_server_and_sso_status_where_reported() {
     assert!(!same("10.0.0.1", "10"));
     assert!(!same("sso-dev-01", "sso-dev-02"));
 }
+
+#[tokio::test]
+async fn a_byte_order_mark_and_line_end_are_not_part_of_the_backup_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), "", Some("\u{feff}correct horse\r"));
+    assert_eq!(read_secret(&config).await.unwrap(), "correct horse");
+}
