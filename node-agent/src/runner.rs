@@ -138,7 +138,10 @@ pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Ou
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        // A stopping agent (a service stop, a shutdown) leaves a running step's program alone: an
+        // installer cut off halfway is worse than one that finishes. The journal makes the next start
+        // wait for it and report the attempt, never run it again. A timeout still stops it (below).
+        .kill_on_drop(false);
     // Its own process group, so that a timeout stops the program and everything it started.
     #[cfg(unix)]
     command.process_group(0);

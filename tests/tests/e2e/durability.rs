@@ -338,12 +338,27 @@ fn a_blackholed_master_is_detached_halts_its_environment_and_its_result_still_co
 
 #[test]
 fn an_agent_killed_mid_step_reports_the_attempt_interrupted_and_never_reruns_it() {
+    agent_stopped_mid_step(false);
+}
+
+/// A stopped agent (SIGTERM: a service stop) leaves the running installer alone, as a killed one does.
+#[test]
+fn an_agent_stopped_mid_step_lets_the_installer_finish_and_never_reruns_it() {
+    agent_stopped_mid_step(true);
+}
+
+fn agent_stopped_mid_step(graceful: bool) {
     let env = [("a1", ", FAKE_SETUP_SECONDS = \"3\"")];
     let mut s = setup(FLEET, &[], &env);
     let run_id = start_detached(&s);
     wait_tool(&s.fleet, "a1", "setup", true);
     let index = NODES.iter().position(|(n, _)| *n == "a1").unwrap();
-    s.agents[index].process.kill();
+    if graceful {
+        s.agents[index].process.signal("TERM").unwrap();
+        assert_eq!(s.agents[index].process.wait_exit(), Some(0));
+    } else {
+        s.agents[index].process.kill();
+    }
     // The same agent, started again on its state directory.
     s.agents[index] = crate::upgrade::restart_agent_with(&s, "a1", env[0].1, "");
     let halted = eventually(PATIENCE, "the run halted", || {
