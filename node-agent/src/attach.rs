@@ -122,7 +122,7 @@ impl Agent {
             Ok(waiting) => {
                 for w in waiting {
                     let _enter = span.enter();
-                    self.take_up(
+                    let _ = self.take_up(
                         &w.attempt_id,
                         pb::WaitReason::Reboot,
                         "the server restarted after the install",
@@ -383,7 +383,16 @@ impl Agent {
                     } else {
                         format!("the attended install was approved by {}", c.operator)
                     };
-                    self.take_up(&c.attempt_id, pb::WaitReason::AttendedInstall, &why);
+                    if !self.take_up(&c.attempt_id, pb::WaitReason::AttendedInstall, &why) {
+                        // Not waiting here (never received, lost with its journal, or already
+                        // going on): the coordinator hears what the journal knows of it.
+                        match self.journal.report(&c.attempt_id) {
+                            Ok(report) => {
+                                queue.push_back(message(AgentBody::AttemptReport(report)))
+                            }
+                            Err(e) => tracing::error!("cannot read the journal: {e}"),
+                        }
+                    }
                 }
                 CoordinatorBody::Cancel(_) | CoordinatorBody::ContinueAttempt(_) => {
                     tracing::warn!("a cancel or approval from an older coordinator epoch; ignored")
@@ -538,8 +547,9 @@ impl Agent {
         );
     }
 
-    /// Goes on with an attempt the journal holds as waiting, if it waits for `reason`.
-    fn take_up(&self, attempt_id: &str, reason: pb::WaitReason, why: &str) {
+    /// Goes on with an attempt the journal holds as waiting, if it waits for `reason`; false when
+    /// it does not.
+    fn take_up(&self, attempt_id: &str, reason: pb::WaitReason, why: &str) -> bool {
         let waiting = match self.journal.take_up(attempt_id, reason) {
             Ok(Some(waiting)) => waiting,
             Ok(None) => {
@@ -547,11 +557,11 @@ impl Agent {
                     attempt_id,
                     "attempt {attempt_id} does not wait for {reason:?}; nothing to do"
                 );
-                return;
+                return false;
             }
             Err(e) => {
                 tracing::error!(attempt_id, "cannot read the journal: {e}");
-                return;
+                return false;
             }
         };
         let assignment = waiting
@@ -582,6 +592,7 @@ impl Agent {
                 }
             }
         }
+        true
     }
 }
 

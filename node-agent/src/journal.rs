@@ -452,8 +452,9 @@ impl Journal {
             if !waits_for {
                 return Ok(None);
             }
+            // The process recorded before the wait (the installer, shutdown.exe) is not this one's.
             tx.execute(
-                "UPDATE attempts SET state = 'running' WHERE id = ?1 AND state = 'waiting'",
+                "UPDATE attempts SET state = 'running', pid = NULL WHERE id = ?1 AND state = 'waiting'",
                 [attempt_id],
             )?;
             tx.commit()?;

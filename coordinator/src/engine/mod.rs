@@ -411,6 +411,7 @@ impl Run {
                 if let Some(s) = self.steps.get_mut(step)
                     && s.attempt == attempt
                     && s.state == StepState::Running
+                    && s.rebooting != Some(attempt)
                 {
                     s.dispatched_at = Some(now);
                     s.rebooting = Some(attempt);
@@ -560,10 +561,11 @@ impl Run {
         let e = &self.envs[env];
         let in_progress = matches!(e.status, EnvStatus::Running | EnvStatus::WaitingGate);
         // The master's agent said it restarts the server: its going away is the reboot.
+        // Or its install waits for the operator, who may restart the server as setup asks.
         let rebooting = self.steps[e.steps.clone()].iter().any(|s| {
             s.plan.node.as_ref() == Some(node)
-                && s.state == StepState::Running
-                && s.rebooting == Some(s.attempt)
+                && ((s.state == StepState::Running && s.rebooting == Some(s.attempt))
+                    || self.waits_for_install(s))
         });
         if &e.master != node || rebooting || !in_progress || self.aborted || self.status.is_final()
         {
@@ -722,9 +724,18 @@ impl Run {
             }
             Control::Abort => {
                 self.aborted = true;
+                // Nothing runs at an attended install's wait: it ends now (a dead server must not
+                // keep the run open), and its agent is told to drop the attempt.
                 for step in 0..self.steps.len() {
                     if self.waits_for_install(&self.steps[step]) {
                         let attempt = self.steps[step].attempt;
+                        self.steps[step].finished_at = Some(now);
+                        self.set(
+                            step,
+                            StepState::Failed,
+                            "cancelled while waiting for the attended install: the run was aborted",
+                            out,
+                        );
                         out.push(Command::Cancel { step, attempt });
                     }
                 }
@@ -848,9 +859,10 @@ impl Run {
                 self.describe(step)
             )));
         }
-        if !matches!(s.state, StepState::Failed | StepState::Pending) {
+        let waiting = self.waits_for_install(s);
+        if !matches!(s.state, StepState::Failed | StepState::Pending) && !waiting {
             return Err(Refused(format!(
-                "{} is {}: only a failed or pending step can be skipped",
+                "{} is {}: only a failed, pending or waiting step can be skipped",
                 self.describe(step),
                 s.state.as_str()
             )));
@@ -863,6 +875,11 @@ impl Run {
                 "{} cannot be skipped before its upgrade finished: skip the upgrade instead",
                 self.describe(step)
             )));
+        }
+        if waiting {
+            // Its agent drops the attempt (nothing ran there).
+            let attempt = s.attempt;
+            out.push(Command::Cancel { step, attempt });
         }
         let env = s.plan.env;
         let was_failed = s.state == StepState::Failed;
@@ -1178,10 +1195,7 @@ impl Run {
                 };
                 return (
                     RunStatus::WaitingApproval,
-                    format!(
-                        "attended install on {node}: {}; when it is done: `fleetctl approve <run> --node {node}`{more}",
-                        first.message
-                    ),
+                    format!("attended install on {node}: {}{more}", first.message),
                 );
             }
             let gate = self.gate_step(env).map(|g| &self.steps[g]);

@@ -685,7 +685,11 @@ impl Manager {
             }),
             AgentOrder::Cancel => CoordinatorBody::Cancel(pb::CancelAttempt {
                 attempt_id,
-                reason: format!("the run was aborted by {operator}"),
+                reason: if operator.is_empty() {
+                    "the run was aborted, or the step skipped".to_string()
+                } else {
+                    format!("the operator {operator} aborted the run or skipped the step")
+                },
                 epoch: self.epoch,
             }),
         };
@@ -1043,34 +1047,80 @@ impl Manager {
     /// told to end the attempt). Otherwise the step waits for the operator (this also covers a waiting
     /// event stored just before a coordinator crash and not yet applied).
     async fn waiting_report(&mut self, node: &NodeName, report: &pb::AttemptReport) {
-        let Some(waiting) = report.waiting.as_ref() else {
-            return;
-        };
-        if waiting.reason() != pb::WaitReason::AttendedInstall {
-            tracing::debug!(node = %node, attempt_id = %report.attempt_id, "{node} waits for its reboot");
+        if let Some(waiting) = report.waiting.as_ref() {
+            self.agent_waits(node, &report.attempt_id, waiting).await;
+        }
+    }
+
+    /// An agent holds `attempt_id` waiting (reported in an event, its hello or an answer):
+    /// - for a reboot: the step's clock starts again and the master's absence is expected;
+    /// - for the operator: the step waits for `approve`; where the operator approved already, the
+    ///   agent did not get the word and is told again; where no run wants this wait (aborted, timed
+    ///   out, retried since, another run, none), the agent is told to drop it, so that the server
+    ///   is not blocked for ever. Repeating any of this changes nothing.
+    async fn agent_waits(&mut self, node: &NodeName, attempt_id: &str, waiting: &pb::StepWaiting) {
+        let current = self.current_attempt(attempt_id).filter(|_| {
+            self.active
+                .as_ref()
+                .is_some_and(|a| !a.run.status().is_final())
+        });
+        if waiting.reason() == pb::WaitReason::Reboot {
+            if let Some((step, attempt)) = current {
+                self.apply(Event::StepRebooting {
+                    step,
+                    attempt,
+                    message: waiting.instruction.clone(),
+                })
+                .await;
+            }
             return;
         }
-        let Some((step, attempt)) = self.current_attempt(&report.attempt_id) else {
+        if waiting.reason() != pb::WaitReason::AttendedInstall {
             return;
-        };
-        let Some(active) = self.active.as_ref() else {
-            return;
-        };
-        let s = &active.run.steps[step];
-        let aborted = active.run.status() == crate::engine::RunStatus::Aborted;
-        if aborted {
-            self.tell_agent(step, AgentOrder::Cancel, None).await;
-        } else if s.approved == Some(attempt) && s.state == StepState::Running {
-            tracing::info!(node = %node, attempt_id = %report.attempt_id, "{node} still waits for an approved install: telling it again");
-            self.tell_agent(step, AgentOrder::Continue, None).await;
-        } else {
+        }
+        if let Some((step, attempt)) = current {
+            let approved = self.active.as_ref().is_some_and(|a| {
+                let s = &a.run.steps[step];
+                s.approved == Some(attempt) && s.state == StepState::Running
+            });
+            if approved {
+                tracing::info!(node = %node, attempt_id, "{node} still waits for an approved install: telling it again");
+                self.tell_agent(step, AgentOrder::Continue, None).await;
+                return;
+            }
             self.apply(Event::StepWaiting {
                 step,
                 attempt,
                 instruction: waiting.instruction.clone(),
             })
             .await;
+            let waits = self.active.as_ref().is_some_and(|a| {
+                let s = &a.run.steps[step];
+                s.attempt == attempt && s.state == StepState::Waiting
+            });
+            if waits {
+                return;
+            }
         }
+        tracing::warn!(node = %node, attempt_id, "{node} waits for an attended install no run wants: telling it to drop the attempt");
+        self.cancel_attempt(
+            node.clone(),
+            attempt_id,
+            "no run waits for this install any more (aborted, timed out or retried)".into(),
+        )
+        .await;
+    }
+
+    async fn cancel_attempt(&mut self, node: NodeName, attempt_id: &str, reason: String) {
+        let body = CoordinatorBody::Cancel(pb::CancelAttempt {
+            attempt_id: attempt_id.to_string(),
+            reason,
+            epoch: self.epoch,
+        });
+        let _ = self
+            .fleet
+            .send(node, pb::CoordinatorMessage { body: Some(body) })
+            .await;
     }
 
     /// The stored attempt, if it exists and belongs to `node`.
@@ -1248,33 +1298,12 @@ impl Manager {
             return;
         }
         self.ack(&node, &event.attempt_id, None).await;
-        if let Kind::Waiting(w) = &kind
-            && w.reason() == pb::WaitReason::AttendedInstall
-            && let Some((step, attempt)) = self.current_attempt(&event.attempt_id)
-            && step == row.step
-        {
-            // Applied even when redelivered: the engine ignores it once the operator approved.
-            self.apply(Event::StepWaiting {
-                step,
-                attempt,
-                instruction: w.instruction.clone(),
-            })
-            .await;
+        if let Kind::Waiting(w) = &kind {
+            // Settled even when redelivered: it may have been stored just before a crash.
+            self.agent_waits(&node, &event.attempt_id, w).await;
         }
         if !fresh {
             return;
-        }
-        if let Kind::Waiting(w) = &kind
-            && w.reason() == pb::WaitReason::Reboot
-            && let Some((step, attempt)) = self.current_attempt(&event.attempt_id)
-            && step == row.step
-        {
-            self.apply(Event::StepRebooting {
-                step,
-                attempt,
-                message: w.instruction.clone(),
-            })
-            .await;
         }
         let Some(active) = self.active.as_ref().filter(|a| a.id == row.run_id) else {
             return;

@@ -100,10 +100,8 @@ fn attended_installs_wait_for_the_operator_and_are_verified_before_they_count() 
     s.agents[m2].process.kill();
     s.agents[m2] = crate::upgrade::restart_agent(&s, "m2");
     s.coordinator.wait_attached(&s.fleet, "m2", true);
-    // The master went away mid-environment: halted until the operator resumes.
-    let (_, run) = s.json(&["run", "show", &run_id]);
-    assert_eq!(run["state"], "halted", "{run}");
-    assert_eq!(s.ctl(&["resume", &run_id]).status.code(), Some(0));
+    // The master went away while its install waited for the operator (who may restart it, as setup
+    // asks): not a loss; the run still waits.
     let run = wait_for_install(&s, &run_id, "m2", "upgrade-master");
     assert_eq!(run["state"], "waiting-approval", "{run}");
     assert_eq!(step_of(&run, "m2", "upgrade-master")["attempts"], 1);
@@ -211,4 +209,38 @@ fn abort_ends_an_attended_wait_and_the_server_takes_new_work() {
         (code == Some(0)).then(|| started["run_id"].as_str().unwrap().to_string())
     });
     wait_for_install(&s, &run_id, "m2", "upgrade-master");
+}
+
+#[test]
+fn a_wait_no_run_wants_any_more_is_dropped_when_its_agent_comes_back() {
+    let mut s = setup(&attended_prod(), &[], &[]);
+    let run_id = start_prod(&s);
+    wait_for_install(&s, &run_id, "m2", "upgrade-master");
+    // The server is unreachable when the operator aborts: the cancel cannot reach its agent.
+    let m2 = 4;
+    s.agents[m2].process.kill();
+    s.coordinator.wait_attached(&s.fleet, "m2", false);
+    assert_eq!(s.ctl(&["abort", &run_id]).status.code(), Some(0));
+    let run = wait_final(&s, &run_id, PATIENCE);
+    assert_eq!(run["state"], "aborted", "{run}");
+    // The coordinator restarts too; then the agent is back with the wait in its journal.
+    restart_coordinator(&mut s);
+    s.agents[m2] = crate::upgrade::restart_agent(&s, "m2");
+    s.coordinator.wait_attached(&s.fleet, "m2", true);
+    // It was told to drop the attempt: a new run's install on m2 is not refused as busy.
+    let run_id = eventually(Duration::from_secs(20), "a new run accepted", || {
+        let (code, started) = s.json(&["upgrade", "--env", "prod", "--detach"]);
+        (code == Some(0)).then(|| started["run_id"].as_str().unwrap().to_string())
+    });
+    let run = wait_for_install(&s, &run_id, "m2", "upgrade-master");
+    assert_eq!(
+        step_of(&run, "m2", "upgrade-master")["attempts"],
+        1,
+        "{run}"
+    );
+    let agent_log = s.agents[m2].process.log_text();
+    assert!(
+        agent_log.contains("the attended install's attempt was cancelled"),
+        "{agent_log}"
+    );
 }
