@@ -53,7 +53,7 @@
 .EXAMPLE
     .\install-agent.ps1 -Uninstall
 #>
-[CmdletBinding(DefaultParameterSetName = 'Install', SupportsShouldProcess = $true)]
+[CmdletBinding(DefaultParameterSetName = 'Install')]
 param(
     [Parameter(ParameterSetName = 'Install', Mandatory = $true)]
     [ValidatePattern('^[A-Za-z0-9][A-Za-z0-9._-]*$')]
@@ -119,8 +119,20 @@ function Invoke-Native {
 function Set-PrivateAcl {
     param([string] $Path, [string] $Account, [string] $Rights)
     $inherit = if (Test-Path -LiteralPath $Path -PathType Container) { '(OI)(CI)' } else { '' }
-    Invoke-Native icacls.exe @($Path, '/inheritance:r', '/grant:r',
-        "*S-1-5-18:$inherit(F)", "*S-1-5-32-544:$inherit(F)", "${Account}:$inherit($Rights)")
+    $grants = @("*S-1-5-18:$inherit(F)", "*S-1-5-32-544:$inherit(F)")
+    # SYSTEM has full control already (a second grant for it would replace the first).
+    if ($Account -ne 'NT AUTHORITY\SYSTEM') { $grants += "${Account}:$inherit($Rights)" }
+    Invoke-Native icacls.exe (@($Path, '/inheritance:r', '/grant:r') + $grants)
+}
+
+# A folder someone else created first (ProgramData lets users create folders) keeps its owner, who
+# could change its ACL back: the Administrators take ownership and every inherited or explicit entry
+# below is reset before the private ACL is applied.
+function Set-PrivateFolder {
+    param([string] $Path, [string] $Account)
+    Invoke-Native icacls.exe @($Path, '/setowner', '*S-1-5-32-544', '/T', '/C', '/Q')
+    Invoke-Native icacls.exe @($Path, '/reset', '/T', '/C', '/Q')
+    Set-PrivateAcl -Path $Path -Account $Account -Rights 'M'
 }
 
 # A TOML literal string ('...'): no escapes inside, so a Windows path stays as it is.
@@ -133,21 +145,19 @@ function ConvertTo-TomlLiteral {
 function Uninstall-Agent {
     $service = Get-Service -Name $ServiceName -ErrorAction SilentlyContinue
     if ($service) {
-        if ($service.Status -ne 'Stopped' -and $PSCmdlet.ShouldProcess($ServiceName, 'Stop service')) {
+        if ($service.Status -ne 'Stopped') {
             Stop-Service -Name $ServiceName -Force
             $service.WaitForStatus('Stopped', [TimeSpan]::FromSeconds(60))
         }
-        if ($PSCmdlet.ShouldProcess($ServiceName, 'Delete service')) {
-            Invoke-Native sc.exe @('delete', $ServiceName)
-        }
+        Invoke-Native sc.exe @('delete', $ServiceName)
     } else {
         Write-Host "The service $ServiceName is not installed."
     }
-    if ((Test-Path -LiteralPath $InstallDir) -and $PSCmdlet.ShouldProcess($InstallDir, 'Remove folder')) {
+    if (Test-Path -LiteralPath $InstallDir) {
         Remove-Item -LiteralPath $InstallDir -Recurse -Force
     }
     if ($RemoveData) {
-        if ((Test-Path -LiteralPath $DataDir) -and $PSCmdlet.ShouldProcess($DataDir, 'Remove folder (journal, logs, secrets)')) {
+        if (Test-Path -LiteralPath $DataDir) {
             Remove-Item -LiteralPath $DataDir -Recurse -Force
         }
     } else {
@@ -181,7 +191,7 @@ function Install-Agent {
     $tlsDir = Join-Path $DataDir 'tls'
     $logDir = Join-Path $DataDir 'logs'
     New-Item -ItemType Directory -Force -Path $DataDir, $tlsDir, $logDir | Out-Null
-    Set-PrivateAcl -Path $DataDir -Account $account -Rights 'M'
+    Set-PrivateFolder -Path $DataDir -Account $account
     foreach ($file in 'ca.pem', 'agent.pem', 'agent-key.pem') {
         $target = Join-Path $tlsDir $file
         if ((Test-Path -LiteralPath $target) -and -not $Force) {
@@ -205,6 +215,8 @@ function Install-Agent {
         [System.IO.File]::WriteAllText($passwordFile, $plain, [System.Text.UTF8Encoding]::new($false))
         $plain = $null
     }
+    # Read-only for the service account (also when an existing file was kept).
+    Set-PrivateAcl -Path $passwordFile -Account $account -Rights 'R'
 
     $configFile = Join-Path $DataDir 'agent.toml'
     if ((Test-Path -LiteralPath $configFile) -and -not $Force) {
@@ -240,20 +252,16 @@ backup_password_file = 'backup-password'
         StartupType    = 'Automatic'
     }
     if ($ServiceCredential) { $arguments.Credential = $ServiceCredential }
-    if ($PSCmdlet.ShouldProcess($ServiceName, 'Create service')) {
-        New-Service @arguments | Out-Null
-        Invoke-Native sc.exe @('config', $ServiceName, 'start=', 'delayed-auto')
-        Invoke-Native sc.exe @('failure', $ServiceName, 'reset=', '86400', 'actions=', 'restart/10000/restart/30000/restart/60000')
-        Invoke-Native sc.exe @('failureflag', $ServiceName, '1')
-    }
+    New-Service @arguments | Out-Null
+    Invoke-Native sc.exe @('config', $ServiceName, 'start=', 'delayed-auto')
+    Invoke-Native sc.exe @('failure', $ServiceName, 'reset=', '86400', 'actions=', 'restart/10000/restart/30000/restart/60000')
+    Invoke-Native sc.exe @('failureflag', $ServiceName, '1')
 
-    if ($PSCmdlet.ShouldProcess($ServiceName, 'Start service')) {
-        Start-Service -Name $ServiceName
-        (Get-Service -Name $ServiceName).WaitForStatus('Running', [TimeSpan]::FromSeconds(30))
-        Start-Sleep -Seconds 3
-        $log = Get-ChildItem -LiteralPath $logDir -Filter 'fleet-agent.log*' | Sort-Object LastWriteTime | Select-Object -Last 1
-        if ($log) { Get-Content -LiteralPath $log.FullName -Tail 10 }
-    }
+    Start-Service -Name $ServiceName
+    (Get-Service -Name $ServiceName).WaitForStatus('Running', [TimeSpan]::FromSeconds(30))
+    Start-Sleep -Seconds 3
+    $log = Get-ChildItem -LiteralPath $logDir -Filter 'fleet-agent.log*' | Sort-Object LastWriteTime | Select-Object -Last 1
+    if ($log) { Get-Content -LiteralPath $log.FullName -Tail 10 }
 
     Write-Host ''
     Write-Host "Installed. The agent runs as $account; check:"

@@ -6,20 +6,37 @@ use std::path::Path;
 
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
+/// How many daily log files are kept in a log directory.
+pub const KEEP_LOG_FILES: usize = 30;
+
 pub fn init(json: bool) {
     init_with(json, None);
 }
 
 /// As [`init`]; with `log_dir` = (directory, file name), the lines go to `<directory>/<name>.<date>`,
-/// a new file each day, instead of standard error.
+/// a new file each day (the last [`KEEP_LOG_FILES`] kept), instead of standard error.
 pub fn init_with(json: bool, log_dir: Option<(&Path, &str)>) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("FLEET_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, ansi) = match log_dir {
-        Some((dir, name)) => (
-            BoxMakeWriter::new(tracing_appender::rolling::daily(dir, name)),
-            false,
-        ),
+        Some((dir, name)) => {
+            // Daily files, the last 30 kept.
+            let files = tracing_appender::rolling::Builder::new()
+                .rotation(tracing_appender::rolling::Rotation::DAILY)
+                .filename_prefix(name)
+                .max_log_files(KEEP_LOG_FILES)
+                .build(dir);
+            match files {
+                Ok(files) => (BoxMakeWriter::new(files), false),
+                Err(e) => {
+                    eprintln!(
+                        "cannot write log files in {}: {e}; logging to standard error",
+                        dir.display()
+                    );
+                    (BoxMakeWriter::new(std::io::stderr), false)
+                }
+            }
+        }
         None => (
             BoxMakeWriter::new(std::io::stderr),
             std::io::IsTerminal::is_terminal(&std::io::stderr()),
