@@ -368,10 +368,7 @@ fn config(db: &SsoDatabase) -> Result<Config, SqlError> {
                     ),
                 )
             })?;
-            // A byte order mark (Windows editors and PowerShell write one) is not part of it.
-            let password = text
-                .trim_start_matches('\u{feff}')
-                .trim_end_matches(['\r', '\n']);
+            let password = fleet_proto::names::secret_text(&text);
             if password.is_empty() {
                 return Err(SqlError::new(
                     SqlErrorKind::Config,
@@ -532,25 +529,8 @@ pub async fn secret_server(db: &SsoDatabase) -> Result<String, SqlError> {
     }
 }
 
-/// Whether the name recorded in the SSO database and the inventory's name are the same server:
-/// case-insensitive, and a short (NetBIOS) name matches the first label of an FQDN.
-pub fn same_server(recorded: &str, inventory: &str) -> bool {
-    let norm = |s: &str| s.trim().trim_end_matches('.').to_ascii_lowercase();
-    let (a, b) = (norm(recorded), norm(inventory));
-    if a.is_empty() || b.is_empty() {
-        return false;
-    }
-    if a == b {
-        return true;
-    }
-    // An address is compared as it is, never by its first "label".
-    if a.parse::<std::net::IpAddr>().is_ok() || b.parse::<std::net::IpAddr>().is_ok() {
-        return false;
-    }
-    let short = |s: &str| !s.contains('.');
-    let first = |s: &str| s.split('.').next().unwrap_or_default().to_string();
-    (short(&a) || short(&b)) && first(&a) == first(&b)
-}
+/// Whether the name recorded in the SSO database and the inventory's name are the same server.
+pub use fleet_proto::names::same_server;
 
 /// A backup that SQL Server took, verified, and recorded in msdb.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -489,9 +489,7 @@ impl Agent {
             report: None,
         }
     }
-}
 
-impl Agent {
     /// Runs an accepted attempt in its own task, or (`continuation`: its last seq and why) goes on
     /// with one that waited. Its events go into the journal, never waiting on the network: a step's
     /// timeout holds while the coordinator is unreachable.
@@ -575,19 +573,14 @@ impl Agent {
                     attempt_id,
                     "cannot go on with attempt {attempt_id}: {problem}"
                 );
-                let event = pb::StepEvent {
-                    attempt_id: attempt_id.to_string(),
-                    seq: waiting.last_seq + 1,
-                    at_unix_ms: unix_ms(SystemTime::now()),
-                    kind: Some(pb::step_event::Kind::Finished(pb::StepFinished {
-                        outcome: pb::StepOutcome::Failed as i32,
-                        error: format!(
-                            "{why}, but the agent cannot verify the install: {problem}; check the server, then retry the step"
-                        ),
-                        ..Default::default()
-                    })),
+                let result = pb::StepFinished {
+                    outcome: pb::StepOutcome::Failed as i32,
+                    error: format!(
+                        "{why}, but the agent cannot verify the install: {problem}; check the server, then retry the step"
+                    ),
+                    ..Default::default()
                 };
-                if let Err(e) = self.journal.record(&event) {
+                if let Err(e) = self.journal.finish(attempt_id, waiting.last_seq, result) {
                     tracing::error!(attempt_id, "cannot journal a step event: {e}");
                 }
             }

@@ -303,40 +303,40 @@ async fn run_built_in(
         timeout,
         state_dir: config.state_dir.clone(),
     };
-    let (report_tx, mut reports) = mpsc::channel(256);
+    let (report_tx, reports) = mpsc::channel(256);
     let run = crate::builtin::run(action, &config.tools, &ctx, report_tx);
-    tokio::pin!(run);
-    let command = format!("built-in {action}");
-    let outcome = loop {
-        tokio::select! {
-            outcome = &mut run => break outcome,
-            Some(report) = reports.recv() => events.send(event_of(report, &command)).await,
-        }
-    };
-    while let Ok(report) = reports.try_recv() {
-        events.send(event_of(report, &command)).await;
-    }
-    outcome
+    forward(run, reports, &format!("built-in {action}"), events).await
 }
 
 /// Runs one command, its reports sent on as the attempt's events.
 async fn run_spec(spec: &CommandSpec, events: &mut Events) -> Result<runner::Outcome, String> {
-    let (report_tx, mut reports) = mpsc::channel(256);
+    let (report_tx, reports) = mpsc::channel(256);
     let runner = runner::run(spec, report_tx);
-    tokio::pin!(runner);
-    // `Started` carries the process id: the journal keeps it, so that an agent restarted while the
-    // step's process runs on waits for that process before it reports the attempt interrupted.
-    let command = spec.display();
+    forward(runner, reports, &spec.display(), events)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Drives `work` to its end while sending what it reports on as the attempt's events, in order
+/// (`Started` carries the process id: the journal keeps it, so that an agent restarted while the
+/// step's process runs on waits for that process before it reports the attempt interrupted).
+async fn forward<T>(
+    work: impl std::future::Future<Output = T>,
+    mut reports: mpsc::Receiver<Report>,
+    command: &str,
+    events: &mut Events,
+) -> T {
+    tokio::pin!(work);
     let outcome = loop {
         tokio::select! {
-            outcome = &mut runner => break outcome,
-            Some(report) = reports.recv() => events.send(event_of(report, &command)).await,
+            outcome = &mut work => break outcome,
+            Some(report) = reports.recv() => events.send(event_of(report, command)).await,
         }
     };
     while let Ok(report) = reports.try_recv() {
-        events.send(event_of(report, &command)).await;
+        events.send(event_of(report, command)).await;
     }
-    outcome.map_err(|e| e.to_string())
+    outcome
 }
 
 async fn run(config: &AgentConfig, a: &Assignment, events: &mut Events) -> Ending {
@@ -365,14 +365,10 @@ async fn run(config: &AgentConfig, a: &Assignment, events: &mut Events) -> Endin
             reason: pb::WaitReason::AttendedInstall as i32,
         });
     }
-    let result = run_step(config, a, params, events).await;
-    if result.reboot_pending {
+    let (result, reboot_request) = run_step(config, a, params, events).await;
+    if let Some(request) = reboot_request {
         let code = result.exit_code;
-        let reboots_itself = code == Some(1641)
-            || result
-                .outputs
-                .get("reboot")
-                .is_some_and(|r| r.trim().eq_ignore_ascii_case("started"));
+        let reboots_itself = request == RebootRequest::Started;
         if reboots_itself || config.reboot == RebootPolicy::IfRequired {
             return Ending::Finished(reboot(config, a, code, reboots_itself, events).await);
         }
@@ -490,12 +486,15 @@ async fn run_step(
     a: &Assignment,
     mut params: BTreeMap<String, String>,
     events: &mut Events,
-) -> pb::StepFinished {
+) -> (pb::StepFinished, Option<RebootRequest>) {
     let mut stdin_secret = None;
     let mut backup = None;
     if a.action == ActionName::BackupSecret {
         let Some(dir) = params.get("backup_dir").cloned() else {
-            return failed("the coordinator sent no backup_dir for backup_secret");
+            return (
+                failed("the coordinator sent no backup_dir for backup_secret"),
+                None,
+            );
         };
         let file = backup_file(
             &dir,
@@ -508,13 +507,13 @@ async fn run_step(
         backup = Some(PathBuf::from(file));
         match read_secret(config).await {
             Ok(secret) => stdin_secret = Some(secret),
-            Err(e) => return failed(e),
+            Err(e) => return (failed(e), None),
         }
     }
     let outcome = match run_action(config, a.action, &params, stdin_secret, a.timeout, events).await
     {
         Ok(outcome) => outcome,
-        Err(e) => return failed(e),
+        Err(e) => return (failed(e), None),
     };
     let mut result = pb::StepFinished {
         outcome: pb::StepOutcome::Succeeded as i32,
@@ -523,18 +522,18 @@ async fn run_step(
         outputs: outcome.outputs.clone().into_iter().collect(),
         ..Default::default()
     };
-    let reboot = a.action == ActionName::InstallSso && reboot_request(&outcome).is_some();
+    let reboot = reboot_request(&outcome).filter(|_| a.action == ActionName::InstallSso);
     if outcome.timed_out {
         result.outcome = pb::StepOutcome::TimedOut as i32;
         result.error = outcome.failure(a.action.as_str());
-        return result;
+        return (result, None);
     }
-    if !outcome.succeeded() && !reboot {
+    if !outcome.succeeded() && reboot.is_none() {
         result.outcome = pb::StepOutcome::Failed as i32;
         result.error = outcome.failure(a.action.as_str());
-        return result;
+        return (result, None);
     }
-    result.reboot_pending = reboot;
+    result.reboot_pending = reboot.is_some();
     if let Some(file) = backup {
         match artifact(&file).await {
             Ok(artifact) => result.artifacts.push(artifact),
@@ -554,7 +553,7 @@ async fn run_step(
         result.outcome = pb::StepOutcome::Failed as i32;
         result.error = problem;
     }
-    result
+    (result, reboot)
 }
 
 /// What an installer's exit code means (Windows Installer conventions).
@@ -686,11 +685,7 @@ async fn read_secret(config: &AgentConfig) -> Result<String, String> {
     let text = tokio::fs::read_to_string(path)
         .await
         .map_err(|e| format!("the backup password file {}: {e}", path.display()))?;
-    // A byte order mark (Windows PowerShell's UTF8 encoding writes one) is not part of the password.
-    let secret = text
-        .trim_start_matches('\u{feff}')
-        .trim_end_matches(['\r', '\n'])
-        .to_string();
+    let secret = fleet_proto::names::secret_text(&text).to_string();
     if secret.chars().count() < 7 {
         // ssoconfig refuses shorter passwords (0xC0002A54); say so before running it.
         return Err(format!(

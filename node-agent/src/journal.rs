@@ -170,13 +170,34 @@ impl Journal {
             ),
             ..Default::default()
         };
+        self.finish_as(attempt_id, last_seq, result, "interrupted")
+    }
+
+    /// Records the agent's own result for an attempt whose last event was `last_seq` (its final
+    /// event, `last_seq + 1`).
+    pub fn finish(
+        &self,
+        attempt_id: &str,
+        last_seq: u64,
+        result: pb::StepFinished,
+    ) -> Result<(), JournalError> {
+        self.finish_as(attempt_id, last_seq, result, "finished")
+    }
+
+    fn finish_as(
+        &self,
+        attempt_id: &str,
+        last_seq: u64,
+        result: pb::StepFinished,
+        state: &str,
+    ) -> Result<(), JournalError> {
         let event = pb::StepEvent {
             attempt_id: attempt_id.to_string(),
             seq: last_seq + 1,
             at_unix_ms: now(),
             kind: Some(pb::step_event::Kind::Finished(result)),
         };
-        self.record_as(&event, "interrupted")
+        self.record_as(&event, state)
     }
 
     /// Waits until the process an interrupted attempt started has ended, then records the attempt
@@ -476,17 +497,12 @@ impl Journal {
         let Some(taken) = self.take_up(attempt_id, pb::WaitReason::AttendedInstall)? else {
             return Ok(false);
         };
-        let event = pb::StepEvent {
-            attempt_id: attempt_id.to_string(),
-            seq: taken.last_seq + 1,
-            at_unix_ms: now(),
-            kind: Some(pb::step_event::Kind::Finished(pb::StepFinished {
-                outcome: pb::StepOutcome::Cancelled as i32,
-                error: format!("cancelled while waiting for the attended install: {reason}"),
-                ..Default::default()
-            })),
+        let result = pb::StepFinished {
+            outcome: pb::StepOutcome::Cancelled as i32,
+            error: format!("cancelled while waiting for the attended install: {reason}"),
+            ..Default::default()
         };
-        self.record(&event)?;
+        self.finish(attempt_id, taken.last_seq, result)?;
         Ok(true)
     }
 

@@ -12,6 +12,7 @@
 pub mod config;
 pub mod identity;
 pub mod logging;
+pub mod names;
 pub mod tls;
 pub mod transport;
 

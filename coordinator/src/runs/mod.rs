@@ -677,26 +677,27 @@ impl Manager {
             return;
         };
         let operator = audit.map(|a| a.operator.clone()).unwrap_or_default();
-        let body = match order {
-            AgentOrder::Continue => CoordinatorBody::ContinueAttempt(pb::ContinueAttempt {
-                attempt_id,
-                operator,
-                epoch: self.epoch,
-            }),
-            AgentOrder::Cancel => CoordinatorBody::Cancel(pb::CancelAttempt {
-                attempt_id,
-                reason: if operator.is_empty() {
+        match order {
+            AgentOrder::Continue => {
+                let body = CoordinatorBody::ContinueAttempt(pb::ContinueAttempt {
+                    attempt_id,
+                    operator,
+                    epoch: self.epoch,
+                });
+                let _ = self
+                    .fleet
+                    .send(node, pb::CoordinatorMessage { body: Some(body) })
+                    .await;
+            }
+            AgentOrder::Cancel => {
+                let reason = if operator.is_empty() {
                     "the run was aborted, or the step skipped".to_string()
                 } else {
                     format!("the operator {operator} aborted the run or skipped the step")
-                },
-                epoch: self.epoch,
-            }),
-        };
-        let _ = self
-            .fleet
-            .send(node, pb::CoordinatorMessage { body: Some(body) })
-            .await;
+                };
+                self.cancel_attempt(node, &attempt_id, reason).await;
+            }
+        }
     }
 
     /// Sends stored run events that watchers have not had yet.

@@ -32,17 +32,18 @@ struct Registry {
 
 impl Registry {
     fn version(&self) -> Option<String> {
-        let key = self.entsso.as_ref()?;
-        VERSION_VALUES
-            .iter()
-            .find_map(|v| key.value(v))
-            .map(parse::RegData::text)
+        self.first_of(&VERSION_VALUES)
             .filter(|v| !v.trim().is_empty())
     }
 
     fn install_path(&self) -> Option<String> {
+        self.first_of(&INSTALL_PATH_VALUES)
+    }
+
+    /// The first of `names` that ESSO's key has, as text.
+    fn first_of(&self, names: &[&str]) -> Option<String> {
         let key = self.entsso.as_ref()?;
-        INSTALL_PATH_VALUES
+        names
             .iter()
             .find_map(|v| key.value(v))
             .map(parse::RegData::text)

@@ -379,31 +379,8 @@ fn last_line(text: &str) -> &str {
         .unwrap_or(text)
 }
 
-/// Whether `found` names the server `expected`: case-insensitive, and a short (NetBIOS) name equals
-/// the first label of an FQDN (ESSO may record either).
-pub fn same_server(found: &str, expected: &str) -> bool {
-    let (a, b) = (
-        found.trim().to_ascii_lowercase(),
-        expected.trim().to_ascii_lowercase(),
-    );
-    if a.is_empty() || b.is_empty() {
-        return false;
-    }
-    if a == b {
-        return true;
-    }
-    // An address is compared whole: 10.0.0.1 is not "10".
-    let is_ip = |s: &str| s.parse::<std::net::IpAddr>().is_ok();
-    if is_ip(&a) || is_ip(&b) {
-        return false;
-    }
-    let first = |s: &str| s.split('.').next().unwrap_or("").to_string();
-    match (a.contains('.'), b.contains('.')) {
-        (true, false) => first(&a) == b,
-        (false, true) => a == first(&b),
-        _ => false,
-    }
-}
+/// Whether `found` names the server `expected` (ESSO may record a short name or an FQDN).
+pub use fleet_proto::names::same_server;
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use fleet_tests::{PATIENCE, eventually, tool_log};
 
-use crate::durability::{restart_coordinator, step_of, wait_final};
+use crate::durability::{restart_coordinator, step_of, wait_final, wait_state};
 use crate::upgrade::{FLEET, Setup, setup};
 
 fn attended_prod() -> String {
@@ -109,10 +109,7 @@ fn attended_installs_wait_for_the_operator_and_are_verified_before_they_count() 
     // Approved before anything was installed: the agent's verification fails the step.
     let o = approve(&s, &run_id, "m2");
     assert_eq!(o.status.code(), Some(0), "{o:?}");
-    let run = eventually(PATIENCE, "the unverified install failed", || {
-        let (_, run) = s.json(&["run", "show", &run_id]);
-        (run["state"] == "halted").then_some(run)
-    });
+    let run = wait_state(&s, &run_id, "halted");
     let failed = step_of(&run, "m2", "upgrade-master");
     assert_eq!(failed["state"], "failed", "{run}");
     assert!(

@@ -23,6 +23,14 @@ pub(crate) fn wait_final(s: &Setup, run_id: &str, within: Duration) -> serde_jso
     })
 }
 
+/// Waits until run `run_id` is in `state` (e.g. "halted"); returns the run.
+pub(crate) fn wait_state(s: &Setup, run_id: &str, state: &str) -> serde_json::Value {
+    eventually(PATIENCE, &format!("run {run_id} {state}"), || {
+        let (_, run) = s.json(&["run", "show", run_id]);
+        (run["state"] == state).then_some(run)
+    })
+}
+
 pub(crate) fn start_detached(s: &Setup) -> String {
     let (code, started) = s.json(&["upgrade", "--all", "--detach"]);
     assert_eq!(code, Some(0), "{started}");
@@ -293,10 +301,7 @@ fn a_blackholed_master_is_detached_halts_its_environment_and_its_result_still_co
     // Silent past the heartbeat timeout: shown detached, and its environment halts; its step is
     // not failed (the step timeout is far off).
     s.coordinator.wait_attached(&s.fleet, "m1", false);
-    let halted = eventually(PATIENCE, "the run halted", || {
-        let (_, run) = s.json(&["run", "show", &run_id]);
-        (run["state"] == "halted").then_some(run)
-    });
+    let halted = wait_state(&s, &run_id, "halted");
     assert!(
         halted["reason"]
             .as_str()
@@ -361,10 +366,7 @@ fn agent_stopped_mid_step(graceful: bool) {
     }
     // The same agent, started again on its state directory.
     s.agents[index] = crate::upgrade::restart_agent_with(&s, "a1", env[0].1, "");
-    let halted = eventually(PATIENCE, "the run halted", || {
-        let (_, run) = s.json(&["run", "show", &run_id]);
-        (run["state"] == "halted").then_some(run)
-    });
+    let halted = wait_state(&s, &run_id, "halted");
     let upgrade = step_of(&halted, "a1", "upgrade");
     assert_eq!(upgrade["state"], "failed", "{halted}");
     // The setup outlived the killed agent: the attempt was reported only once it had ended.

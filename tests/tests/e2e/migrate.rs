@@ -2,9 +2,9 @@
 //! key → install ESSO → copy the migration utility → run it → verify, all on the environment's master
 //! secret server, each step only after the one before it succeeded, resumable like an upgrade.
 
-use fleet_tests::{PATIENCE, eventually, fixture, tool_log};
+use fleet_tests::{PATIENCE, fixture, tool_log};
 
-use crate::durability::{restart_coordinator, step_of, wait_final, wait_tool};
+use crate::durability::{restart_coordinator, step_of, wait_final, wait_state, wait_tool};
 use crate::upgrade::{FLEET, NODES, Setup, restart_agent_with, setup};
 
 const STEPS: [&str; 6] = [
@@ -120,10 +120,7 @@ fn a_failed_migration_step_halts_and_a_restarted_coordinator_goes_on_without_rer
         ", FAKE_HOSTSEC_FAIL = \"export-encryption-key\", FAKE_HOSTSEC_SECONDS = \"2\"",
     );
     let run_id = start_migrate(&s);
-    let halted = eventually(PATIENCE, "the run halted", || {
-        let (_, run) = s.json(&["run", "show", &run_id]);
-        (run["state"] == "halted").then_some(run)
-    });
+    let halted = wait_state(&s, &run_id, "halted");
     assert!(
         halted["reason"]
             .as_str()

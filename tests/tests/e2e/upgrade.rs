@@ -1,6 +1,7 @@
 //! `fleetctl upgrade` end to end: real coordinator, agents and fleetctl; the simulated ESSO tools keep
 //! their own timestamped log, and the ordering invariants are checked against that log.
 
+use crate::durability::wait_state;
 use std::collections::{BTreeMap, HashMap};
 use std::process::Output;
 
@@ -486,10 +487,7 @@ fn a_manual_gate_waits_for_approve_and_a_soak_gate_for_its_time() {
 
     let (code, _) = s.json(&["approve", &id]);
     assert_eq!(code, Some(0));
-    let run = eventually(PATIENCE, "the run to finish", || {
-        let (_, run) = s.json(&["run", "show", &id]);
-        (run["state"] == "succeeded").then_some(run)
-    });
+    let run = wait_state(&s, &id, "succeeded");
     assert_eq!(Setup::steps(&run)["- gate"], "succeeded");
     let log = tool_log(&s.fleet);
     check_order(&log, 2);
@@ -540,10 +538,7 @@ fn every_environment_installs_the_same_installer() {
     // Someone replaces the installer between the environments.
     s.fleet.write("media/Setup.exe", "another build\n").unwrap();
     s.json(&["approve", &id]);
-    let run = eventually(PATIENCE, "the run to halt", || {
-        let (_, run) = s.json(&["run", "show", &id]);
-        (run["state"] == "halted").then_some(run)
-    });
+    let run = wait_state(&s, &id, "halted");
     assert!(
         run["reason"]
             .as_str()

@@ -1,0 +1,45 @@
+//! Names shared by the coordinator and the agents: comparing server names as ESSO records them, and
+//! the text of a secret file.
+
+/// Whether two names are the same server: case-insensitive, a trailing dot ignored, and a short
+/// (NetBIOS) name matches the first label of an FQDN (ESSO and SQL Server may record either). An
+/// address is compared whole: `10.0.0.1` is not `10`.
+pub fn same_server(a: &str, b: &str) -> bool {
+    let norm = |s: &str| s.trim().trim_end_matches('.').to_ascii_lowercase();
+    let (a, b) = (norm(a), norm(b));
+    if a.is_empty() || b.is_empty() {
+        return false;
+    }
+    if a == b {
+        return true;
+    }
+    if a.parse::<std::net::IpAddr>().is_ok() || b.parse::<std::net::IpAddr>().is_ok() {
+        return false;
+    }
+    let short = |s: &str| !s.contains('.');
+    let first = |s: &str| s.split('.').next().unwrap_or_default().to_string();
+    (short(&a) || short(&b)) && first(&a) == first(&b)
+}
+
+/// The secret a password file holds: without its line end, and without the byte order mark Windows
+/// editors and PowerShell's UTF8 encoding put first.
+pub fn secret_text(file_text: &str) -> &str {
+    file_text
+        .trim_start_matches('\u{feff}')
+        .trim_end_matches(['\r', '\n'])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_names_and_secret_text() {
+        assert!(same_server("SSO-DEV-01", "sso-dev-01.corp.example."));
+        assert!(!same_server("a.corp.example", "a.other.example"));
+        assert!(!same_server("10.0.0.1", "10"));
+        assert!(!same_server("", ""));
+        assert_eq!(secret_text("\u{feff}pw 1\r\n"), "pw 1");
+        assert_eq!(secret_text("pw\n\n"), "pw");
+    }
+}
