@@ -5,7 +5,7 @@
 //! before the old stream was noticed dead); a session silent past the heartbeat timeout is closed and
 //! the node shown detached.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
@@ -66,9 +66,14 @@ enum Command {
         reason: String,
     },
     List(oneshot::Sender<Vec<pb::NodeStatus>>),
+    Attached(oneshot::Sender<BTreeSet<NodeName>>),
     FactsOf {
         node: NodeName,
         reply: oneshot::Sender<Option<(u64, pb::Facts)>>,
+    },
+    Verified {
+        node: NodeName,
+        version: String,
     },
     Send {
         node: NodeName,
@@ -148,6 +153,12 @@ impl FleetHandle {
         rx.await.ok().flatten()
     }
 
+    /// A step verified the node at `version`: its facts say so at once (the agent's fresh facts
+    /// follow the step's result, and may take a while).
+    pub async fn verified(&self, node: NodeName, version: String) {
+        let _ = self.tx.send(Command::Verified { node, version }).await;
+    }
+
     /// Sends `message` on the node's live stream; false when it was not queued: the node is not
     /// attached, or its buffer is full (then the session is ended, and the agent re-attaches).
     pub async fn send(&self, node: NodeName, message: pb::CoordinatorMessage) -> bool {
@@ -171,6 +182,14 @@ impl FleetHandle {
     pub async fn list(&self) -> Option<Vec<pb::NodeStatus>> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Command::List(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// The nodes attached now (their names only: cheap at any fleet size, unlike [`Self::list`]);
+    /// `None` once the task has stopped.
+    pub async fn attached(&self) -> Option<BTreeSet<NodeName>> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Attached(tx)).await.ok()?;
         rx.await.ok()
     }
 }
@@ -284,6 +303,20 @@ impl FleetTask {
             }
             Command::List(reply) => {
                 let _ = reply.send(self.statuses());
+            }
+            Command::Attached(reply) => {
+                let attached = self
+                    .nodes
+                    .iter()
+                    .filter(|(_, e)| e.session.is_some())
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                let _ = reply.send(attached);
+            }
+            Command::Verified { node, version } => {
+                if let Some(facts) = self.nodes.get_mut(&node).and_then(|e| e.facts.as_mut()) {
+                    facts.esso_version = Some(version);
+                }
             }
             Command::FactsOf { node, reply } => {
                 let facts = self

@@ -510,35 +510,35 @@ impl Agent {
                         }
                     }
                 });
-                let changes_node = matches!(
-                    assignment.action,
-                    ActionName::InstallSso | ActionName::VerifySso
-                );
-                let refresh = async {
-                    if changes_node {
-                        let facts = facts::collect(&config, &fact_params(&config)).await;
-                        let _ = facts_outbox.try_send(message(AgentBody::Facts(facts)));
-                    }
-                };
                 let result = match continuation {
                     None => {
                         tracing::info!(action = %assignment.action, "step started");
-                        executor::execute(&config, &assignment, tx, refresh).await
+                        executor::execute(&config, &assignment, tx).await
                     }
                     Some((last_seq, why)) => {
                         tracing::info!(action = %assignment.action, "{why}: verifying");
                         Some(
-                            executor::continue_after(
-                                &config, &assignment, last_seq, &why, tx, refresh,
-                            )
-                            .await,
+                            executor::continue_after(&config, &assignment, last_seq, &why, tx)
+                                .await,
                         )
                     }
                 };
                 let _ = forward.await;
-                match result {
+                match &result {
                     Some(result) => tracing::info!(outcome = ?result.outcome(), error = %result.error, "step finished"),
                     None => tracing::info!("step waits for the operator's attended install"),
+                }
+                // The node changed: fresh facts, after the result so that they never delay it (facts
+                // may take seconds on Windows). The coordinator takes the verified version from the
+                // result itself.
+                if result.is_some()
+                    && matches!(
+                        assignment.action,
+                        ActionName::InstallSso | ActionName::VerifySso
+                    )
+                {
+                    let facts = facts::collect(&config, &fact_params(&config)).await;
+                    let _ = facts_outbox.try_send(message(AgentBody::Facts(facts)));
                 }
             }
             .instrument(span),

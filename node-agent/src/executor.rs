@@ -129,13 +129,10 @@ enum Ending {
 /// Runs the attempt; every event goes to `tx`, the result (also sent, last) is returned. `None`: the
 /// attempt waits for the operator's attended install (its last event says so), and goes on with
 /// [`continue_after`].
-/// `before_result` runs after the action and before the result is sent (the agent refreshes its facts
-/// there, so that the coordinator knows a node's new version by the time its step counts as done).
 pub async fn execute(
     config: &AgentConfig,
     assignment: &Assignment,
     tx: mpsc::Sender<pb::StepEvent>,
-    before_result: impl std::future::Future<Output = ()>,
 ) -> Option<pb::StepFinished> {
     let mut events = Events {
         attempt_id: assignment.attempt_id.clone(),
@@ -146,7 +143,6 @@ pub async fn execute(
     match run(config, assignment, &mut events).await {
         Ending::Finished(mut result) => {
             result.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            before_result.await;
             events.send(Kind::Finished(result.clone())).await;
             Some(result)
         }
@@ -166,7 +162,6 @@ pub async fn continue_after(
     last_seq: u64,
     why: &str,
     tx: mpsc::Sender<pb::StepEvent>,
-    before_result: impl std::future::Future<Output = ()>,
 ) -> pb::StepFinished {
     let mut events = Events {
         attempt_id: assignment.attempt_id.clone(),
@@ -212,7 +207,6 @@ pub async fn continue_after(
         }
     };
     result.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    before_result.await;
     events.send(Kind::Finished(result.clone())).await;
     result
 }

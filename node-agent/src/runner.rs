@@ -15,8 +15,10 @@ use tokio::sync::mpsc;
 /// How many lines of standard error a failure carries.
 pub const STDERR_TAIL: usize = 20;
 
-/// How long to keep reading output after the process exited (a grandchild may hold the pipes open).
+/// How long to wait for more output after the process exited (a grandchild may hold the pipes open)…
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
+/// …and for all of it (a grandchild that keeps writing).
+const DRAIN_LIMIT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone)]
 pub struct CommandSpec {
@@ -160,16 +162,10 @@ pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Ou
         });
     }
 
-    let (line_tx, mut lines) = mpsc::channel::<(bool, String)>(256);
-    let mut readers = Vec::new();
-    if let Some(stdout) = child.stdout.take() {
-        readers.push(tokio::spawn(forward_lines(stdout, false, line_tx.clone())));
-    }
-    if let Some(stderr) = child.stderr.take() {
-        readers.push(tokio::spawn(forward_lines(stderr, true, line_tx.clone())));
-    }
-    drop(line_tx);
-
+    // Read in this task, the pipes polled before any timer: a busy runtime that gets to this task
+    // late still reads everything the program wrote before deciding that nothing more comes.
+    let mut stdout = child.stdout.take().map(Lines::new);
+    let mut stderr = child.stderr.take().map(Lines::new);
     let mut outputs = BTreeMap::new();
     let mut tail: VecDeque<String> = VecDeque::with_capacity(STDERR_TAIL);
     let mut handle = |is_stderr: bool, line: String, outputs: &mut BTreeMap<String, String>| {
@@ -190,20 +186,18 @@ pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Ou
 
     let mut timed_out = false;
     let mut status = None;
-    let mut open = true;
     while status.is_none() {
         tokio::select! {
-            line = lines.recv(), if open => match line {
-                Some((is_stderr, line)) => {
-                    let report = handle(is_stderr, line, &mut outputs);
-                    // A slow consumer must not hold the step past its deadline.
-                    tokio::select! {
-                        _ = reports.send(report) => {}
-                        () = tokio::time::sleep_until(deadline) => {}
-                    }
-                }
-                None => open = false,
-            },
+            biased;
+            Some(line) = next_line(&mut stdout) => {
+                let report = handle(false, line, &mut outputs);
+                // A slow consumer must not hold the step past its deadline.
+                let _ = tokio::time::timeout_at(deadline, reports.send(report)).await;
+            }
+            Some(line) = next_line(&mut stderr) => {
+                let report = handle(true, line, &mut outputs);
+                let _ = tokio::time::timeout_at(deadline, reports.send(report)).await;
+            }
             exit = child.wait() => status = Some(exit),
             () = tokio::time::sleep_until(deadline) => {
                 timed_out = true;
@@ -212,20 +206,23 @@ pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Ou
             }
         }
     }
-    // Output still in the pipes after the exit.
-    let drain_until = tokio::time::Instant::now() + DRAIN_GRACE;
-    while open {
-        match tokio::time::timeout_at(drain_until, lines.recv()).await {
-            Ok(Some((is_stderr, line))) => {
-                let report = handle(is_stderr, line, &mut outputs);
-                let _ = tokio::time::timeout_at(drain_until, reports.send(report)).await;
+    // Output still in the pipes after the exit, until they close, or until nothing came for
+    // DRAIN_GRACE (a grandchild may hold them open), DRAIN_LIMIT at most.
+    let drain_limit = tokio::time::Instant::now() + DRAIN_LIMIT;
+    while stdout.is_some() || stderr.is_some() {
+        let until = (tokio::time::Instant::now() + DRAIN_GRACE).min(drain_limit);
+        tokio::select! {
+            biased;
+            Some(line) = next_line(&mut stdout) => {
+                let report = handle(false, line, &mut outputs);
+                let _ = tokio::time::timeout_at(until, reports.send(report)).await;
             }
-            Ok(None) | Err(_) => open = false,
+            Some(line) = next_line(&mut stderr) => {
+                let report = handle(true, line, &mut outputs);
+                let _ = tokio::time::timeout_at(until, reports.send(report)).await;
+            }
+            () = tokio::time::sleep_until(until) => break,
         }
-    }
-    // A grandchild may still hold the pipes: stop reading them.
-    for reader in readers {
-        reader.abort();
     }
     let exit_code = match status {
         Some(Ok(status)) if !timed_out => status.code(),
@@ -263,26 +260,37 @@ async fn kill_tree(child: &mut tokio::process::Child) {
     let _ = child.start_kill();
 }
 
-async fn forward_lines(
-    pipe: impl tokio::io::AsyncRead + Unpin,
-    is_stderr: bool,
-    tx: mpsc::Sender<(bool, String)>,
-) {
-    let mut reader = BufReader::new(pipe);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                // Windows tools write CRLF and sometimes a legacy code page: keep what is readable.
-                let line = String::from_utf8_lossy(&buf)
-                    .trim_end_matches(['\r', '\n'])
-                    .to_string();
-                if tx.send((is_stderr, line)).await.is_err() {
-                    return;
-                }
-            }
+/// The lines of one of the program's pipes; `read_until` keeps what it read in `buf` when a select
+/// drops it halfway, so no byte is lost between polls.
+struct Lines<R> {
+    reader: BufReader<R>,
+    buf: Vec<u8>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> Lines<R> {
+    fn new(pipe: R) -> Self {
+        Self {
+            reader: BufReader::new(pipe),
+            buf: Vec::new(),
+        }
+    }
+}
+
+/// The next line of `pipe`; `None` for ever once it closed (it is then dropped).
+async fn next_line<R: tokio::io::AsyncRead + Unpin>(pipe: &mut Option<Lines<R>>) -> Option<String> {
+    let lines = pipe.as_mut()?;
+    match lines.reader.read_until(b'\n', &mut lines.buf).await {
+        Ok(0) | Err(_) => {
+            *pipe = None;
+            None
+        }
+        Ok(_) => {
+            // Windows tools write CRLF and sometimes a legacy code page: keep what is readable.
+            let line = String::from_utf8_lossy(&lines.buf)
+                .trim_end_matches(['\r', '\n'])
+                .to_string();
+            lines.buf.clear();
+            Some(line)
         }
     }
 }
@@ -396,6 +404,66 @@ mod tests {
             outcome
                 .failure("install_sso")
                 .starts_with("install_sso did not finish within")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_grandchild_holding_the_output_open_neither_loses_it_nor_holds_the_step() {
+        let (tx, _rx) = mpsc::channel(64);
+        // The background sleep keeps stdout open long after the shell exits; what the shell wrote
+        // before it exits is read, and the step ends one grace period later, not at the sleep's end.
+        let outcome = run(
+            &sh(
+                "echo '::output:: version=3.0.7'; sleep 30 & echo '::output:: service=running'; exit 0",
+                Duration::from_secs(60),
+            ),
+            tx,
+        )
+        .await
+        .unwrap();
+        assert!(outcome.succeeded());
+        assert_eq!(
+            outcome.outputs.get("version").map(String::as_str),
+            Some("3.0.7")
+        );
+        assert_eq!(
+            outcome.outputs.get("service").map(String::as_str),
+            Some("running")
+        );
+        assert!(
+            outcome.duration < Duration::from_secs(20),
+            "{:?}",
+            outcome.duration
+        );
+    }
+
+    /// Many programs at once on a few threads: every line each wrote before it exited is read, even
+    /// when the runtime gets to a runner long after the exit (the output used to be given up on).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_busy_runtime_loses_no_output() {
+        let runs: Vec<_> = (0..4000)
+            .map(|i| {
+                tokio::spawn(async move {
+                    let (tx, mut rx) = mpsc::channel(64);
+                    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+                    let script = format!("echo '::output:: version=3.0.{i}'; echo done");
+                    (i, run(&sh(&script, Duration::from_secs(300)), tx).await)
+                })
+            })
+            .collect();
+        let mut lost = Vec::new();
+        for run in runs {
+            let (i, outcome) = run.await.unwrap();
+            let outcome = outcome.unwrap();
+            assert!(outcome.succeeded());
+            if outcome.outputs.get("version") != Some(&format!("3.0.{i}")) {
+                lost.push(i);
+            }
+        }
+        assert!(
+            lost.is_empty(),
+            "output lost by {} of 4000 runs: {lost:?}",
+            lost.len()
         );
     }
 

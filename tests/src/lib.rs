@@ -205,14 +205,17 @@ pub struct Process {
 impl Process {
     pub fn spawn(name: &str, command: &mut Command, log: PathBuf) -> Result<Self> {
         let file = std::fs::File::create(&log)?;
+        // Debug logging unless the caller chose a filter (benchmarks log what production does).
+        if !command.get_envs().any(|(key, _)| key == "FLEET_LOG") {
+            command.env(
+                "FLEET_LOG",
+                "info,fleet_coordinator=debug,fleet_agent=debug",
+            );
+        }
         let child = command
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
-            .env(
-                "FLEET_LOG",
-                "info,fleet_coordinator=debug,fleet_agent=debug",
-            )
             .spawn()
             .with_context(|| format!("starting {name}"))?;
         Ok(Self {
@@ -317,6 +320,8 @@ pub struct CoordinatorOptions {
     pub heartbeat_timeout: &'static str,
     /// The state directory, relative to the fleet directory.
     pub state: &'static str,
+    /// `FLEET_LOG`; none: debug for ssofleet's own crates.
+    pub log: Option<&'static str>,
 }
 
 impl Default for CoordinatorOptions {
@@ -326,6 +331,7 @@ impl Default for CoordinatorOptions {
             // Short, and yet a loaded CI machine does not stall this long: a detached master halts a run.
             heartbeat_timeout: "2s",
             state: "state",
+            log: None,
         }
     }
 }
@@ -335,9 +341,13 @@ impl Coordinator {
     /// of the fleet directory, and waits for its `listening on` line.
     pub fn start(fleet: &Fleet, listen: &str, options: &CoordinatorOptions) -> Result<Self> {
         let log = next_log(fleet, "coordinator");
+        let mut command = Command::new(bin("fleet-coordinator"));
+        if let Some(filter) = options.log {
+            command.env("FLEET_LOG", filter);
+        }
         let mut process = Process::spawn(
             "fleet-coordinator",
-            Command::new(bin("fleet-coordinator")).args([
+            command.args([
                 "--listen",
                 listen,
                 "--inventory",

@@ -168,6 +168,8 @@ impl RunsHandle {
             attached: BTreeSet::new(),
             requests: tx.clone(),
             broken: None,
+            unacked: BTreeSet::new(),
+            attachment_changed: false,
         };
         tokio::spawn(async move {
             manager.resume().await;
@@ -329,7 +331,14 @@ struct Manager {
     /// The state database failed a write: the run in memory may be ahead of it, so nothing more is
     /// decided or sent until the coordinator restarts and resumes from what was stored.
     broken: Option<String>,
+    /// Attempts with agent events taken but not yet written and acknowledged (node, attempt id).
+    unacked: BTreeSet<(NodeName, String)>,
+    /// An agent detached or attached since the run last looked.
+    attachment_changed: bool,
 }
+
+/// Requests handled at most between two writes of agent events.
+const MAX_BATCH: usize = 512;
 
 fn now_ms() -> Millis {
     unix_ms(SystemTime::now())
@@ -347,10 +356,35 @@ impl Manager {
                     self.apply(Event::Tick).await;
                 }
                 request = rx.recv() => match request {
-                    Some(request) => self.handle(request).await,
+                    Some(request) => {
+                        self.handle(request).await;
+                        // What else already waits is handled before the events are written, so
+                        // that events arriving together are written (and fsynced) once.
+                        for _ in 0..MAX_BATCH {
+                            let Ok(request) = rx.try_recv() else { break };
+                            self.handle(request).await;
+                        }
+                    }
                     None => return,
                 },
             }
+            if self.attachment_changed {
+                self.refresh_attachment().await;
+            }
+            self.flush_events().await;
+        }
+    }
+
+    /// Writes the agent events taken since the last flush, then acknowledges them to their agents.
+    /// Not written: nothing is acknowledged, and the agents send them again when they re-attach.
+    async fn flush_events(&mut self) {
+        if let Err(e) = self.store.flush_events() {
+            tracing::error!("cannot store agent events: {e}");
+            self.unacked.clear();
+            return;
+        }
+        for (node, attempt_id) in std::mem::take(&mut self.unacked) {
+            self.ack(&node, &attempt_id, None).await;
         }
     }
 
@@ -440,22 +474,18 @@ impl Manager {
                 self.backup_done(&run_id, step, attempt, &attempt_id, result)
                     .await
             }
-            Request::AttachmentChanged => {
-                self.refresh_attachment().await;
-            }
+            // Looked at once the requests waiting now are handled: an agent storm (a coordinator
+            // restart, a network outage) is one look, not one per agent.
+            Request::AttachmentChanged => self.attachment_changed = true,
             Request::Attached { node, reports } => self.agent_attached(node, reports).await,
         }
     }
 
     async fn refresh_attachment(&mut self) {
-        let Some(nodes) = self.fleet.list().await else {
+        self.attachment_changed = false;
+        let Some(now) = self.fleet.attached().await else {
             return;
         };
-        let now: BTreeSet<NodeName> = nodes
-            .iter()
-            .filter(|n| n.attached)
-            .filter_map(|n| NodeName::new(&n.name).ok())
-            .collect();
         let gone: Vec<NodeName> = self.attached.difference(&now).cloned().collect();
         let came: Vec<NodeName> = now.difference(&self.attached).cloned().collect();
         self.attached = now;
@@ -982,7 +1012,10 @@ impl Manager {
     /// active run that is out on this node is asked about: the agent answers what it knows, and an
     /// attempt it never received starts again (SPEC §9: resolved by asking, never by running it twice).
     async fn agent_attached(&mut self, node: NodeName, reports: Vec<pb::AttemptReport>) {
-        self.refresh_attachment().await;
+        // The run hears of this node before its reports (the others are looked at with the next tick).
+        if self.attached.insert(node.clone()) {
+            self.apply(Event::NodeAttached(node.clone())).await;
+        }
         for report in reports {
             self.attempt_report(node.clone(), report).await;
         }
@@ -1192,6 +1225,22 @@ impl Manager {
             tracing::error!("cannot store a step result: {e}");
             return;
         }
+        if result.outcome() == pb::StepOutcome::Succeeded
+            && let Some(version) = result.outputs.get("version")
+            && let Some(kind) = self.active.as_ref().and_then(|a| {
+                a.run
+                    .steps
+                    .get(row.step)
+                    .filter(|_| a.id == row.run_id)
+                    .map(|s| s.plan.kind)
+            })
+            && matches!(
+                kind,
+                StepKind::VerifyMaster | StepKind::VerifyMember | StepKind::VerifyMigration
+            )
+        {
+            self.fleet.verified(node.clone(), version.clone()).await;
+        }
         let outcome = match result.outcome() {
             pb::StepOutcome::Succeeded => Outcome::Succeeded,
             other => Outcome::Failed(if result.error.is_empty() {
@@ -1298,7 +1347,9 @@ impl Manager {
                 .await;
             return;
         }
-        self.ack(&node, &event.attempt_id, None).await;
+        // Acknowledged once written, with the events that arrived with it.
+        self.unacked
+            .insert((node.clone(), event.attempt_id.clone()));
         if let Kind::Waiting(w) = &kind {
             // Settled even when redelivered: it may have been stored just before a crash.
             self.agent_waits(&node, &event.attempt_id, w).await;

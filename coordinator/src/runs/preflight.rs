@@ -91,14 +91,7 @@ pub(super) async fn preflight(
         // Nodes that are away (a restarted coordinator, an agent re-attaching) get a while to attach.
         let attach_deadline = tokio::time::Instant::now() + ATTACH_WAIT;
         let detached = loop {
-            let attached: BTreeSet<NodeName> = fleet
-                .list()
-                .await
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|n| n.attached)
-                .filter_map(|n| NodeName::new(&n.name).ok())
-                .collect();
+            let attached: BTreeSet<NodeName> = fleet.attached().await.unwrap_or_default();
             let detached: Vec<String> = job
                 .nodes
                 .iter()

@@ -98,7 +98,7 @@ impl Manager {
     }
 
     pub(super) fn logs(
-        &self,
+        &mut self,
         run_id: &str,
         node: Option<&str>,
         step: Option<&str>,

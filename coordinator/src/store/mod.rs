@@ -3,7 +3,9 @@
 //!
 //! State changes are written in one transaction with what caused them, and a step attempt is stored
 //! as dispatched before it leaves the process ([`Store::commit`]). Agent events are keyed by
-//! (attempt, sequence): a redelivered event is stored once ([`Store::agent_event`]).
+//! (attempt, sequence): a redelivered event is stored once ([`Store::agent_event`]). They are written
+//! in groups, one transaction (one fsync) for all that arrived together ([`Store::flush_events`]);
+//! the coordinator acknowledges an event to its agent only once it is written.
 //! The schema is versioned with `PRAGMA user_version`; [`MIGRATIONS`] bring any older database up.
 
 use std::path::{Path, PathBuf};
@@ -168,6 +170,18 @@ pub struct StoredAttempt {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// Agent events accepted but not yet written: see [`Store::flush_events`].
+    pending: Vec<PendingEvent>,
+    pending_keys: std::collections::HashSet<(String, u64)>,
+}
+
+/// An agent event waiting for the next [`Store::flush_events`].
+struct PendingEvent {
+    attempt_id: String,
+    seq: u64,
+    at: Millis,
+    kind: String,
+    payload: String,
 }
 
 impl Store {
@@ -178,7 +192,12 @@ impl Store {
             path: path.clone(),
             source,
         })?;
-        let mut store = Self { conn, path };
+        let mut store = Self {
+            conn,
+            path,
+            pending: Vec::new(),
+            pending_keys: std::collections::HashSet::new(),
+        };
         store.init()?;
         Ok(store)
     }
@@ -255,7 +274,12 @@ impl Store {
             path: path.clone(),
             source,
         })?;
-        let mut store = Self { conn, path };
+        let mut store = Self {
+            conn,
+            path,
+            pending: Vec::new(),
+            pending_keys: std::collections::HashSet::new(),
+        };
         store.init()?;
         Ok(store)
     }
@@ -269,6 +293,7 @@ impl Store {
         run: &Run,
         audit: Option<&AuditEntry>,
     ) -> Result<()> {
+        self.flush_events()?;
         let path = self.path.clone();
         let err = |source| StoreError::Sqlite {
             path: path.clone(),
@@ -323,6 +348,7 @@ impl Store {
         now: Millis,
         audit: Option<&AuditEntry>,
     ) -> Result<Vec<String>> {
+        self.flush_events()?;
         let path = self.path.clone();
         let err = |source| StoreError::Sqlite {
             path: path.clone(),
@@ -536,6 +562,7 @@ impl Store {
 
     /// Appends a note to a run's event log (e.g. that the coordinator restarted and resumed it).
     pub fn note(&mut self, run_id: &str, at: Millis, text: &str) -> Result<u64> {
+        self.flush_events()?;
         let path = self.path.clone();
         let err = |source| StoreError::Sqlite {
             path: path.clone(),
@@ -560,6 +587,7 @@ impl Store {
 
     /// Records the installer's SHA-256 the run installs (read in its first preflight).
     pub fn set_installer_sha256(&mut self, run_id: &str, sha256: &str) -> Result<()> {
+        self.flush_events()?;
         self.conn
             .execute(
                 "UPDATE runs SET installer_sha256 = ?2 WHERE id = ?1",
@@ -569,7 +597,9 @@ impl Store {
         Ok(())
     }
 
-    /// Stores one event an agent emitted for an attempt; false when (attempt, seq) was already stored.
+    /// Takes one event an agent emitted for an attempt; false when (attempt, seq) was already taken.
+    /// It is written with the next [`Store::flush_events`] (or any other write): acknowledge it only
+    /// after that.
     pub fn agent_event(
         &mut self,
         attempt_id: &str,
@@ -578,18 +608,67 @@ impl Store {
         kind: &str,
         payload: &serde_json::Value,
     ) -> Result<bool> {
-        let inserted = self
+        let key = (attempt_id.to_string(), seq);
+        if self.pending_keys.contains(&key) {
+            return Ok(false);
+        }
+        let stored = self
             .conn
-            .execute(
-                "INSERT OR IGNORE INTO attempt_events (attempt_id, seq, at, kind, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![attempt_id, seq as i64, at, kind, payload.to_string()],
-            )
+            .prepare_cached("SELECT 1 FROM attempt_events WHERE attempt_id = ?1 AND seq = ?2")
+            .and_then(|mut stmt| stmt.exists(params![attempt_id, seq as i64]))
             .map_err(self.err())?;
-        Ok(inserted == 1)
+        if stored {
+            return Ok(false);
+        }
+        self.pending.push(PendingEvent {
+            attempt_id: attempt_id.to_string(),
+            seq,
+            at,
+            kind: kind.to_string(),
+            payload: payload.to_string(),
+        });
+        self.pending_keys.insert(key);
+        Ok(true)
+    }
+
+    /// Writes the agent events taken since the last flush, in one transaction. Every other write and
+    /// every read of agent events flushes first, so that they never see the store without them.
+    pub fn flush_events(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO attempt_events (attempt_id, seq, at, kind, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(err)?;
+            for e in &self.pending {
+                insert
+                    .execute(params![e.attempt_id, e.seq as i64, e.at, e.kind, e.payload])
+                    .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)?;
+        self.pending.clear();
+        self.pending_keys.clear();
+        Ok(())
+    }
+
+    /// How many agent events wait for [`Store::flush_events`].
+    pub fn pending_events(&self) -> usize {
+        self.pending.len()
     }
 
     /// The highest sequence number stored for an attempt with no gap below it (what may be acknowledged).
-    pub fn contiguous_seq(&self, attempt_id: &str) -> Result<u64> {
+    pub fn contiguous_seq(&mut self, attempt_id: &str) -> Result<u64> {
+        self.flush_events()?;
         let mut stmt = self
             .conn
             .prepare_cached("SELECT seq FROM attempt_events WHERE attempt_id = ?1 ORDER BY seq")
@@ -716,6 +795,7 @@ impl Store {
         exit_code: Option<i32>,
         artifacts: &[(String, String, u64, String)],
     ) -> Result<bool> {
+        self.flush_events()?;
         let path = self.path.clone();
         let err = |source| StoreError::Sqlite {
             path: path.clone(),
@@ -776,11 +856,12 @@ impl Store {
 
     /// The events an agent reported for a run's attempts, optionally of one node and step, in order.
     pub fn step_log(
-        &self,
+        &mut self,
         run_id: &str,
         node: Option<&str>,
         step: Option<&str>,
     ) -> Result<Vec<LogRow>> {
+        self.flush_events()?;
         self.query(
             "SELECT COALESCE(a.node, ''), s.step, a.number, e.kind, e.payload
              FROM attempt_events e JOIN attempts a ON a.id = e.attempt_id
@@ -802,6 +883,7 @@ impl Store {
     }
 
     pub fn audit(&mut self, entry: &AuditEntry) -> Result<()> {
+        self.flush_events()?;
         insert_audit(&self.conn, entry).map_err(self.err())
     }
 

@@ -77,9 +77,7 @@ async fn run_collect(
     a: &Assignment,
 ) -> (pb::StepFinished, Vec<pb::StepEvent>) {
     let (tx, mut rx) = mpsc::channel(1024);
-    let result = execute(config, a, tx, async {})
-        .await
-        .expect("the attempt finished");
+    let result = execute(config, a, tx).await.expect("the attempt finished");
     let mut events = Vec::new();
     while let Ok(e) = rx.try_recv() {
         events.push(e);
@@ -377,7 +375,7 @@ async fn an_attended_install_waits_with_the_instruction_and_runs_nothing() {
     a.step = "upgrade-master".into();
     a.install_mode = pb::InstallMode::Attended;
     let (tx, mut rx) = mpsc::channel(64);
-    assert!(execute(&config, &a, tx, async {}).await.is_none());
+    assert!(execute(&config, &a, tx).await.is_none());
     let mut events = Vec::new();
     while let Ok(e) = rx.try_recv() {
         events.push(e);
@@ -419,7 +417,7 @@ async fn after_the_approval_or_the_reboot_the_install_is_verified_and_the_events
     a.install_mode = pb::InstallMode::Attended;
     let go_on = |config: AgentConfig, a: Assignment| async move {
         let (tx, mut rx) = mpsc::channel(64);
-        let result = continue_after(&config, &a, 4, "the install was approved", tx, async {}).await;
+        let result = continue_after(&config, &a, 4, "the install was approved", tx).await;
         let mut events = Vec::new();
         while let Ok(e) = rx.try_recv() {
             events.push(e);
