@@ -189,15 +189,16 @@ pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Ou
     while status.is_none() {
         tokio::select! {
             biased;
-            Some(line) = next_line(&mut stdout) => {
+            // A closed pipe ends its branch too (`None`): the loop looks again, without it.
+            line = next_line(&mut stdout), if stdout.is_some() => if let Some(line) = line {
                 let report = handle(false, line, &mut outputs);
                 // A slow consumer must not hold the step past its deadline.
                 let _ = tokio::time::timeout_at(deadline, reports.send(report)).await;
-            }
-            Some(line) = next_line(&mut stderr) => {
+            },
+            line = next_line(&mut stderr), if stderr.is_some() => if let Some(line) = line {
                 let report = handle(true, line, &mut outputs);
                 let _ = tokio::time::timeout_at(deadline, reports.send(report)).await;
-            }
+            },
             exit = child.wait() => status = Some(exit),
             () = tokio::time::sleep_until(deadline) => {
                 timed_out = true;
@@ -213,14 +214,14 @@ pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Ou
         let until = (tokio::time::Instant::now() + DRAIN_GRACE).min(drain_limit);
         tokio::select! {
             biased;
-            Some(line) = next_line(&mut stdout) => {
+            line = next_line(&mut stdout), if stdout.is_some() => if let Some(line) = line {
                 let report = handle(false, line, &mut outputs);
                 let _ = tokio::time::timeout_at(until, reports.send(report)).await;
-            }
-            Some(line) = next_line(&mut stderr) => {
+            },
+            line = next_line(&mut stderr), if stderr.is_some() => if let Some(line) = line {
                 let report = handle(true, line, &mut outputs);
                 let _ = tokio::time::timeout_at(until, reports.send(report)).await;
-            }
+            },
             () = tokio::time::sleep_until(until) => break,
         }
     }

@@ -44,7 +44,7 @@ const TARGET: &str = "3.0.7";
 /// Agents per agent-host process. Each agent holds a socket and its journal's files, and every
 /// program an agent starts has the kernel close all of its host's descriptors at exec: a real agent
 /// has a few dozen, a host of 2,000 agents 8,000 (which made a third of the hosts' CPU time).
-const AGENTS_PER_HOST: usize = 200;
+const AGENTS_PER_HOST: usize = 100;
 /// Worker threads of an agent host.
 const AGENT_HOST_THREADS: usize = 4;
 

@@ -1234,17 +1234,19 @@ impl Run {
                     ),
                 );
             }
-            if let Some(step) = self.steps[self.envs[env].steps.clone()].iter().find(|s| {
-                s.state == StepState::Pending
-                    && s.plan
-                        .node
-                        .as_ref()
-                        .is_some_and(|n| !self.attached.contains(n))
-            }) {
+            // Only while nothing runs (the cheap test first: this is derived at every event, and a
+            // lookup per pending step of a 10,000-node environment made it the coordinator's hot spot).
+            if !self.steps.iter().any(|s| s.state == StepState::Running)
+                && let Some(step) = self.steps[self.envs[env].steps.clone()].iter().find(|s| {
+                    s.state == StepState::Pending
+                        && s.plan
+                            .node
+                            .as_ref()
+                            .is_some_and(|n| !self.attached.contains(n))
+                })
+            {
                 let node = step.plan.node.as_ref().map_or("", NodeName::as_str);
-                if !self.steps.iter().any(|s| s.state == StepState::Running) {
-                    return (RunStatus::Running, format!("waiting for {node} to attach"));
-                }
+                return (RunStatus::Running, format!("waiting for {node} to attach"));
             }
         }
         (RunStatus::Running, String::new())

@@ -287,6 +287,10 @@ struct Active {
     inventory: Inventory,
     /// step → uuid of its current attempt
     attempts: HashMap<usize, String>,
+    /// uuid → step, of every attempt in `attempts` (and of earlier attempts: check against `attempts`)
+    attempt_steps: HashMap<String, usize>,
+    /// node → its steps, in plan order
+    node_steps: HashMap<NodeName, Vec<usize>>,
     events: broadcast::Sender<pb::RunEvent>,
     last_seq: u64,
     /// Recorded by the first preflight that read it; every later environment must match (invariant 8).
@@ -582,12 +586,15 @@ impl Manager {
         )?;
         tracing::info!(run = %id, operator = %operator, plan = %plan.hash, workflow = plan.workflow.as_str(), "run started");
         let (events, _) = broadcast::channel(4096);
+        let node_steps = steps_by_node(&run);
         self.active = Some(Active {
             id: id.clone(),
             run,
             plan,
             inventory: self.inventory.clone(),
             attempts: HashMap::new(),
+            attempt_steps: HashMap::new(),
+            node_steps,
             events,
             last_seq: 0,
             installer_sha256: None,
@@ -682,6 +689,7 @@ impl Manager {
             };
             if let Some(active) = self.active.as_mut() {
                 active.attempts.insert(step, attempt_id.clone());
+                active.attempt_steps.insert(attempt_id.clone(), step);
             }
             follow_ups.extend(self.send_step(step, attempt, &attempt_id).await);
         }
@@ -1023,13 +1031,12 @@ impl Manager {
             return;
         };
         let out: Vec<String> = active
-            .attempts
-            .iter()
-            .filter(|&(&step, _)| {
-                let s = &active.run.steps[step];
-                s.state == StepState::Running && s.plan.node.as_ref() == Some(&node)
-            })
-            .map(|(_, id)| id.clone())
+            .node_steps
+            .get(&node)
+            .into_iter()
+            .flatten()
+            .filter(|&&step| active.run.steps[step].state == StepState::Running)
+            .filter_map(|step| active.attempts.get(step).cloned())
             .collect();
         if out.is_empty() {
             return;
@@ -1183,11 +1190,10 @@ impl Manager {
 
     fn current_attempt(&self, attempt_id: &str) -> Option<(usize, u32)> {
         let active = self.active.as_ref()?;
-        let (&step, _) = active
-            .attempts
-            .iter()
-            .find(|(_, id)| id.as_str() == attempt_id)?;
-        Some((step, active.run.steps[step].attempt))
+        let step = *active.attempt_steps.get(attempt_id)?;
+        // An earlier attempt of a step that was tried again is not current.
+        (active.attempts.get(&step).map(String::as_str) == Some(attempt_id))
+            .then(|| (step, active.run.steps[step].attempt))
     }
 
     /// An attempt's result: stored once, applied to the run if it is the step's current attempt, then
@@ -1601,12 +1607,15 @@ impl Manager {
             s.dispatched_at = Some(restarted);
         }
         let never_started = !run.started;
+        let node_steps = steps_by_node(&run);
         self.active = Some(Active {
             id: stored.id.clone(),
             run,
             plan: stored.plan,
             inventory,
+            attempt_steps: attempts.iter().map(|(s, id)| (id.clone(), *s)).collect(),
             attempts,
+            node_steps,
             events,
             last_seq: stored.last_seq,
             installer_sha256: stored.installer_sha256,
@@ -1653,6 +1662,17 @@ impl Manager {
 }
 
 /// The maintenance window of each of the plan's environments, from `inventory`.
+/// Each node's steps, in plan order.
+fn steps_by_node(run: &Run) -> HashMap<NodeName, Vec<usize>> {
+    let mut by_node: HashMap<NodeName, Vec<usize>> = HashMap::new();
+    for (i, step) in run.steps.iter().enumerate() {
+        if let Some(node) = &step.plan.node {
+            by_node.entry(node.clone()).or_default().push(i);
+        }
+    }
+    by_node
+}
+
 fn windows_of(inventory: &Inventory, plan: &Plan) -> Vec<Option<crate::inventory::Window>> {
     plan.environments
         .iter()

@@ -137,6 +137,53 @@ fn agent_events_are_stored_once_and_acknowledged_up_to_a_gap() {
 }
 
 #[test]
+fn agent_events_are_written_together_at_a_flush_and_by_any_other_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let (p, mut run) = new_plan_and_run();
+    store.create_run(&new_meta("r1"), &p, &run, None).unwrap();
+    let commands = run.apply(Event::Start, 2_000).unwrap();
+    let attempt = store
+        .commit("r1", &run, &commands, 2_000, None)
+        .unwrap()
+        .remove(0);
+    let on_disk = |seq: i64| {
+        let reader = rusqlite::Connection::open(dir.path().join(super::FILE)).unwrap();
+        reader
+            .query_row(
+                "SELECT COUNT(*) FROM attempt_events WHERE seq <= ?1",
+                [seq],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+    };
+    let p = serde_json::json!({ "percent": 10 });
+    for seq in 1..=3 {
+        assert!(store.agent_event(&attempt, seq, 1, "progress", &p).unwrap());
+    }
+    assert!(
+        !store.agent_event(&attempt, 2, 1, "progress", &p).unwrap(),
+        "a redelivery of an event not yet written is not taken twice"
+    );
+    assert_eq!(store.pending_events(), 3);
+    assert_eq!(on_disk(3), 0, "not written before the flush");
+    store.flush_events().unwrap();
+    assert_eq!(store.pending_events(), 0);
+    assert_eq!(on_disk(3), 3, "one flush writes all three");
+    assert!(
+        !store.agent_event(&attempt, 3, 1, "progress", &p).unwrap(),
+        "a redelivery of a written event is not taken again"
+    );
+    // Any other write takes the pending events with it.
+    assert!(store.agent_event(&attempt, 4, 1, "progress", &p).unwrap());
+    store
+        .note("r1", 3_000, "the coordinator restarted")
+        .unwrap();
+    assert_eq!(on_disk(4), 4);
+    assert_eq!(store.contiguous_seq(&attempt).unwrap(), 4);
+}
+
+#[test]
 fn the_audit_trail_names_who_and_what() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(dir.path()).unwrap();
