@@ -75,6 +75,15 @@ enum Command {
         node: NodeName,
         version: String,
     },
+    AskFacts {
+        nodes: Vec<NodeName>,
+        message: pb::CoordinatorMessage,
+        reply: oneshot::Sender<Vec<(NodeName, Option<u64>)>>,
+    },
+    FactsSince {
+        nodes: Vec<(NodeName, u64)>,
+        reply: oneshot::Sender<Vec<Option<pb::Facts>>>,
+    },
     Send {
         node: NodeName,
         message: pb::CoordinatorMessage,
@@ -151,6 +160,35 @@ impl FleetHandle {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Command::FactsOf { node, reply }).await.ok()?;
         rx.await.ok().flatten()
+    }
+
+    /// Sends `message` (a facts request) to each of `nodes` in one go: for each, the generation of
+    /// the facts it had (see [`Self::facts_of`]), or `None` when it was not sent (not attached).
+    pub async fn ask_facts(
+        &self,
+        nodes: Vec<NodeName>,
+        message: pb::CoordinatorMessage,
+    ) -> Option<Vec<(NodeName, Option<u64>)>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::AskFacts {
+                nodes,
+                message,
+                reply,
+            })
+            .await
+            .ok()?;
+        rx.await.ok()
+    }
+
+    /// For each (node, generation): its facts if newer than that generation, in the same order.
+    pub async fn facts_since(&self, nodes: Vec<(NodeName, u64)>) -> Option<Vec<Option<pb::Facts>>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::FactsSince { nodes, reply })
+            .await
+            .ok()?;
+        rx.await.ok()
     }
 
     /// A step verified the node at `version`: its facts say so at once (the agent's fresh facts
@@ -330,34 +368,65 @@ impl FleetTask {
                 message,
                 reply,
             } => {
-                let Some(entry) = self.nodes.get_mut(&node) else {
-                    let _ = reply.send(false);
-                    return;
-                };
-                // Some(full?) when not queued.
-                let refused = match entry.session.as_ref() {
-                    None => Some(false),
-                    Some(s) => match s.sender.try_send(Ok(message)) {
-                        Ok(()) => None,
-                        Err(e) => Some(matches!(e, mpsc::error::TrySendError::Full(_))),
-                    },
-                };
-                let sent = match refused {
-                    None => true,
-                    Some(true) => {
-                        // An agent that does not read its stream cannot be driven: end the session,
-                        // so that it re-attaches and is asked about what it missed.
-                        if let Some(old) = entry.session.take() {
-                            old.closed.cancel();
-                        }
-                        entry.attached_since = None;
-                        tracing::warn!(node = %node, "agent {node} detached: it does not read its stream (send buffer full)");
-                        false
-                    }
-                    Some(false) => false,
-                };
-                let _ = reply.send(sent);
+                let _ = reply.send(self.send(&node, message));
             }
+            Command::AskFacts {
+                nodes,
+                message,
+                reply,
+            } => {
+                let asked = nodes
+                    .into_iter()
+                    .map(|node| {
+                        let generation = self.nodes.get(&node).map_or(0, |e| e.facts_generation);
+                        let sent = self.send(&node, message.clone());
+                        (node, sent.then_some(generation))
+                    })
+                    .collect();
+                let _ = reply.send(asked);
+            }
+            Command::FactsSince { nodes, reply } => {
+                let facts = nodes
+                    .iter()
+                    .map(|(node, since)| {
+                        self.nodes
+                            .get(node)
+                            .filter(|e| e.facts_generation > *since)
+                            .and_then(|e| e.facts.clone())
+                    })
+                    .collect();
+                let _ = reply.send(facts);
+            }
+        }
+    }
+
+    /// Queues `message` on the node's live stream; false when it was not queued: the node is not
+    /// attached, or its buffer is full (then the session is ended, and the agent re-attaches).
+    fn send(&mut self, node: &NodeName, message: pb::CoordinatorMessage) -> bool {
+        let Some(entry) = self.nodes.get_mut(node) else {
+            return false;
+        };
+        // Some(full?) when not queued.
+        let refused = match entry.session.as_ref() {
+            None => Some(false),
+            Some(s) => match s.sender.try_send(Ok(message)) {
+                Ok(()) => None,
+                Err(e) => Some(matches!(e, mpsc::error::TrySendError::Full(_))),
+            },
+        };
+        match refused {
+            None => true,
+            Some(true) => {
+                // An agent that does not read its stream cannot be driven: end the session,
+                // so that it re-attaches and is asked about what it missed.
+                if let Some(old) = entry.session.take() {
+                    old.closed.cancel();
+                }
+                entry.attached_since = None;
+                tracing::warn!(node = %node, "agent {node} detached: it does not read its stream (send buffer full)");
+                false
+            }
+            Some(false) => false,
         }
     }
 

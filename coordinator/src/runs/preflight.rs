@@ -110,45 +110,63 @@ pub(super) async fn preflight(
                 ATTACH_WAIT.as_secs()
             ));
         }
-        // Ask each installing node for fresh facts, the installer's SHA-256 among them.
-        let mut asked = Vec::new();
-        for node in &job.installing {
-            let before = fleet
-                .facts_of(node.clone())
-                .await
-                .map_or(0, |(generation, _)| generation);
-            let message = pb::CoordinatorMessage {
-                body: Some(CoordinatorBody::RefreshFacts(pb::RefreshFacts {
-                    installer: job.installer.clone(),
-                    epoch: job.epoch,
-                })),
-            };
-            if !fleet.send(node.clone(), message).await {
-                return Err(format!("{node} is not attached"));
+        // Ask each installing node for fresh facts, the installer's SHA-256 among them: all in one
+        // request to the fleet, then all their answers looked at together.
+        let message = pb::CoordinatorMessage {
+            body: Some(CoordinatorBody::RefreshFacts(pb::RefreshFacts {
+                installer: job.installer.clone(),
+                epoch: job.epoch,
+            })),
+        };
+        let asked = fleet
+            .ask_facts(job.installing.iter().cloned().collect(), message)
+            .await
+            .unwrap_or_default();
+        let mut waiting = Vec::new();
+        for (node, before) in asked {
+            match before {
+                Some(before) => waiting.push((node, before)),
+                None => return Err(format!("{node} is not attached")),
             }
-            asked.push((node.clone(), before));
         }
         let deadline = tokio::time::Instant::now() + WAIT;
         let mut hashes: Vec<(NodeName, String)> = Vec::new();
         let mut problems = Vec::new();
-        for (node, before) in asked {
-            let facts = loop {
-                match fleet.facts_of(node.clone()).await {
-                    Some((generation, facts)) if generation > before => break Some(facts),
-                    _ if tokio::time::Instant::now() > deadline => break None,
-                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        let mut answered: Vec<(NodeName, pb::Facts)> = Vec::new();
+        while !waiting.is_empty() {
+            let facts = fleet.facts_since(waiting.clone()).await.unwrap_or_default();
+            let mut still = Vec::new();
+            for ((node, before), facts) in waiting.into_iter().zip(facts) {
+                match facts {
+                    Some(f) => answered.push((node, f)),
+                    None => still.push((node, before)),
                 }
-            };
-            match facts {
-                None => problems.push(format!(
-                    "{node} did not report its facts within {} s",
-                    WAIT.as_secs()
-                )),
-                Some(f) if !f.error.is_empty() => problems.push(format!("{node}: {}", f.error)),
-                Some(f) => match f.installer_sha256 {
-                    Some(hash) => hashes.push((node, hash)),
-                    None => problems.push(format!("{node} did not report the installer's SHA-256")),
-                },
+            }
+            waiting = still;
+            if waiting.is_empty() {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                problems.extend(waiting.iter().map(|(node, _)| {
+                    format!(
+                        "{node} did not report its facts within {} s",
+                        WAIT.as_secs()
+                    )
+                }));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // In the order asked (the inventory's), so that the first hash is the same at every run.
+        answered.sort_by(|a, b| a.0.cmp(&b.0));
+        for (node, f) in answered {
+            if !f.error.is_empty() {
+                problems.push(format!("{node}: {}", f.error));
+                continue;
+            }
+            match f.installer_sha256 {
+                Some(hash) => hashes.push((node, hash)),
+                None => problems.push(format!("{node} did not report the installer's SHA-256")),
             }
         }
         // Nodes that only verify must still report healthy facts.
