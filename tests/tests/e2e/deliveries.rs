@@ -204,14 +204,20 @@ async fn duplicated_and_reordered_events_are_stored_once_in_order_and_applied_on
         tx.send(msg(e)).await.unwrap();
     }
     // Acknowledged up to 3 (4 is missing), not complete; the result is applied: the next step comes.
+    // (Events are acknowledged once written, with the others that arrived with them: possibly after
+    // the result was applied.)
     let mut acks = Vec::new();
-    let upgrade = loop {
+    let mut upgrade = None;
+    while upgrade.is_none() || acks.is_empty() {
         match next(&mut inbound).await {
             C::EventAck(ack) if ack.attempt_id == id => acks.push((ack.up_to_seq, ack.complete)),
-            C::Assign(a) => break a,
+            C::Assign(a) => upgrade = Some(a),
             C::RefreshFacts(_) => {}
             other => panic!("unexpected {other:?}"),
         }
+    }
+    let Some(upgrade) = upgrade else {
+        unreachable!("the loop ends with the assignment")
     };
     assert_eq!(upgrade.step, "upgrade-master");
     assert_eq!(
