@@ -84,7 +84,7 @@ struct Options {
 }
 
 const USAGE: &str = "usage: scale [--points 10,100,1000,10000] [--steps 0,1] [--max-parallel 50] [--no-restart]
-             [--ansible PATH/ansible-playbook [--ansible-points 100,1000] [--ansible-steps 0,1]] [--out FILE.md]";
+             [--ansible PATH/ansible-playbook [--ansible-points 100,1000] [--ansible-steps 1]] [--out FILE.md]";
 
 impl Options {
     fn parse(args: &[String]) -> Result<Self> {
@@ -95,7 +95,7 @@ impl Options {
             restart: true,
             ansible: None,
             ansible_points: vec![100, 1000],
-            ansible_steps: vec![0, 1],
+            ansible_steps: vec![1],
             out: None,
         };
         let mut it = args.iter();
@@ -134,7 +134,13 @@ impl Options {
                         format!("--max-parallel: {value:?} is not a positive number")
                     })?;
                 }
-                "--ansible" => o.ansible = Some(PathBuf::from(value)),
+                "--ansible" => {
+                    // Ansible runs in a directory of its own: the path must not be relative.
+                    o.ansible = Some(
+                        std::fs::canonicalize(value)
+                            .with_context(|| format!("--ansible {value}"))?,
+                    );
+                }
                 "--ansible-points" => o.ansible_points = sizes(value)?,
                 "--ansible-steps" => o.ansible_steps = list(value)?,
                 "--out" => o.out = Some(PathBuf::from(value)),
@@ -217,6 +223,7 @@ fn bench(options: &Options) -> Result<()> {
         .enable_all()
         .build()?;
     let mut rows = Vec::new();
+    let mut failures: Vec<String> = Vec::new();
     let restart_steps = options.steps.iter().copied().max().unwrap_or(0);
     for &nodes in &options.points {
         for &step_seconds in &options.steps {
@@ -229,12 +236,29 @@ fn bench(options: &Options) -> Result<()> {
                 "\n== ssofleet: {nodes} agents, steps of {step_seconds} s, max_parallel {}",
                 options.max_parallel
             );
-            let figures = ssofleet(&runtime, shape)?;
+            // A point that fails is reported as such; the others are still measured.
+            let figures = match ssofleet(&runtime, shape) {
+                Ok(figures) => figures,
+                Err(e) => {
+                    println!("   FAILED: {e:#}");
+                    failures.push(format!(
+                        "ssofleet, {nodes} agents, {step_seconds} s steps: {e:#}"
+                    ));
+                    continue;
+                }
+            };
             let resume = if options.restart && step_seconds == restart_steps {
                 println!(
                     "== ssofleet: {nodes} agents, coordinator SIGKILLed mid-run and restarted"
                 );
-                Some(ssofleet_restart(&runtime, shape)?)
+                match ssofleet_restart(&runtime, shape) {
+                    Ok(resume) => Some(resume),
+                    Err(e) => {
+                        println!("   FAILED: {e:#}");
+                        failures.push(format!("ssofleet restart, {nodes} agents: {e:#}"));
+                        None
+                    }
+                }
             } else {
                 None
             };
@@ -256,18 +280,30 @@ fn bench(options: &Options) -> Result<()> {
                     max_parallel: options.max_parallel,
                 };
                 println!("\n== ansible-playbook: {nodes} hosts, steps of {step_seconds} s");
-                let wall = ansible(playbook, shape)?;
-                println!(
-                    "   wall {}  bound {}  overhead {}",
-                    secs(wall),
-                    secs(shape.bound()),
-                    secs(wall.saturating_sub(shape.bound()))
-                );
-                ansible_rows.push((shape, wall));
+                match ansible(playbook, shape) {
+                    Ok((wall, failed)) => {
+                        println!(
+                            "   wall {}  bound {}  overhead {}{}",
+                            secs(wall),
+                            secs(shape.bound()),
+                            secs(wall.saturating_sub(shape.bound())),
+                            failed
+                                .as_ref()
+                                .map_or_else(String::new, |f| format!("  FAILED: {f}"))
+                        );
+                        ansible_rows.push((shape, wall, failed));
+                    }
+                    Err(e) => {
+                        println!("   FAILED: {e:#}");
+                        failures.push(format!(
+                            "ansible-playbook, {nodes} hosts, {step_seconds} s steps: {e:#}"
+                        ));
+                    }
+                }
             }
         }
     }
-    let report = report(&machine, options, &rows, &ansible_rows);
+    let report = report(&machine, options, &rows, &ansible_rows, &failures);
     println!("\n{report}");
     if let Some(out) = &options.out {
         std::fs::write(out, &report).with_context(|| format!("writing {}", out.display()))?;
@@ -908,7 +944,9 @@ fn agent_host(args: &[String]) -> Result<()> {
 // ---------------------------------------------------------------------------------------------------
 // ansible-playbook on the same shape and the same scripts
 
-fn ansible(playbook: &Path, shape: Shape) -> Result<Duration> {
+/// The wall time of ansible-playbook on `shape`, and what failed if it failed (its directory, with
+/// the play's log, is then kept).
+fn ansible(playbook: &Path, shape: Shape) -> Result<(Duration, Option<String>)> {
     let dir = tempfile::Builder::new()
         .prefix("ssofleet-ansible-")
         .tempdir()?;
@@ -1010,14 +1048,28 @@ fn ansible(playbook: &Path, shape: Shape) -> Result<Duration> {
     let wall = started.elapsed();
     if !status.success() {
         let text = std::fs::read_to_string(root.join("ansible.log")).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(20).collect();
-        bail!(
-            "ansible-playbook failed ({status}):\n{}",
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        );
+        let fatal: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("fatal:"))
+            .take(3)
+            .map(|l| l.get(..300).unwrap_or(l))
+            .collect();
+        let kept = dir.keep();
+        return Ok((
+            wall,
+            Some(format!(
+                "{status}; {}; the log is in {}",
+                if fatal.is_empty() {
+                    "no `fatal:` line".to_string()
+                } else {
+                    fatal.join(" / ")
+                },
+                kept.join("ansible.log").display()
+            )),
+        ));
     }
     check_versions(&root.join("nodes"), shape)?;
-    Ok(wall)
+    Ok((wall, None))
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1054,7 +1106,8 @@ fn report(
     machine: &str,
     options: &Options,
     rows: &[Row],
-    ansible_rows: &[(Shape, Duration)],
+    ansible_rows: &[(Shape, Duration, Option<String>)],
+    failures: &[String],
 ) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{machine}; max_parallel {}\n", options.max_parallel);
@@ -1103,27 +1156,39 @@ fn report(
             "\n| hosts | step | bound | ansible-playbook wall | ansible overhead | ssofleet overhead | ansible ÷ ssofleet |"
         );
         let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|");
-        for (shape, wall) in ansible_rows {
+        for (shape, wall, failed) in ansible_rows {
             let bound = shape.bound();
             let theirs = wall.saturating_sub(bound);
             let ours = by_shape
                 .get(&(shape.nodes, shape.step_seconds))
                 .map(|r| r.figures.wall.saturating_sub(bound));
-            let ratio = ours.map(|o| theirs.as_secs_f64() / o.as_secs_f64().max(1e-3));
+            // A failed play stopped early: its time is no overhead to compare.
+            let ratio = ours
+                .filter(|_| failed.is_none())
+                .map(|o| theirs.as_secs_f64() / o.as_secs_f64().max(1e-3));
             if let Some(ratio) = ratio {
                 ratios.push((*shape, ratio));
             }
             let _ = writeln!(
                 out,
-                "| {} | {} s | {} | {} | {} | {} | {} |",
+                "| {} | {} s | {} | {}{} | {} | {} | {} |",
                 shape.nodes,
                 shape.step_seconds,
                 secs(bound),
                 secs(*wall),
+                failed
+                    .as_ref()
+                    .map_or_else(String::new, |f| format!(" (failed: {f})")),
                 secs(theirs),
                 ours.map_or_else(|| "not run".into(), secs),
                 ratio.map_or_else(|| "".into(), |r| format!("{r:.0}×")),
             );
+        }
+    }
+    if !failures.is_empty() {
+        let _ = writeln!(out, "\nNot measured (failed):");
+        for f in failures {
+            let _ = writeln!(out, "- {f}");
         }
     }
     let _ = writeln!(out, "\nTargets:");

@@ -195,6 +195,8 @@ pub enum Event {
     /// Time passed; soak gates and silent steps are checked.
     Tick,
     NodeAttached(NodeName),
+    /// Several nodes attached (a coordinator restart brings thousands back): one decision for all.
+    NodesAttached(Vec<NodeName>),
     NodeDetached(NodeName),
     StepStarted {
         step: usize,
@@ -398,6 +400,7 @@ impl Run {
             Event::NodeAttached(node) => {
                 self.attached.insert(node);
             }
+            Event::NodesAttached(nodes) => self.attached.extend(nodes),
             Event::NodeDetached(node) => {
                 self.attached.remove(&node);
                 self.master_detached(&node, &mut out);

@@ -496,8 +496,8 @@ impl Manager {
         for node in gone {
             self.apply(Event::NodeDetached(node)).await;
         }
-        for node in came {
-            self.apply(Event::NodeAttached(node)).await;
+        if !came.is_empty() {
+            self.apply(Event::NodesAttached(came)).await;
         }
     }
 
@@ -1020,8 +1020,11 @@ impl Manager {
     /// active run that is out on this node is asked about: the agent answers what it knows, and an
     /// attempt it never received starts again (SPEC §9: resolved by asking, never by running it twice).
     async fn agent_attached(&mut self, node: NodeName, reports: Vec<pb::AttemptReport>) {
-        // The run hears of this node before its reports (the others are looked at with the next tick).
-        if self.attached.insert(node.clone()) {
+        if reports.is_empty() {
+            // Looked at with the others that attach now: after a coordinator restart, thousands do.
+            self.attachment_changed = true;
+        } else if self.attached.insert(node.clone()) {
+            // The run hears of this node before its reports.
             self.apply(Event::NodeAttached(node.clone())).await;
         }
         for report in reports {
