@@ -109,10 +109,9 @@ fn a_run_its_dispatches_and_changes_survive_reopening() {
     assert!(matches!(store.run("nope"), Err(StoreError::UnknownRun(_))));
 }
 
-#[test]
-fn agent_events_are_stored_once_and_acknowledged_up_to_a_gap() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(dir.path()).unwrap();
+/// A store in `dir` with run r1 started: the uuid of its first dispatched attempt.
+fn store_with_an_attempt(dir: &std::path::Path) -> (Store, String) {
+    let mut store = Store::open(dir).unwrap();
     let (p, mut run) = new_plan_and_run();
     store.create_run(&new_meta("r1"), &p, &run, None).unwrap();
     let commands = run.apply(Event::Start, 2_000).unwrap();
@@ -120,6 +119,13 @@ fn agent_events_are_stored_once_and_acknowledged_up_to_a_gap() {
         .commit("r1", &run, &commands, 2_000, None)
         .unwrap()
         .remove(0);
+    (store, attempt)
+}
+
+#[test]
+fn agent_events_are_stored_once_and_acknowledged_up_to_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, attempt) = store_with_an_attempt(dir.path());
     let p = serde_json::json!({ "percent": 10 });
     assert!(store.agent_event(&attempt, 1, 1, "progress", &p).unwrap());
     assert!(
@@ -139,14 +145,7 @@ fn agent_events_are_stored_once_and_acknowledged_up_to_a_gap() {
 #[test]
 fn agent_events_are_written_together_at_a_flush_and_by_any_other_write() {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(dir.path()).unwrap();
-    let (p, mut run) = new_plan_and_run();
-    store.create_run(&new_meta("r1"), &p, &run, None).unwrap();
-    let commands = run.apply(Event::Start, 2_000).unwrap();
-    let attempt = store
-        .commit("r1", &run, &commands, 2_000, None)
-        .unwrap()
-        .remove(0);
+    let (mut store, attempt) = store_with_an_attempt(dir.path());
     let on_disk = |seq: i64| {
         let reader = rusqlite::Connection::open(dir.path().join(super::FILE)).unwrap();
         reader
