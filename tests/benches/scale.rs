@@ -15,8 +15,9 @@
 //!   to the agent's `started` event (the program is running), both in ms on this one machine;
 //! - the coordinator's peak RSS (VmHWM) and CPU seconds during the run;
 //! - events stored per second (agent events plus run events, over the wall time);
-//! - resume time: a second run of the point is stopped with SIGKILL mid-run and the coordinator
-//!   started again on the same state: from the new process's start to its first dispatch.
+//! - resume time: a second run of the point is stopped with SIGKILL half a second into its third
+//!   member batch and the coordinator started again on the same state: from the new process's start
+//!   to its first dispatch.
 //!
 //! With `--ansible PATH` (the `ansible-playbook` of a virtualenv; `bench/run` installs one), the same
 //! fleet shape and the same scripts run under ansible-playbook (local connection, a play for the
@@ -77,13 +78,15 @@ struct Options {
     max_parallel: usize,
     /// Measure the resume time at every point (with the longest step duration).
     restart: bool,
+    /// Only that: no clean run.
+    restart_only: bool,
     ansible: Option<PathBuf>,
     ansible_points: Vec<usize>,
     ansible_steps: Vec<u64>,
     out: Option<PathBuf>,
 }
 
-const USAGE: &str = "usage: scale [--points 10,100,1000,10000] [--steps 0,1] [--max-parallel 50] [--no-restart]
+const USAGE: &str = "usage: scale [--points 10,100,1000,10000] [--steps 0,1] [--max-parallel 50] [--no-restart | --restart-only]
              [--ansible PATH/ansible-playbook [--ansible-points 100,1000] [--ansible-steps 1]] [--out FILE.md]";
 
 impl Options {
@@ -93,6 +96,7 @@ impl Options {
             steps: vec![0, 1],
             max_parallel: 50,
             restart: true,
+            restart_only: false,
             ansible: None,
             ansible_points: vec![100, 1000],
             ansible_steps: vec![1],
@@ -102,6 +106,10 @@ impl Options {
         while let Some(flag) = it.next() {
             if flag == "--no-restart" {
                 o.restart = false;
+                continue;
+            }
+            if flag == "--restart-only" {
+                o.restart_only = true;
                 continue;
             }
             let value = it
@@ -236,6 +244,21 @@ fn bench(options: &Options) -> Result<()> {
                 "\n== ssofleet: {nodes} agents, steps of {step_seconds} s, max_parallel {}",
                 options.max_parallel
             );
+            if options.restart_only {
+                println!(
+                    "== ssofleet: {nodes} agents, coordinator SIGKILLed mid-run and restarted"
+                );
+                match ssofleet_restart(&runtime, shape) {
+                    Ok(r) => println!(
+                        "   resume: listening {}  first dispatch {}  all agents attached {}",
+                        secs(r.listening),
+                        secs(r.dispatching),
+                        secs(r.attached)
+                    ),
+                    Err(e) => println!("   FAILED: {e:#}"),
+                }
+                continue;
+            }
             // A point that fails is reported as such; the others are still measured.
             let figures = match ssofleet(&runtime, shape) {
                 Ok(figures) => figures,
@@ -565,12 +588,28 @@ fn ssofleet_restart(runtime: &tokio::runtime::Runtime, shape: Shape) -> Result<R
     let mut s = setup(runtime, shape)?;
     let started = Instant::now();
     let run_id = runtime.block_on(start_upgrade(&mut s.client))?;
-    // Into the members phase where there is one (the third batch), else half-way.
-    let step = Duration::from_secs(shape.step_seconds);
-    let kill_at = (shape.bound() / 2)
-        .min(step * 3 + step * 2 * 2 + Duration::from_millis(500))
-        .max(Duration::from_millis(500));
-    std::thread::sleep(kill_at.saturating_sub(started.elapsed()));
+    // In the members phase: half a second after the third batch (or the last, if fewer) started.
+    // Not at a fixed time: the preflight of 10,000 nodes alone takes seconds, and a coordinator
+    // killed there starts that preflight again, which waits for every node.
+    let batch = shape.batches().min(3);
+    let db = state_db(&s.fleet)?;
+    loop {
+        let started_batch: i64 = db.query_row(
+            "SELECT COUNT(*) FROM attempts a JOIN steps s ON s.run_id = a.run_id AND s.idx = a.idx
+             WHERE a.run_id = ?1 AND s.step = 'upgrade' AND s.batch >= ?2",
+            rusqlite::params![run_id, batch as i64],
+            |r| r.get(0),
+        )?;
+        if started_batch > 0 {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("member batch {batch} did not start within 600 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(db);
+    std::thread::sleep(Duration::from_millis(500));
     let addr = s.coordinator.addr.to_string();
     s.coordinator.process.kill();
     let killed_ms = unix_ms(SystemTime::now());
@@ -612,6 +651,10 @@ fn ssofleet_restart(runtime: &tokio::runtime::Runtime, shape: Shape) -> Result<R
         ..Default::default()
     }));
     drop(s.hosts);
+    drop(coordinator);
+    if std::env::var_os("BENCH_KEEP").is_some() {
+        println!("   kept {}", s.fleet.dir.keep().display());
+    }
     Ok(Resume {
         listening,
         dispatching,
