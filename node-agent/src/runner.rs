@@ -186,43 +186,40 @@ pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Ou
 
     let mut timed_out = false;
     let mut status = None;
-    while status.is_none() {
+    // Set at the exit: output still in the pipes is read until they close, or until nothing came
+    // for DRAIN_GRACE (a grandchild may hold them open), DRAIN_LIMIT at most.
+    let mut drain_limit = None;
+    loop {
+        let pipes_open = stdout.is_some() || stderr.is_some();
+        if status.is_some() && !pipes_open {
+            break;
+        }
+        // Before the exit, the step's deadline; after it, the drain's. A slow consumer of the
+        // reports must not hold the step past either.
+        let until = drain_limit.map_or(deadline, |limit: tokio::time::Instant| {
+            (tokio::time::Instant::now() + DRAIN_GRACE).min(limit)
+        });
         tokio::select! {
             biased;
-            // A closed pipe ends its branch too (`None`): the loop looks again, without it.
-            line = next_line(&mut stdout), if stdout.is_some() => if let Some(line) = line {
-                let report = handle(false, line, &mut outputs);
-                // A slow consumer must not hold the step past its deadline.
-                let _ = tokio::time::timeout_at(deadline, reports.send(report)).await;
-            },
-            line = next_line(&mut stderr), if stderr.is_some() => if let Some(line) = line {
-                let report = handle(true, line, &mut outputs);
-                let _ = tokio::time::timeout_at(deadline, reports.send(report)).await;
-            },
-            exit = child.wait() => status = Some(exit),
-            () = tokio::time::sleep_until(deadline) => {
+            line = next_line_of(&mut stdout, &mut stderr), if pipes_open => {
+                if let Some((is_stderr, line)) = line {
+                    let report = handle(is_stderr, line, &mut outputs);
+                    let _ = tokio::time::timeout_at(until, reports.send(report)).await;
+                }
+            }
+            exit = child.wait(), if status.is_none() => {
+                status = Some(exit);
+                drain_limit = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
+            }
+            () = tokio::time::sleep_until(until) => {
+                if status.is_some() {
+                    break;
+                }
                 timed_out = true;
                 kill_tree(&mut child).await;
                 status = Some(child.wait().await);
+                drain_limit = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
             }
-        }
-    }
-    // Output still in the pipes after the exit, until they close, or until nothing came for
-    // DRAIN_GRACE (a grandchild may hold them open), DRAIN_LIMIT at most.
-    let drain_limit = tokio::time::Instant::now() + DRAIN_LIMIT;
-    while stdout.is_some() || stderr.is_some() {
-        let until = (tokio::time::Instant::now() + DRAIN_GRACE).min(drain_limit);
-        tokio::select! {
-            biased;
-            line = next_line(&mut stdout), if stdout.is_some() => if let Some(line) = line {
-                let report = handle(false, line, &mut outputs);
-                let _ = tokio::time::timeout_at(until, reports.send(report)).await;
-            },
-            line = next_line(&mut stderr), if stderr.is_some() => if let Some(line) = line {
-                let report = handle(true, line, &mut outputs);
-                let _ = tokio::time::timeout_at(until, reports.send(report)).await;
-            },
-            () = tokio::time::sleep_until(until) => break,
         }
     }
     let exit_code = match status {
@@ -273,6 +270,37 @@ impl<R: tokio::io::AsyncRead + Unpin> Lines<R> {
         Self {
             reader: BufReader::new(pipe),
             buf: Vec::new(),
+        }
+    }
+}
+
+/// The next line of either pipe (standard output first) and whether it came from standard error;
+/// `None` once both closed.
+async fn next_line_of<O, E>(
+    stdout: &mut Option<Lines<O>>,
+    stderr: &mut Option<Lines<E>>,
+) -> Option<(bool, String)>
+where
+    O: tokio::io::AsyncRead + Unpin,
+    E: tokio::io::AsyncRead + Unpin,
+{
+    loop {
+        if stdout.is_none() && stderr.is_none() {
+            return None;
+        }
+        // A pipe that closes ends its branch with `None`; the loop looks again without it.
+        tokio::select! {
+            biased;
+            line = next_line(stdout), if stdout.is_some() => {
+                if let Some(line) = line {
+                    return Some((false, line));
+                }
+            }
+            line = next_line(stderr), if stderr.is_some() => {
+                if let Some(line) = line {
+                    return Some((true, line));
+                }
+            }
         }
     }
 }

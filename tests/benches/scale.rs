@@ -249,12 +249,7 @@ fn bench(options: &Options) -> Result<()> {
                     "== ssofleet: {nodes} agents, coordinator SIGKILLed mid-run and restarted"
                 );
                 match ssofleet_restart(&runtime, shape) {
-                    Ok(r) => println!(
-                        "   resume: listening {}  first dispatch {}  all agents attached {}",
-                        secs(r.listening),
-                        secs(r.dispatching),
-                        secs(r.attached)
-                    ),
+                    Ok(r) => print_resume(&r),
                     Err(e) => println!("   FAILED: {e:#}"),
                 }
                 continue;
@@ -363,13 +358,17 @@ fn print_row(shape: Shape, f: &Figures, resume: Option<&Resume>) {
         f.programs_cpu
     );
     if let Some(r) = resume {
-        println!(
-            "   resume: listening {}  first dispatch {}  all agents attached {}",
-            secs(r.listening),
-            secs(r.dispatching),
-            secs(r.attached)
-        );
+        print_resume(r);
     }
+}
+
+fn print_resume(r: &Resume) {
+    println!(
+        "   resume: listening {}  first dispatch {}  all agents attached {}",
+        secs(r.listening),
+        secs(r.dispatching),
+        secs(r.attached)
+    );
 }
 
 /// A fleet ready to run: the coordinator, the agent hosts, and an operator connection.
@@ -884,14 +883,18 @@ fn hosts_cpu(hosts: &[Process]) -> Result<(f64, f64)> {
     Ok(sum)
 }
 
+/// Clock ticks per second, asked of `getconf` once (not once per process read at the run's start).
 fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 fn peak_rss_kib(pid: u32) -> Result<u64> {

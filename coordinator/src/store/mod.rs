@@ -664,6 +664,7 @@ impl Store {
     }
 
     /// How many agent events wait for [`Store::flush_events`].
+    #[cfg(test)]
     pub fn pending_events(&self) -> usize {
         self.pending.len()
     }
