@@ -54,9 +54,12 @@ max_parallel = 2
 max_failures = 0
 step_timeout = "5m"
 
+# The demo's agents install with their own commands ([actions.install_sso], simulated tools): that
+# is what lets an environment install unattended (a BizTalk setup upgrade cannot be silent).
 [[environment]]
 name = "dev"
 gate = "auto"
+install = "unattended"
 master = "sso-dev-01"
 members = ["sso-dev-02", "sso-dev-03", "sso-dev-04"]
 backup_dir = 'BACKUPS'
@@ -64,6 +67,7 @@ backup_dir = 'BACKUPS'
 [[environment]]
 name = "prod"
 gate = "soak 2s"
+install = "unattended"
 master = "sso-prod-01"
 members = ["sso-prod-02", "sso-prod-03"]
 backup_dir = 'BACKUPS'

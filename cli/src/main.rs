@@ -402,6 +402,7 @@ fn inventory_check(file: &std::path::Path, output: Output) -> Result<()> {
                                 "master": e.master.as_str(),
                                 "members": e.members.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
                                 "gate": e.gate.to_string(),
+                                "install": e.install.as_str(),
                             })
                         })
                         .collect();
@@ -411,6 +412,8 @@ fn inventory_check(file: &std::path::Path, output: Output) -> Result<()> {
                             "file": file.display().to_string(),
                             "valid": true,
                             "target_version": inv.upgrade.target_version,
+                            "installer": inv.upgrade.installer,
+                            "master_installer": inv.upgrade.master_installer,
                             "environments": environments,
                         })
                     );

@@ -32,6 +32,16 @@ fn role(node: &pb::NodeStatus) -> &'static str {
     }
 }
 
+/// The node's version against the target (`None`: no version known).
+fn standing(node: &pb::NodeStatus) -> Option<&'static str> {
+    match node.standing() {
+        pb::VersionStanding::Older => Some("older"),
+        pb::VersionStanding::Current => Some("current"),
+        pb::VersionStanding::Newer => Some("newer"),
+        pb::VersionStanding::Unspecified => None,
+    }
+}
+
 fn service(facts: Option<&pb::Facts>) -> &'static str {
     match facts.map(pb::Facts::service) {
         Some(pb::ServiceState::Running) => "running",
@@ -55,6 +65,7 @@ fn to_json(node: &pb::NodeStatus) -> Value {
         "role": role(node),
         "attached": node.attached,
         "version": node.version,
+        "standing": standing(node),
         "last_seen": node.last_seen_unix_ms.map(rfc3339),
         "attached_since": node.attached_since_unix_ms.map(rfc3339),
         "agent_version": (!node.agent_version.is_empty()).then_some(&node.agent_version),
@@ -93,11 +104,12 @@ fn table(nodes: &[pb::NodeStatus], now: SystemTime) -> String {
         "ROLE",
         "ATTACHED",
         "VERSION",
+        "STANDING",
         "SERVICE",
         "LAST SEEN",
         "NOTE",
     ];
-    let rows: Vec<[String; 8]> = nodes
+    let rows: Vec<[String; 9]> = nodes
         .iter()
         .map(|n| {
             let facts = n.facts.as_ref();
@@ -108,6 +120,7 @@ fn table(nodes: &[pb::NodeStatus], now: SystemTime) -> String {
                 role(n).into(),
                 if n.attached { "yes" } else { "no" }.into(),
                 n.version.clone().unwrap_or_else(|| "-".into()),
+                standing(n).unwrap_or("-").into(),
                 service(facts).into(),
                 ago(n.last_seen_unix_ms, now),
                 note,
@@ -152,7 +165,8 @@ mod tests {
                 environment: "dev".into(),
                 role: pb::Role::Master as i32,
                 attached: true,
-                version: Some("3.0.7".into()),
+                version: Some("3.0.8".into()),
+                standing: pb::VersionStanding::Newer as i32,
                 last_seen_unix_ms: Some(now_ms - 5_000),
                 facts: Some(pb::Facts {
                     service: pb::ServiceState::Running as i32,
@@ -171,19 +185,21 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "NODE        ENVIRONMENT  ROLE    ATTACHED  VERSION  SERVICE  LAST SEEN  NOTE"
+            "NODE        ENVIRONMENT  ROLE    ATTACHED  VERSION  STANDING  SERVICE  LAST SEEN  NOTE"
         );
         assert_eq!(
             lines[1],
-            "sso-dev-01  dev          master  yes       3.0.7    running  5s ago"
+            "sso-dev-01  dev          master  yes       3.0.8    newer     running  5s ago"
         );
         assert_eq!(
             lines[2],
-            "sso-dev-02  dev          member  no        -        unknown  never"
+            "sso-dev-02  dev          member  no        -        -         unknown  never"
         );
         let json = to_json(&nodes[1]);
         assert_eq!(json["attached"], false);
         assert_eq!(json["version"], Value::Null);
+        assert_eq!(json["standing"], Value::Null);
         assert_eq!(json["role"], "member");
+        assert_eq!(to_json(&nodes[0])["standing"], "newer");
     }
 }

@@ -43,8 +43,18 @@ pub async fn show(remote: &mut Remote, selection: pb::RunSelection, output: Outp
 fn state(s: &pb::PlannedStep) -> &'static str {
     match s.expected() {
         pb::StepState::AlreadyCurrent => "already-current",
+        pb::StepState::Newer => "newer",
         pb::StepState::Skipped => "skipped",
         _ => "run",
+    }
+}
+
+/// How an install step will install (`None` for steps that do not install).
+fn install(s: &pb::PlannedStep) -> Option<&'static str> {
+    match s.install() {
+        pb::InstallMode::Attended => Some("attended"),
+        pb::InstallMode::Unattended => Some("unattended"),
+        pb::InstallMode::Unspecified => None,
     }
 }
 
@@ -69,6 +79,8 @@ fn to_json(plan: &pb::PlanResponse) -> Value {
             "batch": s.batch,
             "expected": state(s),
             "note": s.note,
+            "install": install(s),
+            "install_reason": install(s).map(|_| &s.install_reason),
         })).collect::<Vec<_>>(),
         "warnings": plan.warnings,
     })
@@ -104,11 +116,17 @@ fn text(plan: &pb::PlanResponse, selection: &pb::RunSelection) -> String {
             } else {
                 String::new()
             };
-            let what = match state(s) {
+            let mut what = match state(s) {
                 "run" => s.note.clone(),
                 other if s.note.is_empty() => other.to_string(),
                 other => format!("{other}: {}", s.note),
             };
+            if let Some(mode) = install(s) {
+                if !what.is_empty() {
+                    what.push_str("; ");
+                }
+                what.push_str(&format!("{mode} install ({})", s.install_reason));
+            }
             let line = format!(
                 "  {:>3}  {:<15} {node:<node_width$}  {batch:<8} {what}",
                 s.index + 1,
@@ -144,4 +162,64 @@ fn text(plan: &pb::PlanResponse, selection: &pb::RunSelection) -> String {
         plan.plan_hash
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planned(step: &str, node: &str, expected: pb::StepState) -> pb::PlannedStep {
+        pb::PlannedStep {
+            index: 0,
+            environment: "dev".into(),
+            node: Some(node.into()),
+            step: step.into(),
+            expected: expected as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn install_steps_show_their_mode_and_reason_and_newer_nodes_say_so() {
+        let mut upgrade = planned("upgrade-master", "m1", pb::StepState::Pending);
+        upgrade.index = 3;
+        upgrade.note = r"from D:\media\Platform\SSO\Setup.exe".into();
+        upgrade.install = pb::InstallMode::Attended as i32;
+        upgrade.install_reason = "a BizTalk Server upgrade cannot be silent".into();
+        let mut newer = planned("upgrade", "a2", pb::StepState::Newer);
+        newer.index = 5;
+        newer.note = "on 3.0.8, newer than the target 3.0.7: never downgraded".into();
+        let plan = pb::PlanResponse {
+            plan_hash: "0123456789abcdef".into(),
+            target_version: "3.0.7".into(),
+            installer: r"D:\media\Setup.exe".into(),
+            environments: vec![pb::EnvironmentPlan {
+                name: "dev".into(),
+                master: "m1".into(),
+                gate: "auto".into(),
+                ..Default::default()
+            }],
+            steps: vec![upgrade, newer],
+            ..Default::default()
+        };
+        let selection = selection(true, &[], false, None, None);
+        let shown = text(&plan, &selection);
+        assert!(
+            shown.contains(r"    4  upgrade-master  m1             from D:\media\Platform\SSO\Setup.exe; attended install (a BizTalk Server upgrade cannot be silent)"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("    6  upgrade         a2             newer: on 3.0.8, newer than the target 3.0.7: never downgraded"),
+            "{shown}"
+        );
+        let json = to_json(&plan);
+        assert_eq!(json["steps"][0]["install"], "attended");
+        assert_eq!(
+            json["steps"][0]["install_reason"],
+            "a BizTalk Server upgrade cannot be silent"
+        );
+        assert_eq!(json["steps"][1]["expected"], "newer");
+        assert_eq!(json["steps"][1]["install"], Value::Null);
+        assert_eq!(json["steps"][1]["install_reason"], Value::Null);
+    }
 }

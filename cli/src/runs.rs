@@ -40,6 +40,7 @@ fn step_state(state: pb::StepState) -> &'static str {
         pb::StepState::Failed => "failed",
         pb::StepState::Skipped => "skipped",
         pb::StepState::AlreadyCurrent => "already-current",
+        pb::StepState::Newer => "newer",
         pb::StepState::Unspecified => "unknown",
     }
 }
@@ -72,6 +73,7 @@ pub fn run_json(run: &pb::Run) -> Value {
             "finished_at_ms": s.finished_at_unix_ms,
             "artifacts": s.artifacts.iter().map(|a| json!({
                 "kind": a.kind, "path": a.path, "size": a.size_bytes, "sha256": a.sha256,
+                "note": (!a.note.is_empty()).then_some(&a.note),
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })
@@ -112,8 +114,13 @@ fn run_text(run: &pb::Run) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
         for a in &s.artifacts {
+            let note = if a.note.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", a.note)
+            };
             out.push_str(&format!(
-                "      {}: {} ({} bytes, sha256 {})\n",
+                "      {}: {} ({} bytes, sha256 {}{note})\n",
                 a.kind, a.path, a.size_bytes, a.sha256
             ));
         }
@@ -361,7 +368,7 @@ impl View {
                 });
             }
         }
-        // A node with nothing left to do (already current, skipped) says so from the start.
+        // A node with nothing left to do (already current, newer, skipped) says so from the start.
         for (node, bar) in &nodes {
             let steps: Vec<&pb::RunStep> = run
                 .steps
@@ -371,7 +378,7 @@ impl View {
             if steps.iter().all(|s| {
                 matches!(
                     s.state(),
-                    pb::StepState::AlreadyCurrent | pb::StepState::Skipped
+                    pb::StepState::AlreadyCurrent | pb::StepState::Newer | pb::StepState::Skipped
                 )
             }) {
                 bar.set_position(100);

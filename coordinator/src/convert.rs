@@ -4,8 +4,9 @@
 use fleet_proto::pb;
 
 use crate::domain::{EnvName, NodeName};
+use crate::inventory::InstallMode;
 use crate::inventory::Inventory;
-use crate::plan::{Expected, Plan, Selection, StepKind, Versions, Workflow};
+use crate::plan::{Expected, Plan, Reported, Reports, Selection, StepKind, Workflow};
 
 /// A request's selection, checked against the inventory. `Err` is a message for the operator.
 pub fn selection(
@@ -61,18 +62,47 @@ pub fn selection(
     })
 }
 
-/// The versions of attached nodes, from the fleet's node list. Detached nodes are unknown: their last
-/// facts may be stale, and the run's preflight reads them afresh anyway.
-pub fn versions(nodes: &[pb::NodeStatus]) -> Versions {
+/// What the attached nodes reported, from the fleet's node list: their ESSO version and whether their
+/// agent installs with its own command. Detached nodes are unknown: their last facts may be stale,
+/// and the run's preflight reads them afresh anyway.
+pub fn reports(nodes: &[pb::NodeStatus]) -> Reports {
     nodes
         .iter()
         .filter(|n| n.attached)
         .filter_map(|n| {
-            NodeName::new(&n.name)
-                .ok()
-                .map(|name| (name, n.version.clone()))
+            let install_override = n.facts.as_ref().is_some_and(|f| {
+                f.overridden_actions
+                    .iter()
+                    .any(|a| a == crate::plan::install::INSTALL_OVERRIDE)
+            });
+            NodeName::new(&n.name).ok().map(|name| {
+                let reported = Reported {
+                    version: n.version.clone().filter(|v| !v.trim().is_empty()),
+                    install_override,
+                };
+                (name, reported)
+            })
         })
         .collect()
+}
+
+/// An install mode on the wire.
+pub fn install_mode(mode: InstallMode) -> pb::InstallMode {
+    match mode {
+        InstallMode::Attended => pb::InstallMode::Attended,
+        InstallMode::Unattended => pb::InstallMode::Unattended,
+    }
+}
+
+/// A node's standing against the target on the wire (unspecified: no version known).
+pub fn standing(standing: Option<fleet_proto::version::Standing>) -> pb::VersionStanding {
+    use fleet_proto::version::Standing;
+    match standing {
+        None => pb::VersionStanding::Unspecified,
+        Some(Standing::Older) => pb::VersionStanding::Older,
+        Some(Standing::Current) => pb::VersionStanding::Current,
+        Some(Standing::Newer) => pb::VersionStanding::Newer,
+    }
 }
 
 /// The catalogue action an agent step runs (coordinator steps have none).
@@ -115,10 +145,8 @@ pub fn plan_response(plan: &Plan, inventory: &Inventory) -> pb::PlanResponse {
                 master: e.master.to_string(),
                 members: e.members.iter().map(ToString::to_string).collect(),
                 gate: e.gate.to_string(),
-                install: match inv.map(|i| i.install) {
-                    Some(crate::inventory::InstallMode::Attended) => pb::InstallMode::Attended,
-                    _ => pb::InstallMode::Unattended,
-                } as i32,
+                install: inv.map_or(pb::InstallMode::Unspecified, |i| install_mode(i.install))
+                    as i32,
                 window: window.map(|w| describe_window(w, now)).unwrap_or_default(),
                 earliest_start_unix_ms: window.and_then(|w| w.next_open(now)),
             }
@@ -130,10 +158,8 @@ pub fn plan_response(plan: &Plan, inventory: &Inventory) -> pb::PlanResponse {
         .map(|s| {
             let (expected, note) = match &s.expected {
                 Expected::Run => (pb::StepState::Pending, s.note.clone()),
-                Expected::AlreadyCurrent => (
-                    pb::StepState::AlreadyCurrent,
-                    "already on the target version".to_string(),
-                ),
+                Expected::AlreadyCurrent => (pb::StepState::AlreadyCurrent, s.note.clone()),
+                Expected::Newer => (pb::StepState::Newer, s.note.clone()),
                 Expected::Skipped(why) => (pb::StepState::Skipped, why.clone()),
             };
             pb::PlannedStep {
@@ -145,12 +171,22 @@ pub fn plan_response(plan: &Plan, inventory: &Inventory) -> pb::PlanResponse {
                 batch: s.batch,
                 expected: expected as i32,
                 note,
+                install: s
+                    .install
+                    .as_ref()
+                    .map_or(pb::InstallMode::Unspecified, |i| install_mode(i.mode))
+                    as i32,
+                install_reason: s
+                    .install
+                    .as_ref()
+                    .map(|i| i.reason.clone())
+                    .unwrap_or_default(),
             }
         })
         .collect();
     pb::PlanResponse {
         plan_hash: plan.hash.clone(),
-        target_version: plan.target_version.clone(),
+        target_version: plan.target_version.to_string(),
         installer: plan.installer.clone(),
         environments,
         steps,

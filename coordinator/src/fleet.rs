@@ -9,6 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
+use fleet_proto::version::Version;
 use fleet_proto::{pb, unix_ms};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -461,11 +462,18 @@ impl FleetTask {
     }
 
     fn statuses(&self) -> Vec<pb::NodeStatus> {
+        let target = &self.inventory.upgrade.target_version;
         self.inventory
             .nodes()
             .map(|(env, node, role)| {
                 let entry = self.nodes.get(node);
                 let facts = entry.and_then(|e| e.facts.clone());
+                // Against the target as a number; a version that is not one is no version known.
+                let standing = facts
+                    .as_ref()
+                    .and_then(|f| f.esso_version.as_deref())
+                    .and_then(|v| v.parse::<Version>().ok())
+                    .map(|found| target.compare(&found));
                 pb::NodeStatus {
                     name: node.to_string(),
                     environment: env.name.to_string(),
@@ -483,6 +491,7 @@ impl FleetTask {
                         .map(|a| a.to_string())
                         .unwrap_or_default(),
                     facts,
+                    standing: crate::convert::standing(standing) as i32,
                 }
             })
             .collect()

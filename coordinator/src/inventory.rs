@@ -12,6 +12,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use fleet_proto::config::{ConfigError, Problem, deserialize, line_of, read_file};
+use fleet_proto::version::Version;
 
 use crate::domain::{EnvName, NodeName, Role};
 
@@ -30,8 +31,12 @@ pub struct Inventory {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upgrade {
-    pub target_version: String,
+    /// The ESSO version every upgraded node must report afterwards, compared as a number.
+    pub target_version: Version,
+    /// The members' installer, and the master's unless `master_installer` is set.
     pub installer: String,
+    /// A standalone master secret server's own installer (`\Platform\SSO\Setup.exe`, ESSO.md).
+    pub master_installer: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,10 +63,22 @@ impl fmt::Display for Gate {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How an install runs: the agent runs it (`unattended`), or the run stops at it with the instruction
+/// for the operator (`attended`, the default: Microsoft supports no silent BizTalk upgrade, ESSO.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum InstallMode {
     Unattended,
     Attended,
+}
+
+impl InstallMode {
+    /// As written in the inventory and shown by `fleetctl plan`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstallMode::Unattended => "unattended",
+            InstallMode::Attended => "attended",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -316,6 +333,7 @@ struct RawInventory {
 struct RawUpgrade {
     target_version: Spanned<String>,
     installer: Spanned<String>,
+    master_installer: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -460,33 +478,37 @@ impl Checker<'_> {
 
     fn upgrade(&mut self, raw: &Spanned<RawUpgrade>) -> Option<Upgrade> {
         let raw = raw.get_ref();
-        let version = raw.target_version.get_ref().trim();
-        let valid_version = {
-            let parts: Vec<&str> = version.split('.').collect();
-            (2..=4).contains(&parts.len())
-                && parts
-                    .iter()
-                    .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+        let target_version = match raw.target_version.get_ref().parse::<Version>() {
+            Ok(version) => Some(version),
+            Err(e) => {
+                self.problem(&raw.target_version, "upgrade.target_version", e.to_string());
+                None
+            }
         };
-        if !valid_version {
-            self.problem(
-                &raw.target_version,
-                "upgrade.target_version",
-                format!(
-                    "{version:?} is not a version: write the ESSO version as numbers separated by dots, e.g. \"3.0.7\""
-                ),
-            );
-        }
-        if raw.installer.get_ref().trim().is_empty() {
+        let installer = raw.installer.get_ref().trim().to_string();
+        if installer.is_empty() {
             self.problem(
                 &raw.installer,
                 "upgrade.installer",
                 "the installer path is empty",
             );
         }
-        valid_version.then(|| Upgrade {
-            target_version: version.to_string(),
-            installer: raw.installer.get_ref().trim().to_string(),
+        let master_installer = match &raw.master_installer {
+            None => Some(None),
+            Some(path) if path.get_ref().trim().is_empty() => {
+                self.problem(
+                    path,
+                    "upgrade.master_installer",
+                    "the master installer path is empty: name the standalone master secret server's setup (e.g. '\\Platform\\SSO\\Setup.exe' on the BizTalk media), or remove the key to install the master from `installer`",
+                );
+                None
+            }
+            Some(path) => Some(Some(path.get_ref().trim().to_string())),
+        };
+        Some(Upgrade {
+            target_version: target_version?,
+            installer,
+            master_installer: master_installer?,
         })
     }
 
@@ -549,8 +571,8 @@ impl Checker<'_> {
             Some(g) => self.gate(g, &format!("{key}.gate")),
         };
         let install = match raw.install.as_ref().map(|i| (i, i.get_ref().as_str())) {
-            None | Some((_, "unattended")) => Some(InstallMode::Unattended),
-            Some((_, "attended")) => Some(InstallMode::Attended),
+            None | Some((_, "attended")) => Some(InstallMode::Attended),
+            Some((_, "unattended")) => Some(InstallMode::Unattended),
             Some((at, other)) => {
                 self.problem(
                     at,

@@ -359,7 +359,7 @@ impl pb::operator_service_server::OperatorService for OperatorService {
             .list()
             .await
             .ok_or_else(|| Status::unavailable("the coordinator is shutting down"))?;
-        let plan = crate::plan::plan(inventory, &selection, &convert::versions(&nodes))
+        let plan = crate::plan::plan(inventory, &selection, &convert::reports(&nodes))
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         Ok(Response::new(convert::plan_response(&plan, inventory)))
     }

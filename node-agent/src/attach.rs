@@ -89,6 +89,11 @@ impl Agent {
             detail: e.to_string(),
         })?;
         let (journal, orphans) = Journal::open(&config.state_dir)?;
+        // A configuration file holds the ENTSSO account's password only while its program runs; one
+        // left behind is a crashed agent's (ESSO's configuration program reads it when it starts).
+        for leftover in crate::builtin::remove_leftover_secret_files(&config.state_dir) {
+            tracing::warn!(file = %leftover.display(), "deleted a secret file a previous run left behind");
+        }
         let highest_epoch = journal.highest_epoch()?;
         let (outbox, outbox_rx) = mpsc::channel(64);
         Ok(Self {

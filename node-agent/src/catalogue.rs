@@ -13,6 +13,7 @@ pub enum ActionName {
     Facts,
     BackupSecret,
     InstallSso,
+    ConfigureSso,
     VerifySso,
     BackupSecurityData,
     ExportEncryptionKey,
@@ -21,10 +22,11 @@ pub enum ActionName {
 }
 
 impl ActionName {
-    pub const ALL: [ActionName; 8] = [
+    pub const ALL: [ActionName; 9] = [
         ActionName::Facts,
         ActionName::BackupSecret,
         ActionName::InstallSso,
+        ActionName::ConfigureSso,
         ActionName::VerifySso,
         ActionName::BackupSecurityData,
         ActionName::ExportEncryptionKey,
@@ -37,6 +39,7 @@ impl ActionName {
             ActionName::Facts => "facts",
             ActionName::BackupSecret => "backup_secret",
             ActionName::InstallSso => "install_sso",
+            ActionName::ConfigureSso => "configure_sso",
             ActionName::VerifySso => "verify_sso",
             ActionName::BackupSecurityData => "backup_security_data",
             ActionName::ExportEncryptionKey => "export_encryption_key",
@@ -51,6 +54,7 @@ impl ActionName {
             pb::Action::Facts => ActionName::Facts,
             pb::Action::BackupSecret => ActionName::BackupSecret,
             pb::Action::InstallSso => ActionName::InstallSso,
+            pb::Action::ConfigureSso => ActionName::ConfigureSso,
             pb::Action::VerifySso => ActionName::VerifySso,
             pb::Action::BackupSecurityData => ActionName::BackupSecurityData,
             pb::Action::ExportEncryptionKey => ActionName::ExportEncryptionKey,

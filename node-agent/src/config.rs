@@ -29,6 +29,26 @@ pub struct AgentConfig {
     pub reboot: RebootPolicy,
     /// Where the Windows tools of the built-in actions are (`[tools]` over the platform's defaults).
     pub tools: Tools,
+    /// What `configure_sso` writes into ESSO's configuration after a fresh install (`[sso]`).
+    pub sso: SsoSettings,
+    /// How long verification waits for a STOPPED or START_PENDING ENTSSO after an install or a reboot
+    /// (`[verify] entsso_start_budget`, 10 minutes by default: ENTSSO may be on a delayed start).
+    pub entsso_start_budget: Duration,
+}
+
+/// `[sso]`: the answers ESSO's configuration needs after a fresh install (Configuration.exe's
+/// `NTService ID="ENTSSO"` and `SQL ID="SSO_DB_ID"`); the password stays in its file until the
+/// configuration file is written, and that file is deleted afterwards.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SsoSettings {
+    /// `DOMAIN\user` the ENTSSO service runs as.
+    pub service_account: Option<String>,
+    pub service_password_file: Option<PathBuf>,
+    /// The SQL Server holding the SSO database, and the database (default `SSODB`).
+    pub database_server: Option<String>,
+    pub database: String,
+    pub admin_group: String,
+    pub affiliate_admin_group: String,
 }
 
 /// A configured command that replaces an action's built-in implementation.
@@ -63,6 +83,27 @@ struct Raw {
     reboot: Option<Spanned<String>>,
     #[serde(default)]
     tools: RawTools,
+    #[serde(default)]
+    sso: RawSso,
+    #[serde(default)]
+    verify: RawVerify,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawVerify {
+    entsso_start_budget: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSso {
+    service_account: Option<String>,
+    service_password_file: Option<String>,
+    database_server: Option<String>,
+    database: Option<String>,
+    admin_group: Option<String>,
+    affiliate_admin_group: Option<String>,
 }
 
 /// `[tools]`: each tool's path (relative to the file), the ESSO folder, the migration folder and
@@ -74,8 +115,11 @@ struct RawTools {
     reg: Option<Spanned<String>>,
     shutdown: Option<Spanned<String>>,
     msiexec: Option<Spanned<String>>,
+    powershell: Option<Spanned<String>>,
+    wevtutil: Option<Spanned<String>>,
     ssoconfig: Option<Spanned<String>>,
     ssomanage: Option<Spanned<String>>,
+    biztalk_configuration: Option<Spanned<String>>,
     udbkey: Option<Spanned<String>>,
     hissomig: Option<Spanned<String>>,
     esso_dir: Option<Spanned<String>>,
@@ -217,6 +261,11 @@ impl AgentConfig {
                 RebootPolicy::Never
             }
         };
+        let entsso_start_budget = ctx.duration(
+            &raw.verify.entsso_start_budget,
+            "verify.entsso_start_budget",
+            Duration::from_secs(600),
+        );
         let tools = ctx.tools(&raw.tools, base);
         if !ctx.problems.is_empty() {
             ctx.problems.sort_by_key(|p| p.line);
@@ -237,7 +286,24 @@ impl AgentConfig {
             reconnect_initial,
             reconnect_max: reconnect_max.max(reconnect_initial),
             reboot,
+            entsso_start_budget,
             tools: Tools::for_this_platform(&tools),
+            sso: SsoSettings {
+                service_account: raw.sso.service_account.clone(),
+                service_password_file: raw.sso.service_password_file.as_deref().map(rel),
+                database_server: raw.sso.database_server.clone(),
+                database: raw.sso.database.clone().unwrap_or_else(|| "SSODB".into()),
+                admin_group: raw
+                    .sso
+                    .admin_group
+                    .clone()
+                    .unwrap_or_else(|| "SSO Administrators".into()),
+                affiliate_admin_group: raw
+                    .sso
+                    .affiliate_admin_group
+                    .clone()
+                    .unwrap_or_else(|| "SSO Affiliate Administrators".into()),
+            },
         })
     }
 }
@@ -267,14 +333,30 @@ impl Ctx<'_> {
             reg: path(&raw.reg, "reg"),
             shutdown: path(&raw.shutdown, "shutdown"),
             msiexec: path(&raw.msiexec, "msiexec"),
+            powershell: path(&raw.powershell, "powershell"),
+            wevtutil: path(&raw.wevtutil, "wevtutil"),
             ssoconfig: path(&raw.ssoconfig, "ssoconfig"),
             ssomanage: path(&raw.ssomanage, "ssomanage"),
+            biztalk_configuration: path(&raw.biztalk_configuration, "biztalk_configuration"),
             udbkey: path(&raw.udbkey, "udbkey"),
             hissomig: path(&raw.hissomig, "hissomig"),
             esso_dir: path(&raw.esso_dir, "esso_dir"),
             migration_dir: path(&raw.migration_dir, "migration_dir"),
             host_account_cache_service: None,
         };
+        if cfg!(windows) {
+            // The stand-ins exist for platforms without the APIs; on Windows they would read a
+            // localized text where the API reads the value itself.
+            for (value, key) in [(&raw.sc, "sc"), (&raw.reg, "reg")] {
+                if let Some(value) = value {
+                    self.problem(
+                        value.span(),
+                        &format!("tools.{key}"),
+                        "on Windows the agent reads the registry and the service controller through their APIs: remove this key".into(),
+                    );
+                }
+            }
+        }
         let service = raw.host_account_cache_service.as_ref().and_then(|name| {
             let text = name.get_ref().trim();
             // Service names cannot hold these (MS-SCMR: "/", "\\", "," and space are illegal).

@@ -4,7 +4,9 @@
 //! - `backup_secret`: the password goes to standard input only; the backup file is named after the
 //!   environment, node, run and time, and must exist afterwards: its size and SHA-256 are reported;
 //! - `install_sso`: exit codes 3010 and 1641 are success with a reboot pending;
-//! - `verify_sso`: a reported `version` must equal the target and a reported `service` be running.
+//! - `verify_sso`: a reported `version` must be the target (as numbers) and `service` be running.
+//!
+//! What those rules are is `esso`'s; how an action runs (configured or built-in) is `action`'s.
 //!
 //! An install may end in a wait instead of a result:
 //! - `attended` mode: the agent does not run the installer; it reports the instruction for the
@@ -22,8 +24,10 @@ use fleet_proto::pb::step_event::Kind;
 use fleet_proto::{pb, unix_ms};
 use tokio::sync::mpsc;
 
-use crate::catalogue::{ActionName, expand};
+use crate::action::{self, Request};
+use crate::catalogue::ActionName;
 use crate::config::{AgentConfig, RebootPolicy};
+use crate::esso::{self, RebootRequest};
 use crate::runner::{self, CommandSpec, Report};
 
 /// An assignment, checked.
@@ -95,31 +99,6 @@ impl Events {
     }
 }
 
-/// The backup file's name: environment, node, run and time, under the environment's backup directory.
-pub fn backup_file(
-    backup_dir: &str,
-    environment: &str,
-    node: &str,
-    run_id: &str,
-    at: SystemTime,
-) -> String {
-    let stamp = humantime::format_rfc3339_seconds(at)
-        .to_string()
-        .replace([':', '-'], "");
-    let name = format!("ssofleet-secret-{environment}-{node}-{run_id}-{stamp}.bak");
-    // A Windows directory (`\\server\share`, `D:\…`) keeps its separator.
-    let separator = if backup_dir.contains('\\') && !backup_dir.contains('/') {
-        '\\'
-    } else {
-        '/'
-    };
-    if backup_dir.ends_with(separator) {
-        format!("{backup_dir}{name}")
-    } else {
-        format!("{backup_dir}{separator}{name}")
-    }
-}
-
 /// How an attempt's run ended: with its result, or waiting (the operator, a reboot).
 enum Ending {
     Finished(pb::StepFinished),
@@ -176,16 +155,13 @@ pub async fn continue_after(
         }))
         .await;
     let params = params_of(config, assignment);
-    let mut result = match run_action(
-        config,
-        ActionName::VerifySso,
-        &params,
-        None,
-        assignment.timeout,
-        &mut events,
-    )
-    .await
-    {
+    let request = Request {
+        action: ActionName::VerifySso,
+        params: &params,
+        stdin_secret: None,
+        timeout: assignment.timeout,
+    };
+    let mut result = match run_action(config, request, &mut events).await {
         Err(e) => failed(format!("{why}, but the install cannot be verified: {e}")),
         Ok(outcome) if !outcome.succeeded() => failed(format!(
             "{why}, but the install cannot be verified: {}",
@@ -198,7 +174,7 @@ pub async fn continue_after(
                 outputs: outcome.outputs.clone().into_iter().collect(),
                 ..Default::default()
             };
-            if let Some(problem) = verify_problem(&outcome.outputs, &params) {
+            if let Some(problem) = esso::verify_problem(&outcome.outputs, &params) {
                 result.outcome = pb::StepOutcome::Failed as i32;
                 result.error = format!("{why}, but the install is not right: {problem}");
                 result.stderr_tail = outcome.stderr_tail;
@@ -209,35 +185,6 @@ pub async fn continue_after(
     result.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     events.send(Kind::Finished(result.clone())).await;
     result
-}
-
-/// The instruction an attended install waits with: what to run, where, which options, and how to
-/// say it is done.
-pub fn attended_instruction(
-    node: &str,
-    step: &str,
-    run_id: &str,
-    params: &BTreeMap<String, String>,
-) -> String {
-    let installer = params
-        .get("installer")
-        .map_or("the product's setup", String::as_str);
-    let target = params
-        .get("target_version")
-        .map_or("the target version", String::as_str);
-    let role = if step == "upgrade-master" || step == "install-sso" {
-        "the master secret server, upgraded first"
-    } else {
-        "a member of the SSO system"
-    };
-    format!(
-        "on {node}, {role}, as a local administrator who is an SSO administrator, run {installer}: \
-         Custom installation, feature Enterprise Single Sign-On (where BizTalk Server or Host Integration \
-         Server already provides ESSO on this server, do not select it again: upgrade the existing one), \
-         \"Enable Enterprise Single Sign-on on this computer\", \"Join an existing SSO system\", then \
-         confirm the upgrade; reboot if setup asks. When it is done: `fleetctl approve {run_id} --node {node}`; \
-         the agent then verifies ESSO {target} before the step counts"
-    )
 }
 
 fn failed(error: impl Into<String>) -> pb::StepFinished {
@@ -257,56 +204,20 @@ fn params_of(config: &AgentConfig, a: &Assignment) -> BTreeMap<String, String> {
     params
 }
 
-/// Runs an action: its configured command, or the built-in implementation.
+/// Runs an action (`action`: configured or built-in), its reports sent on as the attempt's events.
 async fn run_action(
     config: &AgentConfig,
-    action: ActionName,
-    params: &BTreeMap<String, String>,
-    stdin_secret: Option<String>,
-    timeout: Duration,
+    request: Request<'_>,
     events: &mut Events,
 ) -> Result<runner::Outcome, String> {
-    let Some(configured) = config.actions.get(&action) else {
-        return run_built_in(config, action, params, stdin_secret, timeout, events).await;
-    };
-    let args: Result<Vec<String>, _> = configured.args.iter().map(|t| expand(t, params)).collect();
-    let args = args.map_err(|e| format!("{action}: {e}"))?;
-    let spec = CommandSpec {
-        program: configured.program.clone(),
-        args,
-        env: configured.env.clone(),
-        timeout: configured.timeout.unwrap_or(timeout).min(timeout),
-        stdin_secret,
-    };
-    run_spec(&spec, events).await
-}
-
-/// Runs the built-in implementation of `action` (the Windows tools), its reports sent on as the
-/// attempt's events.
-async fn run_built_in(
-    config: &AgentConfig,
-    action: ActionName,
-    params: &BTreeMap<String, String>,
-    stdin_secret: Option<String>,
-    timeout: Duration,
-    events: &mut Events,
-) -> Result<runner::Outcome, String> {
-    let ctx = crate::builtin::Context {
-        params: params.clone(),
-        stdin_secret,
-        timeout,
-        state_dir: config.state_dir.clone(),
-    };
     let (report_tx, reports) = mpsc::channel(256);
-    let run = crate::builtin::run(action, &config.tools, &ctx, report_tx);
-    forward(run, reports, &format!("built-in {action}"), events).await
+    forward(action::run(config, request, report_tx), reports, events).await
 }
 
-/// Runs one command, its reports sent on as the attempt's events.
+/// Runs one command of the agent's own (the reboot), its reports sent on as the attempt's events.
 async fn run_spec(spec: &CommandSpec, events: &mut Events) -> Result<runner::Outcome, String> {
     let (report_tx, reports) = mpsc::channel(256);
-    let runner = runner::run(spec, report_tx);
-    forward(runner, reports, &spec.display(), events)
+    forward(runner::run(spec, report_tx), reports, events)
         .await
         .map_err(|e| e.to_string())
 }
@@ -317,18 +228,17 @@ async fn run_spec(spec: &CommandSpec, events: &mut Events) -> Result<runner::Out
 async fn forward<T>(
     work: impl std::future::Future<Output = T>,
     mut reports: mpsc::Receiver<Report>,
-    command: &str,
     events: &mut Events,
 ) -> T {
     tokio::pin!(work);
     let outcome = loop {
         tokio::select! {
             outcome = &mut work => break outcome,
-            Some(report) = reports.recv() => events.send(event_of(report, command)).await,
+            Some(report) = reports.recv() => events.send(event_of(report)).await,
         }
     };
     while let Ok(report) = reports.try_recv() {
-        events.send(event_of(report, command)).await;
+        events.send(event_of(report)).await;
     }
     outcome
 }
@@ -355,7 +265,7 @@ async fn run(config: &AgentConfig, a: &Assignment, events: &mut Events) -> Endin
     }
     if a.action == ActionName::InstallSso && a.install_mode == pb::InstallMode::Attended {
         return Ending::Waits(pb::StepWaiting {
-            instruction: attended_instruction(&config.node, &a.step, &a.run_id, &params),
+            instruction: esso::attended_instruction(&config.node, &a.step, &a.run_id, &params),
             reason: pb::WaitReason::AttendedInstall as i32,
         });
     }
@@ -490,22 +400,29 @@ async fn run_step(
                 None,
             );
         };
-        let file = backup_file(
-            &dir,
-            &a.environment,
-            &config.node,
-            &a.run_id,
-            SystemTime::now(),
-        );
-        params.insert("backup_file".into(), file.clone());
-        backup = Some(PathBuf::from(file));
-        match read_secret(config).await {
-            Ok(secret) => stdin_secret = Some(secret),
+        let now = SystemTime::now();
+        let file = esso::backup_file(&dir, &a.environment, &config.node, &a.run_id, now);
+        let secret = match read_secret(config).await {
+            Ok(secret) => secret,
             Err(e) => return (failed(e), None),
-        }
+        };
+        let reminder = esso::backup_reminder(&a.environment, &config.node, now, &secret);
+        params.insert("backup_file".into(), file.clone());
+        params.insert("backup_reminder".into(), reminder.clone());
+        backup = Some((PathBuf::from(file), reminder));
+        stdin_secret = Some(secret);
     }
-    let outcome = match run_action(config, a.action, &params, stdin_secret, a.timeout, events).await
-    {
+    let request = Request {
+        action: a.action,
+        params: &params,
+        stdin_secret,
+        timeout: a.timeout,
+    };
+    let outcome = match run_action(config, request, events).await {
+        Ok(outcome) => outcome,
+        Err(e) => return (failed(e), None),
+    };
+    let outcome = match configure_after_install(config, a, &params, outcome, events).await {
         Ok(outcome) => outcome,
         Err(e) => return (failed(e), None),
     };
@@ -516,7 +433,8 @@ async fn run_step(
         outputs: outcome.outputs.clone().into_iter().collect(),
         ..Default::default()
     };
-    let reboot = reboot_request(&outcome).filter(|_| a.action == ActionName::InstallSso);
+    let reboot = esso::reboot_request(outcome.exit_code, &outcome.outputs)
+        .filter(|_| a.action == ActionName::InstallSso && !outcome.timed_out);
     if outcome.timed_out {
         result.outcome = pb::StepOutcome::TimedOut as i32;
         result.error = outcome.failure(a.action.as_str());
@@ -528,8 +446,8 @@ async fn run_step(
         return (result, None);
     }
     result.reboot_pending = reboot.is_some();
-    if let Some(file) = backup {
-        match artifact(&file).await {
+    if let Some((file, reminder)) = backup {
+        match artifact(&file, reminder).await {
             Ok(artifact) => result.artifacts.push(artifact),
             Err(e) => {
                 result.outcome = pb::StepOutcome::Failed as i32;
@@ -542,7 +460,7 @@ async fn run_step(
         }
     }
     if a.action == ActionName::VerifySso
-        && let Some(problem) = verify_problem(&outcome.outputs, &params)
+        && let Some(problem) = esso::verify_problem(&outcome.outputs, &params)
     {
         result.outcome = pb::StepOutcome::Failed as i32;
         result.error = problem;
@@ -550,61 +468,9 @@ async fn run_step(
     (result, reboot)
 }
 
-/// What an installer's exit code means (Windows Installer conventions).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InstallExit {
-    Success,
-    /// 3010 (reboot required) or 1641 (reboot started): installed, the reboot policy decides.
-    RebootPending,
-    Failed,
-}
-
-/// What an install asks of the server afterwards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RebootRequest {
-    /// 3010: installed; the server must restart to finish (the reboot policy decides).
-    Required,
-    /// 1641: the installer itself restarts the server.
-    Started,
-}
-
-/// Whether an install that ran asks for a reboot: by its exit code (3010, 1641), or, for a configured
-/// command that exits 0 (a wrapper, or a platform whose exit codes are 8 bits), by reporting
-/// `::output:: reboot=required` or `reboot=started`.
-pub fn reboot_request(outcome: &runner::Outcome) -> Option<RebootRequest> {
-    if outcome.timed_out {
-        return None;
-    }
-    match outcome.exit_code {
-        Some(3010) => Some(RebootRequest::Required),
-        Some(1641) => Some(RebootRequest::Started),
-        Some(0) => match outcome
-            .outputs
-            .get("reboot")
-            .map(|r| r.trim().to_ascii_lowercase())
-        {
-            Some(r) if r == "required" => Some(RebootRequest::Required),
-            Some(r) if r == "started" => Some(RebootRequest::Started),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-pub fn install_exit(code: Option<i32>) -> InstallExit {
-    match code {
-        Some(0) => InstallExit::Success,
-        Some(3010 | 1641) => InstallExit::RebootPending,
-        _ => InstallExit::Failed,
-    }
-}
-
-fn event_of(report: Report, command: &str) -> Kind {
+fn event_of(report: Report) -> Kind {
     match report {
-        Report::Spawned(pid) => Kind::Started(pb::StepStarted {
-            pid,
-            command: command.to_string(),
-        }),
+        Report::Spawned { pid, command } => Kind::Started(pb::StepStarted { pid, command }),
         Report::Progress { percent, message } => {
             Kind::Progress(pb::StepProgress { percent, message })
         }
@@ -620,53 +486,60 @@ fn event_of(report: Report, command: &str) -> Kind {
     }
 }
 
-/// What `verify_sso` found wrong in the results of the verify action, if anything: the version must
-/// be the target (`target_version`), the ENTSSO service running, and, where the action reports them,
-/// the SSO database must name the environment's master secret server (`master`) and SSO be enabled.
-pub fn verify_problem(
-    outputs: &BTreeMap<String, String>,
+/// After an install that reports `configure_needed=true` (a fresh install, Host Integration Server's
+/// upgrade), ESSO is configured: `configure_sso`, configured or built-in, with the backup password on
+/// its standard input when it creates a new SSO system (its master secret is backed up at once). The
+/// install's outcome stands, with the configuration's outputs added; a failed configuration fails the
+/// step with its reason.
+async fn configure_after_install(
+    config: &AgentConfig,
+    a: &Assignment,
     params: &BTreeMap<String, String>,
-) -> Option<String> {
-    let target = params.get("target_version");
-    if let (Some(found), Some(master)) = (outputs.get("secret_server"), params.get("master"))
-        && !crate::builtin::parse::same_server(found, master)
-    {
-        return Some(format!(
-            "the SSO database names {found} as the master secret server, but the inventory's master is {master}"
-        ));
+    mut install: runner::Outcome,
+    events: &mut Events,
+) -> Result<runner::Outcome, String> {
+    let wanted = a.action == ActionName::InstallSso
+        && !install.timed_out
+        && esso::install_exit(install.exit_code) != esso::InstallExit::Failed
+        && install
+            .outputs
+            .get("configure_needed")
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    if !wanted {
+        return Ok(install);
     }
-    if let Some(enabled) = outputs.get("sso_enabled")
-        && !matches!(
-            enabled.trim().to_ascii_lowercase().as_str(),
-            "yes" | "true" | "enabled" | "1"
-        )
-    {
-        return Some(format!(
-            "SSO is not enabled (ssomanage -displaydb: {enabled})"
-        ));
-    }
-    if let (Some(found), Some(target)) = (outputs.get("version"), target)
-        && found.trim() != target.trim()
-    {
-        return Some(format!("ESSO reports version {found}, expected {target}"));
-    }
-    if let Some(service) = outputs.get("service")
-        && !service.trim().eq_ignore_ascii_case("running")
-    {
-        return Some(format!("the ENTSSO service is {service}, not running"));
-    }
-    if !outputs.contains_key("service") {
-        return Some(
-            "the verify command reported no `::output:: service=`: ENTSSO cannot be checked".into(),
-        );
-    }
-    if target.is_some() && !outputs.contains_key("version") {
-        return Some(
-            "the verify command reported no `::output:: version=`: the version cannot be checked"
+    if esso::reboot_request(install.exit_code, &install.outputs) == Some(RebootRequest::Started) {
+        return Err(
+            "installed, but the installer restarts the server (1641) before ESSO can be configured: \
+             when it is back, configure ESSO (configure_sso, or the product's configuration tool) and \
+             verify it by hand"
                 .into(),
         );
     }
-    None
+    let create = esso::SsoConfigure::from_param(params.get("sso_configure").map(String::as_str))
+        == esso::SsoConfigure::Create;
+    let stdin_secret = if create {
+        Some(read_secret(config).await?)
+    } else {
+        None
+    };
+    let request = Request {
+        action: ActionName::ConfigureSso,
+        params,
+        stdin_secret,
+        timeout: a.timeout,
+    };
+    let configured = run_action(config, request, events)
+        .await
+        .map_err(|e| format!("installed, but ESSO cannot be configured: {e}"))?;
+    if !configured.succeeded() {
+        return Err(format!(
+            "installed, but ESSO's configuration failed: {}",
+            configured.failure("configure_sso")
+        ));
+    }
+    install.outputs.extend(configured.outputs);
+    Ok(install)
 }
 
 async fn read_secret(config: &AgentConfig) -> Result<String, String> {
@@ -680,17 +553,14 @@ async fn read_secret(config: &AgentConfig) -> Result<String, String> {
         .await
         .map_err(|e| format!("the backup password file {}: {e}", path.display()))?;
     let secret = fleet_proto::names::secret_text(&text).to_string();
-    if secret.chars().count() < 7 {
-        // ssoconfig refuses shorter passwords (0xC0002A54); say so before running it.
-        return Err(format!(
-            "the backup password in {} is shorter than the 7 characters ESSO requires",
-            path.display()
-        ));
+    match esso::password_problem(&secret) {
+        Some(problem) => Err(format!("{}: {problem}", path.display())),
+        None => Ok(secret),
     }
-    Ok(secret)
 }
 
-async fn artifact(path: &Path) -> Result<pb::Artifact, String> {
+/// The backup as the run records it: where, how big, its SHA-256, and its password reminder.
+async fn artifact(path: &Path, reminder: String) -> Result<pb::Artifact, String> {
     let (size, sha256) = crate::hashing::sha256_file(path)
         .await
         .map_err(|e| format!("cannot be read: {e}"))?;
@@ -702,6 +572,7 @@ async fn artifact(path: &Path) -> Result<pb::Artifact, String> {
         path: path.display().to_string(),
         size_bytes: size,
         sha256,
+        note: format!("password reminder: {reminder}"),
     })
 }
 

@@ -4,7 +4,11 @@
 //! # Layout
 //! - [`config`]: `agent.toml`, validated once.
 //! - [`catalogue`]: the closed list of actions and the placeholders of their argument templates.
-//! - [`builtin`]: the built-in Windows implementations of the actions (sc, reg, ssoconfig, setup, …).
+//! - [`esso`]: ESSO's rules as Microsoft documents them (silent installs, exit codes, verification,
+//!   events, backups), pure.
+//! - [`action`]: running one action, configured or built-in (for steps and facts alike).
+//! - [`builtin`]: the built-in Windows implementations of the actions (registry, services, ISSOConfigSS,
+//!   setup, configuration, events, …).
 //! - [`runner`]: runs a configured command with a timeout and reads its line protocol.
 //! - [`executor`]: runs one step attempt and reports numbered events.
 //! - [`facts`]: the `facts` action.
@@ -13,11 +17,13 @@
 //! - [`attach`]: the long-lived stream to the coordinator.
 #![forbid(unsafe_code)]
 
+pub mod action;
 pub mod attach;
 pub mod backoff;
 pub mod builtin;
 pub mod catalogue;
 pub mod config;
+pub mod esso;
 pub mod executor;
 pub mod facts;
 pub mod hashing;

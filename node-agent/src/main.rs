@@ -1,4 +1,6 @@
 //! `fleet-agent --config agent.toml`: attaches to the coordinator and re-attaches, forever.
+//! `fleet-agent --config agent.toml --facts` prints what the agent reads on this server (what the
+//! coordinator would see, the preflight checks included) and exits: 0 when the facts could be read.
 //!
 //! On Windows, `fleet-agent --service --config …` is how the service manager starts it (installed by
 //! `deploy/windows/install-agent.ps1`): it reports to the service manager and stops on its Stop or
@@ -27,6 +29,10 @@ struct Args {
     /// Run as the Windows service `ssofleet-agent` (only the service manager starts it so).
     #[arg(long)]
     service: bool,
+    /// Print this server's facts (ESSO's version, ENTSSO, the products, the preflight checks) and
+    /// exit, without attaching.
+    #[arg(long, conflicts_with = "service")]
+    facts: bool,
 }
 
 fn main() -> ExitCode {
@@ -48,12 +54,46 @@ fn main() -> ExitCode {
     if args.service {
         return service::run(args);
     }
+    if args.facts {
+        return print_facts(&args);
+    }
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     run_agent(&args, shutdown, async move {
         wait_for_signal().await;
         stop.cancel();
     })
+}
+
+/// `--facts`: the facts as `key: value` lines on standard output.
+fn print_facts(args: &Args) -> ExitCode {
+    let config = match AgentConfig::load(&args.config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("fleet-agent: invalid configuration:\n{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("fleet-agent: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let facts = runtime.block_on(fleet_agent::facts::collect(
+        &config,
+        &std::collections::BTreeMap::new(),
+    ));
+    print!("{}", fleet_agent::facts::describe(&facts));
+    if facts.error.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 /// Loads the configuration and runs the agent until `shutdown` (which `stopper` may trigger).

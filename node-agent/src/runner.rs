@@ -43,8 +43,11 @@ impl CommandSpec {
 /// What a running command reports, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Report {
-    /// The process started, with this id (first, once).
-    Spawned(u32),
+    /// The process started, with this id and command line (first, once).
+    Spawned {
+        pid: u32,
+        command: String,
+    },
     Progress {
         percent: u32,
         message: String,
@@ -152,7 +155,12 @@ pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Ou
         source,
     })?;
     let deadline = tokio::time::Instant::now() + spec.timeout;
-    let _ = reports.send(Report::Spawned(child.id().unwrap_or(0))).await;
+    let _ = reports
+        .send(Report::Spawned {
+            pid: child.id().unwrap_or(0),
+            command: spec.display(),
+        })
+        .await;
     if let (Some(secret), Some(mut stdin)) = (spec.stdin_secret.clone(), child.stdin.take()) {
         // From a task: a child that writes a lot before it reads stdin must not stall the deadline.
         // A program that exits without reading its input is its own failure; report that, not EPIPE.
@@ -309,11 +317,13 @@ where
 async fn next_line<R: tokio::io::AsyncRead + Unpin>(pipe: &mut Option<Lines<R>>) -> Option<String> {
     let lines = pipe.as_mut()?;
     match lines.reader.read_until(b'\n', &mut lines.buf).await {
-        Ok(0) | Err(_) => {
+        // At the end, a last line without a line end may wait in `buf` from a read that a select
+        // interrupted: it is a line too.
+        Ok(0) | Err(_) if lines.buf.is_empty() => {
             *pipe = None;
             None
         }
-        Ok(_) => {
+        Ok(_) | Err(_) => {
             // Windows tools write CRLF and sometimes a legacy code page: keep what is readable.
             let line = String::from_utf8_lossy(&lines.buf)
                 .trim_end_matches(['\r', '\n'])
@@ -381,6 +391,26 @@ mod tests {
         }
     }
 
+    /// The last line of a tool that ends without a line end is a line too, also when the program's
+    /// exit is noticed while that line is being read (100 runs, to meet that interleaving).
+    #[tokio::test]
+    async fn a_last_line_without_a_line_end_is_kept() {
+        for _ in 0..100 {
+            let (tx, mut rx) = mpsc::channel(64);
+            let outcome = run(&sh("printf 'first\\nlast'", Duration::from_secs(20)), tx)
+                .await
+                .unwrap();
+            assert_eq!(outcome.exit_code, Some(0));
+            let mut lines = Vec::new();
+            while let Ok(report) = rx.try_recv() {
+                if let Report::Stdout(line) = report {
+                    lines.push(line);
+                }
+            }
+            assert_eq!(lines, ["first", "last"]);
+        }
+    }
+
     #[tokio::test]
     async fn runs_a_command_and_reports_in_order() {
         let (tx, mut rx) = mpsc::channel(64);
@@ -399,7 +429,7 @@ mod tests {
         assert_eq!(outcome.failure("facts"), "facts exited with code 3: oops");
         let mut stdout = Vec::new();
         while let Ok(report) = rx.try_recv() {
-            if !matches!(report, Report::Stderr(_) | Report::Spawned(_)) {
+            if !matches!(report, Report::Stderr(_) | Report::Spawned { .. }) {
                 stdout.push(report);
             }
         }

@@ -1,6 +1,7 @@
 //! The built-in Windows actions against fixture scripts standing in for the Windows tools
-//! (`tests/fixtures/windows/`): the command lines they run, what goes to standard input, the outputs
-//! and the failure messages.
+//! (`tests/fixtures/windows/`; `sc` and `reg` stand in for the service controller's and the registry's
+//! APIs, which the Windows agent calls itself): the command lines they run, what goes to standard
+//! input, the outputs and the failure messages.
 #![cfg(unix)]
 #![allow(clippy::unwrap_used)]
 
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use fleet_agent::builtin::{self, Context, Tools};
 use fleet_agent::catalogue::ActionName;
+use fleet_agent::config::SsoSettings;
 use fleet_agent::runner::{Outcome, Report};
 use tokio::sync::mpsc;
 
@@ -46,7 +48,8 @@ impl Fake {
             "sc",
             "reg",
             "ssomanage",
-            "ssoconfig",
+            "powershell",
+            "wevtutil",
             "udbkey",
             "hissomig",
             "shutdown",
@@ -58,8 +61,11 @@ impl Fake {
             sc: Some(bin.join("sc")),
             reg: Some(bin.join("reg")),
             msiexec: Some(wrap("msiexec", "msiexec")),
-            ssoconfig: Some(bin.join("ssoconfig")),
+            powershell: Some(bin.join("powershell")),
+            wevtutil: Some(bin.join("wevtutil")),
             ssomanage: Some(bin.join("ssomanage")),
+            biztalk_configuration: Some(wrap("Configuration.exe", "configuration")),
+            esso_dir: Some(dir.path().join("esso")),
             udbkey: Some(bin.join("udbkey")),
             shutdown: Some(bin.join("shutdown")),
             migration_dir: Some(dir.path().join("hostsec")),
@@ -89,15 +95,21 @@ impl Fake {
         .unwrap()
     }
 
-    /// A server with BizTalk (its key in the 32-bit view), ESSO 3.0.7 as the master, ENTSSO running.
+    /// A server with BizTalk and ESSO 3.0.7.0 in the 32-bit view (KB 2908466's `Server` value), the
+    /// master secret server (`ENTSSO\SSOSS`), ENTSSO and MSDTC running.
     fn biztalk_master(self) -> Self {
         self.set("service.ENTSSO", "running");
+        self.set("service.MSDTC", "running");
         self.set(
-            r"reg/native/HKLM_SOFTWARE_Microsoft_ENTSSO",
+            "reg/32/HKLM_SOFTWARE_Microsoft_ENTSSO",
             &Self::sample("reg-query-entsso-key.txt"),
         );
         self.set(
-            r"reg/32/HKLM_SOFTWARE_Microsoft_BizTalk_Server_3.0",
+            "reg/32/HKLM_SOFTWARE_Microsoft_ENTSSO_SSOSS",
+            "\r\nHKEY_LOCAL_MACHINE\\SOFTWARE\\WOW6432Node\\Microsoft\\ENTSSO\\SSOSS\r\n",
+        );
+        self.set(
+            "reg/32/HKLM_SOFTWARE_Microsoft_BizTalk_Server_3.0",
             &Self::sample("reg-query-biztalk-version.txt"),
         );
         self.set("secret_server", "SSO-DEV-01");
@@ -109,6 +121,14 @@ impl Fake {
             .unwrap_or_default()
             .lines()
             .map(str::to_string)
+            .collect()
+    }
+
+    /// The calls of one tool.
+    fn calls_of(&self, tool: &str) -> Vec<String> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.starts_with(&format!("{tool} ")))
             .collect()
     }
 
@@ -124,11 +144,21 @@ impl Fake {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         map.retain(|_, v| !v.is_empty());
+        self.set("entsso-password", "svc-pw-1\r\n");
         Context {
             params: map,
             stdin_secret: None,
             timeout: Duration::from_secs(30),
             state_dir: self.path("state"),
+            entsso_start_budget: Duration::from_secs(8),
+            sso: SsoSettings {
+                service_account: Some(r"CORP\svc-entsso".into()),
+                service_password_file: Some(self.path("entsso-password")),
+                database_server: Some("sqldev01".into()),
+                database: "SSODB".into(),
+                admin_group: "SSO Administrators".into(),
+                affiliate_admin_group: "SSO Affiliate Administrators".into(),
+            },
         }
     }
 
@@ -156,34 +186,61 @@ fn last_error(o: &Outcome) -> &str {
 }
 
 #[tokio::test]
-async fn facts_read_the_service_the_registry_and_the_products() {
+async fn facts_read_the_service_the_registry_the_products_and_the_fitness() {
     let f = Fake::new().biztalk_master();
     let (result, reports) = f.run(ActionName::Facts, &f.ctx(&[])).await;
     let o = result.unwrap();
     assert!(o.succeeded(), "{o:?}");
     assert_eq!(out(&o, "service"), "running");
-    assert_eq!(out(&o, "version"), "3.0.7");
+    // KB 2908466: `Server` under the 32-bit view.
+    assert_eq!(out(&o, "version"), "3.0.7.0");
     assert_eq!(out(&o, "products"), "biztalk");
     assert_eq!(out(&o, "biztalk_version"), "3.13.717.0");
     assert_eq!(out(&o, "master_secret_server"), "true");
-    let calls = f.calls();
-    assert_eq!(calls[0], "sc [query] [ENTSSO]");
-    assert_eq!(calls[1], r"reg [query] [HKLM\SOFTWARE\Microsoft\ENTSSO]");
-    // BizTalk is found in the 32-bit view after the native one.
-    assert!(calls.contains(
+    assert_eq!(out(&o, "check.msdtc"), "ok running");
+    assert_eq!(out(&o, "check.reboot_pending"), "ok");
+    assert_eq!(out(&o, "check.entsso"), "ok running");
+    let reg = f.calls_of("reg");
+    assert_eq!(
+        reg[0],
+        r"reg [query] [HKLM\SOFTWARE\Microsoft\ENTSSO] [/v] [Server] [/reg:32]"
+    );
+    assert!(reg.contains(
         &r"reg [query] [HKLM\SOFTWARE\Microsoft\BizTalk Server\3.0] [/v] [ProductVersion] [/reg:32]".to_string()
     ));
+    // The registry reads are the agent's own queries: none of them is a log line or a failure's tail.
+    let shown = format!("{reports:?}");
+    assert!(
+        !shown.contains("reg [query]") && !shown.contains("unable to find"),
+        "{shown}"
+    );
     assert!(
         reports
             .iter()
             .any(|r| matches!(r, Report::Progress { percent: 100, .. }))
     );
-
-    let facts = builtin::facts(&f.tools, &f.path("state")).await;
-    assert_eq!(facts.esso_version.as_deref(), Some("3.0.7"));
+    let facts = fleet_agent::facts::from_outputs(&o.outputs);
+    assert_eq!(facts.esso_version.as_deref(), Some("3.0.7.0"));
     assert_eq!(facts.products, ["biztalk"]);
     assert!(facts.master_secret_server);
-    assert_eq!(facts.error, "");
+    assert_eq!(facts.checks.len(), 3);
+    assert!(facts.checks.iter().all(|c| c.passed), "{:?}", facts.checks);
+
+    // A pending restart and a stopped MSDTC fail their checks, with what to do.
+    f.set(
+        r"reg/native/HKLM_SOFTWARE_Microsoft_Windows_CurrentVersion_WindowsUpdate_Auto_Update_RebootRequired",
+        "\r\nHKEY_LOCAL_MACHINE\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\WindowsUpdate\\Auto Update\\RebootRequired\r\n",
+    );
+    f.set("service.MSDTC", "stopped");
+    let o = f.run(ActionName::Facts, &f.ctx(&[])).await.0.unwrap();
+    assert_eq!(
+        out(&o, "check.reboot_pending"),
+        "failed: a restart is pending (Windows Update: RebootRequired); restart the server before the upgrade"
+    );
+    assert!(
+        out(&o, "check.msdtc").starts_with("failed: MSDTC is stopped"),
+        "{o:?}"
+    );
 }
 
 #[tokio::test]
@@ -196,11 +253,30 @@ async fn a_server_without_esso_reports_nothing_installed() {
     assert_eq!(out(&o, "version"), "");
     assert_eq!(out(&o, "products"), "");
     assert_eq!(out(&o, "master_secret_server"), "false");
+    assert_eq!(
+        out(&o, "check.entsso"),
+        "ok not installed (a fresh install)"
+    );
 }
 
 #[tokio::test]
-async fn verify_checks_service_version_master_and_status() {
+async fn the_native_view_and_the_administration_value_are_read_when_the_32_bit_server_is_not_there()
+{
+    let f = Fake::new();
+    f.set("service.ENTSSO", "running");
+    f.set(
+        "reg/native/HKLM_SOFTWARE_Microsoft_ENTSSO",
+        "\r\nHKEY_LOCAL_MACHINE\\SOFTWARE\\Microsoft\\ENTSSO\r\n    Administration    REG_SZ    9.0.1865.0\r\n",
+    );
+    let o = f.run(ActionName::Facts, &f.ctx(&[])).await.0.unwrap();
+    assert_eq!(out(&o, "version"), "9.0.1865.0");
+    assert_eq!(out(&o, "master_secret_server"), "false");
+}
+
+#[tokio::test]
+async fn verify_checks_service_version_master_status_and_events() {
     let f = Fake::new().biztalk_master();
+    // 3.0.7.0 is 3.0.7.
     let ok = f.ctx(&[("target_version", "3.0.7")]);
     let (result, _) = f.run(ActionName::VerifySso, &ok).await;
     let o = result.unwrap();
@@ -209,6 +285,7 @@ async fn verify_checks_service_version_master_and_status() {
     assert_eq!(out(&o, "sso_enabled"), "yes");
     assert_eq!(out(&o, "sql_server"), "dsiteamsrv");
     assert!(f.calls().contains(&"ssomanage [-displaydb]".to_string()));
+    assert_eq!(f.calls_of("wevtutil").len(), 1);
 
     let (result, _) = f
         .run(
@@ -218,7 +295,57 @@ async fn verify_checks_service_version_master_and_status() {
         .await;
     assert_eq!(
         last_error(&result.unwrap()),
-        "ESSO reports version 3.0.7, expected 3.0.8"
+        "ESSO reports version 3.0.7.0, expected 3.0.8"
+    );
+    // A server newer than the target passes only where the coordinator says so.
+    let o = f
+        .run(
+            ActionName::VerifySso,
+            &f.ctx(&[("target_version", "3.0.6")]),
+        )
+        .await
+        .0
+        .unwrap();
+    assert_eq!(
+        last_error(&o),
+        "ESSO reports version 3.0.7.0, newer than the target 3.0.6"
+    );
+    let o = f
+        .run(
+            ActionName::VerifySso,
+            &f.ctx(&[("target_version", "3.0.6"), ("newer_ok", "true")]),
+        )
+        .await
+        .0
+        .unwrap();
+    assert!(o.succeeded(), "{o:?}");
+
+    // ESSO's own events: the newest with a verdict decides.
+    f.set("events.xml", &Fake::sample("wevtutil-entsso-events.xml"));
+    let o = f.run(ActionName::VerifySso, &ok).await.0.unwrap();
+    assert!(
+        last_error(&o).starts_with(
+            "ESSO logged event 10536 at 2026-11-29T07:12:03.4567890Z: ESSO cannot decrypt"
+        ),
+        "{o:?}"
+    );
+    f.set(
+        "events.xml",
+        &Fake::sample("wevtutil-entsso-events.xml")
+            .lines()
+            .skip(1)
+            .collect::<String>(),
+    );
+    let o = f.run(ActionName::VerifySso, &ok).await.0.unwrap();
+    assert!(o.succeeded(), "{o:?}");
+    assert_eq!(
+        out(&o, "esso_health_event"),
+        "10534 at 2026-11-29T07:10:41.1234560Z",
+        "{o:?}"
+    );
+    assert_eq!(
+        out(&o, "esso_health_event"),
+        "10534 at 2026-11-29T07:10:41.1234560Z"
     );
 
     f.set("secret_server", "SSO-DEV-02");
@@ -245,112 +372,133 @@ async fn verify_checks_service_version_master_and_status() {
             .starts_with("ssomanage -displaydb: 0xC0002A0F: could not contact the SSO server"),
         "{o:?}"
     );
-
-    f.set("service.ENTSSO", "stopped");
-    let o = f.run(ActionName::VerifySso, &ok).await.0.unwrap();
-    assert_eq!(out(&o, "service"), "stopped");
-    assert_eq!(
-        last_error(&o),
-        "the ENTSSO service is stopped (WIN32_EXIT_CODE 1077), not running"
-    );
 }
 
 #[tokio::test]
-async fn verify_waits_for_a_starting_entsso() {
+async fn verify_waits_for_entsso_within_its_start_budget() {
     let f = Fake::new().biztalk_master();
     f.set("service.ENTSSO", "start-pending");
     let o = f.run(ActionName::VerifySso, &f.ctx(&[])).await.0.unwrap();
     assert!(o.succeeded(), "{o:?}");
     assert_eq!(out(&o, "service"), "running");
+
+    // Automatic (Delayed Start) after an install: STOPPED at first, then it starts.
+    f.set("service.ENTSSO", "delayed");
+    let o = f.run(ActionName::VerifySso, &f.ctx(&[])).await.0.unwrap();
+    assert!(o.succeeded(), "{o:?}");
+
+    // Still stopped when the budget is spent.
+    f.set("service.ENTSSO", "stopped");
+    let mut ctx = f.ctx(&[]);
+    ctx.entsso_start_budget = Duration::from_secs(3);
+    let o = f.run(ActionName::VerifySso, &ctx).await.0.unwrap();
+    assert_eq!(
+        last_error(&o),
+        "the ENTSSO service is stopped after 3s, not running"
+    );
 }
 
 #[tokio::test]
-async fn the_backup_password_goes_only_to_standard_input() {
+async fn the_backup_goes_through_issoconfigss_with_the_password_only_on_standard_input() {
     let f = Fake::new().biztalk_master();
     let file = f.path("backup/secret.bak");
-    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-    let mut ctx = f.ctx(&[("backup_file", file.to_str().unwrap())]);
+    let mut ctx = f.ctx(&[
+        ("backup_file", file.to_str().unwrap()),
+        (
+            "backup_reminder",
+            "ssofleet backup dev sso-dev-01 2026-11-29",
+        ),
+    ]);
     ctx.stdin_secret = Some(PASSWORD.into());
     let (result, reports) = f.run(ActionName::BackupSecret, &ctx).await;
     let o = result.unwrap();
     assert!(o.succeeded(), "{o:?}");
     assert_eq!(out(&o, "backup_file"), file.to_str().unwrap());
-    assert!(std::fs::metadata(&file).unwrap().len() > 0);
-    let calls = f.calls();
+    let (size, sha256) = fleet_agent::hashing::sha256_file(&file).await.unwrap();
+    assert_eq!(out(&o, "backup_size"), size.to_string());
+    assert_eq!(out(&o, "backup_sha256"), sha256);
     assert_eq!(
-        calls,
-        [format!("ssoconfig [-backupSecret] [{}]", file.display())]
+        out(&o, "backup_reminder"),
+        "ssofleet backup dev sso-dev-01 2026-11-29"
     );
-    let stdin = std::fs::read_to_string(f.path("stdin.ssoconfig")).unwrap();
-    let lines: Vec<&str> = stdin.lines().collect();
-    assert_eq!(lines[..2], [PASSWORD, PASSWORD]);
-    assert!(
-        lines[2].starts_with("ssofleet backup dev sso-dev-01 "),
-        "{stdin}"
+    // Written locally by ESSO, then copied; the local file is gone once the copy is verified.
+    let local = f.path("state/secret-backups/secret.bak");
+    let script = f.path("state/scripts/backup-secret.ps1");
+    assert_eq!(
+        f.calls_of("powershell"),
+        [format!(
+            "powershell [-NoProfile] [-NonInteractive] [-ExecutionPolicy] [Bypass] [-File] [{}] [-BackupFile] [{}] [-InteropDll] [{}]",
+            script.display(),
+            local.display(),
+            f.path("esso/Microsoft.EnterpriseSingleSignOn.Interop.dll")
+                .display()
+        )]
     );
-    assert!(!lines[2].contains(PASSWORD));
+    assert!(!local.exists());
+    let stdin = std::fs::read_to_string(f.path("stdin.powershell")).unwrap();
+    assert_eq!(
+        stdin,
+        format!("{PASSWORD}\nssofleet backup dev sso-dev-01 2026-11-29\n")
+    );
     let shown = format!("{reports:?}{o:?}");
     assert!(!shown.contains(PASSWORD), "the password leaked: {shown}");
 
-    f.set("fail.ssoconfig", "");
+    f.set("fail.powershell", "");
     let o = f.run(ActionName::BackupSecret, &ctx).await.0.unwrap();
     assert_eq!(
         last_error(&o),
-        "ssoconfig -backupSecret: 0xC0002A0E: this must be run on the master secret server, and this server is not it"
+        "ISSOConfigSS.BackupSecret: 0xC0002A0E: this must be run on the master secret server, and this server is not it"
     );
 
     ctx.stdin_secret = Some("pw-6ch".into());
     let o = f.run(ActionName::BackupSecret, &ctx).await.0.unwrap();
-    assert!(
-        last_error(&o).contains("shorter than the 7 characters"),
-        "{o:?}"
+    assert_eq!(
+        last_error(&o),
+        "the backup password is shorter than the 7 characters ESSO requires (0xC0002A54)"
     );
 }
 
 #[tokio::test]
-async fn install_selects_esso_only_when_no_other_product_provides_it() {
+async fn a_biztalk_upgrade_is_never_run_silently() {
     let f = Fake::new().biztalk_master();
+    let setup = f.path("bin/Setup.exe");
+    let o = f
+        .run(
+            ActionName::InstallSso,
+            &f.ctx(&[("installer", setup.to_str().unwrap())]),
+        )
+        .await
+        .0
+        .unwrap();
+    assert_eq!(o.exit_code, Some(1));
+    assert!(
+        last_error(&o).contains("\"The Quiet flag cannot be specified for an upgrade\""),
+        "{o:?}"
+    );
+    assert_eq!(out(&o, "install_kind"), "upgrade");
+    assert!(f.calls_of("setup").is_empty(), "setup ran: {:?}", f.calls());
+}
+
+#[tokio::test]
+async fn a_fresh_install_is_silent_and_asks_for_configuration() {
+    let f = Fake::new();
     let setup = f.path("bin/Setup.exe");
     let ctx = f.ctx(&[("installer", setup.to_str().unwrap())]);
     let log = f.path("state/logs/install-r1-sso-dev-01.log");
 
     let o = f.run(ActionName::InstallSso, &ctx).await.0.unwrap();
     assert_eq!(o.exit_code, Some(0), "{o:?}");
+    assert_eq!(out(&o, "install_kind"), "fresh");
     assert_eq!(out(&o, "esso_feature"), "SSOServer");
-    let install = f
-        .calls()
-        .into_iter()
-        .find(|c| c.starts_with("setup"))
-        .unwrap();
+    assert_eq!(out(&o, "configure_needed"), "true");
     assert_eq!(
-        install,
-        format!(
+        f.calls_of("setup"),
+        [format!(
             "setup [/quiet] [/norestart] [/L] [{}] [/ADDLOCAL] [WMI,BizTalk,AdditionalApps,SSOServer]",
             log.display()
-        )
+        )]
     );
     assert!(log.is_file());
-
-    // HIS is there: ESSO comes with it, the feature is not selected. (A POSIX exit status cannot
-    // carry 3010 or 1603: installer_outcome's unit test covers those codes.)
-    f.set(
-        "reg/native/HKLM_SOFTWARE_Microsoft_Host_Integration_Server",
-        "\nHKEY_LOCAL_MACHINE\\SOFTWARE\\Microsoft\\Host Integration Server\n\n",
-    );
-    std::fs::remove_file(f.path("calls.log")).unwrap();
-    let o = f.run(ActionName::InstallSso, &ctx).await.0.unwrap();
-    assert_eq!(o.exit_code, Some(0));
-    assert_eq!(out(&o, "products"), "biztalk,his");
-    assert_eq!(out(&o, "esso_feature"), "none");
-    let install = f
-        .calls()
-        .into_iter()
-        .find(|c| c.starts_with("setup"))
-        .unwrap();
-    assert!(
-        install.ends_with("[/ADDLOCAL] [WMI,BizTalk,AdditionalApps]"),
-        "{install}"
-    );
 
     f.set("exit.setup", "67");
     let o = f.run(ActionName::InstallSso, &ctx).await.0.unwrap();
@@ -369,31 +517,129 @@ async fn install_selects_esso_only_when_no_other_product_provides_it() {
         o.stderr_tail[n - 2],
         "installer log: simulated installer log"
     );
+}
 
-    // An MSI goes through msiexec.
-    f.set("exit.setup", "0");
+/// Seed 000: Host Integration Server installed where BizTalk Server is does not select ESSO; HIS 2020's
+/// in-place upgrade is documented as silent (`msiexec /i … /quiet`), then configured.
+#[tokio::test]
+async fn his_where_biztalk_is_does_not_select_esso_and_upgrades_silently() {
+    let f = Fake::new().biztalk_master();
     let ctx = f.ctx(&[("installer", "/media/HIS2020_Server_EN.msi")]);
+    let log = f.path("state/logs/install-r1-sso-dev-01.log");
     let o = f.run(ActionName::InstallSso, &ctx).await.0.unwrap();
     assert!(o.succeeded(), "{o:?}");
-    let install = f
-        .calls()
-        .into_iter()
-        .rev()
-        .find(|c| c.starts_with("msiexec"))
-        .unwrap();
+    assert_eq!(out(&o, "esso_feature"), "none");
+    assert_eq!(out(&o, "configure_needed"), "true");
     assert_eq!(
-        install,
-        format!(
+        f.calls_of("msiexec"),
+        [format!(
             "msiexec [/i] [/media/HIS2020_Server_EN.msi] [/quiet] [/norestart] [/L*v] [{}]",
             log.display()
-        )
+        )]
     );
+}
+
+#[tokio::test]
+async fn configuration_answers_join_or_create_and_deletes_its_file() {
+    let f = Fake::new();
+    let setup = f.path("bin/Setup.exe");
+    let ctx = f.ctx(&[
+        ("installer", setup.to_str().unwrap()),
+        ("sso_configure", "join"),
+    ]);
+    let (result, reports) = f.run(ActionName::ConfigureSso, &ctx).await;
+    let o = result.unwrap();
+    assert!(o.succeeded(), "{o:?}");
+    let file = f.path("state/secret-files/configure-r1-sso-dev-01.xml");
+    let log = f.path("state/logs/install-r1-sso-dev-01.configure.log");
+    assert_eq!(
+        f.calls_of("configuration"),
+        [format!(
+            "configuration [/S] [{}] [/L] [{}]",
+            file.display(),
+            log.display()
+        )]
+    );
+    assert!(!file.exists(), "the file with the password must be deleted");
+    let given = std::fs::read_to_string(f.path("configured.xml")).unwrap();
+    assert!(
+        given.contains("<Answer Value=\"Join\" Selected=\"Yes\" />"),
+        "{given}"
+    );
+    assert!(given.contains("<Password>svc-pw-1</Password>"), "{given}");
+    assert!(given.contains("<Server>sqldev01</Server>"), "{given}");
+    assert!(!format!("{reports:?}{o:?}").contains("svc-pw-1"));
+
+    // Create (the migrate workflow's first master) backs up the new secret with the backup password,
+    // and the backup lands in the backup directory like backup_secret's.
+    let backups = f.path("backups");
+    let mut ctx = f.ctx(&[
+        ("installer", setup.to_str().unwrap()),
+        ("sso_configure", "create"),
+        ("backup_dir", backups.to_str().unwrap()),
+    ]);
+    let o = f.run(ActionName::ConfigureSso, &ctx).await.0.unwrap();
+    assert!(last_error(&o).contains("backup_password_file"), "{o:?}");
+    ctx.stdin_secret = Some(PASSWORD.into());
+    f.set("configuration.writes-backup", "");
+    let o = f.run(ActionName::ConfigureSso, &ctx).await.0.unwrap();
+    assert!(o.succeeded(), "{o:?}");
+    let given = std::fs::read_to_string(f.path("configured.xml")).unwrap();
+    assert!(
+        given.contains("<Answer Value=\"Create\" Selected=\"Yes\">"),
+        "{given}"
+    );
+    assert!(
+        given.contains(&format!("<Value>{PASSWORD}</Value>")),
+        "{given}"
+    );
+    let copy = PathBuf::from(out(&o, "backup_file"));
+    assert!(copy.starts_with(&backups) && copy.is_file(), "{o:?}");
+    assert!(
+        std::fs::read_dir(f.path("state/secret-backups"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+
+    // A failed configuration still deletes the file, and names its log.
+    f.set("exit.configuration", "5");
+    let o = f.run(ActionName::ConfigureSso, &ctx).await.0.unwrap();
+    assert!(!file.exists());
+    assert!(
+        last_error(&o).contains("exited with code 5; its log is"),
+        "{o:?}"
+    );
+
+    // Host Integration Server's configuration file has no documented layout: the built-in says so.
+    let ctx = f.ctx(&[("installer", "/media/HIS2020_Server_EN.msi")]);
+    let o = f.run(ActionName::ConfigureSso, &ctx).await.0.unwrap();
+    assert!(
+        last_error(&o)
+            .starts_with("the built-in configure_sso cannot configure Host Integration Server"),
+        "{o:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_crashed_agents_secret_files_are_deleted_at_the_next_start() {
+    let f = Fake::new();
+    f.set(
+        "state/secret-files/configure-r1-n.xml",
+        "<Password>x</Password>",
+    );
+    let removed = builtin::remove_leftover_secret_files(&f.path("state"));
+    assert_eq!(removed, [f.path("state/secret-files/configure-r1-n.xml")]);
+    assert!(builtin::remove_leftover_secret_files(&f.path("state")).is_empty());
 }
 
 #[tokio::test]
 async fn the_encryption_key_is_written_to_the_key_file_and_not_logged() {
     let f = Fake::new();
-    let ctx = f.ctx(&[("backup_dir", f.path("backup").to_str().unwrap())]);
+    let ctx = f.ctx(&[
+        ("backup_dir", f.path("backup").to_str().unwrap()),
+        ("migration_source", "his2000"),
+    ]);
     let (result, reports) = f.run(ActionName::ExportEncryptionKey, &ctx).await;
     let o = result.unwrap();
     assert!(o.succeeded(), "{o:?}");
@@ -542,6 +788,72 @@ async fn a_failed_export_still_restarts_the_host_account_cache() {
     assert!(!f.path("hostsec/ssofleet-hostsecdb-dev-r1.xml").exists());
 }
 
+/// SNA Server 4.0 has no encryption key (ESSO.md, migration step 2): nothing exports one, and the
+/// import runs without `-key`. The export and the import may be two steps, the operator's review
+/// between them; the export is kept for the import.
+#[tokio::test]
+async fn an_sna_migration_has_no_key_and_runs_in_two_phases() {
+    let f = Fake::new();
+    f.set("service.SnaDatabase", "running");
+    let params = [
+        ("backup_dir", f.path("backup").to_str().unwrap().to_string()),
+        ("migration_source", "sna4".to_string()),
+        (
+            "host_security_dbfile",
+            r"Y:\SNA\hostsec\dbfile.dbs".to_string(),
+        ),
+    ];
+    let with = |extra: &[(&str, &str)]| {
+        let mut all: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        all.extend_from_slice(extra);
+        f.ctx(&all)
+    };
+    let o = f
+        .run(ActionName::ExportEncryptionKey, &with(&[]))
+        .await
+        .0
+        .unwrap();
+    assert!(
+        last_error(&o).starts_with("SNA Server 4.0 has no encryption key"),
+        "{o:?}"
+    );
+    assert!(f.calls_of("udbkey").is_empty());
+
+    let xml = f.path("hostsec/ssofleet-hostsecdb-dev-r1.xml");
+    let o = f
+        .run(
+            ActionName::RunMigration,
+            &with(&[("migration_phase", "export")]),
+        )
+        .await
+        .0
+        .unwrap();
+    assert!(o.succeeded(), "{o:?}");
+    assert!(xml.is_file(), "kept for the review and the import");
+    assert!(out(&o, "exported_size").parse::<u64>().unwrap() > 0);
+    assert!(f.calls_of("hissomig [-import]").is_empty());
+    let o = f
+        .run(
+            ActionName::RunMigration,
+            &with(&[("migration_phase", "import")]),
+        )
+        .await
+        .0
+        .unwrap();
+    assert!(o.succeeded(), "{o:?}");
+    assert_eq!(
+        f.calls_of("hissomig"),
+        [
+            format!(
+                r"hissomig [-export] [-dbfile] [Y:\SNA\hostsec\dbfile.dbs] [-output] [{}]",
+                xml.display()
+            ),
+            format!("hissomig [-import] [-input] [{}]", xml.display()),
+        ]
+    );
+    assert!(!xml.exists());
+}
+
 #[tokio::test]
 async fn what_cannot_start_says_why() {
     let f = Fake::new();
@@ -560,9 +872,9 @@ async fn what_cannot_start_says_why() {
         .await
         .0
         .unwrap();
-    assert!(
-        last_error(&err).starts_with("run_migration needs host_security_server"),
-        "{err:?}"
+    assert_eq!(
+        last_error(&err),
+        "run_migration: migration_source None is not his2000 or sna4 ([environment.migration] source in fleet.toml)"
     );
 
     let (tx, _rx) = mpsc::channel(8);
@@ -571,7 +883,7 @@ async fn what_cannot_start_says_why() {
         .unwrap_err();
     assert_eq!(
         err,
-        "the built-in verify_sso drives sc.exe, which this platform does not have: set [tools] sc in agent.toml or configure [actions.verify_sso]"
+        "the built-in verify_sso drives ssomanage.exe, which this platform does not have: set [tools] ssomanage in agent.toml or configure [actions.verify_sso]"
     );
     let (tx, _rx) = mpsc::channel(8);
     let err = builtin::run(ActionName::InstallSso, &f.tools, &f.ctx(&[]), tx)

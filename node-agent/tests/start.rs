@@ -92,3 +92,46 @@ fn service_mode_is_for_windows_only() {
         "{o:?}"
     );
 }
+
+/// `--facts` reads the server without attaching (no certificates needed) and prints what it found.
+#[cfg(unix)]
+#[test]
+fn facts_are_printed_without_attaching() {
+    let dir = tempfile::tempdir().unwrap();
+    let facts = dir.path().join("facts.sh");
+    std::fs::write(
+        &facts,
+        "#!/bin/sh\necho '::output:: version=3.0.7.0'\necho '::output:: service=running'\necho '::output:: check.msdtc=failed: MSDTC is stopped'\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&facts, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{CONFIG}[actions.facts]\nprogram = \"{}\"\n",
+            facts.display()
+        ),
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_fleet-agent"))
+        .args(["--config", config.to_str().unwrap(), "--facts"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for line in [
+        "esso_version: 3.0.7.0\n",
+        "service: running\n",
+        "overridden_actions: facts\n",
+        "check.msdtc: FAILED MSDTC is stopped\n",
+    ] {
+        assert!(stdout.contains(line), "{line:?} in {stdout}");
+    }
+}

@@ -7,6 +7,8 @@
 //! - [`identity`]: SPIFFE-style peer identities carried in URI SANs (`spiffe://<td>/agent/<node>`).
 //! - [`tls`]: server and client rustls configurations built from PEM files, with errors that name the file.
 //! - [`transport`]: the coordinator's TLS accept loop and the clients' TLS connector for tonic.
+//! - [`version`]: ESSO versions, compared as numbers.
+//! - [`names`]: server names as ESSO records them, and the text of a secret file.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -15,6 +17,7 @@ pub mod logging;
 pub mod names;
 pub mod tls;
 pub mod transport;
+pub mod version;
 
 /// Milliseconds since the Unix epoch, the time unit of the wire (0 before 1970, saturating far ahead).
 pub fn unix_ms(t: std::time::SystemTime) -> i64 {

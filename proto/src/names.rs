@@ -38,6 +38,9 @@ mod tests {
         assert!(same_server("SSO-DEV-01", "sso-dev-01.corp.example."));
         assert!(!same_server("a.corp.example", "a.other.example"));
         assert!(!same_server("10.0.0.1", "10"));
+        assert!(same_server("DSITEAMSRV", "dsiteamsrv"));
+        assert!(!same_server("sso-dev-02", "sso-dev-01.corp.example"));
+        assert!(!same_server("", ""));
         assert!(!same_server("", ""));
         assert_eq!(secret_text("\u{feff}pw 1\r\n"), "pw 1");
         assert_eq!(secret_text("pw\n\n"), "pw");

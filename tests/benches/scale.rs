@@ -420,6 +420,7 @@ step_timeout = "10m"
 [[environment]]
 name = "bench"
 gate = "auto"
+install = "unattended"              # the agents install with their own command (the fixture)
 master = "{master}"
 members = [{members}]
 backup_dir = '{backups}'

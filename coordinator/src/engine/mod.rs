@@ -13,7 +13,7 @@
 //!    chain, backups included, cannot be skipped past);
 //! 2. no step of environment k+1 before environment k finished and its gate passed;
 //! 3. at most `max_parallel` member steps of an environment in flight;
-//! 6. a step planned `already-current` is never dispatched;
+//! 6. a step planned `already-current` or `newer` is never dispatched;
 //! 7. no step is dispatched while its environment's maintenance window is closed.
 //!
 //! A run survives a coordinator restart: the shell stores each step's [`StepRecord`] and the run's
@@ -44,13 +44,18 @@ pub enum StepState {
     Failed,
     Skipped,
     AlreadyCurrent,
+    /// The node is on a newer version than the target: nothing to do, never downgraded.
+    Newer,
 }
 
 impl StepState {
     pub fn is_done(self) -> bool {
         matches!(
             self,
-            StepState::Succeeded | StepState::Skipped | StepState::AlreadyCurrent
+            StepState::Succeeded
+                | StepState::Skipped
+                | StepState::AlreadyCurrent
+                | StepState::Newer
         )
     }
 
@@ -67,6 +72,7 @@ impl StepState {
             StepState::Failed => "failed",
             StepState::Skipped => "skipped",
             StepState::AlreadyCurrent => "already-current",
+            StepState::Newer => "newer",
         }
     }
 
@@ -79,6 +85,7 @@ impl StepState {
             StepState::Failed,
             StepState::Skipped,
             StepState::AlreadyCurrent,
+            StepState::Newer,
         ]
         .into_iter()
         .find(|s| s.as_str() == text)
@@ -295,11 +302,22 @@ impl Run {
             .steps
             .iter()
             .map(|p| {
+                let noted = |fallback: &str| {
+                    if p.note.is_empty() {
+                        fallback.to_string()
+                    } else {
+                        p.note.clone()
+                    }
+                };
                 let (state, message) = match &p.expected {
                     Expected::Run => (StepState::Pending, String::new()),
                     Expected::AlreadyCurrent => (
                         StepState::AlreadyCurrent,
-                        "already on the target version".into(),
+                        noted("already on the target version"),
+                    ),
+                    Expected::Newer => (
+                        StepState::Newer,
+                        noted("newer than the target version: never downgraded"),
                     ),
                     Expected::Skipped(why) => (StepState::Skipped, why.clone()),
                 };
@@ -434,7 +452,8 @@ impl Run {
                         && !self.aborted
                 });
                 if waits {
-                    self.set(step, StepState::Waiting, instruction, &mut out);
+                    let message = with_install_reason(instruction, &self.steps[step].plan);
+                    self.set(step, StepState::Waiting, message, &mut out);
                 }
             }
             Event::StepFinished {
@@ -1253,6 +1272,17 @@ impl Run {
             }
         }
         (RunStatus::Running, String::new())
+    }
+}
+
+/// What an attended install waits with: the agent's instruction, and why the plan made it attended
+/// where the inventory asked for unattended (e.g. that Microsoft supports no silent BizTalk upgrade).
+fn with_install_reason(instruction: String, step: &PlannedStep) -> String {
+    match step.install.as_ref().and_then(|i| i.attended_because()) {
+        Some(reason) if !instruction.contains(reason) => {
+            format!("{instruction} (attended: {reason})")
+        }
+        _ => instruction,
     }
 }
 

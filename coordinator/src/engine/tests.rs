@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::inventory::Inventory;
 use crate::plan::Workflow;
-use crate::plan::{Selection, Versions, plan};
+use crate::plan::{Reported, Reports, Selection, plan};
 
 const T0: Millis = 1_000_000;
 
@@ -38,7 +38,7 @@ fn all() -> Selection {
 
 /// A run with every node attached, and the given nodes already on the target version.
 fn run_of(inv: &Inventory, current: &[&str]) -> Run {
-    let versions: Versions = inv
+    let versions: Reports = inv
         .nodes()
         .map(|(_, n, _)| {
             let v = if current.contains(&n.as_str()) {
@@ -46,7 +46,7 @@ fn run_of(inv: &Inventory, current: &[&str]) -> Run {
             } else {
                 "3.0.6"
             };
-            (n.clone(), Some(v.to_string()))
+            (n.clone(), Reported::version(v))
         })
         .collect();
     let p = plan(inv, &all(), &versions).unwrap();
@@ -340,6 +340,86 @@ fn already_current_nodes_are_not_reinstalled_but_the_master_is_verified() {
     assert_eq!(run.status(), RunStatus::Succeeded);
 }
 
+/// A run of one environment (master first) whose nodes reported these versions.
+fn run_on_versions(nodes: &[(&str, &str)], install: &str) -> Run {
+    let members: Vec<String> = nodes[1..].iter().map(|(n, _)| format!("\"{n}\"")).collect();
+    let text = format!(
+        "[upgrade]\ntarget_version = \"3.0.7\"\ninstaller = 'setup.exe'\n[[environment]]\nname = \"e0\"\ninstall = \"{install}\"\nmaster = \"{}\"\nmembers = [{}]\nbackup_dir = 'b'\n",
+        nodes[0].0,
+        members.join(", ")
+    );
+    let inv = Inventory::parse(Path::new("fleet.toml"), &text).unwrap();
+    let reports: Reports = nodes
+        .iter()
+        .map(|(n, v)| (NodeName::new(n).unwrap(), Reported::version(v)))
+        .collect();
+    let p = plan(&inv, &all(), &reports).unwrap();
+    let attached = inv.nodes().map(|(_, n, _)| n.clone()).collect();
+    Run::new(&p, 600_000, attached)
+}
+
+#[test]
+fn newer_nodes_are_done_like_current_ones_and_never_installed_on() {
+    let mut run = run_on_versions(
+        &[
+            ("m", "3.0.8"),
+            ("a", "3.0.6"),
+            ("b", "3.0.7.0"),
+            ("c", "3.0.10"),
+        ],
+        "attended",
+    );
+    let states: Vec<(String, &str)> = (0..run.steps.len())
+        .map(|i| (name(&run, i), run.steps[i].state.as_str()))
+        .collect();
+    let newer: Vec<&str> = states
+        .iter()
+        .filter(|(_, s)| *s == "newer")
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(newer, ["m:upgrade-master", "c:upgrade", "c:verify"]);
+    assert_eq!(
+        run.steps[3].message,
+        "on 3.0.8, newer than the target 3.0.7: never downgraded"
+    );
+    let first = dispatched(&run.apply(Event::Start, T0).unwrap());
+    let order = run_to_quiet(&mut run, first);
+    assert_eq!(
+        order,
+        [
+            "-:preflight",
+            "m:backup-secret",
+            "m:verify-master",
+            "a:upgrade",
+            "a:verify"
+        ]
+    );
+    assert_eq!(run.status(), RunStatus::Succeeded);
+    // Stored and read back as such.
+    assert_eq!(StepState::parse("newer"), Some(StepState::Newer));
+    assert_eq!(round_trip(&run), run);
+}
+
+#[test]
+fn an_attended_wait_says_why_the_plan_made_it_attended() {
+    // The environment asks for unattended; a BizTalk setup upgrade cannot be: the wait says so.
+    let mut run = run_on_versions(&[("m1", "3.0.6")], "unattended");
+    let upgrade = to_master_upgrade(&mut run);
+    wait_for_operator(&mut run, upgrade);
+    assert_eq!(run.status(), RunStatus::WaitingApproval);
+    let reason = run.reason();
+    assert!(
+        reason.starts_with("attended install on m1: run setup.exe on m1 (attended: a BizTalk Server upgrade cannot be silent"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("Silent Upgrade is not supported"),
+        "{reason}"
+    );
+    // The same wait reported again (a redelivery) changes nothing.
+    assert!(wait_for_operator(&mut run, upgrade).is_empty());
+}
+
 #[test]
 fn a_manual_gate_waits_for_approval_and_a_soak_gate_for_its_time() {
     let inv = inventory(
@@ -623,7 +703,8 @@ fn a_silent_step_fails_after_its_timeout_and_grace() {
 
 #[derive(Debug, Clone)]
 struct Shape {
-    envs: Vec<(Gate, usize, Vec<bool>)>, // gate, member count, already-current per node (master first)
+    /// Gate, member count, and per node (master first) its version: 0 older, 1 the target, 2 newer.
+    envs: Vec<(Gate, usize, Vec<u8>)>,
     max_parallel: u32,
     max_failures: u32,
     /// Per environment, maybe a daily window: opens this many seconds after T0, for so long.
@@ -637,8 +718,9 @@ fn shape() -> impl Strategy<Value = Shape> {
         (1u64..4).prop_map(|s| Gate::Soak(Duration::from_secs(s)))
     ];
     let env = (gate, 0usize..5).prop_flat_map(|(gate, members)| {
-        proptest::collection::vec(proptest::bool::weighted(0.25), members + 1)
-            .prop_map(move |current| (gate.clone(), members, current))
+        let version = prop_oneof![6 => Just(0u8), 2 => Just(1u8), 2 => Just(2u8)];
+        proptest::collection::vec(version, members + 1)
+            .prop_map(move |versions| (gate.clone(), members, versions))
     });
     let window = proptest::option::weighted(0.3, (0u32..120, 5u32..60));
     (
@@ -672,14 +754,13 @@ fn build(shape: &Shape) -> (Run, BTreeSet<usize>) {
         "[upgrade]\ntarget_version = \"3.0.7\"\ninstaller = 's'\n[policy]\nmax_parallel = {}\nmax_failures = {}\n",
         shape.max_parallel, shape.max_failures
     );
-    let mut versions = Versions::new();
+    let mut versions = Reports::new();
     for (e, (gate, members, current)) in shape.envs.iter().enumerate() {
         let nodes: Vec<String> = (0..=*members).map(|i| format!("n{e}x{i}")).collect();
-        for (node, cur) in nodes.iter().zip(current) {
-            versions.insert(
-                NodeName::new(node).unwrap(),
-                Some(if *cur { "3.0.7" } else { "3.0.6" }.into()),
-            );
+        for (node, version) in nodes.iter().zip(current) {
+            // The target written as four parts, and a newer version, compare as numbers.
+            let written = ["3.0.6", "3.0.7.0", "3.0.10"][usize::from(*version)];
+            versions.insert(NodeName::new(node).unwrap(), Reported::version(written));
         }
         let gate = match gate {
             Gate::Soak(d) => format!("soak {}s", d.as_secs()),
@@ -702,6 +783,7 @@ fn build(shape: &Shape) -> (Run, BTreeSet<usize>) {
     let inv = Inventory::parse(Path::new("f.toml"), &text).unwrap();
     let p = plan(&inv, &all(), &versions).unwrap();
     let attached = inv.nodes().map(|(_, n, _)| n.clone()).collect();
+    // Steps on nodes already on the target or newer: never dispatched (invariant 6).
     let already_current: BTreeSet<usize> = p
         .steps
         .iter()
@@ -709,7 +791,7 @@ fn build(shape: &Shape) -> (Run, BTreeSet<usize>) {
             s.kind != StepKind::VerifyMaster
                 && s.node
                     .as_ref()
-                    .is_some_and(|n| versions[n].as_deref() == Some("3.0.7"))
+                    .is_some_and(|n| versions[n].version.as_deref() != Some("3.0.6"))
         })
         .filter(|s| {
             matches!(
@@ -732,8 +814,9 @@ fn round_trip(run: &Run) -> Run {
     let windows = run.envs.iter().map(|e| e.window.clone()).collect();
     let plan = Plan {
         workflow: crate::plan::Workflow::Upgrade,
-        target_version: String::new(),
+        target_version: "3.0.7".parse().unwrap(),
         installer: String::new(),
+        master_installer: None,
         max_parallel: run.max_parallel,
         max_failures: run.max_failures,
         master_only: false,
@@ -808,7 +891,7 @@ impl Observer {
             // Invariant 6.
             prop_assert!(
                 !already_current.contains(&step),
-                "already-current step {step} dispatched"
+                "step {step} of a node already current or newer dispatched"
             );
             // Invariant 7.
             prop_assert!(
@@ -1158,9 +1241,9 @@ fn a_waiting_member_install_can_be_skipped_and_the_master_may_reboot_while_it_wa
 
 fn migrate_run(current: bool) -> Run {
     let inv = inventory(&[("auto", &["m1", "a"], "")], 1, 0);
-    let versions: Versions = [(
+    let versions: Reports = [(
         crate::domain::NodeName::new("m1").unwrap(),
-        Some(if current { "3.0.7" } else { "" }.to_string()).filter(|v| !v.is_empty()),
+        Reported::version(if current { "3.0.7" } else { "" }),
     )]
     .into_iter()
     .collect();

@@ -92,8 +92,10 @@ fn sql_encryption_modes_and_trust() {
 #[test]
 fn parses_the_spec_example() {
     let inv = parse(VALID).unwrap();
-    assert_eq!(inv.upgrade.target_version, "3.0.7");
+    assert_eq!(inv.upgrade.target_version, "3.0.7.0".parse().unwrap());
+    assert_eq!(inv.upgrade.target_version.to_string(), "3.0.7");
     assert_eq!(inv.upgrade.installer, r"D:\media\BizTalk\Setup.exe");
+    assert_eq!(inv.upgrade.master_installer, None);
     assert_eq!(
         inv.policy,
         Policy {
@@ -143,7 +145,11 @@ fn defaults_apply_when_policy_and_gate_are_omitted() {
     assert_eq!(inv.policy.max_parallel, 1);
     assert_eq!(inv.policy.max_failures, 0);
     assert_eq!(inv.environments[0].gate, Gate::Auto);
-    assert_eq!(inv.environments[0].install, InstallMode::Unattended);
+    assert_eq!(
+        inv.environments[0].install,
+        InstallMode::Attended,
+        "attended by default: Microsoft supports no silent BizTalk upgrade"
+    );
     assert!(inv.environments[0].members.is_empty());
 }
 
@@ -336,6 +342,63 @@ fn bad_values_name_their_key() {
             "{from} -> {to}: {msg}"
         );
     }
+}
+
+#[test]
+fn a_target_version_that_is_not_a_version_names_file_line_and_key() {
+    for bad in ["3.x", "3.0.7-beta", "3..7", "3.0.7.0.1", ""] {
+        let text = edit(
+            "target_version = \"3.0.7\"",
+            &format!("target_version = \"{bad}\""),
+        );
+        let err = parse(&text).expect_err(bad);
+        assert_eq!(err.problems.len(), 1, "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "/etc/ssofleet/fleet.toml: line 3, key upgrade.target_version: {}",
+                fleet_proto::version::VersionError(bad.to_string())
+            )
+        );
+    }
+    let (_, _, msg) = problem(&edit(
+        "target_version = \"3.0.7\"",
+        "target_version = \"3.x\"",
+    ));
+    assert_eq!(
+        msg,
+        "\"3.x\" is not a version: write up to four whole numbers separated by dots, e.g. \"3.0.7\" or \"9.0.1865.0\""
+    );
+    // Four-part builds, as the registry has them, are versions.
+    let inv = parse(&edit(
+        "target_version = \"3.0.7\"",
+        "target_version = \"9.0.1865.0\"",
+    ))
+    .unwrap();
+    assert_eq!(inv.upgrade.target_version.parts(), [9, 0, 1865, 0]);
+}
+
+#[test]
+fn a_master_installer_of_its_own() {
+    let text = edit(
+        "installer = 'D:\\media\\BizTalk\\Setup.exe'\n",
+        "installer = 'D:\\media\\BizTalk\\Setup.exe'\nmaster_installer = 'D:\\media\\BizTalk\\Platform\\SSO\\Setup.exe'\n",
+    );
+    let inv = parse(&text).unwrap();
+    assert_eq!(
+        inv.upgrade.master_installer.as_deref(),
+        Some(r"D:\media\BizTalk\Platform\SSO\Setup.exe")
+    );
+    let text = edit(
+        "installer = 'D:\\media\\BizTalk\\Setup.exe'\n",
+        "installer = 'D:\\media\\BizTalk\\Setup.exe'\nmaster_installer = ' '\n",
+    );
+    let (line, key, msg) = problem(&text);
+    assert_eq!((line, key.as_str()), (5, "upgrade.master_installer"));
+    assert!(
+        msg.starts_with("the master installer path is empty"),
+        "{msg}"
+    );
 }
 
 #[test]

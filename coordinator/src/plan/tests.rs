@@ -1,6 +1,8 @@
 use std::path::Path;
 
 use super::*;
+use crate::domain::Role;
+use crate::inventory::{InstallMode, Inventory};
 
 const FLEET: &str = r#"
 [upgrade]
@@ -39,15 +41,10 @@ fn all() -> Selection {
     }
 }
 
-fn versions(pairs: &[(&str, &str)]) -> Versions {
+fn versions(pairs: &[(&str, &str)]) -> Reports {
     pairs
         .iter()
-        .map(|(n, v)| {
-            (
-                NodeName::new(n).unwrap(),
-                (!v.is_empty()).then(|| v.to_string()),
-            )
-        })
+        .map(|(n, v)| (NodeName::new(n).unwrap(), Reported::version(v)))
         .collect()
 }
 
@@ -127,7 +124,7 @@ fn master_only_and_all_current() {
     let s = shape(&p);
     assert_eq!(
         s[1],
-        "dev - backup-database 0 skipped (every node is already on the target version)"
+        "dev - backup-database 0 skipped (every node is on the target version or newer)"
     );
     assert_eq!(s[3], "dev d1 upgrade-master 0 already-current");
     assert_eq!(
@@ -194,7 +191,7 @@ fn unknown_environment_is_an_error() {
         ..all()
     };
     assert_eq!(
-        plan(&inv, &sel, &Versions::new()),
+        plan(&inv, &sel, &Reports::new()),
         Err(PlanError::UnknownEnvironment("staging".into()))
     );
 }
@@ -250,4 +247,286 @@ fn migrate_plans_six_steps_on_one_environments_master() {
         plan(&inv, &none, &versions(&[])),
         Err(PlanError::MigrateOneEnvironment)
     );
+}
+
+fn step<'a>(plan: &'a Plan, node: &str, kind: StepKind) -> &'a PlannedStep {
+    plan.steps
+        .iter()
+        .find(|s| s.kind == kind && s.node.as_ref().is_some_and(|n| n.as_str() == node))
+        .unwrap_or_else(|| panic!("no {} on {node}", kind.name()))
+}
+
+#[test]
+fn versions_stand_against_the_target_as_numbers() {
+    let inv = inventory(FLEET);
+    let v = versions(&[
+        ("d1", "3.0.6"),
+        ("d2", "3.0.7.0"),
+        ("d3", "3.0.8"),
+        ("d4", "3.0.10"),
+        ("p1", "3.0.7"),
+        ("p2", "2.9.99"),
+    ]);
+    let p = plan(&inv, &all(), &v).unwrap();
+    assert_eq!(
+        shape(&p),
+        [
+            "dev - preflight 0 run",
+            "dev - backup-database 0 run",
+            "dev d1 backup-secret 0 run",
+            "dev d1 upgrade-master 0 run",
+            "dev d1 verify-master 0 run",
+            "dev d2 upgrade 0 already-current",
+            "dev d2 verify 0 already-current",
+            "dev d3 upgrade 0 newer",
+            "dev d3 verify 0 newer",
+            "dev d4 upgrade 0 newer",
+            "dev d4 verify 0 newer",
+            "dev - gate 0 run",
+            "prod - preflight 0 run",
+            "prod - backup-database 0 skipped (no sso_database configured)",
+            "prod p1 backup-secret 0 run",
+            "prod p1 upgrade-master 0 already-current",
+            "prod p1 verify-master 0 run",
+            "prod p2 upgrade 1 run",
+            "prod p2 verify 1 run",
+            "prod - gate 0 run",
+        ]
+    );
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    assert_eq!(
+        step(&p, "d3", StepKind::UpgradeMember).note,
+        "on 3.0.8, newer than the target 3.0.7: never downgraded"
+    );
+    assert_eq!(
+        step(&p, "d2", StepKind::UpgradeMember).note,
+        "already on the target version (3.0.7.0)"
+    );
+    // Nothing installs on a node that is current or newer: no install mode for those steps.
+    assert!(step(&p, "d3", StepKind::UpgradeMember).install.is_none());
+    assert!(step(&p, "p1", StepKind::UpgradeMaster).install.is_none());
+    assert!(step(&p, "d1", StepKind::UpgradeMaster).install.is_some());
+    assert!(!step(&p, "d1", StepKind::VerifyMaster).accept_newer);
+}
+
+#[test]
+fn a_newer_master_is_not_installed_on_but_verified_accepting_its_version() {
+    let inv = inventory(FLEET);
+    let v = versions(&[
+        ("d1", "3.0.8"),
+        ("d2", "3.0.6"),
+        ("d3", "3.0.7"),
+        ("d4", "9.0.1865.0"),
+    ]);
+    let sel = Selection {
+        environments: vec![EnvName::new("dev").unwrap()],
+        ..all()
+    };
+    let p = plan(&inv, &sel, &v).unwrap();
+    let s = shape(&p);
+    assert_eq!(s[3], "dev d1 upgrade-master 0 newer");
+    assert_eq!(s[4], "dev d1 verify-master 0 run");
+    let verify = step(&p, "d1", StepKind::VerifyMaster);
+    assert!(verify.accept_newer);
+    assert_eq!(
+        verify.note,
+        "version 3.0.7 or newer (the master is on 3.0.8)"
+    );
+    assert_eq!(s[5], "dev d2 upgrade 1 run", "d2 still installs");
+    // Every node current or newer: nothing installs, the backups are skipped.
+    let v = versions(&[
+        ("d1", "3.0.8"),
+        ("d2", "3.0.7.0"),
+        ("d3", "3.0.7"),
+        ("d4", "3.1"),
+    ]);
+    let p = plan(&inv, &sel, &v).unwrap();
+    assert_eq!(
+        shape(&p)[1],
+        "dev - backup-database 0 skipped (every node is on the target version or newer)"
+    );
+    assert_eq!(
+        shape(&p)[2],
+        "dev d1 backup-secret 0 skipped (every node is on the target version or newer)"
+    );
+}
+
+#[test]
+fn a_version_that_is_not_one_is_unknown_with_a_warning() {
+    let inv = inventory(FLEET);
+    let sel = Selection {
+        environments: vec![EnvName::new("dev").unwrap()],
+        ..all()
+    };
+    let v = versions(&[
+        ("d1", "3.0.7"),
+        ("d2", "3.0.7-beta"),
+        ("d3", "3.0.7"),
+        ("d4", "3.0.7"),
+    ]);
+    let p = plan(&inv, &sel, &v).unwrap();
+    assert_eq!(
+        p.warnings,
+        [
+            "d2 (dev) reports ESSO version \"3.0.7-beta\", which is not a version: planned as needing the upgrade"
+        ]
+    );
+    assert_eq!(
+        step(&p, "d2", StepKind::UpgradeMember).expected,
+        Expected::Run
+    );
+    // No ESSO at all is older, not unknown: no warning, an install.
+    let v = versions(&[
+        ("d1", "3.0.7"),
+        ("d2", ""),
+        ("d3", "3.0.7"),
+        ("d4", "3.0.7"),
+    ]);
+    let p = plan(&inv, &sel, &v).unwrap();
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    assert_eq!(
+        step(&p, "d2", StepKind::UpgradeMember).expected,
+        Expected::Run
+    );
+}
+
+#[test]
+fn each_install_step_gets_its_mode_and_reason() {
+    let text = FLEET
+        .replace(
+            "name = \"dev\"\n",
+            "name = \"dev\"\ninstall = \"unattended\"\n",
+        )
+        .replace(
+            "installer = '/media/setup.exe'",
+            "installer = '/media/setup.exe'\nmaster_installer = '/media/Platform/SSO/Setup.exe'",
+        );
+    let inv = inventory(&text);
+    let mut v = versions(&[("d1", "3.0.6"), ("d2", "3.0.6"), ("d3", "")]);
+    v.insert(
+        NodeName::new("d4").unwrap(),
+        Reported {
+            version: Some("3.0.6".into()),
+            install_override: true,
+        },
+    );
+    v.insert(NodeName::new("p1").unwrap(), Reported::version("3.0.6"));
+    let p = plan(&inv, &all(), &v).unwrap();
+    let mode = |node: &str, kind| {
+        let i = step(&p, node, kind).install.clone().unwrap();
+        (i.mode, i.reason)
+    };
+    // A BizTalk setup upgrade of an existing ESSO: attended, quoting Microsoft.
+    let (m, why) = mode("d1", StepKind::UpgradeMaster);
+    assert_eq!(
+        (m, why.as_str()),
+        (InstallMode::Attended, install::NO_SILENT_UPGRADE)
+    );
+    assert_eq!(mode("d2", StepKind::UpgradeMember).0, InstallMode::Attended);
+    // A fresh install, the agent's own command: unattended.
+    assert_eq!(
+        mode("d3", StepKind::UpgradeMember).0,
+        InstallMode::Unattended
+    );
+    assert_eq!(
+        mode("d4", StepKind::UpgradeMember).0,
+        InstallMode::Unattended
+    );
+    // prod says nothing: attended, the default.
+    assert_eq!(mode("p1", StepKind::UpgradeMaster).0, InstallMode::Attended);
+    // p2 has not reported: its facts are unknown (and prod is attended anyway).
+    assert!(
+        mode("p2", StepKind::UpgradeMember)
+            .1
+            .contains("install = \"attended\"")
+    );
+    // Only install steps have a mode.
+    assert!(step(&p, "d1", StepKind::BackupSecret).install.is_none());
+    assert!(step(&p, "d1", StepKind::VerifyMaster).install.is_none());
+    // The master installs from its own installer, and the plan says so.
+    assert_eq!(
+        step(&p, "d1", StepKind::UpgradeMaster).note,
+        "from /media/Platform/SSO/Setup.exe"
+    );
+    assert_eq!(
+        p.installer_for(Role::Master),
+        "/media/Platform/SSO/Setup.exe"
+    );
+    assert_eq!(p.installer_for(Role::Member), "/media/setup.exe");
+
+    // An MSI (Host Integration Server 2020) upgrades unattended; facts unknown are attended.
+    let msi = inventory(
+        &FLEET
+            .replace(
+                "name = \"dev\"\n",
+                "name = \"dev\"\ninstall = \"unattended\"\n",
+            )
+            .replace("/media/setup.exe", "/media/HIS2020_Server_EN.msi"),
+    );
+    let p = plan(&msi, &all(), &versions(&[("d1", "3.0.6")])).unwrap();
+    let i = step(&p, "d1", StepKind::UpgradeMaster)
+        .install
+        .clone()
+        .unwrap();
+    assert_eq!(i.mode, InstallMode::Unattended);
+    let i = step(&p, "d2", StepKind::UpgradeMember)
+        .install
+        .clone()
+        .unwrap();
+    assert_eq!(i.mode, InstallMode::Attended);
+    assert!(i.reason.starts_with("facts unknown"), "{}", i.reason);
+}
+
+#[test]
+fn the_hash_covers_install_modes_standing_and_both_installers() {
+    let unattended = FLEET.replace(
+        "name = \"dev\"\n",
+        "name = \"dev\"\ninstall = \"unattended\"\n",
+    );
+    let inv = inventory(&unattended);
+    let v = versions(&[("d1", "3.0.6"), ("d2", "3.0.6")]);
+    let h = plan(&inv, &all(), &v).unwrap().hash;
+    // d1's agent now installs with its own command: d1's install becomes unattended.
+    let mut overridden = v.clone();
+    overridden.insert(
+        NodeName::new("d1").unwrap(),
+        Reported {
+            version: Some("3.0.6".into()),
+            install_override: true,
+        },
+    );
+    assert_ne!(plan(&inv, &all(), &overridden).unwrap().hash, h);
+    // A master installer of its own.
+    let other = inventory(&unattended.replace(
+        "installer = '/media/setup.exe'",
+        "installer = '/media/setup.exe'\nmaster_installer = '/media/sso.exe'",
+    ));
+    assert_ne!(plan(&other, &all(), &v).unwrap().hash, h);
+    // A node now newer than the target.
+    let newer = plan(&inv, &all(), &versions(&[("d1", "3.0.8"), ("d2", "3.0.6")])).unwrap();
+    assert_ne!(newer.hash, h);
+}
+
+#[test]
+fn migrate_installs_unless_current_or_newer_and_creates_the_sso_system() {
+    let inv = inventory(FLEET);
+    let sel = Selection {
+        workflow: Workflow::Migrate,
+        environments: vec![EnvName::new("prod").unwrap()],
+        master_only: false,
+        max_parallel: None,
+        max_failures: None,
+    };
+    let newer = plan(&inv, &sel, &versions(&[("p1", "3.0.9")])).unwrap();
+    assert_eq!(newer.steps[2].expected, Expected::Newer);
+    assert!(
+        newer.steps[5].accept_newer,
+        "verify accepts the newer version"
+    );
+    let current = plan(&inv, &sel, &versions(&[("p1", "3.0.7.0")])).unwrap();
+    assert_eq!(current.steps[2].expected, Expected::AlreadyCurrent);
+    assert!(!current.steps[5].accept_newer);
+    let fresh = plan(&inv, &sel, &versions(&[("p1", "")])).unwrap();
+    assert_eq!(fresh.steps[2].kind, StepKind::InstallSso);
+    assert!(fresh.steps[2].install.is_some());
 }

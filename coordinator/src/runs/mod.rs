@@ -14,12 +14,12 @@ use fleet_proto::pb::coordinator_message::Body as CoordinatorBody;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::NodeName;
+use crate::domain::{NodeName, Role};
 use crate::engine::{Command, Control, Event, Millis, Outcome, Run, StepState};
 use crate::fleet::FleetHandle;
 use crate::inventory::Inventory;
 use crate::plan::{Plan, Selection, StepKind};
-use crate::store::{AuditEntry, NewRun, Store};
+use crate::store::{AuditEntry, NewArtifact, NewRun, Store};
 use fleet_proto::unix_ms;
 
 mod backup;
@@ -28,7 +28,7 @@ mod queries;
 mod wire;
 
 use backup::{BackupJob, backup_database};
-use preflight::{PreflightJob, SsoCheck, preflight};
+use preflight::{InstallerHashes, PreflightJob, SsoCheck, preflight};
 use wire::{assignment, run_event};
 
 /// Why a request about runs failed; the service maps each to a gRPC status.
@@ -110,13 +110,13 @@ enum Request {
         node: NodeName,
         body: Box<AgentBody>,
     },
-    /// A preflight task's result: the installer's SHA-256 the environment's nodes agree on (none when
-    /// nothing is installed), or why the environment must not go on.
+    /// A preflight task's result: the installers' SHA-256 the environment's nodes agree on, per role
+    /// (none where a role installs nothing), or why the environment must not go on.
     PreflightDone {
         run_id: String,
         step: usize,
         attempt: u32,
-        result: Result<Option<String>, String>,
+        result: Result<InstallerHashes, String>,
     },
     /// A line of progress of one of the coordinator's own steps (`backup-database`), stored like an
     /// agent's event.
@@ -293,8 +293,9 @@ struct Active {
     node_steps: HashMap<NodeName, Vec<usize>>,
     events: broadcast::Sender<pb::RunEvent>,
     last_seq: u64,
-    /// Recorded by the first preflight that read it; every later environment must match (invariant 8).
-    installer_sha256: Option<String>,
+    /// Per role, recorded by the first preflight that read it; every later environment must match
+    /// (invariant 8).
+    installer_sha256: InstallerHashes,
 }
 
 impl Active {
@@ -530,8 +531,8 @@ impl Manager {
             .list()
             .await
             .ok_or_else(|| RunError::Internal("the coordinator is shutting down".into()))?;
-        let versions = crate::convert::versions(&nodes);
-        let plan = crate::plan::plan(&self.inventory, &selection, &versions)
+        let reports = crate::convert::reports(&nodes);
+        let plan = crate::plan::plan(&self.inventory, &selection, &reports)
             .map_err(|e| RunError::Invalid(e.to_string()))?;
         if let Some(expected) = plan_hash
             && expected != plan.hash
@@ -559,6 +560,7 @@ impl Manager {
         })
         .to_string();
         let started_at = now_ms();
+        let target_version = plan.target_version.to_string();
         self.store.create_run(
             &NewRun {
                 id: &id,
@@ -568,7 +570,7 @@ impl Manager {
                 inventory_toml: &inventory_toml,
                 selection_json: &selection_json,
                 plan_hash: &plan.hash,
-                target_version: &plan.target_version,
+                target_version: &target_version,
                 installer: &plan.installer,
                 step_timeout_ms,
             },
@@ -597,7 +599,7 @@ impl Manager {
             node_steps,
             events,
             last_seq: 0,
-            installer_sha256: None,
+            installer_sha256: InstallerHashes::default(),
         });
         self.apply(Event::Start).await;
         Ok(id)
@@ -779,9 +781,13 @@ impl Manager {
             if matches!(
                 planned.kind,
                 StepKind::UpgradeMaster | StepKind::UpgradeMember
-            ) {
-                assignment.expected_installer_sha256 =
-                    active.installer_sha256.clone().unwrap_or_default();
+            ) && let Some(role) = planned.kind.role()
+            {
+                assignment.expected_installer_sha256 = active
+                    .installer_sha256
+                    .get(role)
+                    .cloned()
+                    .unwrap_or_default();
             }
             let message = pb::CoordinatorMessage {
                 body: Some(CoordinatorBody::Assign(assignment)),
@@ -811,9 +817,9 @@ impl Manager {
             let job = PreflightJob::new(
                 &active.id,
                 &active.run,
+                &active.plan,
                 step,
                 attempt,
-                &active.plan.installer,
                 self.epoch,
                 sso,
             );
@@ -872,7 +878,7 @@ impl Manager {
         run_id: &str,
         step: usize,
         attempt: u32,
-        result: Result<Option<String>, String>,
+        result: Result<InstallerHashes, String>,
     ) {
         // A late answer of an attempt the run has moved past changes nothing.
         if !self.running_attempt(run_id, step, attempt) {
@@ -881,21 +887,46 @@ impl Manager {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        let outcome = match (result, &active.installer_sha256) {
-            (Err(problem), _) => Outcome::Failed(problem),
-            (Ok(None), _) => Outcome::Succeeded,
-            (Ok(Some(hash)), None) => {
-                if let Err(e) = self.store.set_installer_sha256(run_id, &hash) {
-                    tracing::error!("cannot record the installer's SHA-256: {e}");
-                    return;
-                }
-                active.installer_sha256 = Some(hash);
-                Outcome::Succeeded
+        let read = match result {
+            Ok(read) => read,
+            Err(problem) => {
+                let outcome = Outcome::Failed(problem);
+                self.apply(Event::StepFinished {
+                    step,
+                    attempt,
+                    outcome,
+                })
+                .await;
+                return;
             }
-            (Ok(Some(hash)), Some(recorded)) if &hash == recorded => Outcome::Succeeded,
-            (Ok(Some(hash)), Some(recorded)) => Outcome::Failed(format!(
-                "the installer here has SHA-256 {hash}, but this run installed {recorded} in the environments before: one run installs one installer"
-            )),
+        };
+        // Invariant 8, per role: the first environment that reads a role's installer records its
+        // SHA-256; every later one must read the same.
+        let mut problems = Vec::new();
+        for role in [Role::Master, Role::Member] {
+            let Some(hash) = read.get(role) else {
+                continue;
+            };
+            match active.installer_sha256.get(role) {
+                Some(recorded) if recorded == hash => {}
+                Some(recorded) => problems.push(format!(
+                    "the {} installer {} here has SHA-256 {hash}, but this run installed {recorded} in the environments before: one run installs one installer per role",
+                    role.as_str(),
+                    active.plan.installer_for(role)
+                )),
+                None => {
+                    if let Err(e) = self.store.set_installer_sha256(run_id, role, hash) {
+                        tracing::error!("cannot record the installer's SHA-256: {e}");
+                        return;
+                    }
+                    active.installer_sha256.set(role, hash.clone());
+                }
+            }
+        }
+        let outcome = if problems.is_empty() {
+            Outcome::Succeeded
+        } else {
+            Outcome::Failed(problems.join("; "))
         };
         self.apply(Event::StepFinished {
             step,
@@ -957,12 +988,13 @@ impl Manager {
             Ok(done) => (
                 "Succeeded",
                 String::new(),
-                vec![(
-                    "sso-database-backup".to_string(),
-                    done.path.clone(),
-                    done.size_bytes,
-                    String::new(),
-                )],
+                vec![NewArtifact {
+                    kind: "sso-database-backup".to_string(),
+                    path: done.path.clone(),
+                    size_bytes: done.size_bytes,
+                    sha256: String::new(),
+                    note: String::new(),
+                }],
             ),
             Err(e) => ("Failed", e.clone(), Vec::new()),
         };
@@ -1211,16 +1243,15 @@ impl Manager {
         result: pb::StepFinished,
         last_seq: u64,
     ) {
-        let artifacts: Vec<(String, String, u64, String)> = result
+        let artifacts: Vec<NewArtifact> = result
             .artifacts
             .iter()
-            .map(|a| {
-                (
-                    a.kind.clone(),
-                    a.path.clone(),
-                    a.size_bytes,
-                    a.sha256.clone(),
-                )
+            .map(|a| NewArtifact {
+                kind: a.kind.clone(),
+                path: a.path.clone(),
+                size_bytes: a.size_bytes,
+                sha256: a.sha256.clone(),
+                note: a.note.clone(),
             })
             .collect();
         if let Err(e) = self.store.finish_attempt(
@@ -1611,6 +1642,18 @@ impl Manager {
         }
         let never_started = !run.started;
         let node_steps = steps_by_node(&run);
+        // A run stored before the master had an installer of its own recorded one hash for both roles.
+        let installer_sha256 = InstallerHashes {
+            master: stored.master_installer_sha256.clone().or_else(|| {
+                stored
+                    .plan
+                    .master_installer
+                    .is_none()
+                    .then(|| stored.installer_sha256.clone())
+                    .flatten()
+            }),
+            member: stored.installer_sha256.clone(),
+        };
         self.active = Some(Active {
             id: stored.id.clone(),
             run,
@@ -1621,7 +1664,7 @@ impl Manager {
             node_steps,
             events,
             last_seq: stored.last_seq,
-            installer_sha256: stored.installer_sha256,
+            installer_sha256,
         });
         self.stream_stored();
         if never_started {

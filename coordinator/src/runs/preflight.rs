@@ -1,4 +1,6 @@
-//! Preflight, the coordinator's first step in every environment.
+//! Preflight, the coordinator's first step in every environment: the nodes are there and healthy, the
+//! installers they will install are the same on each node of a role, and the SSO database names the
+//! inventory's master.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -8,11 +10,11 @@ use fleet_proto::pb::coordinator_message::Body as CoordinatorBody;
 use tokio::sync::mpsc;
 
 use super::Request;
-use crate::domain::NodeName;
+use crate::domain::{NodeName, Role};
 use crate::engine::Run;
 use crate::fleet::FleetHandle;
 use crate::inventory::SsoDatabase;
-use crate::plan::{Expected, StepKind};
+use crate::plan::{Expected, Plan, StepKind};
 use crate::sql;
 
 /// How long preflight waits for the environment's nodes to attach.
@@ -25,16 +27,47 @@ pub(super) struct SsoCheck {
     pub env: String,
 }
 
-/// What a preflight checks: the nodes of one environment that have steps to run, and which of them
-/// install; and the SSO database's master secret server, where one is configured.
+/// The installers' SHA-256 per role (invariant 8 holds per role): what a preflight read, and what a
+/// run recorded from the first preflight that read each.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct InstallerHashes {
+    pub master: Option<String>,
+    pub member: Option<String>,
+}
+
+impl InstallerHashes {
+    pub(super) fn get(&self, role: Role) -> Option<&String> {
+        match role {
+            Role::Master => self.master.as_ref(),
+            Role::Member => self.member.as_ref(),
+        }
+    }
+
+    pub(super) fn set(&mut self, role: Role, hash: String) {
+        match role {
+            Role::Master => self.master = Some(hash),
+            Role::Member => self.member = Some(hash),
+        }
+    }
+}
+
+/// One installer a preflight reads, the roles that install from it, and the nodes that install here.
+struct InstallerGroup {
+    installer: String,
+    roles: Vec<Role>,
+    nodes: Vec<NodeName>,
+}
+
+/// What a preflight checks: the nodes of one environment that have steps to run, the installers the
+/// installing ones read (one per role, or one for both where the master has no installer of its own);
+/// and the SSO database's master secret server, where one is configured.
 pub(super) struct PreflightJob {
     run_id: String,
     step: usize,
     attempt: u32,
-    installer: String,
     epoch: u64,
     nodes: BTreeSet<NodeName>,
-    installing: BTreeSet<NodeName>,
+    groups: Vec<InstallerGroup>,
     sso: Option<SsoCheck>,
 }
 
@@ -42,9 +75,9 @@ impl PreflightJob {
     pub(super) fn new(
         run_id: &str,
         run: &Run,
+        plan: &Plan,
         step: usize,
         attempt: u32,
-        installer: &str,
         epoch: u64,
         sso: Option<SsoCheck>,
     ) -> Self {
@@ -55,150 +88,62 @@ impl PreflightJob {
             .filter(|x| matches!(x.plan.expected, Expected::Run))
             .filter_map(|x| x.plan.node.clone())
             .collect();
-        let installing = steps
-            .iter()
-            .filter(|x| matches!(x.plan.expected, Expected::Run))
-            .filter(|x| {
-                matches!(
-                    x.plan.kind,
-                    StepKind::UpgradeMaster | StepKind::UpgradeMember
-                )
-            })
-            .filter_map(|x| x.plan.node.clone())
-            .collect();
+        let mut groups: Vec<InstallerGroup> = Vec::new();
+        for role in [Role::Master, Role::Member] {
+            let installer = plan.installer_for(role);
+            let index = match groups.iter().position(|g| g.installer == installer) {
+                Some(i) => i,
+                None => {
+                    groups.push(InstallerGroup {
+                        installer: installer.to_string(),
+                        roles: Vec::new(),
+                        nodes: Vec::new(),
+                    });
+                    groups.len() - 1
+                }
+            };
+            groups[index].roles.push(role);
+            groups[index].nodes.extend(
+                steps
+                    .iter()
+                    .filter(|x| matches!(x.plan.expected, Expected::Run))
+                    .filter(|x| {
+                        matches!(
+                            x.plan.kind,
+                            StepKind::UpgradeMaster | StepKind::UpgradeMember
+                        ) && x.plan.kind.role() == Some(role)
+                    })
+                    .filter_map(|x| x.plan.node.clone()),
+            );
+        }
+        groups.retain(|g| !g.nodes.is_empty());
+        for group in &mut groups {
+            // In the inventory's order by name, so that the first hash is the same at every run.
+            group.nodes.sort();
+        }
         Self {
             run_id: run_id.to_string(),
             step,
             attempt,
-            installer: installer.to_string(),
             epoch,
             nodes,
-            installing,
+            groups,
             sso,
         }
     }
 }
 
 /// Preflight, off the manager's task: every node with a step to run is attached and its facts have no
-/// error; every installing node reads the installer, and all of them read the same SHA-256.
+/// error; every installing node reads its role's installer, and all nodes of a role read the same SHA-256.
 pub(super) async fn preflight(
     job: PreflightJob,
     fleet: FleetHandle,
     requests: mpsc::Sender<Request>,
 ) {
-    const WAIT: Duration = Duration::from_secs(120);
-    let nodes = async {
-        // Nodes that are away (a restarted coordinator, an agent re-attaching) get a while to attach.
-        let attach_deadline = tokio::time::Instant::now() + ATTACH_WAIT;
-        let detached = loop {
-            let attached: BTreeSet<NodeName> = fleet.attached().await.unwrap_or_default();
-            let detached: Vec<String> = job
-                .nodes
-                .iter()
-                .filter(|n| !attached.contains(*n))
-                .map(|n| format!("{n} is not attached"))
-                .collect();
-            if detached.is_empty() || tokio::time::Instant::now() > attach_deadline {
-                break detached;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        if !detached.is_empty() {
-            return Err(format!(
-                "{} (waited {} s)",
-                detached.join("; "),
-                ATTACH_WAIT.as_secs()
-            ));
-        }
-        // Ask each installing node for fresh facts, the installer's SHA-256 among them: all in one
-        // request to the fleet, then all their answers looked at together.
-        let message = pb::CoordinatorMessage {
-            body: Some(CoordinatorBody::RefreshFacts(pb::RefreshFacts {
-                installer: job.installer.clone(),
-                epoch: job.epoch,
-            })),
-        };
-        let asked = fleet
-            .ask_facts(job.installing.iter().cloned().collect(), message)
-            .await
-            .unwrap_or_default();
-        let mut waiting = Vec::new();
-        for (node, before) in asked {
-            match before {
-                Some(before) => waiting.push((node, before)),
-                None => return Err(format!("{node} is not attached")),
-            }
-        }
-        let deadline = tokio::time::Instant::now() + WAIT;
-        let mut hashes: Vec<(NodeName, String)> = Vec::new();
-        let mut problems = Vec::new();
-        let mut answered: Vec<(NodeName, pb::Facts)> = Vec::new();
-        while !waiting.is_empty() {
-            let facts = fleet.facts_since(waiting.clone()).await.unwrap_or_default();
-            let mut still = Vec::new();
-            for ((node, before), facts) in waiting.into_iter().zip(facts) {
-                match facts {
-                    Some(f) => answered.push((node, f)),
-                    None => still.push((node, before)),
-                }
-            }
-            waiting = still;
-            if waiting.is_empty() {
-                break;
-            }
-            if tokio::time::Instant::now() > deadline {
-                problems.extend(waiting.iter().map(|(node, _)| {
-                    format!(
-                        "{node} did not report its facts within {} s",
-                        WAIT.as_secs()
-                    )
-                }));
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        // In the order asked (the inventory's), so that the first hash is the same at every run.
-        answered.sort_by(|a, b| a.0.cmp(&b.0));
-        for (node, f) in answered {
-            if !f.error.is_empty() {
-                problems.push(format!("{node}: {}", f.error));
-                continue;
-            }
-            match f.installer_sha256 {
-                Some(hash) => hashes.push((node, hash)),
-                None => problems.push(format!("{node} did not report the installer's SHA-256")),
-            }
-        }
-        // Nodes that only verify must still report healthy facts.
-        for node in job.nodes.difference(&job.installing) {
-            if let Some((_, facts)) = fleet.facts_of(node.clone()).await
-                && !facts.error.is_empty()
-            {
-                problems.push(format!("{node}: {}", facts.error));
-            }
-        }
-        if !problems.is_empty() {
-            return Err(problems.join("; "));
-        }
-        let first = hashes.first().map(|(_, h)| h.clone());
-        if let Some(first) = &first {
-            let differing: Vec<String> = hashes
-                .iter()
-                .filter(|(_, h)| h != first)
-                .map(|(n, h)| format!("{n} has {h}"))
-                .collect();
-            if !differing.is_empty() {
-                return Err(format!(
-                    "the nodes read different installers at {}: {} has {first}, {}",
-                    job.installer,
-                    hashes[0].0,
-                    differing.join(", ")
-                ));
-            }
-        }
-        Ok(first)
-    };
-    let (database, nodes) = tokio::join!(check_master_secret_server(job.sso.as_ref()), nodes);
+    let (database, nodes) = tokio::join!(
+        check_master_secret_server(job.sso.as_ref()),
+        check_nodes(&job, &fleet)
+    );
     let result = match (database, nodes) {
         (Ok(()), nodes) => nodes,
         (Err(db), Ok(_)) => Err(db),
@@ -212,6 +157,132 @@ pub(super) async fn preflight(
             result,
         })
         .await;
+}
+
+/// The nodes' part of preflight: attached, healthy facts, the installers' SHA-256 per role.
+async fn check_nodes(job: &PreflightJob, fleet: &FleetHandle) -> Result<InstallerHashes, String> {
+    const WAIT: Duration = Duration::from_secs(120);
+    // Nodes that are away (a restarted coordinator, an agent re-attaching) get a while to attach.
+    let attach_deadline = tokio::time::Instant::now() + ATTACH_WAIT;
+    let detached = loop {
+        let attached: BTreeSet<NodeName> = fleet.attached().await.unwrap_or_default();
+        let detached: Vec<String> = job
+            .nodes
+            .iter()
+            .filter(|n| !attached.contains(*n))
+            .map(|n| format!("{n} is not attached"))
+            .collect();
+        if detached.is_empty() || tokio::time::Instant::now() > attach_deadline {
+            break detached;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if !detached.is_empty() {
+        return Err(format!(
+            "{} (waited {} s)",
+            detached.join("; "),
+            ATTACH_WAIT.as_secs()
+        ));
+    }
+    // Ask each installing node for fresh facts, its role's installer's SHA-256 among them: one
+    // request to the fleet per installer, then all the answers looked at together.
+    let mut waiting: Vec<(usize, NodeName, u64)> = Vec::new();
+    for (g, group) in job.groups.iter().enumerate() {
+        let message = pb::CoordinatorMessage {
+            body: Some(CoordinatorBody::RefreshFacts(pb::RefreshFacts {
+                installer: group.installer.clone(),
+                epoch: job.epoch,
+            })),
+        };
+        let asked = fleet
+            .ask_facts(group.nodes.clone(), message)
+            .await
+            .unwrap_or_default();
+        for (node, before) in asked {
+            match before {
+                Some(before) => waiting.push((g, node, before)),
+                None => return Err(format!("{node} is not attached")),
+            }
+        }
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut problems = Vec::new();
+    let mut answered: Vec<(usize, NodeName, pb::Facts)> = Vec::new();
+    while !waiting.is_empty() {
+        let since = waiting.iter().map(|(_, n, b)| (n.clone(), *b)).collect();
+        let facts = fleet.facts_since(since).await.unwrap_or_default();
+        let mut still = Vec::new();
+        for ((g, node, before), facts) in waiting.into_iter().zip(facts) {
+            match facts {
+                Some(f) => answered.push((g, node, f)),
+                None => still.push((g, node, before)),
+            }
+        }
+        waiting = still;
+        if waiting.is_empty() {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            problems.extend(waiting.iter().map(|(_, node, _)| {
+                format!(
+                    "{node} did not report its facts within {} s",
+                    WAIT.as_secs()
+                )
+            }));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // In the order asked (by name), so that the first hash is the same at every run.
+    answered.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    let mut hashes: Vec<Vec<(NodeName, String)>> = vec![Vec::new(); job.groups.len()];
+    for (g, node, f) in answered {
+        if !f.error.is_empty() {
+            problems.push(format!("{node}: {}", f.error));
+            continue;
+        }
+        match f.installer_sha256 {
+            Some(hash) => hashes[g].push((node, hash)),
+            None => problems.push(format!(
+                "{node} did not report the SHA-256 of {}",
+                job.groups[g].installer
+            )),
+        }
+    }
+    // Nodes that only verify must still report healthy facts.
+    let installing: BTreeSet<&NodeName> = job.groups.iter().flat_map(|g| &g.nodes).collect();
+    for node in job.nodes.iter().filter(|n| !installing.contains(n)) {
+        if let Some((_, facts)) = fleet.facts_of(node.clone()).await
+            && !facts.error.is_empty()
+        {
+            problems.push(format!("{node}: {}", facts.error));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems.join("; "));
+    }
+    let mut read = InstallerHashes::default();
+    for (group, hashes) in job.groups.iter().zip(hashes) {
+        let Some((first_node, first)) = hashes.first() else {
+            continue;
+        };
+        let differing: Vec<String> = hashes
+            .iter()
+            .filter(|(_, h)| h != first)
+            .map(|(n, h)| format!("{n} has {h}"))
+            .collect();
+        if !differing.is_empty() {
+            return Err(format!(
+                "the nodes read different installers at {}: {first_node} has {first}, {}",
+                group.installer,
+                differing.join(", ")
+            ));
+        }
+        for role in &group.roles {
+            read.set(*role, first.clone());
+        }
+    }
+    Ok(read)
 }
 
 /// The master secret server recorded in the SSO database must be the inventory's master (SPEC §5):
@@ -232,5 +303,91 @@ async fn check_master_secret_server(check: Option<&SsoCheck>) -> Result<(), Stri
             "the SSO database {} on {}:{} records {recorded} as the master secret server, but the inventory's master of {} is {}: correct the inventory, or move the master secret server first (ssomanage -updatedb, ESSO.md); nothing was changed",
             db.database, db.server, db.port, check.env, check.master
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::inventory::Inventory;
+    use crate::plan::{Reported, Reports, Selection, Workflow, plan};
+
+    /// The installers a preflight of the first environment reads: (installer, roles, nodes).
+    fn groups(upgrade: &str, versions: &[(&str, &str)]) -> Vec<(String, Vec<Role>, Vec<String>)> {
+        let text = format!(
+            "[upgrade]\ntarget_version = \"3.0.7\"\n{upgrade}[[environment]]\nname = \"dev\"\nmaster = \"m\"\nmembers = [\"a\", \"b\"]\nbackup_dir = 'B'\n"
+        );
+        let inv = Inventory::parse(Path::new("fleet.toml"), &text).unwrap();
+        let reports: Reports = versions
+            .iter()
+            .map(|(n, v)| (NodeName::new(n).unwrap(), Reported::version(v)))
+            .collect();
+        let selection = Selection {
+            workflow: Workflow::Upgrade,
+            environments: Vec::new(),
+            master_only: false,
+            max_parallel: None,
+            max_failures: None,
+        };
+        let p = plan(&inv, &selection, &reports).unwrap();
+        let run = Run::new(&p, 60_000, BTreeSet::new());
+        PreflightJob::new("run", &run, &p, 0, 1, 1, None)
+            .groups
+            .into_iter()
+            .map(|g| {
+                let nodes = g.nodes.iter().map(ToString::to_string).collect();
+                (g.installer, g.roles, nodes)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_role_reads_its_own_installer() {
+        let both = "installer = 'setup.exe'\nmaster_installer = 'sso.exe'\n";
+        let old = [("m", "3.0.6"), ("a", "3.0.6"), ("b", "3.0.6")];
+        assert_eq!(
+            groups(both, &old),
+            [
+                (
+                    "sso.exe".to_string(),
+                    vec![Role::Master],
+                    vec!["m".to_string()]
+                ),
+                (
+                    "setup.exe".to_string(),
+                    vec![Role::Member],
+                    vec!["a".to_string(), "b".to_string()]
+                ),
+            ]
+        );
+        // One installer for both roles: one group, whose hash is recorded for both.
+        assert_eq!(
+            groups("installer = 'setup.exe'\n", &old),
+            [(
+                "setup.exe".to_string(),
+                vec![Role::Master, Role::Member],
+                vec!["a".to_string(), "b".to_string(), "m".to_string()]
+            )]
+        );
+        // A master already current reads nothing; nor does a newer member.
+        let current = [("m", "3.0.7"), ("a", "3.0.6"), ("b", "3.0.8")];
+        assert_eq!(
+            groups(both, &current),
+            [(
+                "setup.exe".to_string(),
+                vec![Role::Member],
+                vec!["a".to_string()]
+            )]
+        );
+    }
+
+    #[test]
+    fn installer_hashes_are_kept_per_role() {
+        let mut hashes = InstallerHashes::default();
+        hashes.set(Role::Master, "aa".into());
+        assert_eq!(hashes.get(Role::Master).map(String::as_str), Some("aa"));
+        assert_eq!(hashes.get(Role::Member), None);
     }
 }

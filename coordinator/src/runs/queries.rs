@@ -22,12 +22,16 @@ impl Manager {
             reason: row.reason,
             last_event_seq: active.map_or(0, |a| a.last_seq),
             target_version: active
-                .map(|a| a.plan.target_version.clone())
+                .map(|a| a.plan.target_version.to_string())
                 .unwrap_or_default(),
             installer: active.map(|a| a.plan.installer.clone()).unwrap_or_default(),
             plan_hash: active.map(|a| a.plan.hash.clone()).unwrap_or_default(),
+            // The members' installer (the one the run message has room for), else the master's.
             installer_sha256: active
-                .and_then(|a| a.installer_sha256.clone())
+                .and_then(|a| {
+                    let hashes = &a.installer_sha256;
+                    hashes.member.clone().or_else(|| hashes.master.clone())
+                })
                 .unwrap_or_default(),
             steps: steps
                 .into_iter()
@@ -50,6 +54,7 @@ impl Manager {
                             path: a.path.clone(),
                             size_bytes: a.size_bytes,
                             sha256: a.sha256.clone(),
+                            note: a.note.clone(),
                         })
                         .collect(),
                     ..Default::default()

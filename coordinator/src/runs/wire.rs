@@ -2,12 +2,19 @@
 
 use fleet_proto::pb;
 
+use crate::domain::Role;
 use crate::engine::Run;
-use crate::inventory::{InstallMode, Inventory};
-use crate::plan::Plan;
+use crate::inventory::Inventory;
+use crate::plan::{Plan, StepKind};
 use crate::store::StoredEvent;
 
 /// The assignment for an agent step: the action and placeholder values, never a command line.
+///
+/// Parameters beside the placeholders (the agent's contract): `installer` is the installer of the
+/// node's role (`master_installer` on the master where set); every install step says how ESSO joins
+/// the SSO system when it is configured (`sso_configure`: `create` for the migrate workflow's
+/// `install-sso`, the first master of a new SSO system; `join` for every other install); a
+/// verification of a master already newer than the target accepts it (`newer_ok = true`).
 pub(super) fn assignment(
     inventory: &Inventory,
     plan: &Plan,
@@ -20,14 +27,44 @@ pub(super) fn assignment(
     let s = &run.steps[step].plan;
     let env_name = &plan.environments[s.env].name;
     let env = inventory.environments.iter().find(|e| &e.name == env_name);
+    let role = s.kind.role().unwrap_or(Role::Member);
     let mut params = std::collections::HashMap::from([
-        ("target_version".to_string(), plan.target_version.clone()),
-        ("installer".to_string(), plan.installer.clone()),
+        (
+            "target_version".to_string(),
+            plan.target_version.to_string(),
+        ),
+        (
+            "installer".to_string(),
+            plan.installer_for(role).to_string(),
+        ),
     ]);
     if let Some(env) = env {
         params.insert("backup_dir".into(), env.backup_dir.clone());
         params.insert("master".into(), env.master.to_string());
     }
+    if s.kind.installs() {
+        let configure = if s.kind == StepKind::InstallSso {
+            "create"
+        } else {
+            "join"
+        };
+        params.insert("sso_configure".into(), configure.into());
+    }
+    if s.accept_newer {
+        params.insert("newer_ok".into(), "true".into());
+    }
+    let install_mode = if s.kind.installs() {
+        // Decided in the plan; a plan stored before install modes were planned keeps the
+        // environment's setting.
+        let mode = s
+            .install
+            .as_ref()
+            .map(|i| i.mode)
+            .or(env.map(|e| e.install));
+        mode.map_or(pb::InstallMode::Attended, crate::convert::install_mode)
+    } else {
+        pb::InstallMode::Unspecified
+    };
     let action = crate::convert::action(s.kind);
     pb::StepAssignment {
         epoch,
@@ -38,10 +75,7 @@ pub(super) fn assignment(
         action: action as i32,
         params,
         timeout_ms: u64::try_from(run.step_timeout_ms).unwrap_or(u64::MAX),
-        install_mode: match env.map(|e| e.install) {
-            Some(InstallMode::Attended) => pb::InstallMode::Attended,
-            _ => pb::InstallMode::Unattended,
-        } as i32,
+        install_mode: install_mode as i32,
         expected_installer_sha256: String::new(),
     }
 }
@@ -75,6 +109,7 @@ pub(super) fn step_state(state: &str) -> pb::StepState {
         "failed" => pb::StepState::Failed,
         "skipped" => pb::StepState::Skipped,
         "already-current" => pb::StepState::AlreadyCurrent,
+        "newer" => pb::StepState::Newer,
         _ => pb::StepState::Unspecified,
     }
 }
@@ -135,5 +170,121 @@ pub(super) fn plain_event(run_id: &str, e: &StoredEvent) -> pb::RunEvent {
         environment: text("environment"),
         kind,
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    use super::*;
+    use crate::domain::NodeName;
+    use crate::plan::{Reported, Reports, Selection, Workflow, plan};
+
+    const FLEET: &str = "[upgrade]\ntarget_version = \"3.0.7\"\ninstaller = 'D:\\media\\Setup.exe'\nmaster_installer = 'D:\\media\\Platform\\SSO\\Setup.exe'\n[[environment]]\nname = \"dev\"\ninstall = \"unattended\"\nmaster = \"m\"\nmembers = [\"a\", \"b\"]\nbackup_dir = 'B'\n";
+
+    fn selection(workflow: Workflow) -> Selection {
+        Selection {
+            workflow,
+            environments: vec![crate::domain::EnvName::new("dev").unwrap()],
+            master_only: false,
+            max_parallel: None,
+            max_failures: None,
+        }
+    }
+
+    /// Each step of the plan (as `node step`) with its assignment.
+    fn assignments(workflow: Workflow, reports: &Reports) -> Vec<(String, pb::StepAssignment)> {
+        let inv = Inventory::parse(Path::new("fleet.toml"), FLEET).unwrap();
+        let p = plan(&inv, &selection(workflow), reports).unwrap();
+        let run = Run::new(&p, 60_000, BTreeSet::new());
+        (0..run.steps.len())
+            .filter(|&i| run.steps[i].plan.kind.on_agent())
+            .map(|i| {
+                let s = &run.steps[i].plan;
+                let name = format!(
+                    "{} {}",
+                    s.node.as_ref().map_or("-", NodeName::as_str),
+                    s.kind.name()
+                );
+                (name, assignment(&inv, &p, "run", 7, &run, i, "attempt"))
+            })
+            .collect()
+    }
+
+    fn find<'a>(all: &'a [(String, pb::StepAssignment)], name: &str) -> &'a pb::StepAssignment {
+        &all.iter().find(|(n, _)| n == name).unwrap().1
+    }
+
+    #[test]
+    fn install_steps_carry_their_planned_mode_role_installer_and_sso_configure() {
+        let mut reports: Reports = [("m", "3.0.6"), ("a", "3.0.6"), ("b", "")]
+            .into_iter()
+            .map(|(n, v)| (NodeName::new(n).unwrap(), Reported::version(v)))
+            .collect();
+        reports.insert(
+            NodeName::new("a").unwrap(),
+            Reported {
+                version: Some("3.0.6".into()),
+                install_override: true,
+            },
+        );
+        let all = assignments(Workflow::Upgrade, &reports);
+        let master = find(&all, "m upgrade-master");
+        assert_eq!(master.install_mode(), pb::InstallMode::Attended);
+        assert_eq!(
+            master.params["installer"],
+            r"D:\media\Platform\SSO\Setup.exe"
+        );
+        assert_eq!(master.params["sso_configure"], "join");
+        assert_eq!(master.params["target_version"], "3.0.7");
+        // The agent's own command, and a fresh install: unattended, from the members' installer.
+        let a = find(&all, "a upgrade");
+        assert_eq!(a.install_mode(), pb::InstallMode::Unattended);
+        assert_eq!(a.params["installer"], r"D:\media\Setup.exe");
+        assert_eq!(a.params["sso_configure"], "join");
+        assert_eq!(
+            find(&all, "b upgrade").install_mode(),
+            pb::InstallMode::Unattended
+        );
+        // Steps that do not install have no mode and no sso_configure.
+        let backup = find(&all, "m backup-secret");
+        assert_eq!(backup.install_mode(), pb::InstallMode::Unspecified);
+        assert!(!backup.params.contains_key("sso_configure"));
+        assert_eq!(
+            backup.params["installer"],
+            r"D:\media\Platform\SSO\Setup.exe"
+        );
+        assert!(
+            !find(&all, "m verify-master")
+                .params
+                .contains_key("newer_ok")
+        );
+    }
+
+    #[test]
+    fn a_newer_master_is_verified_with_newer_ok() {
+        let reports: Reports = [("m", "3.0.8"), ("a", "3.0.6"), ("b", "3.0.7.0")]
+            .into_iter()
+            .map(|(n, v)| (NodeName::new(n).unwrap(), Reported::version(v)))
+            .collect();
+        let all = assignments(Workflow::Upgrade, &reports);
+        assert_eq!(find(&all, "m verify-master").params["newer_ok"], "true");
+        assert!(!find(&all, "a verify").params.contains_key("newer_ok"));
+    }
+
+    #[test]
+    fn the_migrate_workflow_creates_the_sso_system() {
+        let reports: Reports = [(NodeName::new("m").unwrap(), Reported::version(""))].into();
+        let all = assignments(Workflow::Migrate, &reports);
+        let install = find(&all, "m install-sso");
+        assert_eq!(install.params["sso_configure"], "create");
+        assert_eq!(install.install_mode(), pb::InstallMode::Unattended);
+        assert_eq!(
+            install.params["installer"],
+            r"D:\media\Platform\SSO\Setup.exe"
+        );
+        assert!(!find(&all, "m verify").params.contains_key("newer_ok"));
     }
 }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::domain::Role;
 use crate::engine::{Command, Durable, Millis, Run, StepRecord, StepState};
 use crate::plan::Plan;
 
@@ -23,6 +24,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("001_initial.sql"),
     include_str!("002_resume.sql"),
     include_str!("003_attended.sql"),
+    include_str!("004_roles.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +107,18 @@ pub struct ArtifactRow {
     pub path: String,
     pub size_bytes: u64,
     pub sha256: String,
+    /// What the agent noted with it (the secret backup's password reminder; never the password).
+    pub note: String,
+}
+
+/// An artifact of an attempt, as its result reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewArtifact {
+    pub kind: String,
+    pub path: String,
+    pub size_bytes: u64,
+    pub sha256: String,
+    pub note: String,
 }
 
 /// One event an agent reported, with the node, step and attempt number it belongs to.
@@ -151,7 +165,10 @@ pub struct StoredRun {
     pub records: Vec<StepRecord>,
     pub inventory_toml: String,
     pub step_timeout_ms: Millis,
+    /// The members' installer's SHA-256 (before schema 4: the one installer's), as its first preflight read it.
     pub installer_sha256: Option<String>,
+    /// The master's installer's SHA-256 (schema 4 on).
+    pub master_installer_sha256: Option<String>,
     /// Step index → its current attempt's uuid, node and stored outcome (if its result is stored).
     pub attempts: Vec<StoredAttempt>,
     pub last_seq: u64,
@@ -468,18 +485,26 @@ impl Store {
             String,
             Millis,
             Option<String>,
+            Option<String>,
         );
         let head: Head = self
             .conn
             .query_row(
-                "SELECT plan_json, engine_state, inventory_toml, step_timeout_ms, installer_sha256 FROM runs WHERE id = ?1",
+                "SELECT plan_json, engine_state, inventory_toml, step_timeout_ms, installer_sha256, master_installer_sha256 FROM runs WHERE id = ?1",
                 [run_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
             )
             .optional()
             .map_err(self.err())?
             .ok_or_else(|| StoreError::UnknownRun(run_id.to_string()))?;
-        let (plan_json, state_json, inventory_toml, step_timeout_ms, installer_sha256) = head;
+        let (
+            plan_json,
+            state_json,
+            inventory_toml,
+            step_timeout_ms,
+            installer_sha256,
+            master_installer_sha256,
+        ) = head;
         let plan: Plan = plan_json
             .ok_or_else(|| {
                 corrupt(
@@ -557,6 +582,7 @@ impl Store {
             inventory_toml,
             step_timeout_ms,
             installer_sha256,
+            master_installer_sha256,
             attempts,
             last_seq: u64::try_from(last_seq).unwrap_or(0),
         })
@@ -587,14 +613,16 @@ impl Store {
         Ok(u64::try_from(seq).unwrap_or(0))
     }
 
-    /// Records the installer's SHA-256 the run installs (read in its first preflight).
-    pub fn set_installer_sha256(&mut self, run_id: &str, sha256: &str) -> Result<()> {
+    /// Records the SHA-256 of the installer the run installs on nodes of `role` (read in the first
+    /// preflight where that role installs).
+    pub fn set_installer_sha256(&mut self, run_id: &str, role: Role, sha256: &str) -> Result<()> {
         self.flush_events()?;
+        let sql = match role {
+            Role::Master => "UPDATE runs SET master_installer_sha256 = ?2 WHERE id = ?1",
+            Role::Member => "UPDATE runs SET installer_sha256 = ?2 WHERE id = ?1",
+        };
         self.conn
-            .execute(
-                "UPDATE runs SET installer_sha256 = ?2 WHERE id = ?1",
-                params![run_id, sha256],
-            )
+            .execute(sql, params![run_id, sha256])
             .map_err(self.err())?;
         Ok(())
     }
@@ -796,7 +824,7 @@ impl Store {
         outcome: &str,
         error: &str,
         exit_code: Option<i32>,
-        artifacts: &[(String, String, u64, String)],
+        artifacts: &[NewArtifact],
     ) -> Result<bool> {
         self.flush_events()?;
         let path = self.path.clone();
@@ -815,10 +843,10 @@ impl Store {
         if changed == 0 {
             return Ok(false);
         }
-        for (kind, file, size, sha256) in artifacts {
+        for a in artifacts {
             tx.execute(
-                "INSERT INTO artifacts (attempt_id, kind, path, size_bytes, sha256) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![attempt_id, kind, file, i64::try_from(*size).unwrap_or(i64::MAX), sha256],
+                "INSERT INTO artifacts (attempt_id, kind, path, size_bytes, sha256, note) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![attempt_id, a.kind, a.path, i64::try_from(a.size_bytes).unwrap_or(i64::MAX), a.sha256, a.note],
             )
             .map_err(err)?;
         }
@@ -842,7 +870,7 @@ impl Store {
     /// Artifacts recorded for a run's attempts.
     pub fn artifacts(&self, run_id: &str) -> Result<Vec<ArtifactRow>> {
         self.query(
-            "SELECT a.idx, f.kind, f.path, f.size_bytes, f.sha256 FROM artifacts f JOIN attempts a ON a.id = f.attempt_id
+            "SELECT a.idx, f.kind, f.path, f.size_bytes, f.sha256, f.note FROM artifacts f JOIN attempts a ON a.id = f.attempt_id
              WHERE a.run_id = ?1 ORDER BY a.idx",
             [run_id],
             |r| {
@@ -852,6 +880,7 @@ impl Store {
                     path: r.get(2)?,
                     size_bytes: r.get::<_, i64>(3)? as u64,
                     sha256: r.get(4)?,
+                    note: r.get(5)?,
                 })
             },
         )

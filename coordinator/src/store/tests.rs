@@ -5,7 +5,7 @@ use super::*;
 use crate::engine::{Event, Outcome, StepState};
 use crate::inventory::Inventory;
 use crate::plan::Workflow;
-use crate::plan::{Selection, Versions, plan};
+use crate::plan::{Reports, Selection, plan};
 
 const FLEET: &str = "[upgrade]\ntarget_version = \"3.0.7\"\ninstaller = 's'\n[[environment]]\nname = \"dev\"\nmaster = \"m\"\nmembers = [\"a\"]\nbackup_dir = 'b'\n";
 
@@ -18,7 +18,7 @@ fn new_plan_and_run() -> (Plan, Run) {
         max_parallel: None,
         max_failures: None,
     };
-    let p = plan(&inv, &sel, &Versions::new()).unwrap();
+    let p = plan(&inv, &sel, &Reports::new()).unwrap();
     let attached: BTreeSet<_> = inv.nodes().map(|(_, n, _)| n.clone()).collect();
     let run = Run::new(&p, 60_000, attached);
     (p, run)
@@ -315,4 +315,62 @@ fn an_unfinished_run_is_found_for_resuming() {
     assert_eq!(stored.attempts[0].id, ids[0]);
     assert_eq!(stored.attempts[0].result, None);
     assert!(stored.last_seq > 0);
+}
+
+#[test]
+fn installer_hashes_are_kept_per_role_and_artifacts_keep_their_note() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, attempt) = store_with_an_attempt(dir.path());
+    store
+        .set_installer_sha256("r1", crate::domain::Role::Member, "bb")
+        .unwrap();
+    let stored = store.load_run("r1").unwrap();
+    assert_eq!(
+        (
+            stored.installer_sha256.as_deref(),
+            stored.master_installer_sha256
+        ),
+        (Some("bb"), None)
+    );
+    store
+        .set_installer_sha256("r1", crate::domain::Role::Master, "aa")
+        .unwrap();
+    let stored = store.load_run("r1").unwrap();
+    assert_eq!(stored.master_installer_sha256.as_deref(), Some("aa"));
+    assert_eq!(stored.installer_sha256.as_deref(), Some("bb"));
+
+    let artifact = NewArtifact {
+        kind: "secret-backup".into(),
+        path: r"\\backup01\sso\dev\secret.bak".into(),
+        size_bytes: 10,
+        sha256: "cc".into(),
+        note: "reminder: the blue safe".into(),
+    };
+    assert!(
+        store
+            .finish_attempt(&attempt, 3_000, "Succeeded", "", Some(0), &[artifact])
+            .unwrap()
+    );
+    let rows = store.artifacts("r1").unwrap();
+    assert_eq!(rows[0].note, "reminder: the blue safe");
+}
+
+#[test]
+fn a_plan_stored_before_versions_and_install_modes_still_loads() {
+    let (p, _) = new_plan_and_run();
+    let mut json = serde_json::to_value(&p).unwrap();
+    json.as_object_mut().unwrap().remove("master_installer");
+    for step in json["steps"].as_array_mut().unwrap() {
+        let step = step.as_object_mut().unwrap();
+        step.remove("install");
+        step.remove("accept_newer");
+    }
+    let old: Plan = serde_json::from_value(json).unwrap();
+    assert_eq!(old.target_version.to_string(), "3.0.7");
+    assert_eq!(old.master_installer, None);
+    assert!(
+        old.steps
+            .iter()
+            .all(|s| s.install.is_none() && !s.accept_newer)
+    );
 }

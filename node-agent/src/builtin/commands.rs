@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::tools::win_join;
+use crate::esso::InstallerKind;
 
 /// A program and its arguments; run without a shell.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,7 +14,7 @@ pub struct Invocation {
 }
 
 impl Invocation {
-    fn new(program: &Path, args: &[&str]) -> Self {
+    pub fn new(program: &Path, args: &[&str]) -> Self {
         Self {
             program: program.to_path_buf(),
             args: args.iter().map(|a| a.to_string()).collect(),
@@ -35,102 +36,54 @@ impl Invocation {
     }
 }
 
-pub fn sc_query(sc: &Path, service: &str) -> Invocation {
-    Invocation::new(sc, &["query", service])
-}
-
-pub fn sc_stop(sc: &Path, service: &str) -> Invocation {
-    Invocation::new(sc, &["stop", service])
-}
-
-pub fn sc_start(sc: &Path, service: &str) -> Invocation {
-    Invocation::new(sc, &["start", service])
-}
-
-/// Which registry view `reg.exe` reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RegView {
-    /// The caller's own (64-bit for the System32 `reg.exe` on 64-bit Windows).
-    Native,
-    /// The 32-bit view (`WOW6432Node`), where 32-bit products such as BizTalk may write (`/reg:32`).
-    Wow32,
-}
-
-/// `reg query <key> [/v <value>] [/reg:32]`; without a value it lists the key's values and subkeys.
-pub fn reg_query(reg: &Path, key: &str, value: Option<&str>, view: RegView) -> Invocation {
-    let mut args = vec!["query", key];
-    if let Some(value) = value {
-        args.extend(["/v", value]);
-    }
-    if view == RegView::Wow32 {
-        args.push("/reg:32");
-    }
-    Invocation::new(reg, &args)
+/// An exit code as messages show it.
+pub fn code_text(code: Option<i32>) -> String {
+    code.map_or_else(|| "none".to_string(), |c| c.to_string())
 }
 
 pub fn ssomanage_displaydb(ssomanage: &Path) -> Invocation {
     Invocation::new(ssomanage, &["-displaydb"])
 }
 
-pub fn ssoconfig_backup_secret(ssoconfig: &Path, backup_file: &str) -> Invocation {
-    Invocation::new(ssoconfig, &["-backupSecret", backup_file])
-}
-
-/// What `ssoconfig -backupSecret` reads: the password, its confirmation, the reminder (it prompts for
-/// the three in this order). The runner adds the final newline when it writes this.
-pub fn backup_secret_stdin(password: &str, reminder: &str) -> String {
-    format!("{password}\n{password}\n{reminder}")
-}
-
-/// The password reminder stored in the backup file: which backup this is, never the password. Should
-/// the password appear in it (a password such as the environment's name), a fixed text is used instead.
-pub fn backup_reminder(environment: &str, node: &str, date: &str, password: &str) -> String {
-    let reminder = format!("ssofleet backup {environment} {node} {date}");
-    if password.is_empty() || !reminder.contains(password) {
-        reminder
-    } else {
-        "ssofleet master secret backup: the password is in the agent's backup_password_file".into()
+/// A PowerShell script shipped inside the agent, run from its file with named arguments; whatever is
+/// secret goes to its standard input.
+pub fn powershell_script(powershell: &Path, script: &Path, args: &[(&str, &str)]) -> Invocation {
+    let script = script.display().to_string();
+    let mut all = vec![
+        "-NoProfile",
+        "-NonInteractive",
+        "-ExecutionPolicy",
+        "Bypass",
+        "-File",
+        &script,
+    ];
+    for (name, value) in args {
+        all.extend([*name, *value]);
     }
+    Invocation::new(powershell, &all)
 }
 
-/// The two kinds of installer media.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InstallerKind {
-    /// A Windows Installer package (Host Integration Server ships `HIS20xx_Server_EN.msi`).
-    Msi,
-    /// A product's `setup.exe` (BizTalk Server, or its `\Platform\SSO\Setup.exe`).
-    Setup,
+/// ESSO's events (source ENTSSO) in the Application log since `since` (an ISO 8601 UTC time), newest
+/// first, as XML: `wevtutil qe Application /q:<XPath> /rd:true /f:xml /c:<count>` (ESSO.md, "Verifying").
+pub fn wevtutil_esso_events(wevtutil: &Path, since: &str, count: u32) -> Invocation {
+    let query =
+        format!("*[System[Provider[@Name='ENTSSO'] and TimeCreated[@SystemTime>='{since}']]]");
+    Invocation::new(
+        wevtutil,
+        &[
+            "qe",
+            "Application",
+            &format!("/q:{query}"),
+            "/rd:true",
+            "/f:xml",
+            &format!("/c:{count}"),
+        ],
+    )
 }
 
-pub fn installer_kind(installer: &str) -> InstallerKind {
-    if installer.to_ascii_lowercase().ends_with(".msi") {
-        InstallerKind::Msi
-    } else {
-        InstallerKind::Setup
-    }
-}
-
-/// The product an installer installs: an MSI is Host Integration Server's, a setup.exe BizTalk's.
-pub fn installer_product(kind: InstallerKind) -> &'static str {
-    match kind {
-        InstallerKind::Msi => "his",
-        InstallerKind::Setup => "biztalk",
-    }
-}
-
-/// The ESSO server feature to select, or none when the other product already provides ESSO on this
-/// machine (SPEC §1: HIS on a BizTalk machine, or BizTalk on an HIS machine, must not select the ESSO
-/// feature again; the existing ESSO is upgraded by the same procedure). `products` are the facts'
-/// `products=` values.
-pub fn esso_feature(installing: &str, products: &[String]) -> Option<&'static str> {
-    let other_has_esso = products.iter().any(|p| {
-        p.eq_ignore_ascii_case(if installing == "his" {
-            "biztalk"
-        } else {
-            "his"
-        })
-    });
-    (!other_has_esso).then_some("SSOServer")
+/// BizTalk Server's configuration, silent: `Configuration.exe /S <file> /L <log>` (Appendix A).
+pub fn biztalk_configure(configuration: &Path, file: &str, log: &str) -> Invocation {
+    Invocation::new(configuration, &["/S", file, "/L", log])
 }
 
 /// BizTalk's features other than ESSO for an unattended install (appendix-a-silent-installation.md).
@@ -147,7 +100,7 @@ pub fn install(
     base_features: &str,
     esso_feature: Option<&str>,
 ) -> Result<Invocation, String> {
-    match installer_kind(installer) {
+    match InstallerKind::of(installer) {
         InstallerKind::Msi => {
             let msiexec = msiexec.ok_or("an .msi installer needs msiexec.exe")?;
             Ok(Invocation::new(
@@ -212,13 +165,19 @@ pub fn hissomig_export(
     Invocation::new(hissomig, &args)
 }
 
+/// `hissomig -import [-key <file>] -input <xml>`; the key only for Host Integration Server 2000 (SNA
+/// Server 4.0 has none: whether its import needs another switch is to confirm).
 pub fn hissomig_import(
     hissomig: &Path,
-    key_file: &str,
+    key_file: Option<&str>,
     xml: &str,
     log_dir: Option<&str>,
 ) -> Invocation {
-    let mut args = vec!["-import", "-key", key_file, "-input", xml];
+    let mut args = vec!["-import"];
+    if let Some(key) = key_file {
+        args.extend(["-key", key]);
+    }
+    args.extend(["-input", xml]);
     if let Some(dir) = log_dir {
         args.extend(["-log", dir]);
     }
@@ -306,78 +265,51 @@ mod tests {
     }
 
     #[test]
-    fn service_and_registry_queries() {
-        let sc = Path::new(r"C:\Windows\System32\sc.exe");
-        assert_eq!(args(&sc_query(sc, "ENTSSO")), ["query", "ENTSSO"]);
-        assert_eq!(args(&sc_stop(sc, "SnaDatabase")), ["stop", "SnaDatabase"]);
-        assert_eq!(args(&sc_start(sc, "SnaDatabase")), ["start", "SnaDatabase"]);
-        let reg = Path::new("reg.exe");
-        let q = reg_query(
-            reg,
-            r"HKLM\SOFTWARE\Microsoft\BizTalk Server\3.0",
-            Some("ProductVersion"),
-            RegView::Wow32,
+    fn esso_tools_and_configuration() {
+        assert_eq!(args(&ssomanage_displaydb(Path::new("m"))), ["-displaydb"]);
+        let ps = powershell_script(
+            Path::new("powershell.exe"),
+            Path::new(r"C:\s\scripts\backup-secret.ps1"),
+            &[("-BackupFile", r"C:\s\x.bak")],
         );
         assert_eq!(
-            args(&q),
+            args(&ps),
             [
-                "query",
-                r"HKLM\SOFTWARE\Microsoft\BizTalk Server\3.0",
-                "/v",
-                "ProductVersion",
-                "/reg:32"
+                "-NoProfile",
+                "-NonInteractive",
+                "-ExecutionPolicy",
+                "Bypass",
+                "-File",
+                r"C:\s\scripts\backup-secret.ps1",
+                "-BackupFile",
+                r"C:\s\x.bak"
             ]
         );
         assert_eq!(
-            q.display(),
-            r#"reg.exe query "HKLM\SOFTWARE\Microsoft\BizTalk Server\3.0" /v ProductVersion /reg:32"#
-        );
-        assert_eq!(
-            args(&reg_query(
-                reg,
-                r"HKLM\SOFTWARE\Microsoft\ENTSSO",
-                None,
-                RegView::Native
+            args(&wevtutil_esso_events(
+                Path::new("wevtutil.exe"),
+                "2026-11-29T07:00:00.000Z",
+                50
             )),
-            ["query", r"HKLM\SOFTWARE\Microsoft\ENTSSO"]
-        );
-    }
-
-    #[test]
-    fn backup_secret_keeps_the_password_off_the_command_line() {
-        let i = ssoconfig_backup_secret(Path::new("ssoconfig.exe"), r"\\b\sso\x.bak");
-        assert_eq!(args(&i), ["-backupSecret", r"\\b\sso\x.bak"]);
-        assert_eq!(args(&ssomanage_displaydb(Path::new("m"))), ["-displaydb"]);
-        let reminder = backup_reminder("dev", "sso-dev-01", "2024-06-01", "s3cret-pw");
-        assert_eq!(reminder, "ssofleet backup dev sso-dev-01 2024-06-01");
-        assert_eq!(
-            backup_secret_stdin("s3cret-pw", &reminder),
-            "s3cret-pw\ns3cret-pw\nssofleet backup dev sso-dev-01 2024-06-01"
-        );
-        // A password that the reminder would reveal.
-        let reminder = backup_reminder("production", "sso-p-01", "2024-06-01", "product");
-        assert!(!reminder.contains("product"), "{reminder}");
-    }
-
-    #[test]
-    fn the_esso_feature_is_selected_only_when_no_other_product_provides_it() {
-        let present = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(esso_feature("biztalk", &present(&[])), Some("SSOServer"));
-        assert_eq!(
-            esso_feature("biztalk", &present(&["biztalk"])),
-            Some("SSOServer")
-        );
-        assert_eq!(esso_feature("biztalk", &present(&["HIS"])), None);
-        assert_eq!(esso_feature("his", &present(&["biztalk", "his"])), None);
-        assert_eq!(esso_feature("his", &present(&["his"])), Some("SSOServer"));
-        assert_eq!(
-            installer_product(installer_kind(r"D:\m\HIS2020_Server_EN.MSI")),
-            "his"
+            [
+                "qe",
+                "Application",
+                "/q:*[System[Provider[@Name='ENTSSO'] and TimeCreated[@SystemTime>='2026-11-29T07:00:00.000Z']]]",
+                "/rd:true",
+                "/f:xml",
+                "/c:50"
+            ]
         );
         assert_eq!(
-            installer_product(installer_kind(r"D:\m\BizTalk\Setup.exe")),
-            "biztalk"
+            args(&biztalk_configure(
+                Path::new("Configuration.exe"),
+                "c.xml",
+                "c.log"
+            )),
+            ["/S", "c.xml", "/L", "c.log"]
         );
+        assert_eq!(code_text(Some(3)), "3");
+        assert_eq!(code_text(None), "none");
     }
 
     #[test]
@@ -473,8 +405,17 @@ mod tests {
             ]
         );
         assert_eq!(
-            args(&hissomig_import(h, r"Z:\hostseckey.bak", "x.xml", None)),
+            args(&hissomig_import(
+                h,
+                Some(r"Z:\hostseckey.bak"),
+                "x.xml",
+                None
+            )),
             ["-import", "-key", r"Z:\hostseckey.bak", "-input", "x.xml"]
+        );
+        assert_eq!(
+            args(&hissomig_import(h, None, "x.xml", None)),
+            ["-import", "-input", "x.xml"]
         );
         assert_eq!(args(&udbkey_showkey(Path::new("udbkey.exe"))), ["/showkey"]);
         assert_eq!(

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::commands::{self, ExportSource};
-use super::parse::ServiceState;
+use super::install::write_private;
 use super::session::{Echo, Fail, Session};
+use super::system::ServiceState;
 use super::tools::{Tool, join};
 
 const SERVICE_WAIT: Duration = Duration::from_secs(180);
@@ -43,6 +44,11 @@ fn migration_dir(s: &Session<'_>) -> Result<PathBuf, Fail> {
 }
 
 pub async fn export_key(s: &mut Session<'_>) -> Result<(), Fail> {
+    if source_kind(s)? == Source::Sna4 {
+        return Err(Fail::new(
+            "SNA Server 4.0 has no encryption key to export: udbkey /showkey is Host Integration Server 2000's (ESSO.md, migration step 2)",
+        ));
+    }
     let udbkey = s.tool(Tool::Udbkey)?;
     let file = key_file(s);
     s.progress(20, "exporting the host security encryption key")
@@ -53,7 +59,7 @@ pub async fn export_key(s: &mut Session<'_>) -> Result<(), Fail> {
     if !ran.ok() {
         return Err(Fail::new(format!(
             "udbkey /showkey exited with code {}",
-            ran.exit_code.map_or("none".into(), |c| c.to_string())
+            commands::code_text(ran.exit_code)
         )));
     }
     if ran.stdout.iter().all(|l| l.trim().is_empty()) {
@@ -77,22 +83,6 @@ pub async fn export_key(s: &mut Session<'_>) -> Result<(), Fail> {
     s.progress(100, "encryption key exported; protect the key file")
         .await;
     Ok(())
-}
-
-/// Writes a file only its owner can read where the platform allows saying so (on Windows the folder's
-/// ACL decides: the backup directory's).
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options.open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
 }
 
 pub async fn copy_utility(s: &mut Session<'_>) -> Result<(), Fail> {
@@ -137,26 +127,84 @@ pub async fn copy_utility(s: &mut Session<'_>) -> Result<(), Fail> {
     Ok(())
 }
 
+/// The old product (`migration_source`): HIS 2000 (`his2000`) or SNA Server 4.0 (`sna4`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    His2000,
+    Sna4,
+}
+
+fn source_kind(s: &Session<'_>) -> Result<Source, Fail> {
+    match s
+        .param("migration_source")
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("his2000") => Ok(Source::His2000),
+        Some("sna4") => Ok(Source::Sna4),
+        // The source follows from which of the two the inventory names.
+        None if s.param("host_security_dbfile").is_some() => Ok(Source::Sna4),
+        None if s.param("host_security_server").is_some() => Ok(Source::His2000),
+        other => Err(Fail::new(format!(
+            "{}: migration_source {other:?} is not his2000 or sna4 ([environment.migration] source in fleet.toml)",
+            s.action
+        ))),
+    }
+}
+
+/// Which part of the migration a step runs (`migration_phase`): the export, the import after the
+/// operator reviewed the export, or both in one step (no review).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Export,
+    Import,
+    Both,
+}
+
 pub async fn run(s: &mut Session<'_>) -> Result<(), Fail> {
+    let phase = match s.param("migration_phase") {
+        Some("export") => Phase::Export,
+        Some("import") => Phase::Import,
+        None => Phase::Both,
+        Some(other) => {
+            return Err(Fail::new(format!(
+                "migration_phase {other:?} is not export or import"
+            )));
+        }
+    };
     let hissomig = s.tool(Tool::Hissomig)?;
-    let source = match (
+    let source = source_kind(s)?;
+    let export_from = match (
+        source,
         s.param("host_security_server"),
         s.param("host_security_dbfile"),
     ) {
-        (Some(server), _) => ExportSource::Server(server.to_string()),
-        (None, Some(file)) => ExportSource::DbFile(file.to_string()),
-        (None, None) => {
+        (Source::His2000, Some(server), _) => ExportSource::Server(server.to_string()),
+        (Source::Sna4, _, Some(file)) => ExportSource::DbFile(file.to_string()),
+        (Source::His2000, None, _) => {
             return Err(Fail::new(
-                "run_migration needs host_security_server (the HIS 2000 primary domain controller) or host_security_dbfile (the SNA Server 4.0 .dbs file)",
+                "run_migration from HIS 2000 needs host_security_server (the primary domain controller holding the host security data)",
+            ));
+        }
+        (Source::Sna4, _, None) => {
+            return Err(Fail::new(
+                "run_migration from SNA Server 4.0 needs host_security_dbfile (the host security .dbs file)",
             ));
         }
     };
-    let key = key_file(s);
-    if !Path::new(&key).is_file() {
-        return Err(Fail::new(format!(
-            "the encryption key file {key} does not exist: run export_encryption_key first"
-        )));
-    }
+    // Only HIS 2000 has a key (ESSO.md, migration step 2).
+    let key = match source {
+        Source::His2000 => {
+            let key = key_file(s);
+            if phase != Phase::Export && !Path::new(&key).is_file() {
+                return Err(Fail::new(format!(
+                    "the encryption key file {key} does not exist: run export_encryption_key first"
+                )));
+            }
+            Some(key)
+        }
+        Source::Sna4 => None,
+    };
     let dir = migration_dir(s)?;
     let xml = commands::run_file(
         &dir.display().to_string(),
@@ -168,8 +216,58 @@ pub async fn run(s: &mut Session<'_>) -> Result<(), Fail> {
     std::fs::create_dir_all(&dir)
         .map_err(|e| Fail::new(format!("cannot create {}: {e}", dir.display())))?;
     let log_dir = s.param("migration_log_dir").map(str::to_string);
-    let hac = s.tools.host_account_cache_service.clone();
+    s.output("exported_file", xml.clone()).await;
 
+    let export = if phase == Phase::Import {
+        if Path::new(&xml).is_file() {
+            Ok(())
+        } else {
+            Err(Fail::new(format!(
+                "the exported host security data {xml} is not there: run the export again"
+            )))
+        }
+    } else {
+        export(s, &hissomig, &export_from, &xml, log_dir.as_deref()).await
+    };
+    if phase == Phase::Export {
+        // Kept for the import: the operator reviews it first, as the docs describe.
+        return export;
+    }
+    let import = if export.is_ok() {
+        s.progress(70, "importing into the SSO database").await;
+        let ran = s
+            .exec(
+                &commands::hissomig_import(&hissomig, key.as_deref(), &xml, log_dir.as_deref()),
+                None,
+                Echo::Forward,
+            )
+            .await;
+        let import = tool_result("hissomig -import", ran);
+        s.output("imported", import.is_ok().to_string()).await;
+        import
+    } else {
+        Ok(())
+    };
+    let deleted = delete_export(&xml);
+    s.output("xml_deleted", deleted.is_ok().to_string()).await;
+    export?;
+    import?;
+    deleted?;
+    s.progress(100, "host security data migrated").await;
+    Ok(())
+}
+
+/// `hissomig -export` with the Host Account Cache service stopped where it runs on this server, and
+/// restarted afterwards whatever the export did. The export's size and line count are reported for
+/// the operator's review.
+async fn export(
+    s: &mut Session<'_>,
+    hissomig: &Path,
+    from: &ExportSource,
+    xml: &str,
+    log_dir: Option<&str>,
+) -> Result<(), Fail> {
+    let hac = s.tools.host_account_cache_service.clone();
     s.progress(
         10,
         format!("stopping the Host Account Cache service ({hac})"),
@@ -183,26 +281,29 @@ pub async fn run(s: &mut Session<'_>) -> Result<(), Fail> {
             return Err(fail);
         }
     };
-
     s.progress(30, "exporting the host security data").await;
-    let export = s
+    let ran = s
         .exec(
-            &commands::hissomig_export(&hissomig, &source, &xml, log_dir.as_deref()),
+            &commands::hissomig_export(hissomig, from, xml, log_dir),
             None,
             Echo::Forward,
         )
         .await;
-    let export = tool_result("hissomig -export", export).and_then(|()| {
-        if Path::new(&xml).is_file() {
-            Ok(())
-        } else {
-            Err(Fail::new(format!(
+    let export = tool_result("hissomig -export", ran).and_then(|()| {
+        std::fs::metadata(xml).map_err(|_| {
+            Fail::new(format!(
                 "hissomig -export reported success but wrote no {xml}"
-            )))
-        }
+            ))
+        })
     });
     s.output("exported", export.is_ok().to_string()).await;
-
+    if let Ok(meta) = &export {
+        s.output("exported_size", meta.len().to_string()).await;
+        if let Ok(text) = std::fs::read_to_string(xml) {
+            s.output("exported_lines", text.lines().count().to_string())
+                .await;
+        }
+    }
     // Restarted whatever the export did.
     let restart = if stopped_by_us {
         s.progress(
@@ -217,31 +318,12 @@ pub async fn run(s: &mut Session<'_>) -> Result<(), Fail> {
     if let Ok(state) = s.service(&hac).await {
         s.output("host_account_cache", state.state.as_str()).await;
     }
-
-    let import = if export.is_ok() {
-        s.progress(70, "importing into the SSO database").await;
-        let ran = s
-            .exec(
-                &commands::hissomig_import(&hissomig, &key, &xml, log_dir.as_deref()),
-                None,
-                Echo::Forward,
-            )
-            .await;
-        let import = tool_result("hissomig -import", ran);
-        s.output("imported", import.is_ok().to_string()).await;
-        import
-    } else {
-        Ok(())
-    };
-
-    let deleted = delete_export(&xml);
-    s.output("xml_deleted", deleted.is_ok().to_string()).await;
+    if export.is_err() {
+        // Nothing half-written is left holding security data.
+        let _ = delete_export(xml);
+    }
     export?;
-    import?;
-    restart?;
-    deleted?;
-    s.progress(100, "host security data migrated").await;
-    Ok(())
+    restart
 }
 
 fn tool_result(what: &str, ran: Result<super::session::Ran, Fail>) -> Result<(), Fail> {
@@ -259,7 +341,7 @@ fn tool_result(what: &str, ran: Result<super::session::Ran, Fail>) -> Result<(),
         .unwrap_or_default();
     Err(Fail::new(format!(
         "{what} exited with code {}{last}",
-        ran.exit_code.map_or("none".into(), |c| c.to_string())
+        commands::code_text(ran.exit_code)
     )))
 }
 
@@ -274,7 +356,8 @@ fn delete_export(xml: &str) -> Result<(), Fail> {
     }
 }
 
-/// Stops the service; `false` when it is not installed on this server (nothing to restart).
+/// Stops the service; `false` when it is not installed on this server or already stopped (nothing
+/// for us to restart).
 async fn stop_service(s: &mut Session<'_>, service: &str) -> Result<bool, Fail> {
     let status = s.service(service).await?;
     match status.state {
@@ -293,9 +376,7 @@ async fn stop_service(s: &mut Session<'_>, service: &str) -> Result<bool, Fail> 
             Ok(false)
         }
         _ => {
-            let sc = s.tool(Tool::Sc)?;
-            s.exec(&commands::sc_stop(&sc, service), None, Echo::Forward)
-                .await?;
+            s.stop_service(service).await?;
             let status = s
                 .wait_for(service, ServiceState::Stopped, SERVICE_WAIT)
                 .await?;
@@ -310,17 +391,9 @@ async fn stop_service(s: &mut Session<'_>, service: &str) -> Result<bool, Fail> 
 }
 
 async fn start_service(s: &mut Session<'_>, service: &str) -> Result<(), Fail> {
-    let sc = s.tool(Tool::Sc)?;
-    let ran = s
-        .exec(&commands::sc_start(&sc, service), None, Echo::Forward)
-        .await?;
-    // 1056: already running.
-    if !ran.ok() && ran.exit_code != Some(1056) {
-        return Err(Fail::new(format!(
-            "the {service} service did not restart (sc start exited with code {}): start it by hand",
-            ran.exit_code.map_or("none".into(), |c| c.to_string())
-        )));
-    }
+    s.start_service(service)
+        .await
+        .map_err(|f| Fail::new(format!("{}: start it by hand", f.message)))?;
     s.wait_for(service, ServiceState::Running, SERVICE_WAIT)
         .await?;
     Ok(())

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::Context;
-use super::commands::{self, Invocation};
-use super::parse::{self, ServiceState, ServiceStatus};
+use super::commands::Invocation;
+use super::system::{ServiceState, ServiceStatus};
 use super::tools::{Tool, Tools};
 use crate::catalogue::ActionName;
 use crate::runner::{self, CommandSpec, Outcome, Report, STDERR_TAIL};
@@ -63,12 +63,15 @@ impl Ran {
     }
 }
 
-/// Whether a tool's standard output may be forwarded as log lines.
+/// Whether a tool's output may be forwarded as log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Echo {
     Forward,
     /// Secret output (the encryption key): kept for the caller, only its line count is logged.
     Withhold,
+    /// A query whose answer the caller reads and reports itself (a stand-in's registry read, the
+    /// event log): nothing is forwarded, and its standard error never becomes a later failure's tail.
+    Quiet,
 }
 
 pub struct Session<'a> {
@@ -182,8 +185,10 @@ impl<'a> Session<'a> {
         if remaining.is_zero() {
             return Err(self.timeout_fail());
         }
-        self.note(format!("> {}", invocation.display()), false)
-            .await;
+        if echo != Echo::Quiet {
+            self.note(format!("> {}", invocation.display()), false)
+                .await;
+        }
         let spec = CommandSpec {
             program: invocation.program.clone(),
             args: invocation.args.clone(),
@@ -222,15 +227,19 @@ impl<'a> Session<'a> {
     async fn take(&mut self, report: Report, echo: Echo, ran: &mut Ran) {
         // A Windows tool does not speak the line protocol: a line that looks like it is just output.
         let line = match report {
-            Report::Spawned(_) => {
-                let _ = self.reports.send(report).await;
+            Report::Spawned { .. } => {
+                if echo != Echo::Quiet {
+                    let _ = self.reports.send(report).await;
+                }
                 return;
             }
             Report::Stderr(line) => {
                 let line = self.redact(&line);
                 ran.stderr.push(line.clone());
-                self.push_tail(line.clone());
-                let _ = self.reports.send(Report::Stderr(line)).await;
+                if echo != Echo::Quiet {
+                    self.push_tail(line.clone());
+                    let _ = self.reports.send(Report::Stderr(line)).await;
+                }
                 return;
             }
             Report::Stdout(line) => line,
@@ -253,16 +262,6 @@ impl<'a> Session<'a> {
             exit_code: None,
             timed_out: true,
         }
-    }
-
-    /// `sc query <service>`.
-    pub async fn service(&mut self, service: &str) -> Result<ServiceStatus, Fail> {
-        let sc = self.tool(Tool::Sc)?;
-        let ran = self
-            .exec(&commands::sc_query(&sc, service), None, Echo::Forward)
-            .await?;
-        parse::parse_sc_query(&ran.all_text(), ran.exit_code)
-            .map_err(|e| Fail::new(format!("the {service} service: {e}")))
     }
 
     /// Polls the service until it is in `want` (or not installed), for at most `budget`.

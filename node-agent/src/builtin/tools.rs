@@ -1,6 +1,8 @@
 //! Where the Windows tools are. On Windows the defaults come from the environment (`%SystemRoot%`,
 //! `%CommonProgramFiles%`); an optional `[tools]` table in `agent.toml` overrides each one. Elsewhere a
 //! tool exists only when `[tools]` names it (the integration tests point them at fixture scripts).
+//! `sc` and `reg` are stand-ins for the service controller and the registry where Windows' APIs do not
+//! exist: on Windows the agent uses the APIs and has no such tools (`system`).
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +15,10 @@ pub const ENTSSO_SERVICE: &str = "ENTSSO";
 /// (snadatabase)"; to confirm on Host Integration Server 2000, hence `[tools] host_account_cache_service`.
 pub const DEFAULT_HOST_ACCOUNT_CACHE_SERVICE: &str = "SnaDatabase";
 
+/// ESSO's .NET interop assembly, which exposes `ISSOConfigSS` (ESSO.md, "COM, from PowerShell through
+/// Microsoft.EnterpriseSingleSignOn.Interop.dll"); in the ESSO folder: to confirm per version.
+pub const ESSO_INTEROP_DLL: &str = "Microsoft.EnterpriseSingleSignOn.Interop.dll";
+
 /// Where `copy_migration_utility` puts `hissomig.exe` (the HIS docs: `c:\hostsec\`).
 pub const DEFAULT_MIGRATION_DIR: &str = r"C:\hostsec";
 
@@ -23,8 +29,13 @@ pub enum Tool {
     Reg,
     Shutdown,
     Msiexec,
+    Powershell,
+    Wevtutil,
     Ssoconfig,
     Ssomanage,
+    /// BizTalk Server's `Configuration.exe` (`/S <file>`).
+    BiztalkConfiguration,
+
     Udbkey,
     Hissomig,
 }
@@ -37,15 +48,21 @@ impl Tool {
             Tool::Reg => "reg",
             Tool::Shutdown => "shutdown",
             Tool::Msiexec => "msiexec",
+            Tool::Powershell => "powershell",
+            Tool::Wevtutil => "wevtutil",
             Tool::Ssoconfig => "ssoconfig",
             Tool::Ssomanage => "ssomanage",
+            Tool::BiztalkConfiguration => "biztalk_configuration",
             Tool::Udbkey => "udbkey",
             Tool::Hissomig => "hissomig",
         }
     }
 
     pub fn exe(self) -> String {
-        format!("{}.exe", self.key())
+        match self {
+            Tool::BiztalkConfiguration => "Configuration.exe".into(),
+            _ => format!("{}.exe", self.key()),
+        }
     }
 }
 
@@ -56,8 +73,11 @@ pub struct ToolOverrides {
     pub reg: Option<PathBuf>,
     pub shutdown: Option<PathBuf>,
     pub msiexec: Option<PathBuf>,
+    pub powershell: Option<PathBuf>,
+    pub wevtutil: Option<PathBuf>,
     pub ssoconfig: Option<PathBuf>,
     pub ssomanage: Option<PathBuf>,
+    pub biztalk_configuration: Option<PathBuf>,
     pub udbkey: Option<PathBuf>,
     pub hissomig: Option<PathBuf>,
     /// The ESSO folder holding `ssoconfig.exe` and `ssomanage.exe`.
@@ -73,12 +93,17 @@ pub struct Tools {
     pub reg: Option<PathBuf>,
     pub shutdown: Option<PathBuf>,
     pub msiexec: Option<PathBuf>,
+    pub powershell: Option<PathBuf>,
+    pub wevtutil: Option<PathBuf>,
     pub ssoconfig: Option<PathBuf>,
     pub ssomanage: Option<PathBuf>,
+    pub biztalk_configuration: Option<PathBuf>,
     pub udbkey: Option<PathBuf>,
     pub hissomig: Option<PathBuf>,
     pub migration_dir: Option<PathBuf>,
     pub host_account_cache_service: String,
+    /// `Microsoft.EnterpriseSingleSignOn.Interop.dll` in the ESSO folder (ISSOConfigSS for the backup).
+    pub esso_interop: Option<PathBuf>,
 }
 
 impl Default for Tools {
@@ -122,12 +147,21 @@ impl Tools {
             .clone()
             .or_else(|| windows.then(|| PathBuf::from(DEFAULT_MIGRATION_DIR)));
         Self {
-            sc: o.sc.clone().or_else(|| system32("sc.exe")),
-            reg: o.reg.clone().or_else(|| system32("reg.exe")),
+            // Stand-ins only: Windows' own state is read through its APIs.
+            sc: o.sc.clone(),
+            reg: o.reg.clone(),
             shutdown: o.shutdown.clone().or_else(|| system32("shutdown.exe")),
             msiexec: o.msiexec.clone().or_else(|| system32("msiexec.exe")),
+            powershell: o
+                .powershell
+                .clone()
+                .or_else(|| system32(r"WindowsPowerShell\v1.0\powershell.exe")),
+            wevtutil: o.wevtutil.clone().or_else(|| system32("wevtutil.exe")),
             ssoconfig: o.ssoconfig.clone().or_else(|| in_esso("ssoconfig.exe")),
             ssomanage: o.ssomanage.clone().or_else(|| in_esso("ssomanage.exe")),
+            // Found in the product's install folder (its registry InstallPath) when not named here.
+            biztalk_configuration: o.biztalk_configuration.clone(),
+            esso_interop: in_esso(ESSO_INTEROP_DLL),
             // In the Host Integration Server 2000 installation directory, which has no known default.
             udbkey: o.udbkey.clone(),
             // Where copy_migration_utility puts it.
@@ -149,8 +183,11 @@ impl Tools {
             Tool::Reg => self.reg.as_deref(),
             Tool::Shutdown => self.shutdown.as_deref(),
             Tool::Msiexec => self.msiexec.as_deref(),
+            Tool::Powershell => self.powershell.as_deref(),
+            Tool::Wevtutil => self.wevtutil.as_deref(),
             Tool::Ssoconfig => self.ssoconfig.as_deref(),
             Tool::Ssomanage => self.ssomanage.as_deref(),
+            Tool::BiztalkConfiguration => self.biztalk_configuration.as_deref(),
             Tool::Udbkey => self.udbkey.as_deref(),
             Tool::Hissomig => self.hissomig.as_deref(),
         }
@@ -214,7 +251,24 @@ mod tests {
     #[test]
     fn windows_defaults_come_from_the_environment() {
         let t = Tools::resolve(&ToolOverrides::default(), &env, true);
-        assert_eq!(t.sc, Some(PathBuf::from(r"D:\WINDOWS\System32\sc.exe")));
+        // The registry and services are read through the APIs: no sc.exe or reg.exe.
+        assert_eq!((t.sc.as_ref(), t.reg.as_ref()), (None, None));
+        assert_eq!(
+            t.powershell,
+            Some(PathBuf::from(
+                r"D:\WINDOWS\System32\WindowsPowerShell\v1.0\powershell.exe"
+            ))
+        );
+        assert_eq!(
+            t.wevtutil,
+            Some(PathBuf::from(r"D:\WINDOWS\System32\wevtutil.exe"))
+        );
+        assert_eq!(
+            t.esso_interop,
+            Some(PathBuf::from(
+                r"D:\Program Files\Common Files\Enterprise Single Sign-On\Microsoft.EnterpriseSingleSignOn.Interop.dll"
+            ))
+        );
         assert_eq!(
             t.msiexec,
             Some(PathBuf::from(r"D:\WINDOWS\System32\msiexec.exe"))
@@ -240,7 +294,10 @@ mod tests {
                 r"C:\Program Files\Common Files\Enterprise Single Sign-On\ssomanage.exe"
             ))
         );
-        assert_eq!(t.reg, Some(PathBuf::from(r"C:\Windows\System32\reg.exe")));
+        assert_eq!(
+            t.shutdown,
+            Some(PathBuf::from(r"C:\Windows\System32\shutdown.exe"))
+        );
     }
 
     #[test]

@@ -99,19 +99,6 @@ fn assert_well_formed(events: &[pb::StepEvent], result: &pb::StepFinished) {
     assert!(events.iter().all(|e| e.attempt_id == "a-1"));
 }
 
-#[test]
-fn backup_files_are_named_after_environment_node_run_and_time() {
-    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000);
-    assert_eq!(
-        backup_file(r"\\backup01\sso\dev", "dev", "sso-dev-01", "r-7", at),
-        r"\\backup01\sso\dev\ssofleet-secret-dev-sso-dev-01-r-7-20260921T141320Z.bak"
-    );
-    assert_eq!(
-        backup_file("/srv/backups/", "dev", "n1", "r-7", at),
-        "/srv/backups/ssofleet-secret-dev-n1-r-7-20260921T141320Z.bak"
-    );
-}
-
 #[tokio::test]
 async fn backup_secret_writes_the_file_and_reports_its_size_and_hash() {
     let dir = tempfile::tempdir().unwrap();
@@ -212,19 +199,6 @@ async fn backup_secret_failures_are_clear() {
         result.error.contains("0xC0002A0E"),
         "the tool's last stderr line: {}",
         result.error
-    );
-}
-
-#[test]
-fn installer_exit_codes() {
-    assert_eq!(install_exit(Some(0)), InstallExit::Success);
-    assert_eq!(install_exit(Some(3010)), InstallExit::RebootPending);
-    assert_eq!(install_exit(Some(1641)), InstallExit::RebootPending);
-    assert_eq!(install_exit(Some(1603)), InstallExit::Failed);
-    assert_eq!(
-        install_exit(None),
-        InstallExit::Failed,
-        "killed or timed out"
     );
 }
 
@@ -390,7 +364,8 @@ async fn an_attended_install_waits_with_the_instruction_and_runs_nothing() {
         r"run D:\media\Setup.exe",
         "Custom installation",
         "Join an existing SSO system",
-        "do not select it again",
+        "choose Upgrade on the Summary page",
+        "not when installing Host Integration Server where BizTalk Server already provides ESSO",
         "`fleetctl approve r-7 --node sso-dev-01`",
         "verifies ESSO 3.0.7",
     ] {
@@ -429,7 +404,7 @@ async fn after_the_approval_or_the_reboot_the_install_is_verified_and_the_events
     assert_eq!(result.outcome(), pb::StepOutcome::Failed);
     assert_eq!(
         result.error,
-        "the install was approved, but the install is not right: ESSO reports version , expected 3.0.7"
+        "the install was approved, but the install is not right: no ESSO version is installed, expected 3.0.7"
     );
     assert_eq!(
         events.first().map(|e| e.seq),
@@ -526,83 +501,90 @@ async fn a_reboot_the_install_asks_for_follows_the_policy() {
     }
 }
 
-#[test]
-fn reboot_requests_and_the_shutdown_command_line() {
-    let outcome = |code: Option<i32>, reboot: Option<&str>| runner::Outcome {
-        exit_code: code,
-        timed_out: false,
-        outputs: reboot
-            .map(|r| [("reboot".to_string(), r.to_string())].into())
-            .unwrap_or_default(),
-        stderr_tail: Vec::new(),
-        duration: Duration::ZERO,
-    };
-    assert_eq!(
-        reboot_request(&outcome(Some(3010), None)),
-        Some(RebootRequest::Required)
-    );
-    assert_eq!(
-        reboot_request(&outcome(Some(1641), None)),
-        Some(RebootRequest::Started)
-    );
-    assert_eq!(
-        reboot_request(&outcome(Some(0), Some("Required"))),
-        Some(RebootRequest::Required)
-    );
-    assert_eq!(
-        reboot_request(&outcome(Some(0), Some("started"))),
-        Some(RebootRequest::Started)
-    );
-    assert_eq!(reboot_request(&outcome(Some(0), Some("no"))), None);
-    assert_eq!(
-        reboot_request(&outcome(Some(1), Some("required"))),
-        None,
-        "a failed install is not rebooted"
-    );
-    assert_eq!(reboot_request(&outcome(Some(0), None)), None);
-}
-
-#[test]
-fn verify_checks_the_master_secret_server_and_sso_status_where_reported() {
-    let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    };
-    let params = map(&[("target_version", "3.0.7"), ("master", "sso-dev-01")]);
-    let good = map(&[
-        ("version", "3.0.7"),
-        ("service", "running"),
-        ("secret_server", "SSO-DEV-01.corp.example"),
-        ("sso_enabled", "Yes"),
-    ]);
-    assert_eq!(verify_problem(&good, &params), None);
-    let mut other = good.clone();
-    other.insert("secret_server".into(), "sso-prod-01".into());
-    assert_eq!(
-        verify_problem(&other, &params).as_deref(),
-        Some(
-            "the SSO database names sso-prod-01 as the master secret server, but the inventory's master is sso-dev-01"
-        )
-    );
-    let mut disabled = good.clone();
-    disabled.insert("sso_enabled".into(), "No".into());
-    assert_eq!(
-        verify_problem(&disabled, &params).as_deref(),
-        Some("SSO is not enabled (ssomanage -displaydb: No)")
-    );
-    let same = crate::builtin::parse::same_server;
-    assert!(same("SSO-DEV-01.corp.example", "sso-dev-01"));
-    assert!(same("a.corp.example", "A.CORP.EXAMPLE"));
-    assert!(!same("a.corp.example", "a.other.example"));
-    assert!(!same("10.0.0.1", "10"));
-    assert!(!same("sso-dev-01", "sso-dev-02"));
-}
-
 #[tokio::test]
 async fn a_byte_order_mark_and_line_end_are_not_part_of_the_backup_password() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), "", Some("\u{feff}correct horse\r"));
     assert_eq!(read_secret(&config).await.unwrap(), "correct horse");
+}
+
+fn script(dir: &Path, name: &str, body: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.display().to_string()
+}
+
+/// A fresh install asks for ESSO's configuration: the agent runs configure_sso next (here the
+/// customer's own command), the backup password on its standard input only when it creates the SSO
+/// system; a failed configuration fails the install step.
+#[tokio::test]
+async fn a_fresh_install_is_followed_by_the_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("backup-password"), "correct horse\n").unwrap();
+    let install = script(
+        dir.path(),
+        "install",
+        "echo '::output:: configure_needed=true'",
+    );
+    let stdin = dir.path().join("configure.stdin");
+    let configure = script(
+        dir.path(),
+        "configure",
+        &format!(
+            "cat > '{}'\necho \"::output:: configured=$1\"\nexit ${{CONFIGURE_EXIT:-0}}",
+            stdin.display()
+        ),
+    );
+    let text = |exit: u8| {
+        format!(
+            r#"node = "sso-dev-01"
+coordinator = "https://127.0.0.1:1"
+state_dir = "state"
+[tls]
+ca = "ca.pem"
+cert = "agent.pem"
+key = "agent-key.pem"
+[secrets]
+backup_password_file = "backup-password"
+[actions.install_sso]
+program = "{install}"
+[actions.configure_sso]
+program = "{configure}"
+args = ["{{node}}"]
+env = {{ CONFIGURE_EXIT = "{exit}" }}
+"#
+        )
+    };
+    let config = AgentConfig::parse(&dir.path().join("agent.toml"), &text(0)).unwrap();
+    let create = assignment(
+        ActionName::InstallSso,
+        &[("installer", "/m/Setup.exe"), ("sso_configure", "create")],
+    );
+    let (result, events) = run_collect(&config, &create).await;
+    assert_eq!(result.outcome(), pb::StepOutcome::Succeeded, "{result:?}");
+    assert_eq!(
+        result.outputs.get("configured").map(String::as_str),
+        Some("sso-dev-01")
+    );
+    assert_eq!(std::fs::read_to_string(&stdin).unwrap(), "correct horse\n");
+    assert!(!format!("{events:?}").contains("correct horse"));
+
+    let join = assignment(ActionName::InstallSso, &[("installer", "/m/Setup.exe")]);
+    let (result, _) = run_collect(&config, &join).await;
+    assert_eq!(result.outcome(), pb::StepOutcome::Succeeded, "{result:?}");
+    assert_eq!(
+        std::fs::read_to_string(&stdin).unwrap(),
+        "",
+        "Join needs no secret"
+    );
+
+    let config = AgentConfig::parse(&dir.path().join("agent.toml"), &text(4)).unwrap();
+    let (result, _) = run_collect(&config, &join).await;
+    assert_eq!(result.outcome(), pb::StepOutcome::Failed);
+    assert_eq!(
+        result.error,
+        "installed, but ESSO's configuration failed: configure_sso exited with code 4"
+    );
 }

@@ -1,6 +1,8 @@
 //! Attended installs (SPEC §5): the run stops at each node's install with the instruction, the
 //! operator installs and says so with `fleetctl approve ID --node N`, and the agent verifies before the
 //! step counts. The order holds, waits survive restarts of coordinator and agent, abort ends them.
+//! Attended is the default; an unattended environment still waits where Microsoft supports no silent
+//! install (a BizTalk setup upgrade without the customer's own command), and says why.
 
 use std::time::Duration;
 
@@ -11,7 +13,7 @@ use crate::upgrade::{FLEET, Setup, setup};
 
 fn attended_prod() -> String {
     let inventory = FLEET.replace(
-        "name = \"prod\"\n",
+        "name = \"prod\"\ninstall = \"unattended\"\n",
         "name = \"prod\"\ninstall = \"attended\"\n",
     );
     assert!(inventory.contains("install = \"attended\""));
@@ -240,4 +242,133 @@ fn a_wait_no_run_wants_any_more_is_dropped_when_its_agent_comes_back() {
         agent_log.contains("the attended install's attempt was cancelled"),
         "{agent_log}"
     );
+}
+
+/// The inventory's FLEET without any `install` key: every environment attended, the default.
+fn no_install_key() -> String {
+    let inventory = FLEET.replace("install = \"unattended\"\n", "");
+    assert!(!inventory.contains("install ="), "{inventory}");
+    inventory
+}
+
+/// The plan's step `node step` (JSON).
+fn planned<'a>(plan: &'a serde_json::Value, node: &str, step: &str) -> &'a serde_json::Value {
+    plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["node"] == node && s["step"] == step)
+        .unwrap_or_else(|| panic!("no {node} {step} in {plan}"))
+}
+
+#[test]
+fn an_inventory_without_install_stops_at_the_masters_install_until_approved() {
+    let s = setup(&no_install_key(), &[], &[]);
+    // `plan` says how each install step will install, and why.
+    let (_, plan) = s.json(&["plan", "--env", "dev"]);
+    let install = planned(&plan, "m1", "upgrade-master");
+    assert_eq!(install["install"], "attended", "{plan}");
+    assert!(
+        install["install_reason"]
+            .as_str()
+            .unwrap()
+            .contains("install = \"attended\""),
+        "{install}"
+    );
+    assert_eq!(planned(&plan, "a1", "upgrade")["install"], "attended");
+    assert_eq!(
+        planned(&plan, "m1", "verify-master")["install"],
+        serde_json::Value::Null
+    );
+    let text = s.ctl(&["plan", "--env", "dev"]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("attended install ("),
+        "{text:?}"
+    );
+
+    let (code, started) = s.json(&["upgrade", "--env", "dev", "--master-only", "--detach"]);
+    assert_eq!(code, Some(0), "{started}");
+    let run_id = started["run_id"].as_str().unwrap().to_string();
+    let run = wait_for_install(&s, &run_id, "m1", "upgrade-master");
+    assert_eq!(run["state"], "waiting-approval", "{run}");
+    assert_eq!(step_of(&run, "m1", "upgrade-master")["state"], "waiting");
+    let reason = run["reason"].as_str().unwrap();
+    for part in [
+        "attended install on m1",
+        "Setup.exe",
+        &format!("fleetctl approve {run_id} --node m1"),
+    ] {
+        assert!(reason.contains(part), "{part:?} in {reason}");
+    }
+    // The backup ran; the agent ran no installer although it has a command of its own for it.
+    let log = tool_log(&s.fleet);
+    assert!(log.iter().any(|e| e.node == "m1" && e.tool == "backup"));
+    assert!(!log.iter().any(|e| e.tool == "setup"), "{log:?}");
+
+    // The operator installs, then approves through the operator API (`fleetctl approve`).
+    install_by_hand(&s, "m1", "3.0.7");
+    assert_eq!(approve(&s, &run_id, "m1").status.code(), Some(0));
+    let run = wait_final(&s, &run_id, PATIENCE);
+    assert_eq!(run["state"], "succeeded", "{run}");
+    assert_eq!(step_of(&run, "m1", "upgrade-master")["state"], "succeeded");
+    assert_eq!(step_of(&run, "m1", "verify-master")["state"], "succeeded");
+    assert!(!tool_log(&s.fleet).iter().any(|e| e.tool == "setup"));
+}
+
+/// `upgrade_actions` without the `[actions.install_sso]` table: the agent installs with its built-in.
+fn actions_without_install(s: &Setup, node: &str) -> String {
+    let all = fleet_tests::upgrade_actions(&s.fleet, node, "").unwrap();
+    let (before, rest) = all.split_once("[actions.install_sso]\n").unwrap();
+    let after = rest.find("[actions.").map_or("", |at| &rest[at..]);
+    let actions = format!("{before}{after}");
+    assert!(!actions.contains("install_sso"), "{actions}");
+    actions
+}
+
+#[test]
+fn an_unattended_biztalk_upgrade_without_an_override_waits_and_says_why() {
+    let mut s = setup(FLEET, &[], &[]);
+    // m1's agent has no install command of its own: a BizTalk setup upgrade, which cannot be silent.
+    let m1 = 0;
+    s.agents[m1].process.kill();
+    s.coordinator.wait_attached(&s.fleet, "m1", false);
+    let tls = "agents/m1/tls";
+    let spec = fleet_tests::AgentSpec {
+        node: "m1",
+        tls_rel: tls,
+        coordinator: &s.coordinator.url(),
+        version: "3.0.6",
+    };
+    s.agents[m1] =
+        fleet_tests::Agent::start_with(&s.fleet, &spec, &actions_without_install(&s, "m1"))
+            .unwrap();
+    s.coordinator.wait_attached(&s.fleet, "m1", true);
+
+    let (_, plan) = s.json(&["plan", "--env", "dev"]);
+    let install = planned(&plan, "m1", "upgrade-master");
+    assert_eq!(install["install"], "attended", "{install}");
+    let why = install["install_reason"].as_str().unwrap();
+    for quote in [
+        "The Quiet flag cannot be specified for an upgrade",
+        "Silent Upgrade is not supported",
+    ] {
+        assert!(why.contains(quote), "{quote:?} in {why}");
+    }
+    // The members' agents have their own command: unattended.
+    assert_eq!(planned(&plan, "a1", "upgrade")["install"], "unattended");
+
+    let (code, started) = s.json(&["upgrade", "--env", "dev", "--master-only", "--detach"]);
+    assert_eq!(code, Some(0), "{started}");
+    let run_id = started["run_id"].as_str().unwrap().to_string();
+    let run = wait_for_install(&s, &run_id, "m1", "upgrade-master");
+    let reason = run["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("(attended: a BizTalk Server upgrade cannot be silent"),
+        "{reason}"
+    );
+    assert!(!tool_log(&s.fleet).iter().any(|e| e.tool == "setup"));
+    install_by_hand(&s, "m1", "3.0.7");
+    assert_eq!(approve(&s, &run_id, "m1").status.code(), Some(0));
+    let run = wait_final(&s, &run_id, PATIENCE);
+    assert_eq!(run["state"], "succeeded", "{run}");
 }

@@ -1,5 +1,6 @@
 //! The agent's built-in Windows actions in a real run, with fixture scripts standing in for the
-//! Windows tools (`sc`, `reg`, `ssomanage`, `ssoconfig`, `shutdown`; `[tools]` in agent.toml), and
+//! Windows tools (`ssomanage`, `powershell` running the backup script, `wevtutil`, `shutdown`, and `sc`
+//! and `reg` for the service controller's and the registry's APIs; `[tools]` in agent.toml), and
 //! the reboot an install asks for: the agent restarts the server (reboot policy `if-required`), and
 //! the agent that starts after the "reboot" verifies the install and finishes the step.
 
@@ -17,21 +18,24 @@ fn script(path: &Path, body: &str) -> PathBuf {
     path.to_path_buf()
 }
 
-/// The simulated Windows server of `node`: ENTSSO running, ESSO 3.0.6 in the registry, the SSO
-/// database naming `M1.corp.example` as the master secret server. Returns its state directory.
+/// The simulated Windows server of `node`: ENTSSO and MSDTC running, ESSO 3.0.6.0 in the registry's
+/// 32-bit view (KB 2908466), the master secret server's `SSOSS` key, the SSO database naming
+/// `M1.corp.example` as the master secret server. Returns its state directory.
 fn windows_server(s: &Setup, node: &str) -> PathBuf {
     let win = s.fleet.path(&format!("agents/{node}/win"));
-    std::fs::create_dir_all(win.join("reg/native")).unwrap();
+    std::fs::create_dir_all(win.join("reg/32")).unwrap();
     std::fs::write(win.join("service.ENTSSO"), "running\n").unwrap();
+    std::fs::write(win.join("service.MSDTC"), "running\n").unwrap();
     let sample = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../node-agent/src/builtin/samples/reg-query-entsso-key.txt"),
     )
     .unwrap()
-    .replace("REG_SZ    3.0.7", "REG_SZ    3.0.6");
+    .replace("REG_SZ    3.0.7.0", "REG_SZ    3.0.6.0");
+    std::fs::write(win.join("reg/32/HKLM_SOFTWARE_Microsoft_ENTSSO"), sample).unwrap();
     std::fs::write(
-        win.join("reg/native/HKLM_SOFTWARE_Microsoft_ENTSSO"),
-        sample,
+        win.join("reg/32/HKLM_SOFTWARE_Microsoft_ENTSSO_SSOSS"),
+        "\r\nHKEY_LOCAL_MACHINE\\SOFTWARE\\WOW6432Node\\Microsoft\\ENTSSO\\SSOSS\r\n",
     )
     .unwrap();
     std::fs::write(win.join("secret_server"), "M1.corp.example").unwrap();
@@ -45,7 +49,14 @@ fn built_in_config(s: &Setup, node: &str, win: &Path) -> (String, String) {
     std::fs::create_dir_all(&bin).unwrap();
     let fixtures = fixture("windows");
     let mut tools = String::from("[tools]\n");
-    for tool in ["sc", "reg", "ssomanage", "ssoconfig", "shutdown"] {
+    for tool in [
+        "sc",
+        "reg",
+        "ssomanage",
+        "powershell",
+        "wevtutil",
+        "shutdown",
+    ] {
         let wrapper = script(
             &bin.join(tool),
             &format!(
@@ -56,13 +67,13 @@ fn built_in_config(s: &Setup, node: &str, win: &Path) -> (String, String) {
         );
         tools.push_str(&format!("{tool} = \"{}\"\n", wrapper.display()));
     }
+    tools.push_str(&format!("esso_dir = \"{}\"\n", win.join("esso").display()));
     let install = script(
         &bin.join("install"),
         &format!(
-            "'{}' \"$1\" || exit $?\nsed -i \"s/ProductVersion    REG_SZ    .*/ProductVersion    REG_SZ    $1/\" '{}'",
+            "'{}' \"$1\" || exit $?\nsed -i -e \"s/Server    REG_SZ    .*/Server    REG_SZ    $1\\r/\" -e \"s/Administration    REG_SZ    .*/Administration    REG_SZ    $1\\r/\" '{}'",
             fixture("esso-setup").display(),
-            win.join("reg/native/HKLM_SOFTWARE_Microsoft_ENTSSO")
-                .display()
+            win.join("reg/32/HKLM_SOFTWARE_Microsoft_ENTSSO").display()
         ),
     );
     let password = s
@@ -144,19 +155,17 @@ fn the_built_in_actions_back_up_install_reboot_and_verify_a_master() {
         !calls(&win).iter().any(|c| c.starts_with("ssomanage")),
         "not verified before the reboot"
     );
-    // The backup was the built-in one: the password went to ssoconfig's standard input only.
+    // The backup was the built-in one (ISSOConfigSS.BackupSecret from the agent's PowerShell
+    // script): the password went to the script's standard input only, the reminder after it.
     let backup = calls(&win)
         .into_iter()
-        .find(|c| c.starts_with("ssoconfig"))
+        .find(|c| c.starts_with("powershell"))
         .unwrap();
-    assert!(
-        backup.starts_with("ssoconfig [-backupSecret] ["),
-        "{backup}"
-    );
+    assert!(backup.contains("[-File] ["), "{backup}");
     assert!(!backup.contains("correct horse"), "{backup}");
-    let stdin = std::fs::read_to_string(win.join("stdin.ssoconfig")).unwrap();
+    let stdin = std::fs::read_to_string(win.join("stdin.powershell")).unwrap();
     assert!(
-        stdin.starts_with("correct horse battery\ncorrect horse battery\n"),
+        stdin.starts_with("correct horse battery\nssofleet backup dev m1 "),
         "{stdin}"
     );
 

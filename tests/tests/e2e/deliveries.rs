@@ -224,6 +224,9 @@ async fn duplicated_and_reordered_events_are_stored_once_in_order_and_applied_on
         upgrade.expected_installer_sha256, sha,
         "the installer preflight read"
     );
+    // The inventory says nothing of `install`: attended, Microsoft supporting no silent upgrade.
+    assert_eq!(upgrade.install_mode(), pb::InstallMode::Attended);
+    assert_eq!(upgrade.params["sso_configure"], "join");
     assert_eq!(acks.last(), Some(&(3, false)), "{acks:?}");
     assert!(
         acks.iter()

@@ -18,6 +18,7 @@ mod sql;
 mod tds;
 mod tds_crosscheck;
 mod upgrade;
+mod versions;
 mod windows;
 
 /// A two-environment inventory: dev (a1 master, a2 member) and prod (p1 master).

@@ -11,7 +11,9 @@ use fleet_tests::{
     fleetctl, path_str, tool_log, upgrade_actions,
 };
 
-/// dev: m1 + a1..a3, prod: m2 + b1, b2; two members at a time.
+/// dev: m1 + a1..a3, prod: m2 + b1, b2; two members at a time. Both environments install
+/// unattended: every agent of [`setup`] installs with its own command (the `esso-setup` fixture as
+/// `[actions.install_sso]`), the one way a BizTalk upgrade may run without an operator.
 pub(crate) const FLEET: &str = r#"
 [upgrade]
 target_version = "3.0.7"
@@ -22,11 +24,13 @@ max_failures = 0
 [[environment]]
 name = "dev"
 gate = "auto"
+install = "unattended"
 master = "m1"
 members = ["a1", "a2", "a3"]
 backup_dir = 'BACKUPS'
 [[environment]]
 name = "prod"
+install = "unattended"
 master = "m2"
 members = ["b1", "b2"]
 backup_dir = 'BACKUPS'
@@ -70,8 +74,16 @@ pub(crate) fn setup_proxied(
     let installer = fleet
         .write("media/Setup.exe", "simulated ESSO installer 3.0.7\n")
         .unwrap();
+    // A standalone master secret server's installer, for inventories that name one.
+    let master_installer = fleet
+        .write(
+            "media/Platform/SSO/Setup.exe",
+            "simulated SSO setup 3.0.7\n",
+        )
+        .unwrap();
     let inventory = inventory
         .replace("BACKUPS", path_str(&backups).unwrap())
+        .replace("MASTER_INSTALLER", path_str(&master_installer).unwrap())
         .replace("INSTALLER", path_str(&installer).unwrap());
     fleet.write("fleet.toml", &inventory).unwrap();
     let coordinator =
@@ -545,6 +557,61 @@ fn every_environment_installs_the_same_installer() {
             .unwrap()
             .contains("one run installs one installer"),
         "{run}"
+    );
+    assert!(
+        tool_log(&s.fleet).iter().all(|e| env_of(&e.node) == "dev"),
+        "prod was not touched"
+    );
+}
+
+#[test]
+fn the_master_installs_from_its_own_installer_and_each_role_keeps_its_installer() {
+    let inventory = FLEET
+        .replace(
+            "installer = 'INSTALLER'\n",
+            "installer = 'INSTALLER'\nmaster_installer = 'MASTER_INSTALLER'\n",
+        )
+        .replace("gate = \"auto\"", "gate = \"manual\"");
+    let s = setup(&inventory, &[], &[]);
+    let master_installer = s.fleet.path("media/Platform/SSO/Setup.exe");
+    // `plan` names the master's installer on its install step.
+    let (_, plan) = s.json(&["plan", "--all"]);
+    let note = |node: &str, step: &str| {
+        plan["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|st| st["node"] == node && st["step"] == step)
+            .map(|st| st["note"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert_eq!(
+        note("m1", "upgrade-master"),
+        format!("from {}", master_installer.display())
+    );
+    assert_eq!(note("a1", "upgrade"), "");
+    let (_, started) = s.json(&["upgrade", "--all", "--detach"]);
+    let id = started["run_id"].as_str().unwrap().to_string();
+    eventually(PATIENCE, "dev to wait at its gate", || {
+        let (_, run) = s.json(&["run", "show", &id]);
+        (run["state"] == "waiting-approval").then_some(())
+    });
+    // The members' installer is what dev's members read; the master read its own: replacing the
+    // master's between the environments stops prod's preflight, naming the master's installer.
+    s.fleet
+        .write("media/Platform/SSO/Setup.exe", "another build\n")
+        .unwrap();
+    s.json(&["approve", &id]);
+    let run = wait_state(&s, &id, "halted");
+    let reason = run["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("preflight of prod failed")
+            && reason.contains(&format!(
+                "the master installer {} here has SHA-256",
+                master_installer.display()
+            ))
+            && reason.contains("one run installs one installer per role"),
+        "{reason}"
     );
     assert!(
         tool_log(&s.fleet).iter().all(|e| env_of(&e.node) == "dev"),
