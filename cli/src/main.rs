@@ -62,8 +62,9 @@ enum Command {
     Plan(Selection),
     /// Start an upgrade run and follow it to the end.
     Upgrade(UpgradeArgs),
-    /// The host-security migration workflow on one environment's master secret server: back up the
-    /// old security data, export its key, install ESSO, copy hissomig there, run it, verify.
+    /// The host-security migration workflow on one environment's master secret server (its
+    /// `[environment.migration]`): back up the old security data, export its key, install ESSO, copy
+    /// hissomig there, export, wait for the operator's review (`approve`), import, verify.
     Migrate {
         #[arg(long)]
         env: String,
@@ -107,8 +108,9 @@ enum Command {
         #[command(flatten)]
         note: Note,
     },
-    /// Approve a manual gate, or (with --node) say that the attended install on that node is done:
-    /// its agent then verifies it before the step counts.
+    /// Approve a manual gate or what a migration waits for (the review of its export, a service the
+    /// operator stops), or (with --node) say that the attended install on that node is done: its
+    /// agent then verifies it before the step counts.
     Approve {
         id: String,
         #[arg(long)]

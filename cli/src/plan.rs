@@ -63,6 +63,7 @@ fn to_json(plan: &pb::PlanResponse) -> Value {
         "plan_hash": plan.plan_hash,
         "target_version": plan.target_version,
         "installer": plan.installer,
+        "master_installer": (!plan.master_installer.is_empty()).then_some(&plan.master_installer),
         "environments": plan.environments.iter().map(|e| json!({
             "name": e.name,
             "master": e.master,
@@ -91,6 +92,12 @@ fn text(plan: &pb::PlanResponse, selection: &pb::RunSelection) -> String {
         "plan {}: upgrade to ESSO {} with {}\n",
         plan.plan_hash, plan.target_version, plan.installer
     );
+    if !plan.master_installer.is_empty() {
+        out.push_str(&format!(
+            "the master secret server installs from {}\n",
+            plan.master_installer
+        ));
+    }
     let node_width = plan
         .steps
         .iter()

@@ -62,6 +62,11 @@ pub fn run_json(run: &pb::Run) -> Value {
         "started_at": time(run.started_at_unix_ms),
         "finished_at": run.finished_at_unix_ms.map(time),
         "started_by": run.started_by,
+        "target_version": run.target_version,
+        "installer": run.installer,
+        "installer_sha256": run.installer_sha256,
+        "master_installer": (!run.master_installer.is_empty()).then_some(&run.master_installer),
+        "master_installer_sha256": (!run.master_installer_sha256.is_empty()).then_some(&run.master_installer_sha256),
         "steps": run.steps.iter().map(|s| json!({
             "environment": s.environment,
             "node": s.node,

@@ -86,6 +86,36 @@ pub fn reports(nodes: &[pb::NodeStatus]) -> Reports {
         .collect()
 }
 
+/// The fitness checks in an agent's facts.
+pub fn checks(facts: &pb::Facts) -> Vec<crate::fitness::Check> {
+    facts
+        .checks
+        .iter()
+        .map(|c| crate::fitness::Check {
+            name: c.name.clone(),
+            passed: c.passed,
+            detail: c.detail.clone(),
+        })
+        .collect()
+}
+
+/// What `plan` warns about the fitness of the nodes with steps to run (attached ones: the others are
+/// already warned about).
+pub fn fitness_warnings(plan: &Plan, nodes: &[pb::NodeStatus]) -> Vec<String> {
+    let running: std::collections::BTreeSet<&str> = plan
+        .steps
+        .iter()
+        .filter(|s| matches!(s.expected, Expected::Run))
+        .filter_map(|s| s.node.as_ref().map(NodeName::as_str))
+        .collect();
+    crate::fitness::plan_warnings(
+        nodes
+            .iter()
+            .filter(|n| n.attached && running.contains(n.name.as_str()))
+            .filter_map(|n| n.facts.as_ref().map(|f| (n.name.as_str(), checks(f)))),
+    )
+}
+
 /// An install mode on the wire.
 pub fn install_mode(mode: InstallMode) -> pb::InstallMode {
     match mode {
@@ -117,8 +147,14 @@ pub fn action(kind: StepKind) -> pb::Action {
         StepKind::BackupSecurityData => pb::Action::BackupSecurityData,
         StepKind::ExportEncryptionKey => pb::Action::ExportEncryptionKey,
         StepKind::CopyMigrationUtility => pb::Action::CopyMigrationUtility,
-        StepKind::RunMigration => pb::Action::RunMigration,
-        StepKind::Preflight | StepKind::BackupDatabase | StepKind::Gate => pb::Action::Unspecified,
+        StepKind::RunMigration | StepKind::ExportHostSecurity | StepKind::ImportHostSecurity => {
+            pb::Action::RunMigration
+        }
+        StepKind::Preflight
+        | StepKind::BackupDatabase
+        | StepKind::Gate
+        | StepKind::StopHostAccountCache
+        | StepKind::ReviewExport => pb::Action::Unspecified,
     }
 }
 
@@ -188,6 +224,7 @@ pub fn plan_response(plan: &Plan, inventory: &Inventory) -> pb::PlanResponse {
         plan_hash: plan.hash.clone(),
         target_version: plan.target_version.to_string(),
         installer: plan.installer.clone(),
+        master_installer: plan.master_installer.clone().unwrap_or_default(),
         environments,
         steps,
         warnings: plan.warnings.clone(),

@@ -16,6 +16,10 @@ use fleet_proto::version::Version;
 
 use crate::domain::{EnvName, NodeName, Role};
 
+mod migration;
+
+pub use migration::{HostSecurity, Migration};
+
 /// A validated inventory.
 #[derive(Debug, Clone)]
 pub struct Inventory {
@@ -253,6 +257,9 @@ pub struct Environment {
     pub backup_dir: String,
     pub window: Option<Window>,
     pub sso_database: Option<SsoDatabase>,
+    /// `[environment.migration]`: what `fleetctl migrate` migrates (an environment without it is
+    /// not migrated).
+    pub migration: Option<Migration>,
 }
 
 impl Environment {
@@ -356,6 +363,7 @@ struct RawEnvironment {
     backup_dir: Spanned<String>,
     window: Option<Spanned<RawWindow>>,
     sso_database: Option<Spanned<RawSsoDatabase>>,
+    migration: Option<Spanned<migration::RawMigration>>,
 }
 
 #[derive(Deserialize)]
@@ -626,6 +634,10 @@ impl Checker<'_> {
                 .sso_database(db, &format!("{key}.sso_database"))
                 .map(Some),
         };
+        let migration = match &raw.migration {
+            None => Some(None),
+            Some(m) => self.migration(m, &format!("{key}.migration")).map(Some),
+        };
         if backup_dir.is_empty() || !members_ok {
             return None;
         }
@@ -638,6 +650,7 @@ impl Checker<'_> {
             backup_dir,
             window: window?,
             sso_database: sso_database?,
+            migration: migration?,
         })
     }
 

@@ -7,6 +7,7 @@
 //! - [`inventory`]: `fleet.toml`, validated once into typed structs.
 //! - [`settings`]: command-line flags and `coordinator.toml`.
 //! - [`epoch`]: the durable start counter that fences stale coordinators.
+//! - [`fitness`]: the preflight fitness checks the agents report, and what a failed one means.
 //! - [`fleet`]: the live view of attached agents, owned by one task.
 //! - [`convert`]: proto ↔ domain conversions at the service boundary.
 //! - [`runs`]: the shell around the engine: store, dispatch, agent events, controls, watchers.
@@ -20,6 +21,7 @@ pub mod convert;
 pub mod domain;
 pub mod engine;
 pub mod epoch;
+pub mod fitness;
 pub mod fleet;
 pub mod inventory;
 pub mod plan;

@@ -8,9 +8,11 @@
 //! then (a newer master is accepted as such): members never start on an unverified master.
 //! Each install step's mode (attended or unattended) is decided here, once ([`install`]).
 //!
-//! **migrate**, on one environment's master secret server: `backup-security-data` →
-//! `export-encryption-key` → `install-sso` → `copy-migration-utility` → `run-migration` → `verify`.
-//! Every step is in the chain: each starts only once the one before it succeeded.
+//! **migrate**, on one environment's master secret server ([`migrate`]): `backup-security-data` →
+//! `export-encryption-key` → `install-sso` → `copy-migration-utility` → (`stop-host-account-cache`)
+//! → `export-host-security` → `review-export` → `import-host-security` → `verify`. Every step is in
+//! the chain: each starts only once the one before it succeeded; the operator's waits pass only by
+//! `fleetctl approve`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -22,9 +24,11 @@ use crate::inventory::Gate;
 
 mod build;
 pub mod install;
+mod migrate;
 
-pub use build::{migrate_plan, plan};
+pub use build::plan;
 pub use install::StepInstall;
+pub use migrate::migrate_plan;
 
 /// Which environments a run covers, and its policy overrides.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,8 +75,18 @@ pub enum StepKind {
     ExportEncryptionKey,
     InstallSso,
     CopyMigrationUtility,
+    /// Export and import in one step: plans stored before the review between them.
     RunMigration,
     VerifyMigration,
+    /// The operator stops the Host Account Cache service on a host security server the run does not
+    /// manage (a wait, like a manual gate).
+    StopHostAccountCache,
+    /// `hissomig -export` on the master (`run_migration`, phase `export`).
+    ExportHostSecurity,
+    /// The operator reviews the export and resolves conflicts before the import (a wait).
+    ReviewExport,
+    /// `hissomig -import` on the master (`run_migration`, phase `import`).
+    ImportHostSecurity,
 }
 
 impl StepKind {
@@ -93,6 +107,10 @@ impl StepKind {
             StepKind::CopyMigrationUtility => "copy-migration-utility",
             StepKind::RunMigration => "run-migration",
             StepKind::VerifyMigration => "verify",
+            StepKind::StopHostAccountCache => "stop-host-account-cache",
+            StepKind::ExportHostSecurity => "export-host-security",
+            StepKind::ReviewExport => "review-export",
+            StepKind::ImportHostSecurity => "import-host-security",
         }
     }
 
@@ -101,7 +119,39 @@ impl StepKind {
         !matches!(
             self,
             StepKind::Preflight | StepKind::BackupDatabase | StepKind::Gate
+        ) && !self.awaits_operator()
+    }
+
+    /// Coordinator steps that wait for the operator, in the master chain: the run stops there with
+    /// what to do, and only `fleetctl approve` passes them.
+    pub fn awaits_operator(self) -> bool {
+        matches!(
+            self,
+            StepKind::StopHostAccountCache | StepKind::ReviewExport
         )
+    }
+
+    /// The migration's own steps, on the old host security data: they work with
+    /// `[environment.migration]` (its backup directory, not the environment's).
+    pub fn on_host_security(self) -> bool {
+        matches!(
+            self,
+            StepKind::BackupSecurityData
+                | StepKind::ExportEncryptionKey
+                | StepKind::CopyMigrationUtility
+                | StepKind::RunMigration
+                | StepKind::ExportHostSecurity
+                | StepKind::ImportHostSecurity
+        )
+    }
+
+    /// The part of the host security migration a `run_migration` step runs (`None`: both at once).
+    pub fn migration_phase(self) -> Option<&'static str> {
+        match self {
+            StepKind::ExportHostSecurity => Some("export"),
+            StepKind::ImportHostSecurity => Some("import"),
+            _ => None,
+        }
     }
 
     /// The master chain: run in order, each only once the one before it succeeded; a failure here
@@ -221,6 +271,10 @@ pub enum PlanError {
     ZeroParallel,
     #[error("migrate runs on exactly one environment: --env E")]
     MigrateOneEnvironment,
+    #[error(
+        "environment {0:?} has no [environment.migration] in the inventory: add it with source (\"his2000\" or \"sna4\"), host_security_server or host_security_dbfile, and backup_dir before migrating"
+    )]
+    NoMigration(String),
 }
 
 /// What an attached node's facts say, as far as planning needs them.

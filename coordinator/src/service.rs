@@ -359,8 +359,10 @@ impl pb::operator_service_server::OperatorService for OperatorService {
             .list()
             .await
             .ok_or_else(|| Status::unavailable("the coordinator is shutting down"))?;
-        let plan = crate::plan::plan(inventory, &selection, &convert::reports(&nodes))
+        let mut plan = crate::plan::plan(inventory, &selection, &convert::reports(&nodes))
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        plan.warnings
+            .extend(convert::fitness_warnings(&plan, &nodes));
         Ok(Response::new(convert::plan_response(&plan, inventory)))
     }
 

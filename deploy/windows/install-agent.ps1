@@ -10,7 +10,7 @@
     restarted on failure) and starts it.
 
     The service account runs the ESSO tools: it must be a member of the SSO Administrators group
-    (ssoconfig -backupSecret and the verification fail otherwise) and a local administrator (setup,
+    (the master secret backup through ISSOConfigSS and the verification fail otherwise) and a local administrator (setup,
     the ENTSSO service, the registry). LocalSystem is the default; a domain account is better where
     the SSO Administrators group is a domain group.
 

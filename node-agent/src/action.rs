@@ -42,7 +42,7 @@ pub async fn run(
             let spec = CommandSpec {
                 program: configured.program.clone(),
                 args: args.map_err(|e| format!("{action}: {e}"))?,
-                env: configured.env.clone(),
+                env: env_of(request.params, &configured.env),
                 timeout: configured
                     .timeout
                     .map_or(request.timeout, |t| t.min(request.timeout)),
@@ -62,6 +62,21 @@ pub async fn run(
             builtin::run(action, &config.tools, &ctx, reports).await
         }
     }
+}
+
+/// A configured command's environment: every value of the step as `SSOFLEET_<NAME>` (the placeholders
+/// and the built-in parameters, e.g. `SSOFLEET_MIGRATION_PHASE`, `SSOFLEET_SSO_CONFIGURE`: what a
+/// customer's command needs to do what the built-in would), then the action's own `env`, which wins.
+/// Values only, never a secret: the password reaches a program on its standard input alone.
+fn env_of(
+    params: &BTreeMap<String, String>,
+    configured: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    params
+        .iter()
+        .map(|(k, v)| (format!("SSOFLEET_{}", k.to_ascii_uppercase()), v.clone()))
+        .chain(configured.iter().map(|(k, v)| (k.clone(), v.clone())))
+        .collect()
 }
 
 /// What runs for `action`, as its `started` event shows it: the configured command's program, or the
@@ -84,4 +99,26 @@ pub async fn run_quietly(config: &AgentConfig, request: Request<'_>) -> Result<O
     let result = run(config, request, tx).await;
     let _ = drain.await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_configured_command_sees_the_steps_values_and_its_own_env_wins() {
+        let params: BTreeMap<String, String> = [("migration_phase", "export"), ("node", "m1")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let configured: BTreeMap<String, String> = [("SSOFLEET_NODE", "mine"), ("X", "1")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let env = env_of(&params, &configured);
+        assert_eq!(env["SSOFLEET_MIGRATION_PHASE"], "export");
+        assert_eq!(env["SSOFLEET_NODE"], "mine");
+        assert_eq!(env["X"], "1");
+        assert_eq!(env.len(), 3);
+    }
 }

@@ -68,6 +68,37 @@ pub fn esso_feature(installing: InstallerKind, products: &[String]) -> Option<&'
     }
 }
 
+/// ESSO's own setup on the BizTalk media (`\Platform\SSO\Setup.exe`, `\Platform\SSO64\` for
+/// BizTalk 2013 x64; KB 2908466), which a standalone master secret server upgrades from.
+pub fn is_esso_setup(installer: &str) -> bool {
+    let path = installer.to_ascii_lowercase().replace('/', "\\");
+    path.contains("\\platform\\sso\\") || path.contains("\\platform\\sso64\\")
+}
+
+/// Whether the products on a server agree with the installer its role installs (a preflight fitness
+/// check): where ESSO is installed, a BizTalk Server setup needs BizTalk Server there (a standalone
+/// master secret server upgrades from ESSO's own setup instead, `[upgrade] master_installer`), and Host
+/// Integration Server's package needs HIS or BizTalk Server (seed 000). A fresh install fits any server.
+pub fn installer_fits(
+    installer: &str,
+    products: &[String],
+    esso_present: bool,
+) -> Result<(), String> {
+    let has = |p: &str| products.iter().any(|x| x.eq_ignore_ascii_case(p));
+    if !esso_present || is_esso_setup(installer) {
+        return Ok(());
+    }
+    match InstallerKind::of(installer) {
+        InstallerKind::Setup if !has("biztalk") => Err(format!(
+            "ESSO is installed without BizTalk Server here (a standalone master secret server?), but the installer is BizTalk's setup {installer}: set [upgrade] master_installer to ESSO's own \\Platform\\SSO\\Setup.exe"
+        )),
+        InstallerKind::Msi if !has("his") && !has("biztalk") => Err(format!(
+            "ESSO is installed without Host Integration Server or BizTalk Server here, but the installer is Host Integration Server's package {installer}: check the inventory's installer for this role"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// How ESSO joins the SSO system when it is configured (Configuration.exe's `IsSecretServer`, the HIS
 /// configuration's ESSO page).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

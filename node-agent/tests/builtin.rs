@@ -200,6 +200,26 @@ async fn facts_read_the_service_the_registry_the_products_and_the_fitness() {
     assert_eq!(out(&o, "check.msdtc"), "ok running");
     assert_eq!(out(&o, "check.reboot_pending"), "ok");
     assert_eq!(out(&o, "check.entsso"), "ok running");
+    // The identity checks come from the agent's fitness script; the SSO Administrators group is the
+    // one ssomanage -displaydb names.
+    assert_eq!(
+        out(&o, "check.local_admin"),
+        "ok simulated (SSO Administrators)"
+    );
+    assert_eq!(
+        out(&o, "check.sso_admin"),
+        "ok simulated (SSO Administrators)"
+    );
+    assert_eq!(
+        out(&o, "check.backup_space"),
+        "ok simulated (SSO Administrators)"
+    );
+    let fitness = f.calls_of("powershell");
+    assert!(
+        fitness[0].contains("fitness.ps1] [-BackupFolder]")
+            && fitness[0].ends_with("[-SsoAdminGroup] [SSO Administrators]"),
+        "{fitness:?}"
+    );
     let reg = f.calls_of("reg");
     assert_eq!(
         reg[0],
@@ -223,7 +243,7 @@ async fn facts_read_the_service_the_registry_the_products_and_the_fitness() {
     assert_eq!(facts.esso_version.as_deref(), Some("3.0.7.0"));
     assert_eq!(facts.products, ["biztalk"]);
     assert!(facts.master_secret_server);
-    assert_eq!(facts.checks.len(), 3);
+    assert_eq!(facts.checks.len(), 6);
     assert!(facts.checks.iter().all(|c| c.passed), "{:?}", facts.checks);
 
     // A pending restart and a stopped MSDTC fail their checks, with what to do.
@@ -232,7 +252,24 @@ async fn facts_read_the_service_the_registry_the_products_and_the_fitness() {
         "\r\nHKEY_LOCAL_MACHINE\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\WindowsUpdate\\Auto Update\\RebootRequired\r\n",
     );
     f.set("service.MSDTC", "stopped");
-    let o = f.run(ActionName::Facts, &f.ctx(&[])).await.0.unwrap();
+    f.set(
+        "fitness.sso_admin",
+        "CORP\\svc is not in SSO Administrators; add it",
+    );
+    // With the installer preflight reads: BizTalk's setup fits a BizTalk server; HIS's package too.
+    let o = f
+        .run(
+            ActionName::Facts,
+            &f.ctx(&[("installer", r"D:\m\BizTalk\Setup.exe")]),
+        )
+        .await
+        .0
+        .unwrap();
+    assert_eq!(
+        out(&o, "check.sso_admin"),
+        "failed: CORP\\svc is not in SSO Administrators; add it"
+    );
+    assert!(out(&o, "check.products").starts_with("ok "), "{o:?}");
     assert_eq!(
         out(&o, "check.reboot_pending"),
         "failed: a restart is pending (Windows Update: RebootRequired); restart the server before the upgrade"
@@ -257,6 +294,27 @@ async fn a_server_without_esso_reports_nothing_installed() {
         out(&o, "check.entsso"),
         "ok not installed (a fresh install)"
     );
+    assert!(
+        out(&o, "check.sso_admin").starts_with("ok not checked"),
+        "{o:?}"
+    );
+}
+
+/// A standalone master secret server (ESSO without BizTalk) cannot be upgraded by BizTalk's setup.
+#[tokio::test]
+async fn the_products_must_fit_the_installer() {
+    let f = Fake::new().biztalk_master();
+    std::fs::remove_file(f.path("reg/32/HKLM_SOFTWARE_Microsoft_BizTalk_Server_3.0")).unwrap();
+    let ctx = f.ctx(&[("installer", r"D:\m\BizTalk\Setup.exe")]);
+    let o = f.run(ActionName::Facts, &ctx).await.0.unwrap();
+    assert!(
+        out(&o, "check.products")
+            .starts_with("failed: ESSO is installed without BizTalk Server here"),
+        "{o:?}"
+    );
+    let ctx = f.ctx(&[("installer", r"D:\m\Platform\SSO\Setup.exe")]);
+    let o = f.run(ActionName::Facts, &ctx).await.0.unwrap();
+    assert!(out(&o, "check.products").starts_with("ok "), "{o:?}");
 }
 
 #[tokio::test]

@@ -16,6 +16,11 @@
 //! 6. a step planned `already-current` or `newer` is never dispatched;
 //! 7. no step is dispatched while its environment's maintenance window is closed.
 //!
+//! Waits for the operator: a manual gate, an attended install (its agent holds the attempt), and the
+//! coordinator's own waits in the master chain ([`StepKind::awaits_operator`]: a migration's review of
+//! its export). Such a wait is dispatched like any coordinator step; the shell reports it waiting with
+//! what the operator must do ([`Event::StepWaiting`]), and only [`Control::Approve`] passes it.
+//!
 //! A run survives a coordinator restart: the shell stores each step's [`StepRecord`] and the run's
 //! [`Durable`] state with every decision, and [`Run::restore`] rebuilds the same run from them.
 
@@ -38,7 +43,8 @@ pub const RESULT_GRACE_MS: Millis = 60_000;
 pub enum StepState {
     Pending,
     Running,
-    /// A gate waiting for approval or its soak time.
+    /// A gate waiting for approval or its soak time; an install or a coordinator step waiting for the
+    /// operator.
     Waiting,
     Succeeded,
     Failed,
@@ -181,7 +187,7 @@ pub enum Control {
     Pause,
     Resume,
     Abort,
-    /// Pass the current manual gate.
+    /// Pass the operator's wait in the master chain (a migration's review), else the current manual gate.
     Approve,
     /// The operator says the attended install `step` waits for is done: its agent verifies it.
     ApproveInstall {
@@ -217,7 +223,8 @@ pub enum Event {
         /// What the agent said it does (shown as the step's message).
         message: String,
     },
-    /// The agent stopped at an attended install and waits for the operator (`instruction`).
+    /// The agent stopped at an attended install, or the shell at a coordinator wait, and waits for the
+    /// operator (`instruction`).
     StepWaiting {
         step: usize,
         attempt: u32,
@@ -390,7 +397,15 @@ impl Run {
 
     /// A step whose agent waits for the operator's attended install.
     fn waits_for_install(&self, s: &StepRun) -> bool {
-        s.state == StepState::Waiting && s.plan.kind != StepKind::Gate
+        s.state == StepState::Waiting && s.plan.kind.installs()
+    }
+
+    /// The coordinator's wait for the operator in the master chain of the environment in progress.
+    fn operator_wait(&self) -> Option<usize> {
+        let env = self.current_env()?;
+        self.envs[env].steps.clone().find(|&i| {
+            self.steps[i].plan.kind.awaits_operator() && self.steps[i].state == StepState::Waiting
+        })
     }
 
     /// The gate step of `env`, if its workflow has one (migrate has none).
@@ -448,7 +463,7 @@ impl Run {
                     s.attempt == attempt
                         && s.state == StepState::Running
                         && s.approved != Some(attempt)
-                        && s.plan.kind.installs()
+                        && (s.plan.kind.installs() || s.plan.kind.awaits_operator())
                         && !self.aborted
                 });
                 if waits {
@@ -663,6 +678,11 @@ impl Run {
         if attempt != s.attempt || !(s.state == StepState::Running || self.waits_for_install(s)) {
             return;
         }
+        // A wait for the operator passes only by the operator's approval; it fails when the shell
+        // cannot say what it waits for.
+        if s.plan.kind.awaits_operator() && outcome == Outcome::Succeeded {
+            return;
+        }
         self.steps[step].finished_at = Some(now);
         match outcome {
             Outcome::Succeeded => self.set(step, StepState::Succeeded, "", out),
@@ -760,6 +780,17 @@ impl Run {
                         );
                         out.push(Command::Cancel { step, attempt });
                     }
+                    // The coordinator's own waits end with the run: nothing is out anywhere.
+                    let s = &self.steps[step];
+                    if s.plan.kind.awaits_operator() && s.state.in_flight() {
+                        self.steps[step].finished_at = Some(now);
+                        self.set(
+                            step,
+                            StepState::Failed,
+                            "ended: the run was aborted while it waited for the operator",
+                            out,
+                        );
+                    }
                 }
             }
             Control::ApproveInstall { step } => {
@@ -790,6 +821,11 @@ impl Run {
                 out.push(Command::Continue { step, attempt });
             }
             Control::Approve => {
+                if let Some(wait) = self.operator_wait() {
+                    self.steps[wait].finished_at = Some(now);
+                    self.set(wait, StepState::Succeeded, "approved", out);
+                    return Ok(());
+                }
                 let gate = self
                     .current_env()
                     .and_then(|env| self.gate_step(env))
@@ -798,7 +834,9 @@ impl Run {
                             && self.envs[self.steps[g].plan.env].gate == Gate::Manual
                     });
                 let Some(gate) = gate else {
-                    return Err(Refused("no manual gate is waiting for approval".into()));
+                    return Err(Refused(
+                        "nothing waits for approval: no manual gate, no review (an attended install is approved with --node N)".into(),
+                    ));
                 };
                 self.steps[gate].finished_at = Some(now);
                 self.set(gate, StepState::Succeeded, "approved", out);
@@ -1220,6 +1258,12 @@ impl Run {
                     format!("attended install on {node}: {}{more}", first.message),
                 );
             }
+            if let Some(wait) = self.operator_wait() {
+                return (
+                    RunStatus::WaitingApproval,
+                    format!("{}: {}", self.describe(wait), self.steps[wait].message),
+                );
+            }
             let gate = self.gate_step(env).map(|g| &self.steps[g]);
             if let Some(gate) = gate
                 && gate.state == StepState::Waiting
@@ -1319,5 +1363,7 @@ pub struct StepRecord {
     pub rebooting: Option<u32>,
 }
 
+#[cfg(test)]
+mod migrate_tests;
 #[cfg(test)]
 mod tests;

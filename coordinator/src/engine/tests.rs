@@ -9,7 +9,7 @@ use crate::inventory::Inventory;
 use crate::plan::Workflow;
 use crate::plan::{Reported, Reports, Selection, plan};
 
-const T0: Millis = 1_000_000;
+pub(super) const T0: Millis = 1_000_000;
 
 fn inventory(envs: &[(&str, &[&str], &str)], max_parallel: u32, max_failures: u32) -> Inventory {
     let mut text = format!(
@@ -54,7 +54,7 @@ fn run_of(inv: &Inventory, current: &[&str]) -> Run {
     Run::new(&p, 600_000, attached)
 }
 
-fn dispatched(commands: &[Command]) -> Vec<(usize, u32)> {
+pub(super) fn dispatched(commands: &[Command]) -> Vec<(usize, u32)> {
     commands
         .iter()
         .filter_map(|c| match c {
@@ -64,7 +64,7 @@ fn dispatched(commands: &[Command]) -> Vec<(usize, u32)> {
         .collect()
 }
 
-fn name(run: &Run, step: usize) -> String {
+pub(super) fn name(run: &Run, step: usize) -> String {
     let s = &run.steps[step].plan;
     format!(
         "{}:{}",
@@ -73,7 +73,7 @@ fn name(run: &Run, step: usize) -> String {
     )
 }
 
-fn ok(run: &mut Run, step: usize) -> Vec<(usize, u32)> {
+pub(super) fn ok(run: &mut Run, step: usize) -> Vec<(usize, u32)> {
     let attempt = run.steps[step].attempt;
     dispatched(
         &run.apply(
@@ -88,7 +88,7 @@ fn ok(run: &mut Run, step: usize) -> Vec<(usize, u32)> {
     )
 }
 
-fn fail(run: &mut Run, step: usize) -> Vec<(usize, u32)> {
+pub(super) fn fail(run: &mut Run, step: usize) -> Vec<(usize, u32)> {
     let attempt = run.steps[step].attempt;
     dispatched(
         &run.apply(
@@ -105,7 +105,7 @@ fn fail(run: &mut Run, step: usize) -> Vec<(usize, u32)> {
 
 /// Completes every dispatched step with success, in order, until nothing is in flight; returns the
 /// names of the steps in dispatch order.
-fn run_to_quiet(run: &mut Run, mut queue: Vec<(usize, u32)>) -> Vec<String> {
+pub(super) fn run_to_quiet(run: &mut Run, mut queue: Vec<(usize, u32)>) -> Vec<String> {
     let mut order = Vec::new();
     while let Some((step, _)) = queue.first().copied() {
         queue.remove(0);
@@ -807,7 +807,7 @@ fn build(shape: &Shape) -> (Run, BTreeSet<usize>) {
 }
 
 /// What the store keeps of a run, restored: must be the same run (but for who is attached).
-fn round_trip(run: &Run) -> Run {
+pub(super) fn round_trip(run: &Run) -> Run {
     let records = (0..run.steps.len()).map(|i| run.step_record(i)).collect();
     let durable: Durable =
         serde_json::from_str(&serde_json::to_string(&run.durable()).unwrap()).unwrap();
@@ -1237,85 +1237,6 @@ fn a_waiting_member_install_can_be_skipped_and_the_master_may_reboot_while_it_wa
     assert_eq!(run.steps[a + 1].state, StepState::Skipped);
     // The next member starts.
     assert_eq!(dispatched(&commands), [(a + 2, 1)]);
-}
-
-fn migrate_run(current: bool) -> Run {
-    let inv = inventory(&[("auto", &["m1", "a"], "")], 1, 0);
-    let versions: Reports = [(
-        crate::domain::NodeName::new("m1").unwrap(),
-        Reported::version(if current { "3.0.7" } else { "" }),
-    )]
-    .into_iter()
-    .collect();
-    let p = crate::plan::migrate_plan(&inv, &crate::domain::EnvName::new("e0").unwrap(), &versions)
-        .unwrap();
-    let attached = inv.nodes().map(|(_, n, _)| n.clone()).collect();
-    Run::new(&p, 600_000, attached)
-}
-
-#[test]
-fn migrate_runs_its_six_steps_in_order_on_the_master_and_ends_without_a_gate() {
-    let mut run = migrate_run(false);
-    let first = dispatched(&run.apply(Event::Start, T0).unwrap());
-    assert_eq!(first.len(), 1);
-    let order = run_to_quiet(&mut run, first);
-    assert_eq!(
-        order,
-        [
-            "m1:backup-security-data",
-            "m1:export-encryption-key",
-            "m1:install-sso",
-            "m1:copy-migration-utility",
-            "m1:run-migration",
-            "m1:verify",
-        ]
-    );
-    assert_eq!(run.status(), RunStatus::Succeeded);
-
-    // Already on the target version: ESSO is not installed again, the migration still runs.
-    let mut run = migrate_run(true);
-    let first = dispatched(&run.apply(Event::Start, T0).unwrap());
-    let order = run_to_quiet(&mut run, first);
-    assert!(!order.contains(&"m1:install-sso".to_string()), "{order:?}");
-    assert_eq!(order.len(), 5);
-    assert_eq!(run.steps[2].state, StepState::AlreadyCurrent);
-}
-
-#[test]
-fn a_failed_migrate_step_halts_and_nothing_after_it_starts_until_it_is_retried() {
-    let mut run = migrate_run(false);
-    let first = dispatched(&run.apply(Event::Start, T0).unwrap());
-    let export = ok(&mut run, first[0].0);
-    assert!(fail(&mut run, export[0].0).is_empty());
-    assert_eq!(run.status(), RunStatus::Halted);
-    assert!(
-        run.reason().contains("export-encryption-key on m1"),
-        "{}",
-        run.reason()
-    );
-    // Skipping a chain step is refused; resume is refused while it is failed.
-    assert!(
-        run.apply(Event::Control(Control::Skip { step: 1 }), T0)
-            .is_err()
-    );
-    assert!(run.apply(Event::Control(Control::Resume), T0).is_err());
-    let again = dispatched(
-        &run.apply(Event::Control(Control::Retry { step: 1 }), T0)
-            .unwrap(),
-    );
-    assert_eq!(again, [(1, 2)]);
-    let order = run_to_quiet(&mut run, again);
-    assert_eq!(order.len(), 5);
-    assert_eq!(run.status(), RunStatus::Succeeded);
-    // The master detaching halts a migration in progress too.
-    let mut run = migrate_run(false);
-    run.apply(Event::Start, T0).unwrap();
-    run.apply(
-        Event::NodeDetached(crate::domain::NodeName::new("m1").unwrap()),
-        T0,
-    )
-    .unwrap();
-    assert_eq!(run.status(), RunStatus::Halted);
 }
 
 #[test]

@@ -1,21 +1,23 @@
 //! Building plans: the steps of a workflow from the inventory and what the nodes reported, each
-//! node's standing against the target (as numbers), and the plan's hash.
+//! node's standing against the target (as numbers), and the plan's hash. The upgrade's steps are laid
+//! out here, the migration's in [`super::migrate`].
 
 use std::collections::HashMap;
 
 use fleet_proto::version::{Standing, Version};
 use sha2::{Digest, Sha256};
 
+use super::migrate::migrate_plan;
 use super::{
     EnvPlan, Expected, Plan, PlanError, PlannedStep, Reports, Selection, StepKind, Workflow,
     install, installer_for,
 };
 use crate::domain::{EnvName, NodeName, Role};
-use crate::inventory::{Environment, Gate, Inventory};
+use crate::inventory::{Environment, Inventory};
 
 /// Where `node` stands against `target`: no ESSO is older; `None` when unknown (not reported, or not
 /// a version: then `warnings` says so, and how the node is `planned_as`).
-fn standing(
+pub(super) fn standing(
     target: &Version,
     node: &NodeName,
     env: &EnvName,
@@ -44,7 +46,7 @@ fn standing(
 }
 
 /// An install step's expectation and note for a node standing at `standing`.
-fn install_expected(
+pub(super) fn install_expected(
     standing: Option<Standing>,
     target: &Version,
     found: Option<&str>,
@@ -79,16 +81,22 @@ pub fn plan(
 }
 
 /// Adds the steps of one environment to a plan in the making.
-struct EnvSteps<'a> {
-    inventory: &'a Inventory,
-    env: &'a Environment,
-    env_index: usize,
-    reports: &'a Reports,
-    steps: &'a mut Vec<PlannedStep>,
+pub(super) struct EnvSteps<'a> {
+    pub(super) inventory: &'a Inventory,
+    pub(super) env: &'a Environment,
+    pub(super) env_index: usize,
+    pub(super) reports: &'a Reports,
+    pub(super) steps: &'a mut Vec<PlannedStep>,
 }
 
 impl EnvSteps<'_> {
-    fn push(&mut self, node: Option<&NodeName>, kind: StepKind, expected: Expected, note: String) {
+    pub(super) fn push(
+        &mut self,
+        node: Option<&NodeName>,
+        kind: StepKind,
+        expected: Expected,
+        note: String,
+    ) {
         self.steps.push(PlannedStep {
             index: self.steps.len(),
             env: self.env_index,
@@ -103,7 +111,7 @@ impl EnvSteps<'_> {
     }
 
     /// Adds an install step on `node`; one that runs gets its install mode.
-    fn push_install(
+    pub(super) fn push_install(
         &mut self,
         node: &NodeName,
         kind: StepKind,
@@ -130,7 +138,7 @@ impl EnvSteps<'_> {
         }
     }
 
-    fn found(&self, node: &NodeName) -> Option<&str> {
+    pub(super) fn found(&self, node: &NodeName) -> Option<&str> {
         self.reports.get(node).and_then(|r| r.version.as_deref())
     }
 }
@@ -293,103 +301,10 @@ fn upgrade_plan(
     Ok(plan)
 }
 
-/// The migrate workflow on environment `env`: every step on its master secret server, in order.
-/// ESSO is installed there (`install-sso`) unless its facts already show the target version or a newer
-/// one; the other steps always run (the migration is why the run exists). The install's mode is
-/// decided as for an upgrade.
-pub fn migrate_plan(
-    inventory: &Inventory,
-    env: &EnvName,
-    reports: &Reports,
-) -> Result<Plan, PlanError> {
-    let Some(e) = inventory.environments.iter().find(|e| &e.name == env) else {
-        return Err(PlanError::UnknownEnvironment(env.to_string()));
-    };
-    let target = &inventory.upgrade.target_version;
-    let mut warnings = Vec::new();
-    let master_standing = standing(
-        target,
-        &e.master,
-        &e.name,
-        reports,
-        &mut warnings,
-        "planned as needing ESSO installed",
-    );
-    let mut steps = Vec::new();
-    let mut out = EnvSteps {
-        inventory,
-        env: e,
-        env_index: 0,
-        reports,
-        steps: &mut steps,
-    };
-    let master = &e.master;
-    out.push(
-        Some(master),
-        StepKind::BackupSecurityData,
-        Expected::Run,
-        "the existing host security data".into(),
-    );
-    out.push(
-        Some(master),
-        StepKind::ExportEncryptionKey,
-        Expected::Run,
-        "udbkey /showkey".into(),
-    );
-    let install = install_expected(master_standing, target, out.found(master));
-    out.push_install(master, StepKind::InstallSso, 0, install);
-    out.push(
-        Some(master),
-        StepKind::CopyMigrationUtility,
-        Expected::Run,
-        "hissomig to the master secret server".into(),
-    );
-    out.push(
-        Some(master),
-        StepKind::RunMigration,
-        Expected::Run,
-        "hissomig -export, then -import".into(),
-    );
-    let master_newer = master_standing == Some(Standing::Newer);
-    out.push(
-        Some(master),
-        StepKind::VerifyMigration,
-        Expected::Run,
-        if master_newer {
-            format!("version {target} or newer")
-        } else {
-            format!("version {target}")
-        },
-    );
-    if let Some(verify) = out.steps.last_mut() {
-        verify.accept_newer = master_newer;
-    }
-    let mut plan = Plan {
-        workflow: Workflow::Migrate,
-        target_version: target.clone(),
-        installer: inventory.upgrade.installer.clone(),
-        master_installer: inventory.upgrade.master_installer.clone(),
-        max_parallel: 1,
-        max_failures: 0,
-        master_only: true,
-        environments: vec![EnvPlan {
-            name: e.name.clone(),
-            master: e.master.clone(),
-            members: Vec::new(),
-            gate: Gate::Auto,
-        }],
-        steps,
-        warnings,
-        hash: String::new(),
-    };
-    plan.hash = plan_hash(&plan, reports);
-    Ok(plan)
-}
-
 /// SHA-256 over a canonical text of the plan: steps, nodes, their versions and standing, install
-/// modes, both installers, policy. Shown as 16 hex digits, enough to tell any drift from the plan an
+/// modes, both installers, policy (and a migration's notes). Shown as 16 hex digits, enough to tell any drift from the plan an
 /// operator reviewed.
-fn plan_hash(plan: &Plan, reports: &Reports) -> String {
+pub(super) fn plan_hash(plan: &Plan, reports: &Reports) -> String {
     let mut canonical = match plan.workflow {
         Workflow::Upgrade => String::new(),
         Workflow::Migrate => "workflow=migrate\n".to_string(),
@@ -437,6 +352,11 @@ fn plan_hash(plan: &Plan, reports: &Reports) -> String {
             install,
             step.accept_newer
         ));
+        // A migration's notes say where its data comes from and goes (the host security server, the
+        // backup directory): a change there is a different plan.
+        if plan.workflow == Workflow::Migrate {
+            canonical.push_str(&format!("  note={}\n", step.note));
+        }
     }
     let digest = Sha256::digest(canonical.as_bytes());
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()

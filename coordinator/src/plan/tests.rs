@@ -196,59 +196,6 @@ fn unknown_environment_is_an_error() {
     );
 }
 
-#[test]
-fn migrate_plans_six_steps_on_one_environments_master() {
-    let inv = inventory(FLEET);
-    let sel = Selection {
-        workflow: Workflow::Migrate,
-        environments: vec![EnvName::new("prod").unwrap()],
-        master_only: false,
-        max_parallel: None,
-        max_failures: None,
-    };
-    let p = plan(&inv, &sel, &versions(&[("p1", "")])).unwrap();
-    assert_eq!(p.workflow, Workflow::Migrate);
-    assert_eq!(
-        shape(&p),
-        [
-            "prod p1 backup-security-data 0 run",
-            "prod p1 export-encryption-key 0 run",
-            "prod p1 install-sso 0 run",
-            "prod p1 copy-migration-utility 0 run",
-            "prod p1 run-migration 0 run",
-            "prod p1 verify 0 run",
-        ]
-    );
-    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
-    // Not the hash of anything else, and it moves with the master's version.
-    let current = plan(&inv, &sel, &versions(&[("p1", "3.0.7")])).unwrap();
-    assert_ne!(current.hash, p.hash);
-    assert_eq!(current.steps[2].expected, Expected::AlreadyCurrent);
-    let unknown = plan(&inv, &sel, &versions(&[])).unwrap();
-    assert!(
-        unknown.warnings[0].contains("p1 (prod) has not reported"),
-        "{:?}",
-        unknown.warnings
-    );
-
-    let two = Selection {
-        environments: vec![EnvName::new("prod").unwrap(), EnvName::new("dev").unwrap()],
-        ..sel.clone()
-    };
-    assert_eq!(
-        plan(&inv, &two, &versions(&[])),
-        Err(PlanError::MigrateOneEnvironment)
-    );
-    let none = Selection {
-        environments: Vec::new(),
-        ..sel
-    };
-    assert_eq!(
-        plan(&inv, &none, &versions(&[])),
-        Err(PlanError::MigrateOneEnvironment)
-    );
-}
-
 fn step<'a>(plan: &'a Plan, node: &str, kind: StepKind) -> &'a PlannedStep {
     plan.steps
         .iter()
@@ -505,28 +452,4 @@ fn the_hash_covers_install_modes_standing_and_both_installers() {
     // A node now newer than the target.
     let newer = plan(&inv, &all(), &versions(&[("d1", "3.0.8"), ("d2", "3.0.6")])).unwrap();
     assert_ne!(newer.hash, h);
-}
-
-#[test]
-fn migrate_installs_unless_current_or_newer_and_creates_the_sso_system() {
-    let inv = inventory(FLEET);
-    let sel = Selection {
-        workflow: Workflow::Migrate,
-        environments: vec![EnvName::new("prod").unwrap()],
-        master_only: false,
-        max_parallel: None,
-        max_failures: None,
-    };
-    let newer = plan(&inv, &sel, &versions(&[("p1", "3.0.9")])).unwrap();
-    assert_eq!(newer.steps[2].expected, Expected::Newer);
-    assert!(
-        newer.steps[5].accept_newer,
-        "verify accepts the newer version"
-    );
-    let current = plan(&inv, &sel, &versions(&[("p1", "3.0.7.0")])).unwrap();
-    assert_eq!(current.steps[2].expected, Expected::AlreadyCurrent);
-    assert!(!current.steps[5].accept_newer);
-    let fresh = plan(&inv, &sel, &versions(&[("p1", "")])).unwrap();
-    assert_eq!(fresh.steps[2].kind, StepKind::InstallSso);
-    assert!(fresh.steps[2].install.is_some());
 }

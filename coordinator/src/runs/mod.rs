@@ -25,6 +25,7 @@ use fleet_proto::unix_ms;
 mod backup;
 mod preflight;
 mod queries;
+mod waits;
 mod wire;
 
 use backup::{BackupJob, backup_database};
@@ -765,6 +766,10 @@ impl Manager {
             return Vec::new();
         };
         let planned = &active.run.steps[step].plan;
+        if planned.kind.awaits_operator() {
+            let (kind, note, run_id) = (planned.kind, planned.note.clone(), active.id.clone());
+            return self.operator_wait(step, attempt, kind, &note, &run_id);
+        }
         if planned.kind.on_agent() {
             let Some(node) = planned.node.clone() else {
                 return Vec::new();
@@ -861,6 +866,43 @@ impl Manager {
                 outcome: Outcome::Failed(format!("{} is not built yet", planned.kind.name())),
             }]
         }
+    }
+
+    /// A coordinator step that waits for the operator: it waits with what to do (for the review, what
+    /// the export reported), until `fleetctl approve`.
+    fn operator_wait(
+        &mut self,
+        step: usize,
+        attempt: u32,
+        kind: StepKind,
+        note: &str,
+        run_id: &str,
+    ) -> Vec<Event> {
+        let export_log = if kind == StepKind::ReviewExport {
+            match self
+                .store
+                .step_log(run_id, None, Some(waits::EXPORT_STEP.name()))
+            {
+                Ok(log) => log,
+                Err(e) => {
+                    return vec![Event::StepFinished {
+                        step,
+                        attempt,
+                        outcome: Outcome::Failed(format!(
+                            "cannot read what the export reported: {e}"
+                        )),
+                    }];
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let instruction = waits::instruction(kind, note, run_id, &export_log);
+        vec![Event::StepWaiting {
+            step,
+            attempt,
+            instruction,
+        }]
     }
 
     /// Whether `attempt` is still the running attempt of `step` in the active run `run_id` (what a
@@ -1441,7 +1483,7 @@ impl Manager {
                     .position(|s| s.plan.node.is_none() && s.state == StepState::Failed)
                     .ok_or_else(|| {
                         RunError::Invalid(
-                            "name the node: --node N (only a failed preflight or backup-database is retried without one)"
+                            "name the node: --node N (only a failed coordinator step, such as preflight, backup-database or a migration's review, is retried without one)"
                                 .into(),
                         )
                     });

@@ -1,6 +1,6 @@
-//! Preflight, the coordinator's first step in every environment: the nodes are there and healthy, the
-//! installers they will install are the same on each node of a role, and the SSO database names the
-//! inventory's master.
+//! Preflight, the coordinator's first step in every environment: the nodes are there and healthy (no
+//! facts error, no failed fitness check: `fitness`), the installers they will install are the same on
+//! each node of a role, and the SSO database names the inventory's master.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -16,6 +16,7 @@ use crate::fleet::FleetHandle;
 use crate::inventory::SsoDatabase;
 use crate::plan::{Expected, Plan, StepKind};
 use crate::sql;
+use crate::{convert, fitness};
 
 /// How long preflight waits for the environment's nodes to attach.
 const ATTACH_WAIT: Duration = Duration::from_secs(60);
@@ -241,6 +242,7 @@ async fn check_nodes(job: &PreflightJob, fleet: &FleetHandle) -> Result<Installe
             problems.push(format!("{node}: {}", f.error));
             continue;
         }
+        problems.extend(fitness::failures(node.as_str(), &convert::checks(&f)));
         match f.installer_sha256 {
             Some(hash) => hashes[g].push((node, hash)),
             None => problems.push(format!(
@@ -252,10 +254,11 @@ async fn check_nodes(job: &PreflightJob, fleet: &FleetHandle) -> Result<Installe
     // Nodes that only verify must still report healthy facts.
     let installing: BTreeSet<&NodeName> = job.groups.iter().flat_map(|g| &g.nodes).collect();
     for node in job.nodes.iter().filter(|n| !installing.contains(n)) {
-        if let Some((_, facts)) = fleet.facts_of(node.clone()).await
-            && !facts.error.is_empty()
-        {
-            problems.push(format!("{node}: {}", facts.error));
+        if let Some((_, facts)) = fleet.facts_of(node.clone()).await {
+            if !facts.error.is_empty() {
+                problems.push(format!("{node}: {}", facts.error));
+            }
+            problems.extend(fitness::failures(node.as_str(), &convert::checks(&facts)));
         }
     }
     if !problems.is_empty() {

@@ -26,12 +26,23 @@ impl Manager {
                 .unwrap_or_default(),
             installer: active.map(|a| a.plan.installer.clone()).unwrap_or_default(),
             plan_hash: active.map(|a| a.plan.hash.clone()).unwrap_or_default(),
-            // The members' installer (the one the run message has room for), else the master's.
+            // The members' installer, else the master's where it is the same file.
             installer_sha256: active
                 .and_then(|a| {
                     let hashes = &a.installer_sha256;
-                    hashes.member.clone().or_else(|| hashes.master.clone())
+                    if a.plan.master_installer.is_some() {
+                        hashes.member.clone()
+                    } else {
+                        hashes.member.clone().or_else(|| hashes.master.clone())
+                    }
                 })
+                .unwrap_or_default(),
+            master_installer: active
+                .and_then(|a| a.plan.master_installer.clone())
+                .unwrap_or_default(),
+            master_installer_sha256: active
+                .filter(|a| a.plan.master_installer.is_some())
+                .and_then(|a| a.installer_sha256.master.clone())
                 .unwrap_or_default(),
             steps: steps
                 .into_iter()

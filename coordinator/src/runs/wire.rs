@@ -14,7 +14,9 @@ use crate::store::StoredEvent;
 /// node's role (`master_installer` on the master where set); every install step says how ESSO joins
 /// the SSO system when it is configured (`sso_configure`: `create` for the migrate workflow's
 /// `install-sso`, the first master of a new SSO system; `join` for every other install); a
-/// verification of a master already newer than the target accepts it (`newer_ok = true`).
+/// verification of a master already newer than the target accepts it (`newer_ok = true`); a
+/// verification after an install reads ESSO's events since it started (`installed_at_unix_ms`); a
+/// migrate run's steps carry the migration's ([`migration_params`]).
 pub(super) fn assignment(
     inventory: &Inventory,
     plan: &Plan,
@@ -41,6 +43,11 @@ pub(super) fn assignment(
     if let Some(env) = env {
         params.insert("backup_dir".into(), env.backup_dir.clone());
         params.insert("master".into(), env.master.to_string());
+        if s.kind.on_host_security()
+            && let Some(migration) = &env.migration
+        {
+            migration_params(&mut params, migration, s.kind);
+        }
     }
     if s.kind.installs() {
         let configure = if s.kind == StepKind::InstallSso {
@@ -52,6 +59,9 @@ pub(super) fn assignment(
     }
     if s.accept_newer {
         params.insert("newer_ok".into(), "true".into());
+    }
+    if let Some(at) = installed_at(run, step) {
+        params.insert("installed_at_unix_ms".into(), at.to_string());
     }
     let install_mode = if s.kind.installs() {
         // Decided in the plan; a plan stored before install modes were planned keeps the
@@ -77,6 +87,52 @@ pub(super) fn assignment(
         timeout_ms: u64::try_from(run.step_timeout_ms).unwrap_or(u64::MAX),
         install_mode: install_mode as i32,
         expected_installer_sha256: String::new(),
+    }
+}
+
+/// When the install that a verify step verifies was dispatched: the same node's latest succeeded
+/// install step in the same environment. `None` for other steps and where nothing was installed.
+fn installed_at(run: &Run, step: usize) -> Option<crate::engine::Millis> {
+    let s = &run.steps[step].plan;
+    if !matches!(
+        s.kind,
+        StepKind::VerifyMaster | StepKind::VerifyMember | StepKind::VerifyMigration
+    ) {
+        return None;
+    }
+    run.steps
+        .iter()
+        .filter(|x| x.plan.env == s.env && x.plan.node == s.node && x.plan.kind.installs())
+        .filter(|x| x.state == crate::engine::StepState::Succeeded)
+        .filter_map(|x| x.dispatched_at)
+        .max()
+}
+
+/// The host security migration's parameters (the agent's contract, `builtin/migration.rs`):
+/// `migration_source` (`his2000` | `sna4`), `host_security_server` or `host_security_dbfile`,
+/// `migration_log_dir` where set, and `migration_phase` (`export` | `import`) on the steps that run one
+/// part of `run_migration` (a stored `run-migration` step runs both and has none). `backup_dir` is the
+/// migration's on these steps: the old security data and the encryption key go there, and the import
+/// reads the key from there (the new master's secret, backed up by `install-sso`, goes to the
+/// environment's).
+fn migration_params(
+    params: &mut std::collections::HashMap<String, String>,
+    migration: &crate::inventory::Migration,
+    kind: StepKind,
+) {
+    use crate::inventory::HostSecurity;
+    params.insert("migration_source".into(), migration.source_name().into());
+    let (key, value) = match &migration.source {
+        HostSecurity::His2000 { server } => ("host_security_server", server),
+        HostSecurity::Sna4 { dbfile } => ("host_security_dbfile", dbfile),
+    };
+    params.insert(key.into(), value.clone());
+    params.insert("backup_dir".into(), migration.backup_dir.clone());
+    if let Some(dir) = &migration.log_dir {
+        params.insert("migration_log_dir".into(), dir.clone());
+    }
+    if let Some(phase) = kind.migration_phase() {
+        params.insert("migration_phase".into(), phase.into());
     }
 }
 
@@ -182,7 +238,7 @@ mod tests {
     use crate::domain::NodeName;
     use crate::plan::{Reported, Reports, Selection, Workflow, plan};
 
-    const FLEET: &str = "[upgrade]\ntarget_version = \"3.0.7\"\ninstaller = 'D:\\media\\Setup.exe'\nmaster_installer = 'D:\\media\\Platform\\SSO\\Setup.exe'\n[[environment]]\nname = \"dev\"\ninstall = \"unattended\"\nmaster = \"m\"\nmembers = [\"a\", \"b\"]\nbackup_dir = 'B'\n";
+    const FLEET: &str = "[upgrade]\ntarget_version = \"3.0.7\"\ninstaller = 'D:\\media\\Setup.exe'\nmaster_installer = 'D:\\media\\Platform\\SSO\\Setup.exe'\n[[environment]]\nname = \"dev\"\ninstall = \"unattended\"\nmaster = \"m\"\nmembers = [\"a\", \"b\"]\nbackup_dir = 'B'\n[environment.migration]\nsource = \"his2000\"\nhost_security_server = \"PDC1\"\nbackup_dir = 'HB'\nlog_dir = 'C:\\hostsec\\log'\n";
 
     fn selection(workflow: Workflow) -> Selection {
         Selection {
@@ -211,6 +267,40 @@ mod tests {
                 (name, assignment(&inv, &p, "run", 7, &run, i, "attempt"))
             })
             .collect()
+    }
+
+    #[test]
+    fn a_verification_after_an_install_reads_the_events_since_it() {
+        let inv = Inventory::parse(Path::new("fleet.toml"), FLEET).unwrap();
+        let reports: Reports = [("m", "3.0.6"), ("a", "3.0.6"), ("b", "3.0.6")]
+            .into_iter()
+            .map(|(n, v)| (NodeName::new(n).unwrap(), Reported::version(v)))
+            .collect();
+        let p = plan(&inv, &selection(Workflow::Upgrade), &reports).unwrap();
+        let mut run = Run::new(&p, 60_000, BTreeSet::new());
+        let index = |node: &str, kind: StepKind| {
+            run.steps
+                .iter()
+                .position(|x| {
+                    x.plan.kind == kind && x.plan.node.as_ref().map(NodeName::as_str) == Some(node)
+                })
+                .unwrap()
+        };
+        let (install, verify) = (
+            index("m", StepKind::UpgradeMaster),
+            index("m", StepKind::VerifyMaster),
+        );
+        let other = index("a", StepKind::VerifyMember);
+        let params = |run: &Run, i: usize| assignment(&inv, &p, "run", 7, run, i, "attempt").params;
+        assert!(!params(&run, verify).contains_key("installed_at_unix_ms"));
+        run.steps[install].dispatched_at = Some(1_700_000_000_000);
+        run.steps[install].state = crate::engine::StepState::Succeeded;
+        assert_eq!(
+            params(&run, verify)["installed_at_unix_ms"],
+            "1700000000000"
+        );
+        assert!(!params(&run, other).contains_key("installed_at_unix_ms"));
+        assert!(!params(&run, install).contains_key("installed_at_unix_ms"));
     }
 
     fn find<'a>(all: &'a [(String, pb::StepAssignment)], name: &str) -> &'a pb::StepAssignment {
@@ -286,5 +376,84 @@ mod tests {
             r"D:\media\Platform\SSO\Setup.exe"
         );
         assert!(!find(&all, "m verify").params.contains_key("newer_ok"));
+    }
+
+    #[test]
+    fn migrate_steps_carry_the_migration_and_their_phase() {
+        let reports: Reports = [(NodeName::new("m").unwrap(), Reported::version(""))].into();
+        let all = assignments(Workflow::Migrate, &reports);
+        let migration_steps = [
+            "m backup-security-data",
+            "m export-encryption-key",
+            "m copy-migration-utility",
+            "m export-host-security",
+            "m import-host-security",
+        ];
+        for name in migration_steps {
+            let params = &find(&all, name).params;
+            assert_eq!(params["migration_source"], "his2000", "{name}");
+            assert_eq!(params["host_security_server"], "PDC1", "{name}");
+            assert!(!params.contains_key("host_security_dbfile"), "{name}");
+            assert_eq!(params["backup_dir"], "HB", "the migration's, on {name}");
+            assert_eq!(params["migration_log_dir"], r"C:\hostsec\log", "{name}");
+        }
+        // ESSO's own steps keep the environment's: the new master secret is backed up there.
+        for name in ["m install-sso", "m verify"] {
+            let params = &find(&all, name).params;
+            assert_eq!(params["backup_dir"], "B", "{name}");
+            assert!(!params.contains_key("migration_source"), "{name}");
+        }
+        let phase = |name: &str| find(&all, name).params.get("migration_phase").cloned();
+        assert_eq!(phase("m export-host-security").as_deref(), Some("export"));
+        assert_eq!(phase("m import-host-security").as_deref(), Some("import"));
+        assert_eq!(phase("m export-encryption-key"), None);
+        for step in ["m export-host-security", "m import-host-security"] {
+            assert_eq!(find(&all, step).action(), pb::Action::RunMigration);
+        }
+        // The operator's waits are the coordinator's: no assignment.
+        assert!(!all.iter().any(|(n, _)| n.contains("review-export")));
+
+        // An upgrade's steps carry none of it; SNA Server 4.0 sends its database file.
+        let upgrade = assignments(Workflow::Upgrade, &reports);
+        let backup = find(&upgrade, "m backup-secret");
+        assert_eq!(backup.params["backup_dir"], "B");
+        assert!(!backup.params.contains_key("migration_source"));
+        let sna = Inventory::parse(
+            Path::new("fleet.toml"),
+            &FLEET.replace(
+                "source = \"his2000\"\nhost_security_server = \"PDC1\"",
+                "source = \"sna4\"\nhost_security_dbfile = 'D:\\hostsec\\dbfile.dbs'",
+            ),
+        )
+        .unwrap();
+        let p = plan(&sna, &selection(Workflow::Migrate), &reports).unwrap();
+        let run = Run::new(&p, 60_000, BTreeSet::new());
+        let export = (0..run.steps.len())
+            .find(|&i| run.steps[i].plan.kind == StepKind::ExportHostSecurity)
+            .unwrap();
+        let params = assignment(&sna, &p, "run", 7, &run, export, "attempt").params;
+        assert_eq!(params["migration_source"], "sna4");
+        assert_eq!(params["host_security_dbfile"], r"D:\hostsec\dbfile.dbs");
+        assert!(!params.contains_key("host_security_server"));
+    }
+
+    /// A run stored before the review: its `run-migration` runs export and import in one step.
+    #[test]
+    fn a_stored_run_migration_step_has_no_phase() {
+        let inv = Inventory::parse(Path::new("fleet.toml"), FLEET).unwrap();
+        let reports: Reports = [(NodeName::new("m").unwrap(), Reported::version(""))].into();
+        let mut p = plan(&inv, &selection(Workflow::Migrate), &reports).unwrap();
+        let export = p
+            .steps
+            .iter()
+            .position(|s| s.kind == StepKind::ExportHostSecurity)
+            .unwrap();
+        p.steps[export].kind = StepKind::RunMigration;
+        let run = Run::new(&p, 60_000, BTreeSet::new());
+        let a = assignment(&inv, &p, "run", 7, &run, export, "attempt");
+        assert_eq!(a.step, "run-migration");
+        assert_eq!(a.action(), pb::Action::RunMigration);
+        assert!(!a.params.contains_key("migration_phase"));
+        assert_eq!(a.params["migration_source"], "his2000");
     }
 }

@@ -5,15 +5,14 @@
 //! environment's backup directory and checks that the copy's SHA-256 is the original's. The local file
 //! is deleted once the copy is verified: one backup, where the run records it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::commands;
 use super::parse;
+use super::scripts;
 use super::session::{Echo, Fail, Session};
 use super::tools::{Tool, join};
 use crate::esso;
-
-const SCRIPT: &str = include_str!("scripts/backup-secret.ps1");
 
 pub async fn backup_secret(s: &mut Session<'_>) -> Result<(), Fail> {
     let password = s
@@ -36,7 +35,7 @@ pub async fn backup_secret(s: &mut Session<'_>) -> Result<(), Fail> {
         ))
     })?;
     let powershell = s.tool(Tool::Powershell)?;
-    let script = ship_script(&s.ctx.state_dir)?;
+    let script = scripts::ship(&s.ctx.state_dir, scripts::BACKUP_SECRET)?;
     let name = Path::new(&file.replace('\\', "/"))
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -86,17 +85,6 @@ pub async fn backup_secret(s: &mut Session<'_>) -> Result<(), Fail> {
     s.output("backup_sha256", sha256).await;
     s.progress(100, "master secret backed up").await;
     Ok(())
-}
-
-/// Writes the script the agent ships to `<state_dir>/scripts/` (the agent's own folder, readable
-/// only by its account) and returns its path.
-fn ship_script(state_dir: &Path) -> Result<PathBuf, Fail> {
-    let dir = join(state_dir, "scripts");
-    let path = join(&dir, "backup-secret.ps1");
-    std::fs::create_dir_all(&dir)
-        .and_then(|()| std::fs::write(&path, SCRIPT))
-        .map_err(|e| Fail::new(format!("cannot write {}: {e}", path.display())))?;
-    Ok(path)
 }
 
 /// Copies the local backup to `to`; the copy must have the original's SHA-256. Its size and hash.

@@ -3,6 +3,7 @@
 //! start budget, the version, the SSO system as `ssomanage -displaydb` shows it, and ESSO's own events
 //! since the install), the way an administrator would check them (ESSO.md, "Verifying").
 
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use fleet_proto::names::same_server;
@@ -11,7 +12,7 @@ use super::commands;
 use super::parse;
 use super::session::{Echo, Fail, Session};
 use super::system::ServiceState;
-use super::tools::{ENTSSO_SERVICE, Tool};
+use super::tools::{ENTSSO_SERVICE, Tool, join};
 use crate::esso::{self, EventVerdict};
 
 /// ESSO's key. KB 2908466: its version is in the values `Server` and `Administration` under
@@ -90,6 +91,7 @@ pub async fn facts(s: &mut Session<'_>) -> Result<(), Fail> {
     s.output("service", service.state.as_str()).await;
     s.progress(40, "reading the registry").await;
     let version = esso_version(s).await?;
+    let version_known = version.is_some();
     s.output("version", version.unwrap_or_default()).await;
     let (products, biztalk_version) = products(s).await?;
     s.output("products", products.join(",")).await;
@@ -100,6 +102,15 @@ pub async fn facts(s: &mut Session<'_>) -> Result<(), Fail> {
     }
     s.progress(70, "checking the server's fitness").await;
     fitness(s, service.state).await?;
+    if let Some(installer) = s.param("installer").map(str::to_string) {
+        let esso_present = version_known || service.state != ServiceState::NotInstalled;
+        let fits = match esso::installer_fits(&installer, &products, esso_present) {
+            Ok(()) => format!("ok {installer} fits {}", products_text(&products)),
+            Err(problem) => format!("failed: {problem}"),
+        };
+        s.output("check.products", fits).await;
+    }
+    identity_checks(s, service.state).await?;
     s.progress(100, "facts read").await;
     Ok(())
 }
@@ -153,6 +164,96 @@ async fn fitness(s: &mut Session<'_>, entsso: ServiceState) -> Result<(), Fail> 
         ),
     };
     s.output("check.entsso", entsso).await;
+    Ok(())
+}
+
+fn products_text(products: &[String]) -> String {
+    if products.is_empty() {
+        "(no product)".into()
+    } else {
+        products.join(",")
+    }
+}
+
+/// How much room the master secret backup needs where it is written first (it is small; installers'
+/// logs and ESSO's own files share the drive).
+const MIN_FREE_BYTES: u64 = 100 * 1024 * 1024;
+
+/// The checks that need the agent's own Windows identity or a drive (local administrator, SSO
+/// administrator, free space where the backup is written first), from the PowerShell script the agent
+/// ships. The SSO Administrators group is the one `ssomanage -displaydb` names, where ESSO runs.
+/// Where this platform has no PowerShell (and `[tools]` names no stand-in) they are not reported.
+async fn identity_checks(s: &mut Session<'_>, entsso: ServiceState) -> Result<(), Fail> {
+    let Some(powershell) = s.tools.get(Tool::Powershell).map(Path::to_path_buf) else {
+        return Ok(());
+    };
+    let group = match (entsso, s.tools.get(Tool::Ssomanage).map(Path::to_path_buf)) {
+        (ServiceState::Running, Some(ssomanage)) => {
+            let ran = s
+                .exec(
+                    &commands::ssomanage_displaydb(&ssomanage),
+                    None,
+                    Echo::Quiet,
+                )
+                .await?;
+            parse::parse_displaydb(&ran.all_text())
+                .ok()
+                .and_then(|info| info.admin_account)
+        }
+        _ => None,
+    };
+    if group.is_none() {
+        s.output(
+            "check.sso_admin",
+            "ok not checked: ENTSSO is not running here, so its SSO Administrators group is unknown",
+        )
+        .await;
+    }
+    let script = super::scripts::ship(&s.ctx.state_dir, super::scripts::FITNESS)?;
+    let backup_folder = join(&s.ctx.state_dir, "secret-backups");
+    let min_free = MIN_FREE_BYTES.to_string();
+    let mut args = vec![
+        ("-BackupFolder", backup_folder.display().to_string()),
+        ("-MinFreeBytes", min_free),
+    ];
+    if let Some(group) = group {
+        args.push(("-SsoAdminGroup", group));
+    }
+    let args: Vec<(&str, &str)> = args.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let ran = s
+        .exec(
+            &commands::powershell_script(&powershell, &script, &args),
+            None,
+            Echo::Quiet,
+        )
+        .await?;
+    let mut reported = 0;
+    for line in &ran.stdout {
+        if let Some((key, value)) = line
+            .strip_prefix("::output:: ")
+            .and_then(|kv| kv.split_once('='))
+            .filter(|(key, _)| key.starts_with("check."))
+        {
+            s.output(key, value.to_string()).await;
+            reported += 1;
+        }
+    }
+    if !ran.ok() || reported == 0 {
+        let why = if ran.ok() {
+            format!("{} ran but reported no check", powershell.display())
+        } else {
+            format!(
+                "exit code {}: {}",
+                commands::code_text(ran.exit_code),
+                ran.stderr.last().map(String::as_str).unwrap_or("")
+            )
+        };
+        s.output(
+            "check.local_admin",
+            format!("failed: the fitness script could not run ({why})"),
+        )
+        .await;
+    }
     Ok(())
 }
 

@@ -216,7 +216,9 @@ pub async fn run(s: &mut Session<'_>) -> Result<(), Fail> {
     std::fs::create_dir_all(&dir)
         .map_err(|e| Fail::new(format!("cannot create {}: {e}", dir.display())))?;
     let log_dir = s.param("migration_log_dir").map(str::to_string);
-    s.output("exported_file", xml.clone()).await;
+    if phase != Phase::Import {
+        s.output("exported_file", xml.clone()).await;
+    }
 
     let export = if phase == Phase::Import {
         if Path::new(&xml).is_file() {

@@ -10,6 +10,7 @@
 //! - [`commands`]: the command lines, pure.
 //! - [`parse`]: reading what ESSO's tools print, pure, tested against `samples/`.
 //! - [`system`]: the registry and services (Windows APIs; stand-ins elsewhere).
+//! - `scripts`: the PowerShell scripts the agent ships.
 //! - `session`: running the tools of one action within the step's deadline.
 //! - `inspect`: `facts` and `verify_sso`.
 //! - `backup`: `backup_secret`.
@@ -22,6 +23,7 @@ mod inspect;
 mod install;
 mod migration;
 pub mod parse;
+mod scripts;
 mod session;
 pub mod system;
 pub mod tools;

@@ -198,3 +198,37 @@ fn backup_names_reminders_and_passwords() {
     assert_eq!(password_problem("1234567"), None);
     assert_eq!(password_problem("ÄÖÜäöüß"), None);
 }
+
+/// Preflight fitness: the products present agree with the installer.
+#[test]
+fn the_products_present_must_fit_the_installer() {
+    let biztalk = products(&["biztalk"]);
+    let none = products(&[]);
+    assert_eq!(
+        installer_fits(r"D:\m\BizTalk\Setup.exe", &biztalk, true),
+        Ok(())
+    );
+    assert_eq!(
+        installer_fits(r"D:\m\BizTalk\Setup.exe", &none, false),
+        Ok(())
+    );
+    assert!(
+        installer_fits(r"D:\m\BizTalk\Setup.exe", &none, true)
+            .is_err_and(|e| e.contains("master_installer"))
+    );
+    assert_eq!(
+        installer_fits(r"D:\m\Platform\SSO\Setup.exe", &none, true),
+        Ok(())
+    );
+    assert_eq!(
+        installer_fits("D:/m/platform/sso64/setup.exe", &none, true),
+        Ok(())
+    );
+    assert_eq!(
+        installer_fits(r"D:\m\HIS2020_Server_EN.msi", &biztalk, true),
+        Ok(())
+    );
+    assert!(installer_fits(r"D:\m\HIS2020_Server_EN.msi", &none, true).is_err());
+    assert!(is_esso_setup(r"E:\Platform\SSO\Setup.exe"));
+    assert!(!is_esso_setup(r"E:\BizTalk\Setup.exe"));
+}

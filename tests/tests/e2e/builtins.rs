@@ -11,7 +11,7 @@ use fleet_tests::{Agent, AgentSpec, PATIENCE, esso_env, eventually, fixture, pat
 use crate::durability::{step_of, wait_final};
 use crate::upgrade::{FLEET, NODES, Setup, setup};
 
-fn script(path: &Path, body: &str) -> PathBuf {
+pub(crate) fn script(path: &Path, body: &str) -> PathBuf {
     std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -98,7 +98,7 @@ env = {{ {}, FAKE_SETUP_REBOOT = "required" }}
     ("reboot = \"if-required\"\n".to_string(), extra)
 }
 
-fn start_agent(s: &Setup, node: &str, top: &str, extra: &str) -> Agent {
+pub(crate) fn start_agent(s: &Setup, node: &str, top: &str, extra: &str) -> Agent {
     let tls = format!("agents/{node}/tls");
     Agent::start_with_top(
         &s.fleet,
@@ -114,7 +114,7 @@ fn start_agent(s: &Setup, node: &str, top: &str, extra: &str) -> Agent {
     .unwrap()
 }
 
-fn calls(win: &Path) -> Vec<String> {
+pub(crate) fn calls(win: &Path) -> Vec<String> {
     std::fs::read_to_string(win.join("calls.log"))
         .unwrap_or_default()
         .lines()

@@ -67,11 +67,16 @@ fn plan_orders_steps_from_live_facts_and_its_hash_tracks_drift() {
     );
     let warnings = json["warnings"].as_array().unwrap();
     assert!(
-        warnings.len() == 1
+        warnings.len() == 2
             && warnings[0]
                 .as_str()
                 .unwrap()
-                .starts_with("p1 (prod) has not reported its version"),
+                .starts_with("p1 (prod) has not reported its version")
+            // The fixture's facts report no fitness check: said once for the nodes with steps.
+            && warnings[1]
+                .as_str()
+                .unwrap()
+                .starts_with("checks not reported by a1: local_admin, sso_admin"),
         "{warnings:?}"
     );
     let hash = json["plan_hash"].as_str().unwrap().to_string();

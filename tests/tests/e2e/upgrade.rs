@@ -590,12 +590,35 @@ fn the_master_installs_from_its_own_installer_and_each_role_keeps_its_installer(
         format!("from {}", master_installer.display())
     );
     assert_eq!(note("a1", "upgrade"), "");
+    assert_eq!(
+        plan["master_installer"],
+        path_str(&master_installer).unwrap()
+    );
     let (_, started) = s.json(&["upgrade", "--all", "--detach"]);
     let id = started["run_id"].as_str().unwrap().to_string();
-    eventually(PATIENCE, "dev to wait at its gate", || {
+    let run = eventually(PATIENCE, "dev to wait at its gate", || {
         let (_, run) = s.json(&["run", "show", &id]);
-        (run["state"] == "waiting-approval").then_some(())
+        (run["state"] == "waiting-approval").then_some(run)
     });
+    // `run show` records each role's installer as preflight read it.
+    let sha256 = |path: &std::path::Path| {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(std::fs::read(path).unwrap());
+        digest
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    assert_eq!(
+        run["master_installer_sha256"],
+        sha256(&master_installer),
+        "{run}"
+    );
+    assert_eq!(
+        run["installer_sha256"],
+        sha256(&s.fleet.path("media/Setup.exe")),
+        "{run}"
+    );
     // The members' installer is what dev's members read; the master read its own: replacing the
     // master's between the environments stops prod's preflight, naming the master's installer.
     s.fleet

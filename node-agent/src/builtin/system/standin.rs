@@ -58,27 +58,24 @@ pub async fn service(s: &mut Session<'_>, service: &str) -> Result<ServiceStatus
     parse_sc_query(&ran.all_text(), ran.exit_code).map_err(Fail::new)
 }
 
-/// 1056: already running.
+/// `sc start`; 1056: already running.
 pub async fn start(s: &mut Session<'_>, service: &str) -> Result<(), Fail> {
-    let ran = sc(s, "start", service).await?;
-    if ran.ok() || ran.exit_code == Some(1056) {
-        return Ok(());
-    }
-    Err(Fail::new(format!(
-        "the {service} service did not start (sc start exited with code {}): {}",
-        commands::code_text(ran.exit_code),
-        last_line(&ran.all_text())
-    )))
+    control(s, "start", service, 1056).await
 }
 
-/// 1062: not started.
+/// `sc stop`; 1062: not started.
 pub async fn stop(s: &mut Session<'_>, service: &str) -> Result<(), Fail> {
-    let ran = sc(s, "stop", service).await?;
-    if ran.ok() || ran.exit_code == Some(1062) {
+    control(s, "stop", service, 1062).await
+}
+
+/// `sc <verb> <service>`: done, or already so (`already`, sc's error for that).
+async fn control(s: &mut Session<'_>, verb: &str, service: &str, already: i32) -> Result<(), Fail> {
+    let ran = sc(s, verb, service).await?;
+    if ran.ok() || ran.exit_code == Some(already) {
         return Ok(());
     }
     Err(Fail::new(format!(
-        "the {service} service did not stop (sc stop exited with code {}): {}",
+        "the {service} service did not {verb} (sc {verb} exited with code {}): {}",
         commands::code_text(ran.exit_code),
         last_line(&ran.all_text())
     )))
