@@ -70,15 +70,16 @@ pub fn reports(nodes: &[pb::NodeStatus]) -> Reports {
         .iter()
         .filter(|n| n.attached)
         .filter_map(|n| {
-            let install_override = n.facts.as_ref().is_some_and(|f| {
-                f.overridden_actions
-                    .iter()
-                    .any(|a| a == crate::plan::install::INSTALL_OVERRIDE)
-            });
+            let overrides = |action: &str| {
+                n.facts
+                    .as_ref()
+                    .is_some_and(|f| f.overridden_actions.iter().any(|a| a == action))
+            };
             NodeName::new(&n.name).ok().map(|name| {
                 let reported = Reported {
                     version: n.version.clone().filter(|v| !v.trim().is_empty()),
-                    install_override,
+                    install_override: overrides(crate::plan::install::INSTALL_OVERRIDE),
+                    configure_override: overrides(crate::plan::install::CONFIGURE_OVERRIDE),
                 };
                 (name, reported)
             })

@@ -284,6 +284,8 @@ pub struct Reported {
     pub version: Option<String>,
     /// The node's agent installs with its own `[actions.install_sso]` command.
     pub install_override: bool,
+    /// The node's agent configures ESSO with its own `[actions.configure_sso]` command.
+    pub configure_override: bool,
 }
 
 impl Reported {
@@ -291,7 +293,7 @@ impl Reported {
     pub fn version(version: &str) -> Self {
         Self {
             version: (!version.is_empty()).then(|| version.to_string()),
-            install_override: false,
+            ..Self::default()
         }
     }
 }

@@ -58,6 +58,7 @@ pub async fn run(
                 state_dir: config.state_dir.clone(),
                 entsso_start_budget: config.entsso_start_budget,
                 sso: config.sso.clone(),
+                configure_overridden: config.actions.contains_key(&ActionName::ConfigureSso),
             };
             builtin::run(action, &config.tools, &ctx, reports).await
         }

@@ -446,6 +446,14 @@ impl Agent {
                 None,
             );
         }
+        let mut raw = raw;
+        if raw.action() == pb::Action::InstallSso {
+            // The verification that finishes an install after an approval or a reboot reads ESSO's
+            // events since the install began: the attempt's acceptance, kept with its assignment.
+            raw.params
+                .entry("installed_at_unix_ms".into())
+                .or_insert_with(|| fleet_proto::unix_ms(SystemTime::now()).to_string());
+        }
         let kept = raw.clone();
         let assignment = match Assignment::from_proto(raw) {
             Ok(a) => a,

@@ -12,48 +12,8 @@ use fleet_proto::version::{Standing, Version};
 // ---------------------------------------------------------------------------------------------------
 // Installing
 
-/// The two kinds of installer media.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InstallerKind {
-    /// A Windows Installer package (Host Integration Server ships `HIS20xx_Server_EN.msi`).
-    Msi,
-    /// A product's `setup.exe` (BizTalk Server, or its `\Platform\SSO\Setup.exe`).
-    Setup,
-}
-
-impl InstallerKind {
-    pub fn of(installer: &str) -> Self {
-        if installer.to_ascii_lowercase().ends_with(".msi") {
-            InstallerKind::Msi
-        } else {
-            InstallerKind::Setup
-        }
-    }
-
-    /// The product it installs: an MSI is Host Integration Server's, a setup.exe BizTalk's.
-    pub fn product(self) -> &'static str {
-        match self {
-            InstallerKind::Msi => "his",
-            InstallerKind::Setup => "biztalk",
-        }
-    }
-}
-
-/// Why the built-in install cannot run a BizTalk upgrade silently (ESSO.md, "A BizTalk upgrade
-/// cannot be silent"; BizTalk installation guide Appendix A, upgrade guides 2016 and 2020).
-pub const NO_SILENT_UPGRADE: &str = "a BizTalk Server upgrade cannot be silent: \"The Quiet flag \
-cannot be specified for an upgrade\" (installation guide, Appendix A), \"Silent Upgrade is not \
-supported\" (upgrade guides 2016, 2020); use install = \"attended\", or configure \
-[actions.install_sso] on the agent with your own unattended method";
-
-/// Whether the built-in unattended install may run: a fresh install (no ESSO on the server), or Host
-/// Integration Server 2020's in-place upgrade (`msiexec /i … /quiet`, documented). `Err` quotes why not.
-pub fn unattended_allowed(kind: InstallerKind, esso_present: bool) -> Result<(), &'static str> {
-    match (kind, esso_present) {
-        (_, false) | (InstallerKind::Msi, true) => Ok(()),
-        (InstallerKind::Setup, true) => Err(NO_SILENT_UPGRADE),
-    }
-}
+/// Which installs may be silent is one rule shared with the planner.
+pub use fleet_proto::install::{InstallerKind, Overrides};
 
 /// The ESSO server feature to select, or none (seed 000, ESSO.md "BizTalk and HIS on one machine"):
 /// installing Host Integration Server where BizTalk Server is already installed must not select the
@@ -68,13 +28,6 @@ pub fn esso_feature(installing: InstallerKind, products: &[String]) -> Option<&'
     }
 }
 
-/// ESSO's own setup on the BizTalk media (`\Platform\SSO\Setup.exe`, `\Platform\SSO64\` for
-/// BizTalk 2013 x64; KB 2908466), which a standalone master secret server upgrades from.
-pub fn is_esso_setup(installer: &str) -> bool {
-    let path = installer.to_ascii_lowercase().replace('/', "\\");
-    path.contains("\\platform\\sso\\") || path.contains("\\platform\\sso64\\")
-}
-
 /// Whether the products on a server agree with the installer its role installs (a preflight fitness
 /// check): where ESSO is installed, a BizTalk Server setup needs BizTalk Server there (a standalone
 /// master secret server upgrades from ESSO's own setup instead, `[upgrade] master_installer`), and Host
@@ -85,7 +38,7 @@ pub fn installer_fits(
     esso_present: bool,
 ) -> Result<(), String> {
     let has = |p: &str| products.iter().any(|x| x.eq_ignore_ascii_case(p));
-    if !esso_present || is_esso_setup(installer) {
+    if !esso_present {
         return Ok(());
     }
     match InstallerKind::of(installer) {

@@ -446,6 +446,19 @@ async fn run_step(
         return (result, None);
     }
     result.reboot_pending = reboot.is_some();
+    // The secret backup: backup_secret's, or the new master secret's that configure_sso made when it
+    // created an SSO system.
+    let backup = backup.or_else(|| {
+        let o = &outcome.outputs;
+        (a.action == ActionName::InstallSso)
+            .then(|| {
+                Some((
+                    PathBuf::from(o.get("backup_file")?),
+                    o.get("backup_reminder")?.clone(),
+                ))
+            })
+            .flatten()
+    });
     if let Some((file, reminder)) = backup {
         match artifact(&file, reminder).await {
             Ok(artifact) => result.artifacts.push(artifact),
@@ -545,7 +558,7 @@ async fn configure_after_install(
 async fn read_secret(config: &AgentConfig) -> Result<String, String> {
     let path = config.backup_password_file.as_ref().ok_or_else(|| {
         format!(
-            "{}: backup_secret needs [secrets] backup_password_file (the master secret backup password)",
+            "{}: the master secret's backup needs [secrets] backup_password_file (its password)",
             config.path.display()
         )
     })?;

@@ -159,6 +159,7 @@ impl Fake {
                 admin_group: "SSO Administrators".into(),
                 affiliate_admin_group: "SSO Affiliate Administrators".into(),
             },
+            configure_overridden: false,
         }
     }
 
@@ -295,9 +296,31 @@ async fn a_server_without_esso_reports_nothing_installed() {
         "ok not installed (a fresh install)"
     );
     assert!(
-        out(&o, "check.sso_admin").starts_with("ok not checked"),
+        out(&o, "check.sso_admin").starts_with("ok not applicable"),
         "{o:?}"
     );
+}
+
+/// Where ENTSSO runs but the SSO system cannot be read (the agent's account is not an SSO
+/// administrator, among other causes), the SSO administrator check fails: it is never "ok" unchecked.
+#[tokio::test]
+async fn an_unreadable_sso_system_fails_the_sso_admin_check() {
+    let f = Fake::new().biztalk_master();
+    f.set("fail.ssomanage", "");
+    let o = f.run(ActionName::Facts, &f.ctx(&[])).await.0.unwrap();
+    assert!(
+        out(&o, "check.sso_admin").starts_with("failed: ssomanage -displaydb: 0xC0002A0F"),
+        "{o:?}"
+    );
+    // A fitness script that cannot run is its own failed check, not another check's.
+    std::fs::remove_file(f.path("fail.ssomanage")).unwrap();
+    std::fs::write(f.path("bin/powershell"), "#!/bin/sh\nexit 0\n").unwrap();
+    let o = f.run(ActionName::Facts, &f.ctx(&[])).await.0.unwrap();
+    assert!(
+        out(&o, "check.fitness_script").starts_with("failed: the fitness script could not run"),
+        "{o:?}"
+    );
+    assert_eq!(out(&o, "check.local_admin"), "<none>");
 }
 
 /// A standalone master secret server (ESSO without BizTalk) cannot be upgraded by BizTalk's setup.
@@ -582,7 +605,12 @@ async fn a_fresh_install_is_silent_and_asks_for_configuration() {
 #[tokio::test]
 async fn his_where_biztalk_is_does_not_select_esso_and_upgrades_silently() {
     let f = Fake::new().biztalk_master();
-    let ctx = f.ctx(&[("installer", "/media/HIS2020_Server_EN.msi")]);
+    let mut ctx = f.ctx(&[("installer", "/media/HIS2020_Server_EN.msi")]);
+    // Without a command of the agent's own to apply HIS's configuration, nothing is installed.
+    let o = f.run(ActionName::InstallSso, &ctx).await.0.unwrap();
+    assert_eq!(last_error(&o), fleet_proto::install::NO_HIS_CONFIGURATION);
+    assert!(f.calls_of("msiexec").is_empty());
+    ctx.configure_overridden = true;
     let log = f.path("state/logs/install-r1-sso-dev-01.log");
     let o = f.run(ActionName::InstallSso, &ctx).await.0.unwrap();
     assert!(o.succeeded(), "{o:?}");
@@ -653,6 +681,7 @@ async fn configuration_answers_join_or_create_and_deletes_its_file() {
     );
     let copy = PathBuf::from(out(&o, "backup_file"));
     assert!(copy.starts_with(&backups) && copy.is_file(), "{o:?}");
+    assert!(out(&o, "backup_reminder").starts_with("ssofleet backup dev sso-dev-01 "));
     assert!(
         std::fs::read_dir(f.path("state/secret-backups"))
             .unwrap()

@@ -8,11 +8,13 @@
 //! - [`tls`]: server and client rustls configurations built from PEM files, with errors that name the file.
 //! - [`transport`]: the coordinator's TLS accept loop and the clients' TLS connector for tonic.
 //! - [`version`]: ESSO versions, compared as numbers.
+//! - [`install`]: which ESSO installs may run unattended (the planner's and the agent's one rule).
 //! - [`names`]: server names as ESSO records them, and the text of a secret file.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod identity;
+pub mod install;
 pub mod logging;
 pub mod names;
 pub mod tls;

@@ -2,16 +2,18 @@
 //! supports"), decided once, here, when the plan is made: the plan stores the mode, the assignment
 //! carries it, `fleetctl plan` shows it with its reason.
 //!
-//! Microsoft supports no silent BizTalk upgrade; a fresh install and Host Integration Server 2020's
-//! in-place upgrade (`msiexec /i … /quiet`) are documented as silent; a customer's own
-//! `[actions.install_sso]` command is the customer's method. An environment may always choose attended.
+//! Which installs may be silent is `fleet_proto::install`'s rule, shared with the agent: a fresh
+//! BizTalk install and Host Integration Server 2020 (with the customer's configuration) are documented
+//! as silent; a BizTalk upgrade and ESSO's own setup are not; a customer's own `[actions.install_sso]`
+//! command is the customer's method. An environment may always choose attended.
+
+use fleet_proto::install::{Overrides, unattended};
 
 use crate::inventory::InstallMode;
 
 use super::Reported;
 
-/// Why a BizTalk setup upgrade is not run unattended, in Microsoft's words.
-pub const NO_SILENT_UPGRADE: &str = "a BizTalk Server upgrade cannot be silent: \"The Quiet flag cannot be specified for an upgrade\", \"Silent Upgrade is not supported\" (BizTalk installation guide, Appendix A; upgrade guides 2016, 2020); configure [actions.install_sso] on the agent to use your own unattended method";
+pub use fleet_proto::install::NO_SILENT_UPGRADE;
 
 /// Why an install is attended where the environment says so (nothing more to explain).
 const ENVIRONMENT_ATTENDED: &str =
@@ -19,6 +21,8 @@ const ENVIRONMENT_ATTENDED: &str =
 
 /// The action name an agent reports in `Facts.overridden_actions` when it installs with its own command.
 pub const INSTALL_OVERRIDE: &str = "install_sso";
+/// … and when it configures ESSO with its own command.
+pub const CONFIGURE_OVERRIDE: &str = "configure_sso";
 
 /// How one install step installs, and why.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -45,29 +49,21 @@ pub fn decide(environment: InstallMode, node: Option<&Reported>, installer: &str
             InstallMode::Attended,
             "facts unknown: the node has not reported (not attached), so it cannot be told whether an unattended install is supported there",
         ),
-        (InstallMode::Unattended, Some(node)) if node.install_override => (
-            InstallMode::Unattended,
-            "the agent runs its own [actions.install_sso] command",
-        ),
-        (InstallMode::Unattended, Some(node)) if node.version.is_none() => (
-            InstallMode::Unattended,
-            "a fresh install (no ESSO on the node), which Microsoft documents as silent",
-        ),
-        (InstallMode::Unattended, Some(_)) if is_msi(installer) => (
-            InstallMode::Unattended,
-            "Host Integration Server 2020's in-place upgrade, which Microsoft documents as silent (msiexec /i … /quiet)",
-        ),
-        (InstallMode::Unattended, Some(_)) => (InstallMode::Attended, NO_SILENT_UPGRADE),
+        (InstallMode::Unattended, Some(node)) => {
+            let overrides = Overrides {
+                install: node.install_override,
+                configure: node.configure_override,
+            };
+            match unattended(installer, node.version.is_some(), overrides) {
+                Ok(why) => (InstallMode::Unattended, why),
+                Err(why) => (InstallMode::Attended, why),
+            }
+        }
     };
     StepInstall {
         mode,
         reason: reason.to_string(),
     }
-}
-
-/// A Windows Installer package (Host Integration Server's `HIS2020_Server_EN.msi`), not a setup.exe.
-fn is_msi(installer: &str) -> bool {
-    installer.trim().to_ascii_lowercase().ends_with(".msi")
 }
 
 #[cfg(test)]
@@ -81,6 +77,8 @@ mod tests {
         Reported {
             version: version.map(str::to_string),
             install_override,
+            // Host Integration Server is configured by the customer's command.
+            configure_override: true,
         }
     }
 

@@ -355,6 +355,7 @@ fn each_install_step_gets_its_mode_and_reason() {
         Reported {
             version: Some("3.0.6".into()),
             install_override: true,
+            ..Reported::default()
         },
     );
     v.insert(NodeName::new("p1").unwrap(), Reported::version("3.0.6"));
@@ -363,13 +364,23 @@ fn each_install_step_gets_its_mode_and_reason() {
         let i = step(&p, node, kind).install.clone().unwrap();
         (i.mode, i.reason)
     };
-    // A BizTalk setup upgrade of an existing ESSO: attended, quoting Microsoft.
+    // The master upgrades from ESSO's own setup, which has no silent switches; a BizTalk setup upgrade
+    // of an existing ESSO is attended too, quoting Microsoft.
     let (m, why) = mode("d1", StepKind::UpgradeMaster);
     assert_eq!(
         (m, why.as_str()),
-        (InstallMode::Attended, install::NO_SILENT_UPGRADE)
+        (
+            InstallMode::Attended,
+            fleet_proto::install::NO_SILENT_ESSO_SETUP
+        )
     );
-    assert_eq!(mode("d2", StepKind::UpgradeMember).0, InstallMode::Attended);
+    assert_eq!(
+        mode("d2", StepKind::UpgradeMember),
+        (
+            InstallMode::Attended,
+            install::NO_SILENT_UPGRADE.to_string()
+        )
+    );
     // A fresh install, the agent's own command: unattended.
     assert_eq!(
         mode("d3", StepKind::UpgradeMember).0,
@@ -401,7 +412,8 @@ fn each_install_step_gets_its_mode_and_reason() {
     );
     assert_eq!(p.installer_for(Role::Member), "/media/setup.exe");
 
-    // An MSI (Host Integration Server 2020) upgrades unattended; facts unknown are attended.
+    // An MSI (Host Integration Server 2020) upgrades unattended where the agent applies the HIS
+    // configuration with its own command, attended where it cannot; facts unknown are attended.
     let msi = inventory(
         &FLEET
             .replace(
@@ -410,12 +422,32 @@ fn each_install_step_gets_its_mode_and_reason() {
             )
             .replace("/media/setup.exe", "/media/HIS2020_Server_EN.msi"),
     );
-    let p = plan(&msi, &all(), &versions(&[("d1", "3.0.6")])).unwrap();
+    let mut v = versions(&[("d1", "3.0.6"), ("d3", "3.0.6")]);
+    v.insert(
+        NodeName::new("d1").unwrap(),
+        Reported {
+            version: Some("3.0.6".into()),
+            configure_override: true,
+            ..Reported::default()
+        },
+    );
+    let p = plan(&msi, &all(), &v).unwrap();
     let i = step(&p, "d1", StepKind::UpgradeMaster)
         .install
         .clone()
         .unwrap();
     assert_eq!(i.mode, InstallMode::Unattended);
+    let i = step(&p, "d3", StepKind::UpgradeMember)
+        .install
+        .clone()
+        .unwrap();
+    assert_eq!(
+        (i.mode, i.reason.as_str()),
+        (
+            InstallMode::Attended,
+            fleet_proto::install::NO_HIS_CONFIGURATION
+        )
+    );
     let i = step(&p, "d2", StepKind::UpgradeMember)
         .install
         .clone()
@@ -440,6 +472,7 @@ fn the_hash_covers_install_modes_standing_and_both_installers() {
         Reported {
             version: Some("3.0.6".into()),
             install_override: true,
+            ..Reported::default()
         },
     );
     assert_ne!(plan(&inv, &all(), &overridden).unwrap().hash, h);

@@ -318,6 +318,7 @@ mod tests {
             Reported {
                 version: Some("3.0.6".into()),
                 install_override: true,
+                ..Reported::default()
             },
         );
         let all = assignments(Workflow::Upgrade, &reports);
@@ -370,7 +371,8 @@ mod tests {
         let all = assignments(Workflow::Migrate, &reports);
         let install = find(&all, "m install-sso");
         assert_eq!(install.params["sso_configure"], "create");
-        assert_eq!(install.install_mode(), pb::InstallMode::Unattended);
+        // From ESSO's own setup (the master's installer here), which has no silent switches.
+        assert_eq!(install.install_mode(), pb::InstallMode::Attended);
         assert_eq!(
             install.params["installer"],
             r"D:\media\Platform\SSO\Setup.exe"

@@ -108,6 +108,9 @@ pub fn install(
                 &["/i", installer, "/quiet", "/norestart", "/L*v", log],
             ))
         }
+        InstallerKind::EssoSetup => Err(
+            "ESSO's own setup has no documented silent switches: it is installed attended".into(),
+        ),
         InstallerKind::Setup => {
             let features = base_features
                 .split(',')

@@ -187,6 +187,8 @@ async fn identity_checks(s: &mut Session<'_>, entsso: ServiceState) -> Result<()
     let Some(powershell) = s.tools.get(Tool::Powershell).map(Path::to_path_buf) else {
         return Ok(());
     };
+    // The SSO Administrators group is the one the SSO system names; where ESSO does not run yet (a
+    // fresh install) there is none to be in.
     let group = match (entsso, s.tools.get(Tool::Ssomanage).map(Path::to_path_buf)) {
         (ServiceState::Running, Some(ssomanage)) => {
             let ran = s
@@ -196,19 +198,38 @@ async fn identity_checks(s: &mut Session<'_>, entsso: ServiceState) -> Result<()
                     Echo::Quiet,
                 )
                 .await?;
-            parse::parse_displaydb(&ran.all_text())
-                .ok()
-                .and_then(|info| info.admin_account)
+            match parse::parse_displaydb(&ran.all_text()).map(|info| info.admin_account) {
+                Ok(Some(group)) => Some(group),
+                Ok(None) => {
+                    s.output(
+                        "check.sso_admin",
+                        "failed: ssomanage -displaydb names no SSO Administrators account",
+                    )
+                    .await;
+                    None
+                }
+                // Among the causes: the agent's account is not an SSO administrator.
+                Err(e) => {
+                    s.output(
+                        "check.sso_admin",
+                        format!("failed: ssomanage -displaydb: {e}"),
+                    )
+                    .await;
+                    None
+                }
+            }
         }
+        (ServiceState::NotInstalled, _) => {
+            s.output(
+                "check.sso_admin",
+                "ok not applicable: ESSO is not installed here (a fresh install joins the SSO system)",
+            )
+            .await;
+            None
+        }
+        // ENTSSO installed but not running fails `check.entsso`; this one cannot be told: not reported.
         _ => None,
     };
-    if group.is_none() {
-        s.output(
-            "check.sso_admin",
-            "ok not checked: ENTSSO is not running here, so its SSO Administrators group is unknown",
-        )
-        .await;
-    }
     let script = super::scripts::ship(&s.ctx.state_dir, super::scripts::FITNESS)?;
     let backup_folder = join(&s.ctx.state_dir, "secret-backups");
     let min_free = MIN_FREE_BYTES.to_string();
@@ -249,7 +270,7 @@ async fn identity_checks(s: &mut Session<'_>, entsso: ServiceState) -> Result<()
             )
         };
         s.output(
-            "check.local_admin",
+            "check.fitness_script",
             format!("failed: the fitness script could not run ({why})"),
         )
         .await;

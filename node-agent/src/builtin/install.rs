@@ -1,8 +1,8 @@
 //! `install_sso` and `configure_sso`, unattended, only where Microsoft documents a silent install
-//! (ESSO.md, "Upgrading an SSO server"): a fresh install (no ESSO on the server) with the product's
-//! setup or `msiexec`, and Host Integration Server 2020's in-place upgrade (`msiexec /i … /quiet`). A
-//! BizTalk setup upgrade is refused with the documents' words (`esso::NO_SILENT_UPGRADE`): it is an
-//! attended step. After a fresh install or the HIS upgrade, ESSO is configured (`configure_sso`): the
+//! (`fleet_proto::install`, the rule the planner uses too): a fresh install with BizTalk's setup, and
+//! Host Integration Server 2020 (`msiexec /i … /quiet`) where the agent has a command that applies its
+//! configuration. A BizTalk setup upgrade and ESSO's own setup are refused with the documents' words:
+//! they are attended steps. After a fresh install or the HIS upgrade, ESSO is configured (`configure_sso`): the
 //! install reports `configure_needed=true` and the executor runs that action next (configured or
 //! built-in), so that a customer may override either.
 //!
@@ -41,7 +41,11 @@ pub async fn install(s: &mut Session<'_>) -> Result<i32, Fail> {
         if esso_present { "upgrade" } else { "fresh" },
     )
     .await;
-    esso::unattended_allowed(kind, esso_present).map_err(Fail::new)?;
+    let overrides = esso::Overrides {
+        install: false,
+        configure: s.ctx.configure_overridden,
+    };
+    fleet_proto::install::unattended(&installer, esso_present, overrides).map_err(Fail::new)?;
     let feature = esso::esso_feature(kind, &products);
     s.output("esso_feature", feature.unwrap_or("none")).await;
     if feature.is_none() {
@@ -57,7 +61,7 @@ pub async fn install(s: &mut Session<'_>) -> Result<i32, Fail> {
     s.output("install_log", log.clone()).await;
     let msiexec = match kind {
         InstallerKind::Msi => Some(s.tool(Tool::Msiexec)?),
-        InstallerKind::Setup => None,
+        InstallerKind::Setup | InstallerKind::EssoSetup => None,
     };
     let base = s
         .param("install_features")
@@ -120,7 +124,14 @@ pub async fn configure(s: &mut Session<'_>) -> Result<(), Fail> {
         (SsoConfigure::Create, Some(password)) => Some(new_secret_backup(s, password)?),
         _ => None,
     };
-    let backup_copy = new_secret.as_ref().map(|b| b.file.clone());
+    // Create makes a new master secret: its backup belongs with the environment's backups.
+    let backup_dir = match &new_secret {
+        Some(_) => Some(s.require_param("backup_dir")?),
+        None => None,
+    };
+    let backup_copy = new_secret
+        .as_ref()
+        .map(|b| (b.file.clone(), b.reminder.clone()));
     let settings =
         configuration::Settings::read(&s.ctx.sso, answer, new_secret).map_err(Fail::new)?;
     let program = configuration_program(s).await?;
@@ -166,8 +177,9 @@ pub async fn configure(s: &mut Session<'_>) -> Result<(), Fail> {
         )));
     }
     s.output("configure_log", log.display().to_string()).await;
-    if let (Some(local), Some(dir)) = (backup_copy, s.param("backup_dir").map(str::to_string)) {
-        // The new master secret's backup, kept like backup_secret's: in the backup directory.
+    if let (Some((local, reminder)), Some(dir)) = (backup_copy, backup_dir) {
+        // The new master secret's backup, kept like backup_secret's: in the backup directory; the
+        // executor records it as the attempt's artifact with its reminder.
         let name = Path::new(&local)
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -178,6 +190,7 @@ pub async fn configure(s: &mut Session<'_>) -> Result<(), Fail> {
         s.output("backup_file", copy.display().to_string()).await;
         s.output("backup_size", size.to_string()).await;
         s.output("backup_sha256", sha256).await;
+        s.output("backup_reminder", reminder).await;
     }
     s.progress(100, "ESSO configured").await;
     Ok(())

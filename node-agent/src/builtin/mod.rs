@@ -59,6 +59,9 @@ pub struct Context {
     pub entsso_start_budget: Duration,
     /// What `configure_sso` writes into ESSO's configuration (`[sso]` in agent.toml).
     pub sso: crate::config::SsoSettings,
+    /// The agent configures ESSO with its own `[actions.configure_sso]` command (Host Integration
+    /// Server's configuration has no built-in).
+    pub configure_overridden: bool,
 }
 
 /// Runs the built-in `action`. Progress and the tools' output go to `reports` as they happen.

@@ -43,28 +43,10 @@ fn biztalk_installed_where_his_esso_is_selects_esso() {
         esso_feature(InstallerKind::Msi, &products(&["his"])),
         Some("SSOServer")
     );
-    assert_eq!(
-        InstallerKind::of(r"D:\m\HIS2020_Server_EN.MSI"),
-        InstallerKind::Msi
-    );
-    assert_eq!(
-        InstallerKind::of(r"D:\m\BizTalk\Setup.exe").product(),
-        "biztalk"
-    );
 }
 
-/// Appendix A: "The Quiet flag cannot be specified for an upgrade"; fresh installs and HIS 2020's
-/// in-place upgrade (msiexec /quiet) are documented as silent.
 #[test]
-fn only_documented_installs_are_silent() {
-    assert_eq!(
-        unattended_allowed(InstallerKind::Setup, true),
-        Err(NO_SILENT_UPGRADE)
-    );
-    assert!(NO_SILENT_UPGRADE.contains("The Quiet flag cannot be specified for an upgrade"));
-    assert_eq!(unattended_allowed(InstallerKind::Setup, false), Ok(()));
-    assert_eq!(unattended_allowed(InstallerKind::Msi, true), Ok(()));
-    assert_eq!(unattended_allowed(InstallerKind::Msi, false), Ok(()));
+fn sso_configure_answers() {
     assert_eq!(
         SsoConfigure::from_param(Some("Create")),
         SsoConfigure::Create
@@ -229,6 +211,4 @@ fn the_products_present_must_fit_the_installer() {
         Ok(())
     );
     assert!(installer_fits(r"D:\m\HIS2020_Server_EN.msi", &none, true).is_err());
-    assert!(is_esso_setup(r"E:\Platform\SSO\Setup.exe"));
-    assert!(!is_esso_setup(r"E:\BizTalk\Setup.exe"));
 }

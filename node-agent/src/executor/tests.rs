@@ -533,8 +533,9 @@ async fn a_fresh_install_is_followed_by_the_configuration() {
         dir.path(),
         "configure",
         &format!(
-            "cat > '{}'\necho \"::output:: configured=$1\"\nexit ${{CONFIGURE_EXIT:-0}}",
-            stdin.display()
+            "cat > '{stdin}'\necho \"::output:: configured=$1\"\nif [ \"$SSOFLEET_SSO_CONFIGURE\" = create ]; then printf 'new secret' > '{bak}'; echo '::output:: backup_file={bak}'; echo '::output:: backup_reminder=rem'; fi\nexit ${{CONFIGURE_EXIT:-0}}",
+            stdin = stdin.display(),
+            bak = dir.path().join("new.bak").display()
         ),
     );
     let text = |exit: u8| {
@@ -570,6 +571,13 @@ env = {{ CONFIGURE_EXIT = "{exit}" }}
     );
     assert_eq!(std::fs::read_to_string(&stdin).unwrap(), "correct horse\n");
     assert!(!format!("{events:?}").contains("correct horse"));
+    // The new master secret's backup is the attempt's artifact, with its reminder.
+    let backups: Vec<(&str, &str)> = result
+        .artifacts
+        .iter()
+        .map(|a| (a.kind.as_str(), a.note.as_str()))
+        .collect();
+    assert_eq!(backups, [("secret-backup", "password reminder: rem")]);
 
     let join = assignment(ActionName::InstallSso, &[("installer", "/m/Setup.exe")]);
     let (result, _) = run_collect(&config, &join).await;

@@ -124,6 +124,7 @@ pub(crate) fn calls(win: &Path) -> Vec<String> {
 
 #[test]
 fn the_built_in_actions_back_up_install_reboot_and_verify_a_master() {
+    let test_started = jiff::Timestamp::now();
     let mut s = setup(FLEET, &[], &[]);
     let m1 = NODES.iter().position(|(n, _)| *n == "m1").unwrap();
     s.agents[m1].process.kill();
@@ -199,5 +200,21 @@ fn the_built_in_actions_back_up_install_reboot_and_verify_a_master() {
             >= 2,
         "{after_reboot:?}"
     );
+    // Both verifications read ESSO's events since the install began, not a day back: the one that
+    // finishes the install from its journaled assignment, verify-master from the coordinator.
+    let since: Vec<jiff::Timestamp> = after_reboot
+        .iter()
+        .filter(|c| c.starts_with("wevtutil"))
+        .filter_map(|c| c.split("@SystemTime>='").nth(1))
+        .filter_map(|t| t.split('\'').next())
+        .map(|t| t.parse().unwrap())
+        .collect();
+    assert_eq!(since.len(), 2, "{after_reboot:?}");
+    for at in since {
+        assert!(
+            at >= test_started && at <= jiff::Timestamp::now(),
+            "events since {at}, the test started at {test_started}"
+        );
+    }
     assert!(path_str(&win).is_ok());
 }

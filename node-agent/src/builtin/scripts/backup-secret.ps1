@@ -9,8 +9,11 @@ param(
     [Parameter(Mandatory = $true)][string]$InteropDll
 )
 $ErrorActionPreference = 'Stop'
-$password = [Console]::In.ReadLine()
-$reminder = [Console]::In.ReadLine()
+# The agent writes UTF-8; [Console]::In would decode with the console's code page and turn a non-ASCII
+# password into another one, making the backup unusable.
+$stdin = New-Object IO.StreamReader([Console]::OpenStandardInput(), (New-Object Text.UTF8Encoding $false))
+$password = $stdin.ReadLine()
+$reminder = $stdin.ReadLine()
 if ([string]::IsNullOrEmpty($password)) {
     [Console]::Error.WriteLine('no backup password on standard input')
     exit 2
