@@ -64,7 +64,7 @@ pub fn plan_warnings<'a>(nodes: impl IntoIterator<Item = (&'a str, Vec<Check>)>)
     }
     for (absent, nodes) in missing {
         warnings.push(format!(
-            "checks not reported by {}: {} (their facts command does not report them)",
+            "checks not reported by {}: {} (not in their facts)",
             nodes.join(", "),
             absent.join(", ")
         ));
@@ -111,8 +111,8 @@ mod tests {
             ]),
             [
                 "n1: check reboot_pending failed: a restart is pending; restart the server before the upgrade (preflight will halt its environment)",
-                "checks not reported by n1: local_admin, sso_admin, backup_space, entsso (their facts command does not report them)",
-                "checks not reported by n2, n4: local_admin, sso_admin, reboot_pending, backup_space, msdtc, entsso (their facts command does not report them)",
+                "checks not reported by n1: local_admin, sso_admin, backup_space, entsso (not in their facts)",
+                "checks not reported by n2, n4: local_admin, sso_admin, reboot_pending, backup_space, msdtc, entsso (not in their facts)",
             ]
         );
     }

@@ -117,7 +117,6 @@ struct RawTools {
     msiexec: Option<Spanned<String>>,
     powershell: Option<Spanned<String>>,
     wevtutil: Option<Spanned<String>>,
-    ssoconfig: Option<Spanned<String>>,
     ssomanage: Option<Spanned<String>>,
     biztalk_configuration: Option<Spanned<String>>,
     udbkey: Option<Spanned<String>>,
@@ -335,7 +334,6 @@ impl Ctx<'_> {
             msiexec: path(&raw.msiexec, "msiexec"),
             powershell: path(&raw.powershell, "powershell"),
             wevtutil: path(&raw.wevtutil, "wevtutil"),
-            ssoconfig: path(&raw.ssoconfig, "ssoconfig"),
             ssomanage: path(&raw.ssomanage, "ssomanage"),
             biztalk_configuration: path(&raw.biztalk_configuration, "biztalk_configuration"),
             udbkey: path(&raw.udbkey, "udbkey"),
@@ -459,13 +457,13 @@ timeout = "10m"
     #[test]
     fn tools_are_read_relative_to_the_file() {
         let text = format!(
-            "{VALID}[tools]\nsc = 'fake/sc'\nssoconfig = '/opt/esso/ssoconfig'\nmigration_dir = 'hostsec'\nhost_account_cache_service = 'SnaHac'\n"
+            "{VALID}[tools]\nsc = 'fake/sc'\nssomanage = '/opt/esso/ssomanage'\nmigration_dir = 'hostsec'\nhost_account_cache_service = 'SnaHac'\n"
         );
         let c = parse(&text).unwrap();
         assert_eq!(c.tools.sc, Some(PathBuf::from("/etc/ssofleet/fake/sc")));
         assert_eq!(
-            c.tools.ssoconfig,
-            Some(PathBuf::from("/opt/esso/ssoconfig"))
+            c.tools.ssomanage,
+            Some(PathBuf::from("/opt/esso/ssomanage"))
         );
         assert_eq!(
             c.tools.hissomig,

@@ -783,10 +783,8 @@ impl Manager {
                 step,
                 attempt_id,
             );
-            if matches!(
-                planned.kind,
-                StepKind::UpgradeMaster | StepKind::UpgradeMember
-            ) && let Some(role) = planned.kind.role()
+            if planned.kind.installs()
+                && let Some(role) = planned.kind.role()
             {
                 assignment.expected_installer_sha256 = active
                     .installer_sha256

@@ -14,7 +14,7 @@ use crate::domain::{NodeName, Role};
 use crate::engine::Run;
 use crate::fleet::FleetHandle;
 use crate::inventory::SsoDatabase;
-use crate::plan::{Expected, Plan, StepKind};
+use crate::plan::{Expected, Plan};
 use crate::sql;
 use crate::{convert, fitness};
 
@@ -108,12 +108,7 @@ impl PreflightJob {
                 steps
                     .iter()
                     .filter(|x| matches!(x.plan.expected, Expected::Run))
-                    .filter(|x| {
-                        matches!(
-                            x.plan.kind,
-                            StepKind::UpgradeMaster | StepKind::UpgradeMember
-                        ) && x.plan.kind.role() == Some(role)
-                    })
+                    .filter(|x| x.plan.kind.installs() && x.plan.kind.role() == Some(role))
                     .filter_map(|x| x.plan.node.clone()),
             );
         }
@@ -254,11 +249,14 @@ async fn check_nodes(job: &PreflightJob, fleet: &FleetHandle) -> Result<Installe
     // Nodes that only verify must still report healthy facts.
     let installing: BTreeSet<&NodeName> = job.groups.iter().flat_map(|g| &g.nodes).collect();
     for node in job.nodes.iter().filter(|n| !installing.contains(n)) {
-        if let Some((_, facts)) = fleet.facts_of(node.clone()).await {
-            if !facts.error.is_empty() {
-                problems.push(format!("{node}: {}", facts.error));
+        match fleet.facts_of(node.clone()).await {
+            Some((_, facts)) => {
+                if !facts.error.is_empty() {
+                    problems.push(format!("{node}: {}", facts.error));
+                }
+                problems.extend(fitness::failures(node.as_str(), &convert::checks(&facts)));
             }
-            problems.extend(fitness::failures(node.as_str(), &convert::checks(&facts)));
+            None => problems.push(format!("{node} has reported no facts")),
         }
     }
     if !problems.is_empty() {

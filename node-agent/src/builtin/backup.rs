@@ -65,7 +65,11 @@ pub async fn backup_secret(s: &mut Session<'_>) -> Result<(), Fail> {
             Some(format!("{password}\n{reminder}")),
             Echo::Forward,
         )
-        .await?;
+        .await
+        .inspect_err(|_| {
+            // Stopped at the step's deadline: nothing half-written stays behind.
+            let _ = std::fs::remove_file(&local);
+        })?;
     if !ran.ok() {
         let _ = std::fs::remove_file(&local);
         return Err(Fail::new(match parse::esso_error(&ran.all_text()) {
@@ -116,8 +120,9 @@ pub(super) async fn copy_verified(from: &Path, to: &Path) -> Result<(u64, String
         .await
         .map_err(|e| Fail::new(format!("cannot read the copy {}: {e}", to.display())))?;
     if copy != original {
+        let _ = std::fs::remove_file(to);
         return Err(Fail::new(format!(
-            "the copy {} has SHA-256 {copy}, the backup {original}: the copy is damaged; the backup stays in {}",
+            "the copy {} had SHA-256 {copy}, the backup {original}: the damaged copy was deleted; the backup stays in {}",
             to.display(),
             from.display()
         )));

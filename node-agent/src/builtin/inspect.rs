@@ -278,35 +278,24 @@ async fn identity_checks(s: &mut Session<'_>, entsso: ServiceState) -> Result<()
     Ok(())
 }
 
+/// Reads what verification judges (`esso::verify_problem`, in the executor, for built-in and
+/// configured verify commands alike): ENTSSO's state once it had its start budget, the version, the
+/// SSO system as `ssomanage -displaydb` shows it. ESSO's events are judged here, by `esso::event_verdict`.
 pub async fn verify(s: &mut Session<'_>) -> Result<(), Fail> {
     let master = s.require_param("master")?;
     s.progress(10, "querying the ENTSSO service").await;
     let service = wait_for_entsso(s).await?;
     s.output("service", service.as_str()).await;
     if service != ServiceState::Running {
-        return Err(Fail::new(format!(
-            "the ENTSSO service is {}, not running",
-            service.as_str()
-        )));
+        // Nothing more can be read from a stopped ESSO; the judgement says it is not running.
+        return Ok(());
     }
     s.progress(40, "reading the ESSO version").await;
     let version = esso_version(s).await?.unwrap_or_default();
-    s.output("version", version.clone()).await;
+    s.output("version", version).await;
     let is_master = master_secret_server(s).await?;
     s.output("master_secret_server", is_master.to_string())
         .await;
-    if let Some(target) = s.param("target_version").map(str::to_string)
-        && let Some(problem) =
-            esso::version_problem(&version, &target, s.ctx.params.get("newer_ok"))
-    {
-        return Err(Fail::new(if version.is_empty() {
-            format!(
-                "the registry shows no ESSO version under {ENTSSO_KEY} (Server, Administration), expected {target}"
-            )
-        } else {
-            problem
-        }));
-    }
     s.progress(60, "reading the SSO system (ssomanage -displaydb)")
         .await;
     let ssomanage = s.tool(Tool::Ssomanage)?;
@@ -332,21 +321,10 @@ pub async fn verify(s: &mut Session<'_>) -> Result<(), Fail> {
         None => "unknown",
     };
     s.output("sso_enabled", enabled).await;
-    if !same_server(&info.secret_server, &master) {
-        return Err(Fail::new(format!(
-            "the SSO system names {} as its master secret server, but the inventory's master is {master}",
-            info.secret_server
-        )));
-    }
-    if info.enabled != Some(true) {
-        return Err(Fail::new(format!(
-            "SSO is not enabled (ssomanage -displaydb shows \"SSO enabled : {enabled}\")"
-        )));
-    }
     s.progress(80, "reading ESSO's events").await;
     let node = s.param("node").unwrap_or_default().to_string();
     events(s, same_server(&node, &master)).await?;
-    s.progress(100, "ESSO verified").await;
+    s.progress(100, "ESSO read").await;
     Ok(())
 }
 

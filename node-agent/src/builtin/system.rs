@@ -18,7 +18,8 @@ use super::tools::Tool;
 pub enum RegView {
     /// The 32-bit view (`KEY_WOW64_32KEY`; reg.exe's `/reg:32`).
     Wow32,
-    /// The view of the agent's own bitness (a 64-bit agent: the 64-bit view).
+    /// The 64-bit view (`KEY_WOW64_64KEY`; reg.exe's own on 64-bit Windows), where 64-bit programs
+    /// and Windows itself write.
     Native,
 }
 

@@ -31,7 +31,6 @@ pub enum Tool {
     Msiexec,
     Powershell,
     Wevtutil,
-    Ssoconfig,
     Ssomanage,
     /// BizTalk Server's `Configuration.exe` (`/S <file>`).
     BiztalkConfiguration,
@@ -50,7 +49,6 @@ impl Tool {
             Tool::Msiexec => "msiexec",
             Tool::Powershell => "powershell",
             Tool::Wevtutil => "wevtutil",
-            Tool::Ssoconfig => "ssoconfig",
             Tool::Ssomanage => "ssomanage",
             Tool::BiztalkConfiguration => "biztalk_configuration",
             Tool::Udbkey => "udbkey",
@@ -75,12 +73,11 @@ pub struct ToolOverrides {
     pub msiexec: Option<PathBuf>,
     pub powershell: Option<PathBuf>,
     pub wevtutil: Option<PathBuf>,
-    pub ssoconfig: Option<PathBuf>,
     pub ssomanage: Option<PathBuf>,
     pub biztalk_configuration: Option<PathBuf>,
     pub udbkey: Option<PathBuf>,
     pub hissomig: Option<PathBuf>,
-    /// The ESSO folder holding `ssoconfig.exe` and `ssomanage.exe`.
+    /// The ESSO folder holding `ssomanage.exe` and ESSO's interop assembly.
     pub esso_dir: Option<PathBuf>,
     pub migration_dir: Option<PathBuf>,
     pub host_account_cache_service: Option<String>,
@@ -95,7 +92,6 @@ pub struct Tools {
     pub msiexec: Option<PathBuf>,
     pub powershell: Option<PathBuf>,
     pub wevtutil: Option<PathBuf>,
-    pub ssoconfig: Option<PathBuf>,
     pub ssomanage: Option<PathBuf>,
     pub biztalk_configuration: Option<PathBuf>,
     pub udbkey: Option<PathBuf>,
@@ -157,7 +153,6 @@ impl Tools {
                 .clone()
                 .or_else(|| system32(r"WindowsPowerShell\v1.0\powershell.exe")),
             wevtutil: o.wevtutil.clone().or_else(|| system32("wevtutil.exe")),
-            ssoconfig: o.ssoconfig.clone().or_else(|| in_esso("ssoconfig.exe")),
             ssomanage: o.ssomanage.clone().or_else(|| in_esso("ssomanage.exe")),
             // Found in the product's install folder (its registry InstallPath) when not named here.
             biztalk_configuration: o.biztalk_configuration.clone(),
@@ -185,7 +180,6 @@ impl Tools {
             Tool::Msiexec => self.msiexec.as_deref(),
             Tool::Powershell => self.powershell.as_deref(),
             Tool::Wevtutil => self.wevtutil.as_deref(),
-            Tool::Ssoconfig => self.ssoconfig.as_deref(),
             Tool::Ssomanage => self.ssomanage.as_deref(),
             Tool::BiztalkConfiguration => self.biztalk_configuration.as_deref(),
             Tool::Udbkey => self.udbkey.as_deref(),
@@ -274,9 +268,9 @@ mod tests {
             Some(PathBuf::from(r"D:\WINDOWS\System32\msiexec.exe"))
         );
         assert_eq!(
-            t.ssoconfig,
+            t.ssomanage,
             Some(PathBuf::from(
-                r"D:\Program Files\Common Files\Enterprise Single Sign-On\ssoconfig.exe"
+                r"D:\Program Files\Common Files\Enterprise Single Sign-On\ssomanage.exe"
             ))
         );
         assert_eq!(t.hissomig, Some(PathBuf::from(r"C:\hostsec\hissomig.exe")));
@@ -311,7 +305,7 @@ mod tests {
         let t = Tools::resolve(&o, &env, false);
         assert_eq!(t.sc, Some(PathBuf::from("/opt/fake/sc")));
         assert_eq!(t.reg, None);
-        assert_eq!(t.ssoconfig, Some(PathBuf::from("/opt/esso/ssoconfig.exe")));
+        assert_eq!(t.ssomanage, Some(PathBuf::from("/opt/esso/ssomanage.exe")));
         assert_eq!(t.host_account_cache_service, "SnaHac");
         let e = Tools::default()
             .require(ActionName::VerifySso, Tool::Sc)
