@@ -554,6 +554,16 @@ async fn a_fresh_install_is_silent_and_asks_for_configuration() {
     let ctx = f.ctx(&[("installer", setup.to_str().unwrap())]);
     let log = f.path("state/logs/install-r1-sso-dev-01.log");
 
+    // What the configuration after it needs is there before anything is installed.
+    let mut unready = ctx.clone();
+    unready.sso.database_server = None;
+    let o = f.run(ActionName::InstallSso, &unready).await.0.unwrap();
+    assert!(
+        last_error(&o).contains("[sso] in agent.toml lacks database_server"),
+        "{o:?}"
+    );
+    assert!(f.calls_of("setup").is_empty());
+
     let o = f.run(ActionName::InstallSso, &ctx).await.0.unwrap();
     assert_eq!(o.exit_code, Some(0), "{o:?}");
     assert_eq!(out(&o, "install_kind"), "fresh");

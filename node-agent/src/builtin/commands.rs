@@ -247,7 +247,8 @@ pub fn run_file(dir: &str, stem: &str, environment: &str, run_id: &str, ext: &st
     }
 }
 
-fn file_safe(s: &str) -> String {
+/// A value as part of a file name: what is not a letter, digit, `-`, `_` or `.` becomes `_`.
+pub fn file_safe(s: &str) -> String {
     s.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {

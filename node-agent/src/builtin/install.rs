@@ -46,6 +46,11 @@ pub async fn install(s: &mut Session<'_>) -> Result<i32, Fail> {
         configure: s.ctx.configure_overridden,
     };
     fleet_proto::install::unattended(&installer, esso_present, overrides).map_err(Fail::new)?;
+    if !esso_present && !s.ctx.configure_overridden {
+        // A fresh install is configured right after it: what that needs is checked before anything
+        // is installed.
+        configuration::Settings::check(&s.ctx.sso).map_err(Fail::new)?;
+    }
     let feature = esso::esso_feature(kind, &products);
     s.output("esso_feature", feature.unwrap_or("none")).await;
     if feature.is_none() {
@@ -137,7 +142,11 @@ pub async fn configure(s: &mut Session<'_>) -> Result<(), Fail> {
     let program = configuration_program(s).await?;
     let file = join(
         &join(&s.ctx.state_dir, SECRET_FILES),
-        &format!("configure-{}-{}.xml", file_safe(&run_id), file_safe(&node)),
+        &format!(
+            "configure-{}-{}.xml",
+            commands::file_safe(&run_id),
+            commands::file_safe(&node)
+        ),
     );
     let log =
         commands::install_log(&s.ctx.state_dir, &run_id, &node).with_extension("configure.log");
@@ -295,18 +304,6 @@ fn create_parent(path: &Path) -> Result<(), Fail> {
             .map_err(|e| Fail::new(format!("cannot create the folder {}: {e}", dir.display()))),
         None => Ok(()),
     }
-}
-
-fn file_safe(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 /// The installer's exit code judged by ESSO's rules (`esso::install_exit`): success and

@@ -33,6 +33,27 @@ pub struct NewSecretBackup {
 }
 
 impl Settings {
+    /// Whether `[sso]` has what the configuration needs (the account, its password file, the SQL
+    /// Server), before an install that will need it; the password is not read here.
+    pub fn check(sso: &SsoSettings) -> Result<(), String> {
+        let missing: Vec<&str> = [
+            ("service_account", sso.service_account.is_none()),
+            ("service_password_file", sso.service_password_file.is_none()),
+            ("database_server", sso.database_server.is_none()),
+        ]
+        .into_iter()
+        .filter(|(_, absent)| *absent)
+        .map(|(key, _)| key)
+        .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "a fresh install is configured right after it, and [sso] in agent.toml lacks {} (or configure [actions.configure_sso]): nothing was installed",
+            missing.join(", ")
+        ))
+    }
+
     /// Reads `[sso]` and the service account's password file; `backup` is the new secret's backup
     /// for Create. `Err` names what is missing.
     pub fn read(
@@ -230,6 +251,12 @@ mod tests {
     fn missing_settings_name_their_key() {
         let dir = tempfile::tempdir().unwrap();
         let mut sso = settings(dir.path());
+        assert_eq!(Settings::check(&sso), Ok(()));
+        let e = Settings::check(&SsoSettings::default()).unwrap_err();
+        assert!(
+            e.contains("lacks service_account, service_password_file, database_server"),
+            "{e}"
+        );
         sso.database_server = None;
         let e = Settings::read(&sso, SsoConfigure::Join, None)
             .err()
