@@ -22,6 +22,7 @@ mod tds_crosscheck;
 mod upgrade;
 mod versions;
 mod windows;
+mod wine;
 
 /// A two-environment inventory: dev (a1 master, a2 member) and prod (p1 master).
 pub const FLEET: &str = r#"

@@ -1,0 +1,192 @@
+//! The Windows tier, first part: the agent built for Windows (`tests/wine/build`) runs under Wine, and
+//! its registry and service code (winreg, windows-service: Windows' APIs, no tool output parsed) reads
+//! a server prepared with Wine's own `reg` and `sc`. Wine is not Windows: it has no ENTSSO, no MSDTC
+//! and no real PowerShell (its `powershell.exe` is a stub), which the assertions say where they meet it.
+//!
+//! `FLEET_WINE_BIN` names the folder `tests/wine/build` prints (default `target/wine/bin`). Without Wine
+//! or that folder the test says so loudly and is skipped, unless `FLEET_REQUIRE_WINE` is set (CI).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The folder with fleet-agent.exe and the bcryptprimitives.dll stand-in, or why there is none.
+fn windows_bin() -> Result<PathBuf, String> {
+    let bin = std::env::var_os("FLEET_WINE_BIN").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wine/bin"),
+        PathBuf::from,
+    );
+    if Command::new("wine").arg("--version").output().is_err() {
+        return Err("wine is not installed (Debian's wine, wine64)".into());
+    }
+    for file in ["fleet-agent.exe", "bcryptprimitives.dll"] {
+        if !bin.join(file).is_file() {
+            return Err(format!(
+                "{} has no {file}: run tests/wine/build",
+                bin.display()
+            ));
+        }
+    }
+    Ok(bin)
+}
+
+/// A Wine prefix of its own (one "server"), killed when dropped.
+struct Server {
+    prefix: tempfile::TempDir,
+}
+
+impl Server {
+    fn new() -> Self {
+        Self {
+            prefix: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn wine(&self, args: &[&str], cwd: &Path) -> Output {
+        Command::new("wine")
+            .args(args)
+            .current_dir(cwd)
+            .env("WINEPREFIX", self.prefix.path())
+            .env("WINEDEBUG", "-all")
+            // No Mono or Gecko installer prompts in a fresh prefix.
+            .env("WINEDLLOVERRIDES", "mscoree,mshtml=")
+            .output()
+            .unwrap()
+    }
+
+    /// Wine's own `reg` / `sc`, as an administrator would prepare the server.
+    fn run(&self, args: &[&str]) {
+        let o = self.wine(args, self.prefix.path());
+        assert!(o.status.success(), "wine {args:?}: {o:?}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("wineserver")
+            .arg("-k")
+            .env("WINEPREFIX", self.prefix.path())
+            .status();
+    }
+}
+
+#[test]
+fn the_windows_agent_reads_esso_from_the_registry_and_the_service_manager() {
+    let bin = match windows_bin() {
+        Ok(bin) => bin,
+        Err(why) if std::env::var_os("FLEET_REQUIRE_WINE").is_some() => {
+            panic!("the Windows tier cannot run, and FLEET_REQUIRE_WINE is set: {why}")
+        }
+        Err(why) => {
+            println!("SKIPPED the Windows tier (Wine): {why}");
+            eprintln!("SKIPPED the Windows tier (Wine): {why}");
+            return;
+        }
+    };
+    let server = Server::new();
+    // The agent's folder, as the install script lays it out: the program, its configuration.
+    let agent = tempfile::tempdir().unwrap();
+    for file in ["fleet-agent.exe", "bcryptprimitives.dll"] {
+        std::fs::copy(bin.join(file), agent.path().join(file)).unwrap();
+    }
+    std::fs::write(
+        agent.path().join("agent.toml"),
+        "node = \"sso-dev-01\"\ncoordinator = \"https://127.0.0.1:1\"\nstate_dir = 'state'\n[tls]\nca = \"ca.pem\"\ncert = \"agent.pem\"\nkey = \"agent-key.pem\"\n",
+    )
+    .unwrap();
+    let facts = || {
+        let o = server.wine(
+            &["fleet-agent.exe", "--config", "agent.toml", "--facts"],
+            agent.path(),
+        );
+        let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+        stdout
+    };
+
+    // A bare server: no ESSO, no ENTSSO service.
+    let bare = facts();
+    for line in [
+        "esso_version: (not installed)\n",
+        "service: not-installed\n",
+        "master_secret_server: false\n",
+        "os: windows\n",
+        "check.reboot_pending: ok\n",
+    ] {
+        assert!(bare.contains(line), "{line:?} in\n{bare}");
+    }
+
+    // ESSO 3.0.7.0 as KB 2908466 says it is recorded (the 32-bit view's Server value), the master
+    // secret server's SSOSS key, BizTalk's key, and an ENTSSO service (stopped: Wine runs no ESSO).
+    server.run(&[
+        "reg",
+        "add",
+        r"HKLM\SOFTWARE\Microsoft\ENTSSO",
+        "/v",
+        "Server",
+        "/d",
+        "3.0.7.0",
+        "/reg:32",
+        "/f",
+    ]);
+    server.run(&[
+        "reg",
+        "add",
+        r"HKLM\SOFTWARE\Microsoft\ENTSSO\SSOSS",
+        "/reg:32",
+        "/f",
+    ]);
+    server.run(&[
+        "reg",
+        "add",
+        r"HKLM\SOFTWARE\Microsoft\BizTalk Server\3.0",
+        "/v",
+        "ProductVersion",
+        "/d",
+        "3.13.717.0",
+        "/reg:32",
+        "/f",
+    ]);
+    server.run(&[
+        "sc",
+        "create",
+        "ENTSSO",
+        "binpath=",
+        r"C:\windows\system32\notepad.exe",
+    ]);
+    let esso = facts();
+    for line in [
+        "esso_version: 3.0.7.0\n",
+        "service: stopped\n",
+        "products: biztalk\n",
+        "master_secret_server: true\n",
+        "biztalk_version: 3.13.717.0\n",
+        // Wine has no MSDTC service: the check says so (a real server's is installed).
+        "check.msdtc: FAILED the Distributed Transaction Coordinator (MSDTC) is not installed",
+        "check.entsso: FAILED ENTSSO is stopped",
+    ] {
+        assert!(esso.contains(line), "{line:?} in\n{esso}");
+    }
+
+    // In the native view only (a 64-bit ESSO's own key), with Administration instead of Server.
+    server.run(&[
+        "reg",
+        "delete",
+        r"HKLM\SOFTWARE\Microsoft\ENTSSO",
+        "/reg:32",
+        "/f",
+    ]);
+    server.run(&[
+        "reg",
+        "add",
+        r"HKLM\SOFTWARE\Microsoft\ENTSSO",
+        "/v",
+        "Administration",
+        "/d",
+        "9.0.1865.0",
+        "/reg:64",
+        "/f",
+    ]);
+    let native = facts();
+    assert!(native.contains("esso_version: 9.0.1865.0\n"), "{native}");
+    assert!(native.contains("master_secret_server: false\n"), "{native}");
+}
