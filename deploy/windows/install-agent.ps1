@@ -106,6 +106,16 @@ function Assert-Administrator {
     }
 }
 
+# fleet-agent.exe needs Windows 10 / Windows Server 2016 or later (build 10240 and up): Rust's standard
+# library takes its random numbers from bcryptprimitives.dll's ProcessPrng, which older Windows lacks,
+# and the program would not start at all.
+function Assert-WindowsVersion {
+    $version = [Environment]::OSVersion.Version
+    if ($version.Major -lt 10) {
+        throw "This is Windows $version: the ssofleet agent needs Windows Server 2016 / Windows 10 (10.0) or later."
+    }
+}
+
 # Runs a native tool and fails on a non-zero exit code (PowerShell does not for native programs).
 function Invoke-Native {
     param([string] $Program, [string[]] $Arguments)
@@ -274,4 +284,5 @@ backup_password_file = 'backup-password'
 }
 
 Assert-Administrator
+if ($PSCmdlet.ParameterSetName -ne 'Uninstall') { Assert-WindowsVersion }
 if ($PSCmdlet.ParameterSetName -eq 'Uninstall') { Uninstall-Agent } else { Install-Agent }
