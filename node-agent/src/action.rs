@@ -80,15 +80,6 @@ fn env_of(
         .collect()
 }
 
-/// What runs for `action`, as its `started` event shows it: the configured command's program, or the
-/// built-in implementation.
-pub fn describe(config: &AgentConfig, action: ActionName) -> String {
-    match config.actions.get(&action) {
-        Some(configured) => configured.program.display().to_string(),
-        None => format!("built-in {action}"),
-    }
-}
-
 /// Runs the request with its reports only logged at debug level (the facts, read at every attach).
 pub async fn run_quietly(config: &AgentConfig, request: Request<'_>) -> Result<Outcome, String> {
     let (tx, mut rx) = mpsc::channel(64);

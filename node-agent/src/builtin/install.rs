@@ -151,7 +151,7 @@ pub async fn configure(s: &mut Session<'_>) -> Result<(), Fail> {
     let log =
         commands::install_log(&s.ctx.state_dir, &run_id, &node).with_extension("configure.log");
     create_parent(&log)?;
-    write_private(&file, configuration::biztalk(&settings, answer).as_bytes())
+    write_private(&file, configuration::biztalk(&settings).as_bytes())
         .map_err(|e| Fail::new(format!("cannot write {}: {e}", file.display())))?;
     let invocation = commands::biztalk_configure(
         &program,

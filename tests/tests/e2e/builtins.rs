@@ -177,8 +177,7 @@ fn the_built_in_actions_back_up_install_reboot_and_verify_a_master() {
     assert_eq!(run["state"], "succeeded", "{run}");
     let upgrade = step_of(&run, "m1", "upgrade-master");
     assert_eq!(upgrade["attempts"], 1, "{run}");
-    let log = s.ctl(&["logs", &run_id, "--node", "m1", "--step", "upgrade-master"]);
-    let log = String::from_utf8_lossy(&log.stdout);
+    let log = s.step_log(&run_id, "m1", "upgrade-master");
     for line in [
         "waiting: the install reported that a reboot is required: the agent restarts m1",
         "the server restarted after the install: verifying the install (verify_sso)",

@@ -225,15 +225,7 @@ fn migrate_runs_in_order_on_the_master_and_imports_only_after_the_review() {
         .filter(|e| e["action"] == "approve")
         .count();
     assert_eq!(approvals, 2, "{audit}");
-    let logs = s.ctl(&[
-        "logs",
-        &run_id,
-        "--node",
-        "m1",
-        "--step",
-        "import-host-security",
-    ]);
-    let text = String::from_utf8_lossy(&logs.stdout);
+    let text = s.step_log(&run_id, "m1", "import-host-security");
     assert!(
         text.contains("hissomig -import") && text.contains("hissomig-import=done"),
         "{text}"

@@ -153,15 +153,7 @@ fn the_built_in_migration_gets_its_parameters_and_imports_only_after_the_review(
         )]
     );
     assert!(!xml.exists(), "the exported security data is deleted");
-    let logs = s.ctl(&[
-        "logs",
-        &run_id,
-        "--node",
-        "m1",
-        "--step",
-        "import-host-security",
-    ]);
-    let text = String::from_utf8_lossy(&logs.stdout);
+    let text = s.step_log(&run_id, "m1", "import-host-security");
     assert!(
         text.contains("imported=true") && text.contains("xml_deleted=true"),
         "{text}"

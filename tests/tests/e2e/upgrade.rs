@@ -178,8 +178,14 @@ impl Setup {
         (o.status.code(), json)
     }
 
+    /// Each step of a run (`run show`) as `node step` (`-` for the coordinator's) → its state.
     pub(crate) fn steps(run: &serde_json::Value) -> HashMap<String, String> {
-        run["steps"]
+        Self::by_step(run, "state")
+    }
+
+    /// Each step of a run or plan as `node step` → its `field` (`state`, `expected`, …).
+    pub(crate) fn by_step(run_or_plan: &serde_json::Value, field: &str) -> HashMap<String, String> {
+        run_or_plan["steps"]
             .as_array()
             .unwrap()
             .iter()
@@ -190,10 +196,16 @@ impl Setup {
                         s["node"].as_str().unwrap_or("-"),
                         s["step"].as_str().unwrap()
                     ),
-                    s["state"].as_str().unwrap().to_string(),
+                    s[field].as_str().unwrap().to_string(),
                 )
             })
             .collect()
+    }
+
+    /// What the agents reported for one step of a run (`fleetctl logs`), as text.
+    pub(crate) fn step_log(&self, run_id: &str, node: &str, step: &str) -> String {
+        let o = self.ctl(&["logs", run_id, "--node", node, "--step", step]);
+        String::from_utf8_lossy(&o.stdout).into_owned()
     }
 }
 

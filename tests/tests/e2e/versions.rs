@@ -87,21 +87,7 @@ fn one_install_one_already_current_one_newer_and_nothing_downgraded() {
     // The plan says so before anything runs.
     let (code, plan) = s.json(&["plan", "--all"]);
     assert_eq!(code, Some(0), "{plan}");
-    let expected: BTreeMap<String, String> = plan["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|st| {
-            (
-                format!(
-                    "{} {}",
-                    st["node"].as_str().unwrap_or("-"),
-                    st["step"].as_str().unwrap()
-                ),
-                st["expected"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let expected = Setup::by_step(&plan, "expected");
     assert_eq!(expected["m1 upgrade-master"], "run");
     assert_eq!(expected["a1 upgrade"], "already-current");
     assert_eq!(expected["a2 upgrade"], "newer");

@@ -130,10 +130,11 @@ fn xml(text: &str) -> String {
     out
 }
 
-/// BizTalk Server's `Configuration.exe /S` file for the ESSO feature.
-pub fn biztalk(s: &Settings, answer: SsoConfigure) -> String {
-    let create = match (&s.backup, answer) {
-        (Some(b), SsoConfigure::Create) => format!(
+/// BizTalk Server's `Configuration.exe /S` file for the ESSO feature: Create where the settings carry
+/// the new secret's backup (only Create's do), Join otherwise.
+pub fn biztalk(s: &Settings) -> String {
+    let create = match &s.backup {
+        Some(b) => format!(
             "      <Answer Value=\"Create\" Selected=\"Yes\">\n\
         <NTCredential ID=\"SSOAdminGroup\"><NTAccount>{}</NTAccount></NTCredential>\n\
         <NTCredential ID=\"SSOAffiliateAdminGroup\"><NTAccount>{}</NTAccount></NTCredential>\n\
@@ -203,7 +204,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sso = settings(dir.path());
         let join = Settings::read(&sso, SsoConfigure::Join, None).unwrap();
-        let text = biztalk(&join, SsoConfigure::Join);
+        let text = biztalk(&join);
         assert!(
             text.contains("<Answer Value=\"Join\" Selected=\"Yes\" />"),
             "{text}"
@@ -227,7 +228,7 @@ mod tests {
             reminder: "ssofleet backup".into(),
         };
         let create = Settings::read(&sso, SsoConfigure::Create, Some(backup)).unwrap();
-        let text = biztalk(&create, SsoConfigure::Create);
+        let text = biztalk(&create);
         assert!(
             text.contains("<Answer Value=\"Create\" Selected=\"Yes\">"),
             "{text}"
