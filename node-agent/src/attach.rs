@@ -21,7 +21,8 @@ use crate::catalogue::ActionName;
 use crate::config::AgentConfig;
 use crate::executor::{self, Assignment};
 use crate::facts;
-use crate::journal::{Accept, Journal, JournalError};
+use crate::host;
+use crate::journal::{Accept, Journal, JournalError, Waiting};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A session that lasted this long resets the re-attach backoff.
@@ -65,7 +66,7 @@ pub struct Agent {
     /// Attempts, their events until acknowledged, and the newest epoch seen: what survives a restart.
     journal: Journal,
     /// Attempts that were running when the agent last stopped and whose process still runs.
-    orphans: Vec<(String, u32)>,
+    orphans: Vec<(String, crate::host::ProcessId)>,
     /// Messages that need not survive a broken stream (facts), from tasks that outlive one.
     outbox: mpsc::Sender<pb::AgentMessage>,
     outbox_rx: Option<mpsc::Receiver<pb::AgentMessage>>,
@@ -112,31 +113,38 @@ impl Agent {
     /// Attaches, and re-attaches with backoff whenever the stream ends, until `shutdown`.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let span = tracing::info_span!("node", node = %self.config.node);
-        for (attempt_id, pid) in std::mem::take(&mut self.orphans) {
+        for (attempt_id, process) in std::mem::take(&mut self.orphans) {
             tracing::warn!(
                 attempt_id = %attempt_id,
-                "step attempt {attempt_id} was running when this agent stopped and its process {pid} still runs: \
-                 it is reported interrupted once that process ends, and not run again"
+                "step attempt {attempt_id} was running when this agent stopped and its process {} (or one it started) still runs: \
+                 it is reported interrupted once they have ended, and not run again", process.pid
             );
             let journal = self.journal.clone();
-            tokio::spawn(async move { journal.wait_and_interrupt(&attempt_id, pid).await });
+            tokio::spawn(async move { journal.wait_and_interrupt(&attempt_id, process).await });
         }
-        // Attempts that waited for a reboot: this start is the reboot (or a restart of the agent
-        // meanwhile); either way the install is verified now and the attempt finished.
+        // Attempts that wait for a reboot: in another boot the install is verified now and the attempt
+        // finished; in the same boot (the agent restarted, the server did not) they wait on.
         match self.journal.waiting_for_reboot() {
-            Ok(waiting) => {
+            Ok(waiting) if !waiting.is_empty() => {
+                let boot = host::boot_id(self.config.tools.boot_id.as_deref()).await;
+                let _enter = span.enter();
                 for w in waiting {
-                    let _enter = span.enter();
-                    let _ = self.take_up(
-                        &w.attempt_id,
-                        pb::WaitReason::Reboot,
-                        "the server restarted after the install",
-                    );
+                    self.after_start(w, &boot);
                 }
             }
+            Ok(_) => {}
             Err(e) => tracing::error!("cannot read the journal: {e}"),
         }
+        let journal = self.journal.clone();
         self.attach_forever(shutdown).instrument(span).await;
+        // What the journal knows stays there: a running attempt's program runs on, and the next start
+        // waits for it (or reports it interrupted); a waiting one waits on.
+        let in_flight = journal.in_flight();
+        if in_flight > 0 {
+            tracing::warn!(
+                "the agent stops with {in_flight} step attempt(s) running or waiting: their programs are left to finish, and the next start reports them as the journal knows them"
+            );
+        }
     }
 
     async fn attach_forever(mut self, shutdown: CancellationToken) {
@@ -373,7 +381,7 @@ impl Agent {
                 CoordinatorBody::Cancel(c) if c.epoch >= self.highest_epoch => {
                     match self.journal.cancel_waiting(&c.attempt_id, &c.reason) {
                         Ok(true) => {
-                            tracing::info!(attempt_id = %c.attempt_id, "the attended install's attempt was cancelled: {}", c.reason)
+                            tracing::info!(attempt_id = %c.attempt_id, "the waiting attempt was cancelled: {}", c.reason)
                         }
                         Ok(false) => tracing::warn!(
                             attempt_id = %c.attempt_id,
@@ -388,7 +396,18 @@ impl Agent {
                     } else {
                         format!("the attended install was approved by {}", c.operator)
                     };
-                    if !self.take_up(&c.attempt_id, pb::WaitReason::AttendedInstall, &why) {
+                    // An approval also ends a wait for a restart by hand: verify now.
+                    let verify_now = format!(
+                        "{} approved verifying the install without a restart",
+                        if c.operator.is_empty() {
+                            "the operator"
+                        } else {
+                            c.operator.as_str()
+                        }
+                    );
+                    if !self.take_up(&c.attempt_id, pb::WaitReason::AttendedInstall, &why)
+                        && !self.take_up(&c.attempt_id, pb::WaitReason::RestartByHand, &verify_now)
+                    {
                         // Not waiting here (never received, lost with its journal, or already
                         // going on): the coordinator hears what the journal knows of it.
                         match self.journal.report(&c.attempt_id) {
@@ -556,6 +575,51 @@ impl Agent {
             }
             .instrument(span),
         );
+    }
+
+    /// An attempt that waits for a reboot, at the agent's start in `boot`: verified when the server
+    /// restarted since the install (or when the install's boot is unknown, as with an older agent);
+    /// otherwise it waits for a restart by hand, and says so.
+    fn after_start(&self, w: Waiting, boot: &Result<String, String>) {
+        let then = w.waiting.boot_id.as_str();
+        let same = match boot {
+            _ if then.is_empty() => None,
+            Ok(now) if now == then => {
+                Some("the agent restarted, but the server did not (the same boot)".to_string())
+            }
+            Ok(_) => None,
+            Err(e) => Some(format!(
+                "the agent restarted and cannot tell whether the server did ({e})"
+            )),
+        };
+        let Some(problem) = same else {
+            self.take_up(
+                &w.attempt_id,
+                w.waiting.reason(),
+                "the server restarted after the install",
+            );
+            return;
+        };
+        tracing::warn!(attempt_id = %w.attempt_id, "{problem}: the install waits for a restart of the server");
+        if w.waiting.reason() == pb::WaitReason::RestartByHand {
+            return;
+        }
+        let event = pb::StepEvent {
+            attempt_id: w.attempt_id.clone(),
+            seq: w.last_seq + 1,
+            at_unix_ms: unix_ms(SystemTime::now()),
+            kind: Some(pb::step_event::Kind::Waiting(pb::StepWaiting {
+                instruction: executor::restart_by_hand(
+                    &self.config.node,
+                    &format!("installed, but {problem}"),
+                ),
+                reason: pb::WaitReason::RestartByHand as i32,
+                boot_id: w.waiting.boot_id.clone(),
+            })),
+        };
+        if let Err(e) = self.journal.record(&event) {
+            tracing::error!(attempt_id = %w.attempt_id, "cannot journal a step event: {e}");
+        }
     }
 
     /// Goes on with an attempt the journal holds as waiting, if it waits for `reason`; false when

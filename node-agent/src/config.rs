@@ -34,6 +34,10 @@ pub struct AgentConfig {
     /// How long verification waits for a STOPPED or START_PENDING ENTSSO after an install or a reboot
     /// (`[verify] entsso_start_budget`, 10 minutes by default: ENTSSO may be on a delayed start).
     pub entsso_start_budget: Duration,
+    /// How long a stopping agent (a service stop, Ctrl-C) waits for its own work to end before it
+    /// exits (`shutdown_timeout`, 10 s by default). A running step's program is never waited for:
+    /// it runs on, and the next start waits for it.
+    pub shutdown_timeout: Duration,
 }
 
 /// `[sso]`: the answers ESSO's configuration needs after a fresh install (Configuration.exe's
@@ -81,6 +85,7 @@ struct Raw {
     #[serde(default)]
     reconnect: RawReconnect,
     reboot: Option<Spanned<String>>,
+    shutdown_timeout: Option<Spanned<String>>,
     #[serde(default)]
     tools: RawTools,
     #[serde(default)]
@@ -113,6 +118,7 @@ struct RawSso {
 struct RawTools {
     sc: Option<Spanned<String>>,
     reg: Option<Spanned<String>>,
+    boot_id: Option<Spanned<String>>,
     shutdown: Option<Spanned<String>>,
     msiexec: Option<Spanned<String>>,
     powershell: Option<Spanned<String>>,
@@ -265,6 +271,11 @@ impl AgentConfig {
             "verify.entsso_start_budget",
             Duration::from_secs(600),
         );
+        let shutdown_timeout = ctx.duration(
+            &raw.shutdown_timeout,
+            "shutdown_timeout",
+            Duration::from_secs(10),
+        );
         let tools = ctx.tools(&raw.tools, base);
         if !ctx.problems.is_empty() {
             ctx.problems.sort_by_key(|p| p.line);
@@ -286,6 +297,7 @@ impl AgentConfig {
             reconnect_max: reconnect_max.max(reconnect_initial),
             reboot,
             entsso_start_budget,
+            shutdown_timeout,
             tools: Tools::for_this_platform(&tools),
             sso: SsoSettings {
                 service_account: raw.sso.service_account.clone(),
@@ -330,6 +342,7 @@ impl Ctx<'_> {
         let overrides = ToolOverrides {
             sc: path(&raw.sc, "sc"),
             reg: path(&raw.reg, "reg"),
+            boot_id: path(&raw.boot_id, "boot_id"),
             shutdown: path(&raw.shutdown, "shutdown"),
             msiexec: path(&raw.msiexec, "msiexec"),
             powershell: path(&raw.powershell, "powershell"),
@@ -345,12 +358,16 @@ impl Ctx<'_> {
         if cfg!(windows) {
             // The stand-ins exist for platforms without the APIs; on Windows they would read a
             // localized text where the API reads the value itself.
-            for (value, key) in [(&raw.sc, "sc"), (&raw.reg, "reg")] {
+            for (value, key) in [
+                (&raw.sc, "sc"),
+                (&raw.reg, "reg"),
+                (&raw.boot_id, "boot_id"),
+            ] {
                 if let Some(value) = value {
                     self.problem(
                         value.span(),
                         &format!("tools.{key}"),
-                        "on Windows the agent reads the registry and the service controller through their APIs: remove this key".into(),
+                        "on Windows the agent reads the registry, the service controller and the boot through their APIs: remove this key".into(),
                     );
                 }
             }
@@ -454,13 +471,28 @@ timeout = "10m"
         assert_eq!(c.reconnect_max, Duration::from_secs(30));
     }
 
+    /// The Windows agent uses the registry's and the service controller's APIs: a stand-in named for
+    /// them is a mistake it names (run under Wine by the Windows tier).
+    #[test]
+    #[cfg(windows)]
+    fn the_windows_agent_refuses_stand_ins_for_its_apis() {
+        let e = parse(&format!("{VALID}[tools]\nsc = 'fake/sc'\n")).unwrap_err();
+        assert!(
+            e.to_string().contains("line 15, key tools.sc: on Windows the agent reads the registry, the service controller and the boot through their APIs"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn tools_are_read_relative_to_the_file() {
         let text = format!(
-            "{VALID}[tools]\nsc = 'fake/sc'\nssomanage = '/opt/esso/ssomanage'\nmigration_dir = 'hostsec'\nhost_account_cache_service = 'SnaHac'\n"
+            "{VALID}[tools]\nwevtutil = 'fake/wevtutil'\nssomanage = '/opt/esso/ssomanage'\nmigration_dir = 'hostsec'\nhost_account_cache_service = 'SnaHac'\n"
         );
         let c = parse(&text).unwrap();
-        assert_eq!(c.tools.sc, Some(PathBuf::from("/etc/ssofleet/fake/sc")));
+        assert_eq!(
+            c.tools.wevtutil,
+            Some(PathBuf::from("/etc/ssofleet/fake/wevtutil"))
+        );
         assert_eq!(
             c.tools.ssomanage,
             Some(PathBuf::from("/opt/esso/ssomanage"))
@@ -482,12 +514,12 @@ timeout = "10m"
             "{e}"
         );
         let e = parse(&format!(
-            "{VALID}[tools]\nreg = ''\nhost_account_cache_service = 'Sna Hac'\n"
+            "{VALID}[tools]\nwevtutil = ''\nhost_account_cache_service = 'Sna Hac'\n"
         ))
         .unwrap_err();
         let shown = e.to_string();
         assert!(
-            shown.contains("line 15, key tools.reg: the path is empty"),
+            shown.contains("line 15, key tools.wevtutil: the path is empty"),
             "{shown}"
         );
         assert!(

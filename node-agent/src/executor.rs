@@ -28,6 +28,7 @@ use crate::action::{self, Request};
 use crate::catalogue::ActionName;
 use crate::config::{AgentConfig, RebootPolicy};
 use crate::esso::{self, RebootRequest};
+use crate::host;
 use crate::runner::{self, CommandSpec, Report};
 
 /// An assignment, checked.
@@ -267,14 +268,31 @@ async fn run(config: &AgentConfig, a: &Assignment, events: &mut Events) -> Endin
         return Ending::Waits(pb::StepWaiting {
             instruction: esso::attended_instruction(&config.node, &a.step, &a.run_id, &params),
             reason: pb::WaitReason::AttendedInstall as i32,
+            boot_id: String::new(),
         });
     }
+    // The boot the install runs in: a reboot it asks for has happened once the agent runs in another.
+    let boot = if a.action == ActionName::InstallSso {
+        host::boot_id(config.tools.boot_id.as_deref())
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!("cannot tell which boot this is ({e}); after a restart of the agent, the install is verified whether or not the server restarted");
+                String::new()
+            })
+    } else {
+        String::new()
+    };
     let (result, reboot_request) = run_step(config, a, params, events).await;
     if let Some(request) = reboot_request {
         let code = result.exit_code;
         let reboots_itself = request == RebootRequest::Started;
         if reboots_itself || config.reboot == RebootPolicy::IfRequired {
-            return Ending::Finished(reboot(config, a, code, reboots_itself, events).await);
+            let reboot = Reboot {
+                code,
+                reboots_itself,
+                boot,
+            };
+            return Ending::Waits(reboot.wait(config, a, events).await);
         }
         events
             .send(agent_log(
@@ -295,72 +313,107 @@ fn agent_log(line: String) -> Kind {
 /// How long the server has, after the reboot command, to go down before the command is run.
 pub const REBOOT_DELAY_SECS: u32 = 30;
 
-/// The installer needs a reboot and the server is restarted (by the installer itself for 1641, by
-/// the agent under `if-required`). The attempt waits for it: the agent that starts after the reboot
-/// verifies the install and finishes the attempt. Returns only when the reboot did not happen.
-async fn reboot(
-    config: &AgentConfig,
-    a: &Assignment,
+/// A reboot the install asks for.
+struct Reboot {
+    /// The installer's exit code.
     code: Option<i32>,
+    /// 1641: the installer restarts the server itself; otherwise the agent does (`if-required`).
     reboots_itself: bool,
-    events: &mut Events,
-) -> pb::StepFinished {
-    let cause = match code {
-        Some(code @ (3010 | 1641)) => format!("the installer exited with {code}"),
-        _ => "the install reported that a reboot is required".to_string(),
-    };
-    let instruction = if reboots_itself {
-        format!(
-            "{cause} and restarts {}: the agent verifies the install when it is back",
-            config.node
-        )
-    } else {
-        format!(
-            "{cause}: the agent restarts {} (reboot policy if-required) and verifies the install when it is back",
-            config.node
-        )
-    };
-    events
-        .send(Kind::Waiting(pb::StepWaiting {
-            instruction,
-            reason: pb::WaitReason::Reboot as i32,
-        }))
-        .await;
-    if !reboots_itself {
-        let comment = format!(
-            "ssofleet: {} of run {} needs a reboot to finish the ESSO install",
-            a.step, a.run_id
-        );
-        let spec = match reboot_command(config, &comment, a.timeout) {
-            Ok(spec) => spec,
-            Err(e) => {
-                return failed(format!(
-                    "installed ({cause}), but the server cannot be restarted: {e}; restart it by hand, then retry the step"
-                ));
-            }
-        };
-        match run_spec(&spec, events).await {
-            Ok(outcome) if outcome.succeeded() => {}
-            Ok(outcome) => {
-                return failed(format!(
-                    "installed ({cause}), but the reboot failed: {}; restart the server by hand, then retry the step",
-                    outcome.failure("the reboot command")
-                ));
-            }
-            Err(e) => {
-                return failed(format!(
-                    "installed ({cause}), but the reboot failed: {e}; restart the server by hand, then retry the step"
-                ));
-            }
+    /// The boot the install ran in (empty: unknown).
+    boot: String,
+}
+
+impl Reboot {
+    fn cause(&self) -> String {
+        match self.code {
+            Some(code @ (3010 | 1641)) => format!("the installer exited with {code}"),
+            _ => "the install reported that a reboot is required".to_string(),
         }
     }
-    // The server goes down, and this process with it. Still here after the step's timeout: the
-    // reboot did not happen.
-    tokio::time::sleep(a.timeout).await;
-    failed(format!(
-        "installed ({cause}), but the server did not restart within {} of the reboot; restart it, and the agent verifies the install when it is back — or retry the step",
-        humantime::format_duration(a.timeout)
-    ))
+
+    /// The attempt waits for the reboot (`Reboot`): the agent that starts in the next boot verifies
+    /// the install and finishes the attempt. Returns only when the reboot did not happen: the attempt
+    /// then waits for someone to restart the server (`RestartByHand`, no timeout), which still ends
+    /// in the verification.
+    async fn wait(
+        &self,
+        config: &AgentConfig,
+        a: &Assignment,
+        events: &mut Events,
+    ) -> pb::StepWaiting {
+        let cause = self.cause();
+        let instruction = if self.reboots_itself {
+            format!(
+                "{cause} and restarts {}: the agent verifies the install when it is back",
+                config.node
+            )
+        } else {
+            format!(
+                "{cause}: the agent restarts {} (reboot policy if-required) and verifies the install when it is back",
+                config.node
+            )
+        };
+        events
+            .send(Kind::Waiting(
+                self.waiting(instruction, pb::WaitReason::Reboot),
+            ))
+            .await;
+        if !self.reboots_itself {
+            let comment = format!(
+                "ssofleet: {} of run {} needs a reboot to finish the ESSO install",
+                a.step, a.run_id
+            );
+            let problem = match reboot_command(config, &comment, a.timeout) {
+                Err(e) => Some(format!("the server cannot be restarted: {e}")),
+                Ok(spec) => match run_spec(&spec, events).await {
+                    Ok(outcome) if outcome.succeeded() => None,
+                    Ok(outcome) => Some(format!(
+                        "the reboot failed: {}",
+                        outcome.failure("the reboot command")
+                    )),
+                    Err(e) => Some(format!("the reboot failed: {e}")),
+                },
+            };
+            if let Some(problem) = problem {
+                return self.by_hand(&config.node, &problem);
+            }
+        }
+        // The server goes down, and this process with it. Still here after the step's timeout: the
+        // reboot did not happen.
+        tokio::time::sleep(a.timeout).await;
+        self.by_hand(
+            &config.node,
+            &format!(
+                "the server did not restart within {} of the reboot",
+                humantime::format_duration(a.timeout)
+            ),
+        )
+    }
+
+    fn by_hand(&self, node: &str, problem: &str) -> pb::StepWaiting {
+        self.waiting(
+            restart_by_hand(
+                node,
+                &format!("installed ({}), but {problem}", self.cause()),
+            ),
+            pb::WaitReason::RestartByHand,
+        )
+    }
+
+    fn waiting(&self, instruction: String, reason: pb::WaitReason) -> pb::StepWaiting {
+        pb::StepWaiting {
+            instruction,
+            reason: reason as i32,
+            boot_id: self.boot.clone(),
+        }
+    }
+}
+
+/// What a step that waits for a restart by hand tells the operator (`what`: what happened).
+pub fn restart_by_hand(node: &str, what: &str) -> String {
+    format!(
+        "{what}: restart {node}, and the agent verifies the install when it is back (or approve the step to verify now, or abort the run)"
+    )
 }
 
 fn reboot_command(
@@ -483,7 +536,15 @@ async fn run_step(
 
 fn event_of(report: Report) -> Kind {
     match report {
-        Report::Spawned { pid, command } => Kind::Started(pb::StepStarted { pid, command }),
+        Report::Spawned {
+            pid,
+            started,
+            command,
+        } => Kind::Started(pb::StepStarted {
+            pid,
+            command,
+            process_started_unix_s: started,
+        }),
         Report::Progress { percent, message } => {
             Kind::Progress(pb::StepProgress { percent, message })
         }

@@ -9,8 +9,9 @@
 //!   is stored (`complete`).
 //! - An attempt that was running when the agent stopped is `interrupted` at the next start: its
 //!   outcome is unknown, it is not run again, and a final failed event says so. When its process
-//!   still runs (an installer outlives the agent that started it), the attempt stays running until
-//!   that process has ended, so that nothing else is started on the server meanwhile.
+//!   (the same id *and* start time) or anything it started still runs (an installer outlives the
+//!   agent that started it), the attempt stays running until all of that has ended, so that nothing
+//!   else is started on the server meanwhile.
 //! - An attempt may wait (`waiting`): for the operator's attended install, or for the reboot its
 //!   installer asked for. It keeps its assignment, so that it can go on after an agent restart (the
 //!   reboot) or the operator's approval; nothing else runs on the server while it waits.
@@ -22,17 +23,22 @@ use std::time::SystemTime;
 
 use fleet_proto::{pb, unix_ms};
 use prost::Message;
+
+use crate::host::{self, ProcessId};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::Notify;
 
 pub const FILE: &str = "journal.db";
 
 /// Columns added after the first release of the journal: (name, declaration).
-const ADDED_COLUMNS: [(&str, &str); 2] = [
+const ADDED_COLUMNS: [(&str, &str); 3] = [
     // StepAssignment, protobuf: what a waiting attempt goes on with.
     ("assignment", "BLOB"),
     // StepWaiting, protobuf: what a waiting attempt waits for.
     ("waiting", "BLOB"),
+    // When the step's process (`pid`) started, seconds since the epoch: with the id, which Windows
+    // reuses quickly, it names the process. 0 or NULL: unknown (an older agent's row).
+    ("pid_started", "INTEGER"),
 ];
 
 /// Completed attempts are kept this long to answer redeliveries, then pruned.
@@ -85,8 +91,8 @@ struct Inner {
 impl Journal {
     /// Opens (creating) the journal in `state_dir`. Attempts that were running when the agent
     /// stopped are marked interrupted and get their final event, unless their process still runs:
-    /// those are returned as orphans (attempt id, process id), for [`Journal::wait_and_interrupt`].
-    pub fn open(state_dir: &Path) -> Result<(Self, Vec<(String, u32)>), JournalError> {
+    /// those are returned as orphans (attempt id, process), for [`Journal::wait_and_interrupt`].
+    pub fn open(state_dir: &Path) -> Result<(Self, Vec<(String, ProcessId)>), JournalError> {
         let path = state_dir.join(FILE);
         let err = |source| JournalError {
             path: path.clone(),
@@ -141,19 +147,29 @@ impl Journal {
         &self.inner.changed
     }
 
-    fn interrupt_running(&self) -> Result<Vec<(String, u32)>, JournalError> {
-        let running: Vec<(String, Option<u32>)> = self.with(|c| {
-            let mut stmt = c.prepare("SELECT id, pid FROM attempts WHERE state = 'running'")?;
+    fn interrupt_running(&self) -> Result<Vec<(String, ProcessId)>, JournalError> {
+        let running: Vec<(String, Option<ProcessId>)> = self.with(|c| {
+            let mut stmt =
+                c.prepare("SELECT id, pid, pid_started FROM attempts WHERE state = 'running'")?;
             let rows = stmt.query_map([], |r| {
                 let pid = r.get::<_, Option<i64>>(1)?;
-                Ok((r.get(0)?, pid.and_then(|p| u32::try_from(p).ok())))
+                let started = r.get::<_, Option<i64>>(2)?.unwrap_or(0);
+                Ok((
+                    r.get(0)?,
+                    pid.and_then(|p| u32::try_from(p).ok())
+                        .filter(|&p| p > 0)
+                        .map(|pid| ProcessId {
+                            pid,
+                            started: u64::try_from(started).unwrap_or(0),
+                        }),
+                ))
             })?;
             rows.collect()
         })?;
         let mut orphans = Vec::new();
-        for (id, pid) in running {
-            match pid.filter(|&p| p > 0 && process_alive(p)) {
-                Some(pid) => orphans.push((id, pid)),
+        for (id, process) in running {
+            match process.filter(|&p| host::tree_alive(p)) {
+                Some(process) => orphans.push((id, process)),
                 None => self.interrupt(&id, "")?,
             }
         }
@@ -200,13 +216,16 @@ impl Journal {
         self.record_as(&event, state)
     }
 
-    /// Waits until the process an interrupted attempt started has ended, then records the attempt
-    /// as interrupted.
-    pub async fn wait_and_interrupt(&self, attempt_id: &str, pid: u32) {
-        while process_alive(pid) {
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    /// Waits until the process an interrupted attempt started, and everything it started, has
+    /// ended, then records the attempt as interrupted.
+    pub async fn wait_and_interrupt(&self, attempt_id: &str, process: ProcessId) {
+        while tokio::task::spawn_blocking(move || host::tree_alive(process))
+            .await
+            .unwrap_or(false)
+        {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
-        let detail = format!(" (its process {pid} ran on, and has ended)");
+        let detail = format!(" (its process {} ran on, and has ended)", process.pid);
         if let Err(e) = self.interrupt(attempt_id, &detail) {
             tracing::error!(attempt_id, "cannot record an interrupted attempt: {e}");
         }
@@ -303,13 +322,17 @@ impl Journal {
                 && started.pid > 0
             {
                 tx.execute(
-                    "UPDATE attempts SET pid = ?2 WHERE id = ?1",
-                    params![event.attempt_id, i64::from(started.pid)],
+                    "UPDATE attempts SET pid = ?2, pid_started = ?3 WHERE id = ?1",
+                    params![
+                        event.attempt_id,
+                        i64::from(started.pid),
+                        i64::try_from(started.process_started_unix_s).unwrap_or(0)
+                    ],
                 )?;
             }
             if let Some(pb::step_event::Kind::Waiting(waiting)) = &event.kind {
                 tx.execute(
-                    "UPDATE attempts SET state = 'waiting', waiting = ?2 WHERE id = ?1 AND state = 'running'",
+                    "UPDATE attempts SET state = 'waiting', waiting = ?2 WHERE id = ?1 AND state IN ('running', 'waiting')",
                     params![event.attempt_id, waiting.encode_to_vec()],
                 )?;
             }
@@ -416,8 +439,8 @@ impl Journal {
         Ok(out)
     }
 
-    /// The attempts waiting for a reboot, with their assignments: after a start of the agent (the
-    /// reboot happened, or the agent was restarted meanwhile) each is verified and finished.
+    /// The attempts waiting for a reboot (in progress, or to be done by hand), with their
+    /// assignments: after a start of the agent in another boot, each is verified and finished.
     pub fn waiting_for_reboot(&self) -> Result<Vec<Waiting>, JournalError> {
         let rows: Vec<(String, u64, Blob, Blob)> = self.with(|c| {
             let mut stmt = c.prepare(
@@ -432,7 +455,11 @@ impl Journal {
             .into_iter()
             .filter_map(|(attempt_id, last_seq, assignment, waiting)| {
                 let waiting = waiting.and_then(|b| pb::StepWaiting::decode(b.as_slice()).ok())?;
-                (waiting.reason() == pb::WaitReason::Reboot).then(|| Waiting {
+                matches!(
+                    waiting.reason(),
+                    pb::WaitReason::Reboot | pb::WaitReason::RestartByHand
+                )
+                .then(|| Waiting {
                     attempt_id,
                     last_seq,
                     assignment: assignment
@@ -475,7 +502,7 @@ impl Journal {
             }
             // The process recorded before the wait (the installer, shutdown.exe) is not this one's.
             tx.execute(
-                "UPDATE attempts SET state = 'running', pid = NULL WHERE id = ?1 AND state = 'waiting'",
+                "UPDATE attempts SET state = 'running', pid = NULL, pid_started = NULL WHERE id = ?1 AND state = 'waiting'",
                 [attempt_id],
             )?;
             tx.commit()?;
@@ -494,12 +521,22 @@ impl Journal {
     /// Ends an attempt that waits for the operator (its run was aborted): its final event says so.
     /// False when it is not waiting for the operator (nothing to cancel: it runs, or has ended).
     pub fn cancel_waiting(&self, attempt_id: &str, reason: &str) -> Result<bool, JournalError> {
-        let Some(taken) = self.take_up(attempt_id, pb::WaitReason::AttendedInstall)? else {
+        let mut taken = None;
+        for (waits_for, what) in [
+            (pb::WaitReason::AttendedInstall, "the attended install"),
+            (pb::WaitReason::RestartByHand, "a restart of the server"),
+        ] {
+            if let Some(waiting) = self.take_up(attempt_id, waits_for)? {
+                taken = Some((waiting, what));
+                break;
+            }
+        }
+        let Some((taken, what)) = taken else {
             return Ok(false);
         };
         let result = pb::StepFinished {
             outcome: pb::StepOutcome::Cancelled as i32,
-            error: format!("cancelled while waiting for the attended install: {reason}"),
+            error: format!("cancelled while waiting for {what}: {reason}"),
             ..Default::default()
         };
         self.finish(attempt_id, taken.last_seq, result)?;
@@ -579,40 +616,6 @@ fn add_columns(conn: &Connection) -> rusqlite::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Whether a process with this id exists (another one may have reused the id, rarely: then the
-/// agent waits for that one too, which is safe). Where it cannot tell, it says no.
-fn process_alive(pid: u32) -> bool {
-    #[cfg(unix)]
-    {
-        let Ok(pid) = i32::try_from(pid) else {
-            return false;
-        };
-        // Signal 0: only the existence and permission checks.
-        let exists = matches!(
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
-            Ok(()) | Err(nix::errno::Errno::EPERM)
-        );
-        exists && !is_zombie(pid)
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = pid;
-        false
-    }
-}
-
-/// A zombie has ended: only its parent has not collected it (Linux: the state letter in /proc).
-#[cfg(unix)]
-fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
 }
 
 fn now() -> i64 {
@@ -767,31 +770,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (j, _) = Journal::open(dir.path()).unwrap();
         j.accept("a", 1, "r", "upgrade").unwrap().fresh();
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
-        let started = pb::StepEvent {
-            attempt_id: "a".into(),
-            seq: 1,
-            at_unix_ms: 1,
-            kind: Some(pb::step_event::Kind::Started(pb::StepStarted {
-                pid: child.id(),
-                command: "setup".into(),
-            })),
-        };
-        j.record(&started).unwrap();
+        let mut child = sleeper().spawn().unwrap();
+        let process = host::identify(child.id()).unwrap();
+        j.record(&started("a", process)).unwrap();
         drop(j);
         let (j, orphans) = Journal::open(dir.path()).unwrap();
-        assert_eq!(orphans, [("a".to_string(), child.id())]);
+        assert_eq!(orphans, [("a".to_string(), process)]);
         assert_eq!(j.report("a").unwrap().state(), pb::AttemptState::Running);
         assert_eq!(j.in_flight(), 1, "nothing else should start meanwhile");
         let waiting = {
             let j = j.clone();
-            let pid = child.id();
-            tokio::spawn(async move { j.wait_and_interrupt("a", pid).await })
+            tokio::spawn(async move { j.wait_and_interrupt("a", process).await })
         };
-        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
         assert_eq!(j.report("a").unwrap().state(), pb::AttemptState::Running);
         child.kill().unwrap();
         child.wait().unwrap();
@@ -808,6 +799,73 @@ mod tests {
         );
     }
 
+    /// A process that took over the recorded id (same id, later start) is not the step's: the
+    /// attempt is interrupted at once instead of waiting for a stranger.
+    #[test]
+    fn a_reused_process_id_is_not_the_steps_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        j.accept("a", 1, "r", "upgrade").unwrap().fresh();
+        let mut child = sleeper().spawn().unwrap();
+        let mut process = host::identify(child.id()).unwrap();
+        process.started -= 60;
+        j.record(&started("a", process)).unwrap();
+        drop(j);
+        let (j, orphans) = Journal::open(dir.path()).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(orphans, []);
+        assert_eq!(
+            j.report("a").unwrap().state(),
+            pb::AttemptState::Interrupted
+        );
+    }
+
+    /// The step's process has ended but a process it started runs on (setup's own installer): the
+    /// attempt still waits for that.
+    #[test]
+    fn an_orphan_grandchild_keeps_the_attempt_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        j.accept("a", 1, "r", "upgrade").unwrap().fresh();
+        // The step: a process that starts a sleeper and exits at once, in its own group (as the
+        // runner starts it).
+        #[cfg_attr(not(unix), allow(unused_mut))]
+        let mut step = host::testing::helper(host::testing::ORPHAN);
+        #[cfg(unix)]
+        std::os::unix::process::CommandExt::process_group(&mut step, 0);
+        let mut child = step.spawn().unwrap();
+        let process = host::identify(child.id()).unwrap();
+        // The pipe stays open until the helper has exited (it still writes).
+        let mut stdout = child.stdout.take().unwrap();
+        let grandchild = host::testing::read_grandchild(&mut stdout);
+        assert!(child.wait().unwrap().success());
+        drop(stdout);
+        j.record(&started("a", process)).unwrap();
+        drop(j);
+        let (j, orphans) = Journal::open(dir.path()).unwrap();
+        assert_eq!(orphans, [("a".to_string(), process)]);
+        assert_eq!(j.report("a").unwrap().state(), pb::AttemptState::Running);
+        host::testing::kill(grandchild);
+    }
+
+    fn sleeper() -> std::process::Command {
+        host::testing::helper(host::testing::SLEEP)
+    }
+
+    fn started(attempt: &str, process: ProcessId) -> pb::StepEvent {
+        pb::StepEvent {
+            attempt_id: attempt.into(),
+            seq: 1,
+            at_unix_ms: 1,
+            kind: Some(pb::step_event::Kind::Started(pb::StepStarted {
+                pid: process.pid,
+                command: "setup".into(),
+                process_started_unix_s: process.started,
+            })),
+        }
+    }
+
     fn waiting(attempt: &str, seq: u64, reason: pb::WaitReason) -> pb::StepEvent {
         pb::StepEvent {
             attempt_id: attempt.into(),
@@ -816,6 +874,7 @@ mod tests {
             kind: Some(pb::step_event::Kind::Waiting(pb::StepWaiting {
                 instruction: "run setup".into(),
                 reason: reason as i32,
+                boot_id: "boot-1".into(),
             })),
         }
     }

@@ -9,6 +9,7 @@
 //! - [`action`]: running one action, configured or built-in (for steps and facts alike).
 //! - [`builtin`]: the built-in Windows implementations of the actions (registry, services, ISSOConfigSS,
 //!   setup, configuration, events, …).
+//! - [`host`]: the machine: process identity and trees, the boot.
 //! - [`runner`]: runs a configured command with a timeout and reads its line protocol.
 //! - [`executor`]: runs one step attempt and reports numbered events.
 //! - [`facts`]: the `facts` action.
@@ -27,5 +28,6 @@ pub mod esso;
 pub mod executor;
 pub mod facts;
 pub mod hashing;
+pub mod host;
 pub mod journal;
 pub mod runner;

@@ -59,7 +59,7 @@ fn main() -> ExitCode {
     }
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
-    run_agent(&args, shutdown, async move {
+    run_agent(&args, shutdown, |_| async move {
         wait_for_signal().await;
         stop.cancel();
     })
@@ -96,12 +96,27 @@ fn print_facts(args: &Args) -> ExitCode {
     }
 }
 
-/// Loads the configuration and runs the agent until `shutdown` (which `stopper` may trigger).
-fn run_agent(
+/// Loads the configuration and runs the agent until `shutdown` (which the future `stopper` makes
+/// from the configured `shutdown_timeout` may trigger). The exit is bounded: after the shutdown, the
+/// agent's own work has `shutdown_timeout` to end. A step's program is not waited for (on Windows the
+/// runtime reads its pipes on threads that would otherwise hold the exit until the installer ends);
+/// the journal still says the attempt runs, and the next start waits for that program.
+fn run_agent<F>(
     args: &Args,
     shutdown: CancellationToken,
-    stopper: impl std::future::Future<Output = ()> + Send + 'static,
-) -> ExitCode {
+    stopper: impl FnOnce(std::time::Duration) -> F,
+) -> ExitCode
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let config = match AgentConfig::load(&args.config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("fleet-agent: invalid configuration:\n{e}");
+            tracing::error!("invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -113,15 +128,9 @@ fn run_agent(
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(async {
-        let config = match AgentConfig::load(&args.config) {
-            Ok(config) => config,
-            Err(e) => {
-                eprintln!("fleet-agent: invalid configuration:\n{e}");
-                tracing::error!("invalid configuration: {e}");
-                return ExitCode::from(2);
-            }
-        };
+    let bound = config.shutdown_timeout;
+    let stopper = stopper(bound);
+    let code = runtime.block_on(async {
         let agent = match Agent::new(config) {
             Ok(agent) => agent,
             Err(e) => {
@@ -133,7 +142,9 @@ fn run_agent(
         tokio::spawn(stopper);
         agent.run(shutdown).await;
         ExitCode::SUCCESS
-    })
+    });
+    runtime.shutdown_timeout(bound);
+    code
 }
 
 async fn wait_for_signal() {
@@ -200,7 +211,9 @@ mod service {
         }
     }
 
-    fn status(state: ServiceState, exit: u32) -> ServiceStatus {
+    /// The status to report; `wait_hint` matters only while pending (how long until the next report
+    /// or the end: the service manager considers a silent pending service hung after it).
+    fn status(state: ServiceState, exit: u32, wait_hint: Duration) -> ServiceStatus {
         ServiceStatus {
             service_type: ServiceType::OWN_PROCESS,
             current_state: state,
@@ -210,8 +223,8 @@ mod service {
                 ServiceControlAccept::empty()
             },
             exit_code: ServiceExitCode::Win32(exit),
-            checkpoint: 0,
-            wait_hint: Duration::from_secs(30),
+            checkpoint: u32::from(state == ServiceState::StopPending),
+            wait_hint,
             process_id: None,
         }
     }
@@ -238,13 +251,25 @@ mod service {
                 return;
             }
         };
-        if let Err(e) = handle.set_service_status(status(ServiceState::Running, 0)) {
+        if let Err(e) = handle.set_service_status(status(ServiceState::Running, 0, Duration::ZERO))
+        {
             tracing::error!("cannot report the service running: {e}");
         }
-        let code = super::run_agent(args, shutdown, std::future::pending());
+        // Stopping: STOP_PENDING at once, with the bound on the agent's exit (and a margin) as the
+        // hint, so that the service manager waits for it rather than declaring the service hung.
+        let stopping = shutdown.clone();
+        let code = super::run_agent(args, shutdown, move |bound| async move {
+            stopping.cancelled().await;
+            let hint = bound + Duration::from_secs(5);
+            if let Err(e) = handle.set_service_status(status(ServiceState::StopPending, 0, hint)) {
+                tracing::error!("cannot report the service stopping: {e}");
+            }
+        });
         // ERROR_BAD_CONFIGURATION (1610) for a configuration the agent refused, else success.
         let exit = if code == ExitCode::SUCCESS { 0 } else { 1610 };
-        if let Err(e) = handle.set_service_status(status(ServiceState::Stopped, exit)) {
+        if let Err(e) =
+            handle.set_service_status(status(ServiceState::Stopped, exit, Duration::ZERO))
+        {
             tracing::error!("cannot report the service stopped: {e}");
         }
     }

@@ -12,6 +12,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 
+use crate::host;
+
 /// How many lines of standard error a failure carries.
 pub const STDERR_TAIL: usize = 20;
 
@@ -43,9 +45,11 @@ impl CommandSpec {
 /// What a running command reports, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Report {
-    /// The process started, with this id and command line (first, once).
+    /// The process started, with this id, start time (seconds since the epoch, 0: unknown) and
+    /// command line (first, once).
     Spawned {
         pid: u32,
+        started: u64,
         command: String,
     },
     Progress {
@@ -147,17 +151,21 @@ pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Ou
         // installer cut off halfway is worse than one that finishes. The journal makes the next start
         // wait for it and report the attempt, never run it again. A timeout still stops it (below).
         .kill_on_drop(false);
-    // Its own process group, so that a timeout stops the program and everything it started.
+    // Its own process group, so that a timeout stops the program and everything it started (on
+    // Windows a job object: `host::Tree`).
     #[cfg(unix)]
     command.process_group(0);
     let mut child = command.spawn().map_err(|source| RunError::Spawn {
         program: spec.program.display().to_string(),
         source,
     })?;
+    let mut tree = Some(host::Tree::contain(&child));
     let deadline = tokio::time::Instant::now() + spec.timeout;
+    let pid = child.id().unwrap_or(0);
     let _ = reports
         .send(Report::Spawned {
-            pid: child.id().unwrap_or(0),
+            pid,
+            started: host::identify(pid).map_or(0, |p| p.started),
             command: spec.display(),
         })
         .await;
@@ -224,7 +232,9 @@ pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Ou
                     break;
                 }
                 timed_out = true;
-                kill_tree(&mut child).await;
+                if let Some(tree) = tree.take() {
+                    tree.kill(&mut child);
+                }
                 status = Some(child.wait().await);
                 drain_limit = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
             }
@@ -241,29 +251,6 @@ pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Ou
         stderr_tail: tail.into_iter().collect(),
         duration: started.elapsed(),
     })
-}
-
-/// Stops the child and every process it started: its process group on Unix, its process tree
-/// (`taskkill /T`) on Windows.
-async fn kill_tree(child: &mut tokio::process::Child) {
-    #[cfg(unix)]
-    if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    #[cfg(windows)]
-    if let Some(pid) = child.id() {
-        let _ = Command::new("taskkill")
-            .args(["/T", "/F", "/PID", &pid.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await;
-    }
-    let _ = child.start_kill();
 }
 
 /// The lines of one of the program's pipes; `read_until` keeps what it read in `buf` when a select

@@ -442,6 +442,22 @@ async fn verify_checks_service_version_master_status_and_events() {
     );
 }
 
+/// A failure's message comes from the call that failed: a warning an earlier tool wrote to standard
+/// error (and succeeded) does not end the message of a later tool's timeout.
+#[tokio::test]
+async fn a_timeout_is_not_explained_by_an_earlier_tools_warning() {
+    let f = Fake::new().biztalk_master();
+    f.set("stderr.ssomanage", "warning: the SSO cache is being refreshed\n");
+    f.set("hang.wevtutil", "");
+    let mut ctx = f.ctx(&[("target_version", "3.0.7")]);
+    ctx.timeout = Duration::from_secs(3);
+    let o = f.run(ActionName::VerifySso, &ctx).await.0.unwrap();
+    assert!(o.timed_out, "{o:?}");
+    assert_eq!(f.calls_of("ssomanage"), ["ssomanage [-displaydb]"]);
+    let message = o.failure("verify_sso");
+    assert_eq!(message, "verify_sso did not finish within 3s; it was stopped");
+}
+
 #[tokio::test]
 async fn verify_waits_for_entsso_within_its_start_budget() {
     let f = Fake::new().biztalk_master();

@@ -1170,7 +1170,8 @@ impl Manager {
 
     /// An agent holds `attempt_id` waiting (reported in an event, its hello or an answer):
     /// - for a reboot: the step's clock starts again and the master's absence is expected;
-    /// - for the operator: the step waits for `approve`; where the operator approved already, the
+    /// - for the operator (an attended install; a restart by hand when a reboot did not come, which
+    ///   the agent notices itself when the server restarts): the step waits for `approve`; where the operator approved already, the
     ///   agent did not get the word and is told again; where no run wants this wait (aborted, timed
     ///   out, retried since, another run, none), the agent is told to drop it, so that the server
     ///   is not blocked for ever. Repeating any of this changes nothing.
@@ -1191,7 +1192,11 @@ impl Manager {
             }
             return;
         }
-        if waiting.reason() != pb::WaitReason::AttendedInstall {
+        // The operator's part: an attended install, or restarting a server whose reboot did not come.
+        if !matches!(
+            waiting.reason(),
+            pb::WaitReason::AttendedInstall | pb::WaitReason::RestartByHand
+        ) {
             return;
         }
         if let Some((step, attempt)) = current {
@@ -1218,7 +1223,7 @@ impl Manager {
                 return;
             }
         }
-        tracing::warn!(node = %node, attempt_id, "{node} waits for an attended install no run wants: telling it to drop the attempt");
+        tracing::warn!(node = %node, attempt_id, "{node} waits for the operator on an attempt no run wants: telling it to drop the attempt");
         self.cancel_attempt(
             node.clone(),
             attempt_id,
@@ -1392,7 +1397,7 @@ impl Manager {
                 "waiting",
                 serde_json::json!({
                     "instruction": w.instruction,
-                    "reason": if w.reason() == pb::WaitReason::Reboot { "reboot" } else { "attended" },
+                    "reason": wire::wait_reason_name(w.reason()),
                 }),
             ),
             Kind::Finished(f) => (

@@ -171,10 +171,8 @@ impl Manager {
                     }),
                     "waiting" => pb::run_event::Kind::Waiting(pb::StepWaiting {
                         instruction: text("instruction"),
-                        reason: match text("reason").as_str() {
-                            "reboot" => pb::WaitReason::Reboot,
-                            _ => pb::WaitReason::AttendedInstall,
-                        } as i32,
+                        reason: super::wire::wait_reason(&text("reason")) as i32,
+                        boot_id: String::new(),
                     }),
                     "started" => pb::run_event::Kind::Log(pb::StepLog {
                         stream: pb::LogStream::Agent as i32,

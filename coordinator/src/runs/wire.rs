@@ -229,6 +229,23 @@ pub(super) fn plain_event(run_id: &str, e: &StoredEvent) -> pb::RunEvent {
     }
 }
 
+/// How a wait's reason is stored with its event (and shown in `--output json`), and back.
+pub(super) fn wait_reason_name(reason: pb::WaitReason) -> &'static str {
+    match reason {
+        pb::WaitReason::Reboot => "reboot",
+        pb::WaitReason::RestartByHand => "restart-by-hand",
+        pb::WaitReason::AttendedInstall | pb::WaitReason::Unspecified => "attended",
+    }
+}
+
+pub(super) fn wait_reason(name: &str) -> pb::WaitReason {
+    match name {
+        "reboot" => pb::WaitReason::Reboot,
+        "restart-by-hand" => pb::WaitReason::RestartByHand,
+        _ => pb::WaitReason::AttendedInstall,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;

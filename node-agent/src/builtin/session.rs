@@ -185,6 +185,9 @@ impl<'a> Session<'a> {
         if remaining.is_zero() {
             return Err(self.timeout_fail());
         }
+        // A failure is explained by the call that failed: what an earlier call wrote to standard
+        // error (a warning of a tool that succeeded) is in the log, not in this call's failure.
+        self.tail.clear();
         if echo != Echo::Quiet {
             self.note(format!("> {}", invocation.display()), false)
                 .await;

@@ -1,8 +1,9 @@
 //! Where the Windows tools are. On Windows the defaults come from the environment (`%SystemRoot%`,
 //! `%CommonProgramFiles%`); an optional `[tools]` table in `agent.toml` overrides each one. Elsewhere a
 //! tool exists only when `[tools]` names it (the integration tests point them at fixture scripts).
-//! `sc` and `reg` are stand-ins for the service controller and the registry where Windows' APIs do not
-//! exist: on Windows the agent uses the APIs and has no such tools (`system`).
+//! `sc`, `reg` and `boot_id` are stand-ins for the service controller, the registry and the boot where
+//! Windows' APIs do not exist: on Windows the agent uses the APIs and has no such tools (`system`,
+//! `host`).
 
 use std::path::{Path, PathBuf};
 
@@ -69,6 +70,8 @@ impl Tool {
 pub struct ToolOverrides {
     pub sc: Option<PathBuf>,
     pub reg: Option<PathBuf>,
+    /// Prints the boot id (`host::boot_id`).
+    pub boot_id: Option<PathBuf>,
     pub shutdown: Option<PathBuf>,
     pub msiexec: Option<PathBuf>,
     pub powershell: Option<PathBuf>,
@@ -88,6 +91,8 @@ pub struct ToolOverrides {
 pub struct Tools {
     pub sc: Option<PathBuf>,
     pub reg: Option<PathBuf>,
+    /// Prints the boot id (`host::boot_id`).
+    pub boot_id: Option<PathBuf>,
     pub shutdown: Option<PathBuf>,
     pub msiexec: Option<PathBuf>,
     pub powershell: Option<PathBuf>,
@@ -146,6 +151,7 @@ impl Tools {
             // Stand-ins only: Windows' own state is read through its APIs.
             sc: o.sc.clone(),
             reg: o.reg.clone(),
+            boot_id: o.boot_id.clone(),
             shutdown: o.shutdown.clone().or_else(|| system32("shutdown.exe")),
             msiexec: o.msiexec.clone().or_else(|| system32("msiexec.exe")),
             powershell: o

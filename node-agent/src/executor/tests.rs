@@ -460,45 +460,69 @@ async fn a_reboot_the_install_asks_for_follows_the_policy() {
     );
     assert!(!kinds(&events).iter().any(|k| matches!(k, Kind::Waiting(_))));
 
-    // The installer restarts the server itself: the attempt waits for that, whatever the policy, and
-    // fails when the server is still up after the step timeout.
+    // The installer restarts the server itself: the attempt waits for that, whatever the policy. When
+    // the server is still up after the step timeout, it waits on for a restart by hand (no timeout),
+    // so that the restart that comes later still ends in the verification.
     let started = config(dir.path(), ", FAKE_SETUP_REBOOT = \"started\"", None);
-    let (result, events) = run_collect(&started, &a).await;
-    let waiting: Vec<&pb::StepWaiting> = kinds(&events)
-        .into_iter()
-        .filter_map(|k| match k {
-            Kind::Waiting(w) => Some(w),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(waiting.len(), 1);
-    assert_eq!(waiting[0].reason(), pb::WaitReason::Reboot);
-    assert!(
-        waiting[0].instruction.contains("restarts sso-dev-01"),
-        "{}",
-        waiting[0].instruction
+    let waits = waits_collect(&started, &a).await;
+    assert_eq!(
+        waits.iter().map(|w| w.reason()).collect::<Vec<_>>(),
+        [pb::WaitReason::Reboot, pb::WaitReason::RestartByHand]
     );
-    assert_eq!(result.outcome(), pb::StepOutcome::Failed);
     assert!(
-        result.error.contains("did not restart within 300ms"),
+        waits[0].instruction.contains("restarts sso-dev-01"),
         "{}",
-        result.error
+        waits[0].instruction
     );
-    assert_well_formed(&events, &result);
+    assert!(
+        waits[1].instruction.contains("but the server did not restart within 300ms of the reboot: restart sso-dev-01, and the agent verifies the install when it is back"),
+        "{}",
+        waits[1].instruction
+    );
+    let boot = crate::host::boot_id(None).await.unwrap();
+    assert!(
+        waits.iter().all(|w| w.boot_id == boot),
+        "both waits name the boot the install ran in"
+    );
 
-    // if-required: the agent restarts the server; here no shutdown.exe exists, which fails clearly.
+    // if-required: the agent restarts the server; here no shutdown.exe exists: it waits for a
+    // restart by hand at once.
     let mut if_required = config(dir.path(), ", FAKE_SETUP_REBOOT = \"required\"", None);
     if_required.reboot = RebootPolicy::IfRequired;
-    let (result, events) = run_collect(&if_required, &a).await;
     if cfg!(not(windows)) {
-        assert_eq!(result.outcome(), pb::StepOutcome::Failed);
+        let waits = waits_collect(&if_required, &a).await;
+        assert_eq!(waits.len(), 2);
         assert!(
-            result.error.starts_with("installed (the install reported that a reboot is required), but the server cannot be restarted: this platform has no shutdown.exe"),
+            waits[1]
+                .instruction
+                .contains("but the server cannot be restarted: this platform has no shutdown.exe"),
             "{}",
-            result.error
+            waits[1].instruction
         );
-        assert!(kinds(&events).iter().any(|k| matches!(k, Kind::Waiting(_))));
     }
+}
+
+/// Runs an attempt that ends waiting: its waits, in order, the last one being the attempt's end.
+async fn waits_collect(config: &AgentConfig, a: &Assignment) -> Vec<pb::StepWaiting> {
+    let (tx, mut rx) = mpsc::channel(1024);
+    assert_eq!(execute(config, a, tx).await, None, "the attempt waits");
+    let mut events = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        events.push(e);
+    }
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>());
+    assert!(matches!(
+        events.last().and_then(|e| e.kind.as_ref()),
+        Some(Kind::Waiting(_))
+    ));
+    kinds(&events)
+        .into_iter()
+        .filter_map(|k| match k {
+            Kind::Waiting(w) => Some(w.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 #[tokio::test]

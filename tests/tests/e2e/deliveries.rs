@@ -187,6 +187,7 @@ async fn duplicated_and_reordered_events_are_stored_once_in_order_and_applied_on
     let started_kind = pb::step_event::Kind::Started(pb::StepStarted {
         pid: 7,
         command: "ssoconfig -backupSecret".into(),
+        ..Default::default()
     });
     let progress = pb::step_event::Kind::Progress(pb::StepProgress {
         percent: 50,
