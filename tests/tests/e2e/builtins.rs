@@ -56,6 +56,7 @@ fn built_in_config(s: &Setup, node: &str, win: &Path) -> (String, String) {
         "powershell",
         "wevtutil",
         "shutdown",
+        "boot_id",
     ] {
         let wrapper = script(
             &bin.join(tool),
@@ -170,8 +171,28 @@ fn the_built_in_actions_back_up_install_reboot_and_verify_a_master() {
         "{stdin}"
     );
 
-    // The server goes down (the agent with it) and comes back: the agent verifies, then reports.
+    // The agent restarts but the server does not (the same boot): nothing is verified, and the step
+    // waits for a restart by hand, without a timeout.
     s.agents[m1].process.kill();
+    s.agents[m1] = start_agent(&s, "m1", &top, &extra);
+    let run = eventually(PATIENCE, "the step waiting for a restart by hand", || {
+        let (_, run) = s.json(&["run", "show", &run_id]);
+        (step_of(&run, "m1", "upgrade-master")["state"] == "waiting").then_some(run)
+    });
+    let message = step_of(&run, "m1", "upgrade-master")["message"].to_string();
+    assert!(
+        message.contains("installed, but the agent restarted, but the server did not (the same boot): restart m1, and the agent verifies the install when it is back"),
+        "{message}"
+    );
+    assert!(
+        !calls(&win).iter().any(|c| c.starts_with("ssomanage")),
+        "not verified without a reboot"
+    );
+
+    // The server goes down (the agent with it) and comes back in another boot: the agent verifies,
+    // then reports.
+    s.agents[m1].process.kill();
+    std::fs::write(win.join("boot-id"), "boot-2\n").unwrap();
     s.agents[m1] = start_agent(&s, "m1", &top, &extra);
     let run = wait_final(&s, &run_id, PATIENCE);
     assert_eq!(run["state"], "succeeded", "{run}");
