@@ -239,7 +239,7 @@ fn a_wait_no_run_wants_any_more_is_dropped_when_its_agent_comes_back() {
     );
     let agent_log = s.agents[m2].process.log_text();
     assert!(
-        agent_log.contains("the attended install's attempt was cancelled"),
+        agent_log.contains("the waiting attempt was cancelled"),
         "{agent_log}"
     );
 }
