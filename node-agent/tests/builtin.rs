@@ -447,7 +447,10 @@ async fn verify_checks_service_version_master_status_and_events() {
 #[tokio::test]
 async fn a_timeout_is_not_explained_by_an_earlier_tools_warning() {
     let f = Fake::new().biztalk_master();
-    f.set("stderr.ssomanage", "warning: the SSO cache is being refreshed\n");
+    f.set(
+        "stderr.ssomanage",
+        "warning: the SSO cache is being refreshed\n",
+    );
     f.set("hang.wevtutil", "");
     let mut ctx = f.ctx(&[("target_version", "3.0.7")]);
     ctx.timeout = Duration::from_secs(3);
@@ -455,7 +458,10 @@ async fn a_timeout_is_not_explained_by_an_earlier_tools_warning() {
     assert!(o.timed_out, "{o:?}");
     assert_eq!(f.calls_of("ssomanage"), ["ssomanage [-displaydb]"]);
     let message = o.failure("verify_sso");
-    assert_eq!(message, "verify_sso did not finish within 3s; it was stopped");
+    assert_eq!(
+        message,
+        "verify_sso did not finish within 3s; it was stopped"
+    );
 }
 
 #[tokio::test]
