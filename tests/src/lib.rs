@@ -8,6 +8,7 @@
 
 pub mod proxy;
 pub mod tds;
+pub mod wine;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -13,6 +13,7 @@
  *   <100 ns ticks since 1601> <pid> <mode> start|end <raw command line (GetCommandLineW)>
  */
 #include <windows.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -23,6 +23,7 @@ mod upgrade;
 mod versions;
 mod windows;
 mod wine;
+mod wine_agent;
 
 /// A two-environment inventory: dev (a1 master, a2 member) and prod (p1 master).
 pub const FLEET: &str = r#"

@@ -6,81 +6,12 @@
 //! `FLEET_WINE_BIN` names the folder `tests/wine/build` prints (default `target/wine/bin`). Without Wine
 //! or that folder the test says so loudly and is skipped, unless `FLEET_REQUIRE_WINE` is set (CI).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-/// The folder with fleet-agent.exe and the bcryptprimitives.dll stand-in, or why there is none.
-fn windows_bin() -> Result<PathBuf, String> {
-    let bin = std::env::var_os("FLEET_WINE_BIN").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wine/bin"),
-        PathBuf::from,
-    );
-    if Command::new("wine").arg("--version").output().is_err() {
-        return Err("wine is not installed (Debian's wine, wine64)".into());
-    }
-    for file in ["fleet-agent.exe", "bcryptprimitives.dll"] {
-        if !bin.join(file).is_file() {
-            return Err(format!(
-                "{} has no {file}: run tests/wine/build",
-                bin.display()
-            ));
-        }
-    }
-    Ok(bin)
-}
-
-/// A Wine prefix of its own (one "server"), killed when dropped.
-struct Server {
-    prefix: tempfile::TempDir,
-}
-
-impl Server {
-    fn new() -> Self {
-        Self {
-            prefix: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn wine(&self, args: &[&str], cwd: &Path) -> Output {
-        Command::new("wine")
-            .args(args)
-            .current_dir(cwd)
-            .env("WINEPREFIX", self.prefix.path())
-            .env("WINEDEBUG", "-all")
-            // No Mono or Gecko installer prompts in a fresh prefix.
-            .env("WINEDLLOVERRIDES", "mscoree,mshtml=")
-            .output()
-            .unwrap()
-    }
-
-    /// Wine's own `reg` / `sc`, as an administrator would prepare the server.
-    fn run(&self, args: &[&str]) {
-        let o = self.wine(args, self.prefix.path());
-        assert!(o.status.success(), "wine {args:?}: {o:?}");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("wineserver")
-            .arg("-k")
-            .env("WINEPREFIX", self.prefix.path())
-            .status();
-    }
-}
+use fleet_tests::wine::{WineServer as Server, windows_bin_or_skip};
 
 #[test]
 fn the_windows_agent_reads_esso_from_the_registry_and_the_service_manager() {
-    let bin = match windows_bin() {
-        Ok(bin) => bin,
-        Err(why) if std::env::var_os("FLEET_REQUIRE_WINE").is_some() => {
-            panic!("the Windows tier cannot run, and FLEET_REQUIRE_WINE is set: {why}")
-        }
-        Err(why) => {
-            println!("SKIPPED the Windows tier (Wine): {why}");
-            eprintln!("SKIPPED the Windows tier (Wine): {why}");
-            return;
-        }
+    let Some(bin) = windows_bin_or_skip(&["fleet-agent.exe", "bcryptprimitives.dll"]) else {
+        return;
     };
     let server = Server::new();
     // The agent's folder, as the install script lays it out: the program, its configuration.

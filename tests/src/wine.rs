@@ -1,0 +1,168 @@
+//! The Windows tier's harness: the agent built for Windows (`tests/wine/build`: fleet-agent.exe, the
+//! bcryptprimitives.dll stand-in Wine 8 needs, and esso-fixture.exe from tests/wine/fixture.c) run
+//! under Wine, each "server" a Wine prefix of its own.
+//!
+//! `FLEET_WINE_BIN` names the folder `tests/wine/build` prints (default `target/wine/bin`). Without
+//! Wine or that folder the tests say so loudly and are skipped, unless `FLEET_REQUIRE_WINE` is set.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::{Context, Result};
+
+use crate::{Fleet, Process};
+
+/// The folder with fleet-agent.exe, the bcryptprimitives.dll stand-in (and, from `tests/wine/build`,
+/// esso-fixture.exe), or why there is none.
+pub fn windows_bin() -> Result<PathBuf, String> {
+    windows_bin_with(&["fleet-agent.exe", "bcryptprimitives.dll"])
+}
+
+/// As [`windows_bin`], and the folder must hold each of `files`.
+pub fn windows_bin_with(files: &[&str]) -> Result<PathBuf, String> {
+    let bin = std::env::var_os("FLEET_WINE_BIN").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wine/bin"),
+        PathBuf::from,
+    );
+    if Command::new("wine").arg("--version").output().is_err() {
+        return Err("wine is not installed (Debian's wine, wine64)".into());
+    }
+    for file in files {
+        if !bin.join(file).is_file() {
+            return Err(format!(
+                "{} has no {file}: run tests/wine/build",
+                bin.display()
+            ));
+        }
+    }
+    Ok(bin)
+}
+
+/// The bin folder with `files`; `None` (after a loud SKIPPED) when the Windows tier cannot run here,
+/// a panic instead when `FLEET_REQUIRE_WINE` is set.
+pub fn windows_bin_or_skip(files: &[&str]) -> Option<PathBuf> {
+    match windows_bin_with(files) {
+        Ok(bin) => Some(bin),
+        Err(why) if std::env::var_os("FLEET_REQUIRE_WINE").is_some() => {
+            panic!("the Windows tier cannot run, and FLEET_REQUIRE_WINE is set: {why}")
+        }
+        Err(why) => {
+            println!("SKIPPED the Windows tier (Wine): {why}");
+            eprintln!("SKIPPED the Windows tier (Wine): {why}");
+            None
+        }
+    }
+}
+
+/// A Linux path as a Windows program under Wine reaches it: `Z:` is Wine's drive for `/`.
+pub fn windows_path(path: &Path) -> String {
+    format!("Z:{}", path.display()).replace('/', "\\")
+}
+
+/// A Wine prefix of its own (one "server"), killed when dropped.
+pub struct WineServer {
+    pub prefix: tempfile::TempDir,
+}
+
+impl Default for WineServer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WineServer {
+    pub fn new() -> Self {
+        Self {
+            prefix: tempfile::tempdir().expect("a temporary directory for the Wine prefix"),
+        }
+    }
+
+    /// `wine` in this prefix, quiet, with no Mono or Gecko installer prompts.
+    pub fn command(&self, cwd: &Path) -> Command {
+        let mut command = Command::new("wine");
+        command
+            .current_dir(cwd)
+            .env("WINEPREFIX", self.prefix.path())
+            .env("WINEDEBUG", "-all")
+            // No Mono or Gecko installer prompts in a fresh prefix.
+            .env("WINEDLLOVERRIDES", "mscoree,mshtml=");
+        command
+    }
+
+    pub fn wine(&self, args: &[&str], cwd: &Path) -> Output {
+        self.command(cwd).args(args).output().expect("wine runs")
+    }
+
+    /// Wine's own `reg` / `sc`, as an administrator would prepare the server.
+    pub fn run(&self, args: &[&str]) {
+        let o = self.wine(args, self.prefix.path());
+        assert!(o.status.success(), "wine {args:?}: {o:?}");
+    }
+}
+
+impl Drop for WineServer {
+    fn drop(&mut self) {
+        let _ = Command::new("wineserver")
+            .arg("-k")
+            .env("WINEPREFIX", self.prefix.path())
+            .status();
+    }
+}
+
+/// Lays out `agents/<node>/` of the fleet as the install script does for the Windows agent: the
+/// program and the DLL it needs (copied from `bin`), `agent.toml` (`config`, whose relative paths
+/// resolve against that folder) and the node's certificates in `tls/` (issued unless there). Returns
+/// the folder.
+pub fn lay_out_windows_agent(
+    fleet: &Fleet,
+    bin: &Path,
+    node: &str,
+    config: &str,
+) -> Result<PathBuf> {
+    let rel = format!("agents/{node}");
+    if !fleet.path(&rel).join("tls/agent.pem").exists() {
+        fleet.issue_agent("tls", node, &format!("{rel}/tls"))?;
+    }
+    let dir = fleet.path(&rel);
+    for file in ["fleet-agent.exe", "bcryptprimitives.dll"] {
+        std::fs::copy(bin.join(file), dir.join(file))
+            .with_context(|| format!("copying {file} into {}", dir.display()))?;
+    }
+    fleet.write(&format!("{rel}/agent.toml"), config)?;
+    Ok(dir)
+}
+
+/// agent.toml's first part for a Windows agent laid out by [`lay_out_windows_agent`]: node,
+/// coordinator, state and certificates relative to the file's folder, a quick reconnect.
+pub fn windows_agent_toml(node: &str, coordinator: &str) -> String {
+    format!(
+        r#"node = "{node}"
+coordinator = "{coordinator}"
+state_dir = 'state'
+[tls]
+ca = 'tls\ca.pem'
+cert = 'tls\agent.pem'
+key = 'tls\agent-key.pem'
+[reconnect]
+initial = "100ms"
+max = "500ms"
+"#
+    )
+}
+
+/// Starts `fleet-agent.exe --config agent.toml` under Wine in `server`, in `dir` (laid out by
+/// [`lay_out_windows_agent`]), logging to `<dir>/agent.<n>.log`. The process is the Windows
+/// program itself (Wine's loader becomes it), so killing it kills fleet-agent.exe only.
+pub fn start_windows_agent(server: &WineServer, dir: &Path, node: &str) -> Result<Process> {
+    let log = (1..)
+        .map(|i| dir.join(format!("agent.{i}.log")))
+        .find(|p| !p.exists())
+        .unwrap_or_else(|| dir.join("agent.log"));
+    Process::spawn(
+        &format!("fleet-agent.exe {node} (Wine)"),
+        server
+            .command(dir)
+            .args(["fleet-agent.exe", "--config", "agent.toml"]),
+        log,
+    )
+}
