@@ -66,7 +66,7 @@ pub struct Agent {
     /// Attempts, their events until acknowledged, and the newest epoch seen: what survives a restart.
     journal: Journal,
     /// Attempts that were running when the agent last stopped and whose process still runs.
-    orphans: Vec<(String, crate::host::ProcessId)>,
+    orphans: Vec<(String, host::ProcessId)>,
     /// Messages that need not survive a broken stream (facts), from tasks that outlive one.
     outbox: mpsc::Sender<pb::AgentMessage>,
     outbox_rx: Option<mpsc::Receiver<pb::AgentMessage>>,
@@ -584,9 +584,9 @@ impl Agent {
         let then = w.waiting.boot_id.as_str();
         let same = match boot {
             _ if then.is_empty() => None,
-            Ok(now) if now == then => {
-                Some("the agent restarted, but the server did not (the same boot)".to_string())
-            }
+            Ok(now) if now == then => Some(
+                "the server has not restarted (the agent restarted in the same boot)".to_string(),
+            ),
             Ok(_) => None,
             Err(e) => Some(format!(
                 "the agent restarted and cannot tell whether the server did ({e})"

@@ -181,7 +181,7 @@ fn the_built_in_actions_back_up_install_reboot_and_verify_a_master() {
     });
     let message = step_of(&run, "m1", "upgrade-master")["message"].to_string();
     assert!(
-        message.contains("installed, but the agent restarted, but the server did not (the same boot): restart m1, and the agent verifies the install when it is back"),
+        message.contains("installed, but the server has not restarted (the agent restarted in the same boot): restart m1, and the agent verifies the install when it is back"),
         "{message}"
     );
     assert!(
