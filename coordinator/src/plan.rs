@@ -171,6 +171,17 @@ impl StepKind {
         )
     }
 
+    /// Agent steps that an abort may end while they run (the agent ends their processes). Never
+    /// an install, nor the migration utility (its export or import): a program stopped halfway
+    /// there leaves the server, or the SSO database, in an unknown state; the run waits for them
+    /// instead. The agent keeps the same rule for its actions (`install_sso`, `run_migration`).
+    pub fn cancellable(self) -> bool {
+        self.on_agent()
+            && !self.installs()
+            && self != StepKind::RunMigration
+            && self.migration_phase().is_none()
+    }
+
     pub fn is_member_step(self) -> bool {
         matches!(self, StepKind::UpgradeMember | StepKind::VerifyMember)
     }

@@ -17,12 +17,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
+use crate::cancel::{Cancel, Running};
 use crate::catalogue::ActionName;
 use crate::config::AgentConfig;
 use crate::executor::{self, Assignment};
 use crate::facts;
 use crate::host;
 use crate::journal::{Accept, Journal, JournalError, Waiting};
+use crate::runner;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A session that lasted this long resets the re-attach backoff.
@@ -67,6 +69,8 @@ pub struct Agent {
     journal: Journal,
     /// Attempts that were running when the agent last stopped and whose process still runs.
     orphans: Vec<(String, host::ProcessId)>,
+    /// The attempts running in this process, to cancel.
+    running: Running,
     /// Messages that need not survive a broken stream (facts), from tasks that outlive one.
     outbox: mpsc::Sender<pb::AgentMessage>,
     outbox_rx: Option<mpsc::Receiver<pb::AgentMessage>>,
@@ -105,6 +109,7 @@ impl Agent {
             highest_epoch,
             journal,
             orphans,
+            running: Running::default(),
             outbox,
             outbox_rx: Some(outbox_rx),
         })
@@ -383,10 +388,20 @@ impl Agent {
                         Ok(true) => {
                             tracing::info!(attempt_id = %c.attempt_id, "the waiting attempt was cancelled: {}", c.reason)
                         }
-                        Ok(false) => tracing::warn!(
-                            attempt_id = %c.attempt_id,
-                            "cancelling a running step attempt is not built yet; it runs to its end or its timeout"
-                        ),
+                        Ok(false) => match self.running.cancel(&c.attempt_id, &c.reason) {
+                            Cancel::Cancelled => tracing::info!(
+                                attempt_id = %c.attempt_id,
+                                "cancelling the running step: {}", c.reason
+                            ),
+                            Cancel::NeverStopped(action) => tracing::warn!(
+                                attempt_id = %c.attempt_id,
+                                "not cancelling {action}: an install is never stopped halfway (it would leave the server in an unknown state); it runs to its end"
+                            ),
+                            Cancel::NotRunning => tracing::debug!(
+                                attempt_id = %c.attempt_id,
+                                "nothing to cancel: the attempt does not run here"
+                            ),
+                        },
                         Err(e) => tracing::error!("cannot read the journal: {e}"),
                     }
                 }
@@ -532,30 +547,72 @@ impl Agent {
         );
         let (config, journal) = (self.config.clone(), self.journal.clone());
         let facts_outbox = self.outbox.clone();
+        let ticket = self
+            .running
+            .register(&assignment.attempt_id, assignment.action);
         tokio::spawn(
             async move {
                 let (tx, mut rx) = mpsc::channel::<pb::StepEvent>(256);
-                let forward = tokio::spawn(async move {
-                    while let Some(event) = rx.recv().await {
-                        if let Err(e) = journal.record(&event) {
-                            tracing::error!(seq = event.seq, "cannot journal a step event: {e}");
+                let forward = {
+                    let journal = journal.clone();
+                    let ticket = &ticket;
+                    async move {
+                        while let Some(mut event) = rx.recv().await {
+                            if let Some(pb::step_event::Kind::Finished(result)) = &mut event.kind {
+                                ticket.judge(result);
+                            }
+                            if let Err(e) = journal.record(&event) {
+                                tracing::error!(seq = event.seq, "cannot journal a step event: {e}");
+                            }
+                        }
+                    }
+                };
+                let work = runner::CANCEL.scope(ticket.token(), async {
+                    match continuation {
+                        None => {
+                            tracing::info!(action = %assignment.action, "step started");
+                            executor::execute(&config, &assignment, tx).await
+                        }
+                        Some((last_seq, why)) => {
+                            tracing::info!(action = %assignment.action, "{why}: verifying");
+                            Some(
+                                executor::continue_after(&config, &assignment, last_seq, &why, tx)
+                                    .await,
+                            )
                         }
                     }
                 });
-                let result = match continuation {
-                    None => {
-                        tracing::info!(action = %assignment.action, "step started");
-                        executor::execute(&config, &assignment, tx).await
+                // A cancelled step that does not end within the grace is recorded cancelled as the
+                // journal knows it, once what it sent is journaled (its programs were ended; only the
+                // agent's own work is dropped).
+                let (ended, ()) = tokio::join!(
+                    async {
+                        tokio::select! {
+                            result = work => Some(result),
+                            () = ticket.gave_up() => None,
+                        }
+                    },
+                    forward
+                );
+                let result = match ended {
+                    Some(mut result) => {
+                        if let Some(result) = result.as_mut() {
+                            ticket.judge(result);
+                        }
+                        result
                     }
-                    Some((last_seq, why)) => {
-                        tracing::info!(action = %assignment.action, "{why}: verifying");
-                        Some(
-                            executor::continue_after(&config, &assignment, last_seq, &why, tx)
-                                .await,
-                        )
+                    None => {
+                        let result = ticket.abandoned();
+                        let last_seq = journal
+                            .report(&assignment.attempt_id)
+                            .map_or(0, |r| r.last_seq);
+                        if let Err(e) = journal.finish(&assignment.attempt_id, last_seq, result.clone()) {
+                            tracing::error!("cannot journal a step event: {e}");
+                        }
+                        Some(result)
                     }
                 };
-                let _ = forward.await;
+                drop(ticket);
                 match &result {
                     Some(result) => tracing::info!(outcome = ?result.outcome(), error = %result.error, "step finished"),
                     None => tracing::info!("step waits for the operator's attended install"),

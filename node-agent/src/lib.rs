@@ -12,6 +12,7 @@
 //! - [`host`]: the machine: process identity and trees, the boot.
 //! - [`runner`]: runs a configured command with a timeout and reads its line protocol.
 //! - [`executor`]: runs one step attempt and reports numbered events.
+//! - [`cancel`]: cancelling a running step (never an install).
 //! - [`facts`]: the `facts` action.
 //! - [`backoff`]: exponential backoff with jitter for re-attaching.
 //! - [`journal`]: the durable record of attempts and unacknowledged events in `state_dir`.
@@ -22,6 +23,7 @@ pub mod action;
 pub mod attach;
 pub mod backoff;
 pub mod builtin;
+pub mod cancel;
 pub mod catalogue;
 pub mod config;
 pub mod esso;

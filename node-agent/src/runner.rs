@@ -11,8 +11,16 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::host;
+
+tokio::task_local! {
+    /// The cancellation of the step whose task this is (the agent sets it around each step): a
+    /// cancelled step's program and everything it started are ended like a timed-out one's, and no
+    /// further program of the step starts.
+    pub static CANCEL: CancellationToken;
+}
 
 /// How many lines of standard error a failure carries.
 pub const STDERR_TAIL: usize = 20;
@@ -131,11 +139,21 @@ pub enum RunError {
         program: String,
         source: std::io::Error,
     },
+    #[error("{program} was not started: the step was cancelled")]
+    Cancelled { program: String },
 }
 
 /// Runs `spec`, sending each report to `reports` as it happens.
 pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Outcome, RunError> {
     let started = Instant::now();
+    let cancel = CANCEL
+        .try_with(CancellationToken::clone)
+        .unwrap_or_default();
+    if cancel.is_cancelled() {
+        return Err(RunError::Cancelled {
+            program: spec.program.display().to_string(),
+        });
+    }
     let mut command = Command::new(&spec.program);
     command
         .args(&spec.args)
@@ -232,6 +250,13 @@ pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Ou
                     break;
                 }
                 timed_out = true;
+                if let Some(tree) = tree.take() {
+                    tree.kill(&mut child);
+                }
+                status = Some(child.wait().await);
+                drain_limit = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
+            }
+            () = cancel.cancelled(), if status.is_none() => {
                 if let Some(tree) = tree.take() {
                     tree.kill(&mut child);
                 }
@@ -450,6 +475,48 @@ mod tests {
             outcome
                 .failure("install_sso")
                 .starts_with("install_sso did not finish within")
+        );
+    }
+
+    /// A cancelled step's program and the child it started are ended at once, and nothing further
+    /// of the step starts.
+    #[tokio::test]
+    async fn a_cancelled_command_is_ended_with_its_children() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let token = CancellationToken::new();
+        let cancel = token.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            cancel.cancel();
+        });
+        let outcome = CANCEL
+            .scope(
+                token.clone(),
+                run(
+                    &sh("sleep 30 & echo $!; wait", Duration::from_secs(60)),
+                    tx.clone(),
+                ),
+            )
+            .await
+            .unwrap();
+        assert!(!outcome.succeeded());
+        assert!(!outcome.timed_out);
+        assert!(outcome.duration < Duration::from_secs(10), "{outcome:?}");
+        let mut child = None;
+        while let Ok(report) = rx.try_recv() {
+            if let Report::Stdout(line) = report {
+                child = line.trim().parse::<u32>().ok();
+            }
+        }
+        let child = child.expect("the child's pid");
+        assert_eq!(host::identify(child), None, "the child {child} was ended");
+        let e = CANCEL
+            .scope(token, run(&sh("true", Duration::from_secs(5)), tx))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/bin/sh was not started: the step was cancelled"
         );
     }
 

@@ -775,9 +775,16 @@ impl Run {
                         self.set(
                             step,
                             StepState::Failed,
-                            "cancelled while waiting for the attended install: the run was aborted",
+                            "cancelled while it waited for the operator: the run was aborted",
                             out,
                         );
+                        out.push(Command::Cancel { step, attempt });
+                    }
+                    // A running step is ended by its agent, which reports it cancelled; an install
+                    // runs to its end (see `StepKind::cancellable`).
+                    let s = &self.steps[step];
+                    if s.state == StepState::Running && s.plan.kind.cancellable() {
+                        let attempt = s.attempt;
                         out.push(Command::Cancel { step, attempt });
                     }
                     // The coordinator's own waits end with the run: nothing is out anywhere.
@@ -1214,12 +1221,21 @@ impl Run {
     fn derive_status(&self, now: Millis) -> (RunStatus, String) {
         let in_flight = self.has_running_steps();
         if self.aborted {
-            let reason = if in_flight {
-                "aborted; steps in flight finish on their agents"
-            } else {
-                "aborted by the operator"
+            let installing = self
+                .steps
+                .iter()
+                .position(|s| s.state == StepState::Running && !s.plan.kind.cancellable());
+            let reason = match installing {
+                Some(step) => format!(
+                    "aborted; waiting for {} to end: an install is never stopped halfway (it would leave the server in an unknown state)",
+                    self.describe(step)
+                ),
+                None if in_flight => {
+                    "aborted; the steps in flight are being ended on their agents".into()
+                }
+                None => "aborted by the operator".into(),
             };
-            return (RunStatus::Aborted, reason.into());
+            return (RunStatus::Aborted, reason);
         }
         if self.envs.iter().all(|e| e.status == EnvStatus::Succeeded) {
             let failed = self

@@ -1292,3 +1292,44 @@ fn a_master_that_goes_away_for_its_announced_reboot_does_not_halt_the_environmen
     run.apply(Event::NodeDetached(m1), T0).unwrap();
     assert_eq!(run.status(), RunStatus::Halted);
 }
+
+/// Abort asks the agent to end a running backup or verification, never a running install: the
+/// run says it waits for that.
+#[test]
+fn abort_cancels_running_steps_but_never_an_install() {
+    let inv = inventory(&[("auto", &["m1", "a", "b"], "")], 2, 0);
+    let abort_at = |stop_at: &str| {
+        let mut run = run_of(&inv, &[]);
+        let mut queue = dispatched(&run.apply(Event::Start, T0).unwrap());
+        while let Some((step, _)) = queue.first().copied() {
+            if name(&run, step) == stop_at {
+                break;
+            }
+            queue.remove(0);
+            queue.extend(ok(&mut run, step));
+        }
+        let (step, attempt) = queue[0];
+        let commands = run.apply(Event::Control(Control::Abort), T0).unwrap();
+        (run, step, attempt, commands)
+    };
+    let (run, step, attempt, commands) = abort_at("m1:backup-secret");
+    assert!(
+        commands.contains(&Command::Cancel { step, attempt }),
+        "{commands:?}"
+    );
+    assert_eq!(run.status(), RunStatus::Aborted);
+    assert_eq!(
+        run.reason(),
+        "aborted; the steps in flight are being ended on their agents"
+    );
+
+    let (run, _, _, commands) = abort_at("m1:upgrade-master");
+    assert!(
+        !commands.iter().any(|c| matches!(c, Command::Cancel { .. })),
+        "{commands:?}"
+    );
+    assert_eq!(
+        run.reason(),
+        "aborted; waiting for upgrade-master on m1 (e0) to end: an install is never stopped halfway (it would leave the server in an unknown state)"
+    );
+}

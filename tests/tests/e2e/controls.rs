@@ -118,12 +118,17 @@ fn pause_resume_retry_skip_and_abort_steer_a_run_and_the_audit_names_who() {
         step_of(r, "a1", "verify")["state"] == "succeeded"
     });
 
-    // Abort while the prod master installs: it finishes, nothing else of prod starts.
+    // Abort while the prod master installs: it finishes (an install is never stopped halfway, and
+    // the run says so), nothing else of prod starts.
     wait_tool(&s.fleet, "m2", "setup", true);
     let o = as_alice(&s, &["abort", &run_id]);
     assert!(o.status.success(), "{o:?}");
     let run = wait_final(&s, &run_id, Duration::from_secs(30));
     assert_eq!(run["state"], "aborted", "{run}");
+    assert!(
+        run["reason"].as_str().unwrap().starts_with("aborted; waiting for upgrade-master on m2 (prod) to end: an install is never stopped halfway"),
+        "{run}"
+    );
     wait_tool(&s.fleet, "m2", "setup", false);
     std::thread::sleep(Duration::from_millis(500));
     let log = tool_log(&s.fleet);
@@ -171,5 +176,36 @@ fn pause_resume_retry_skip_and_abort_steer_a_run_and_the_audit_names_who() {
         audit[3]["detail"] == "transient MSI lock"
             && audit[3]["at"].as_str().is_some_and(|t| t.starts_with("20")),
         "{audit}"
+    );
+}
+
+/// Abort ends a running step that is not an install: its agent ends the step's programs (the tool
+/// and the child it started) and reports the step cancelled, long before the tool would have ended.
+#[test]
+fn abort_cancels_a_running_backup_and_ends_its_programs() {
+    let s = setup(FLEET, &[], &[("m1", ", FAKE_SSOCONFIG_SECONDS = \"60\"")]);
+    let run_id = start_detached(&s);
+    wait_tool(&s.fleet, "m1", "backup", true);
+    let o = s.ctl(&["abort", &run_id]);
+    assert!(o.status.success(), "{o:?}");
+    let run = wait_for(&s, &run_id, "the backup cancelled", |r| {
+        step_of(r, "m1", "backup-secret")["state"] == "failed"
+    });
+    let message = step_of(&run, "m1", "backup-secret")["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.starts_with("cancelled: the operator admin aborted the run or skipped the step; the step's programs were ended"),
+        "{message}"
+    );
+    assert_eq!(run["state"], "aborted", "{run}");
+    assert_eq!(run["reason"], "aborted by the operator", "{run}");
+    // The tool never got to its end, and nothing ran after it.
+    std::thread::sleep(Duration::from_millis(500));
+    let log = tool_log(&s.fleet);
+    assert!(
+        log.iter().all(|e| e.start || e.tool != "backup") && log.len() == 1,
+        "{log:?}"
     );
 }
