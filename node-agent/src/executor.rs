@@ -13,8 +13,9 @@
 //!   operator and waits. On the operator's approval ([`continue_after`]) it verifies, then finishes.
 //! - exit code 1641 (the installer restarts the server), or 3010 under the `if-required` reboot
 //!   policy (the agent restarts it): the agent reports that it waits for the reboot. The agent that
-//!   starts after the reboot verifies and finishes the attempt ([`continue_after`]); a server that is
-//!   still up after the step timeout fails the step.
+//!   starts in the next boot verifies and finishes the attempt ([`continue_after`]); a server still
+//!   up after the step timeout (or a reboot command that failed) leaves the attempt waiting for a
+//!   restart by hand, which still ends in that verification.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

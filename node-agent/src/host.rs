@@ -31,8 +31,10 @@ pub fn identify(pid: u32) -> Option<ProcessId> {
 /// Whether `root` (with `started` 0: any process with its id) or a process it started still runs.
 /// Its descendants are its process group on Unix (the runner makes each step a group); on Windows, the
 /// processes whose parent chain leads to it, each started no earlier than its parent (Windows does
-/// not re-parent orphans, and a reused id belongs to a later process). Errs on the side of "alive": a
-/// caller waits a little longer rather than start a second installer beside the first.
+/// not re-parent orphans, and a reused id belongs to a later process). Where that is ambiguous (an
+/// old journal row without a start time) it counts as alive: a caller waits a little longer rather
+/// than start a second installer beside the first. Only when the processes cannot be read at all does
+/// it say no (logged).
 pub fn tree_alive(root: ProcessId) -> bool {
     let Some(system) = processes(ProcessesToUpdate::All) else {
         return false;

@@ -6,6 +6,12 @@
  *   esso-fixture.exe backup -backupSecret FILE  reads the password on standard input, writes FILE
  *   esso-fixture.exe install VERSION            "installs" VERSION (FIXTURE_SETUP_MS: takes that long)
  *   esso-fixture.exe verify                     ::output:: version=<installed>, service=running
+ *   esso-fixture.exe tree VERSION               an install that starts a grandchild and never ends:
+ *                                               starts `esso-fixture.exe sleeper` (FIXTURE_TREE_MARK
+ *                                               on its command line), prints ::output:: grandchild=<pid>,
+ *                                               then sleeps (FIXTURE_SETUP_MS, else 120 s)
+ *   esso-fixture.exe sleeper MARK               the grandchild: rewrites FIXTURE_HEARTBEAT (a Windows
+ *                                               path) with a counter every 100 ms, for 120 s at most
  *
  * The simulated ESSO home is FIXTURE_HOME (a Windows path; its `version` file holds the installed
  * version). Every run but `facts` appends two lines to FIXTURE_LOG (a Windows path), each written
@@ -156,6 +162,70 @@ static int verify(void) {
   return 0;
 }
 
+static DWORD setup_ms(DWORD otherwise) {
+  char ms_text[32];
+  DWORD n = GetEnvironmentVariableA("FIXTURE_SETUP_MS", ms_text, sizeof ms_text);
+  if (n == 0 || n >= sizeof ms_text) return otherwise;
+  return (DWORD)strtoul(ms_text, NULL, 10);
+}
+
+/* The step's program, which starts a copy of itself (not sharing its pipes) and outlives the step's
+ * timeout: only ending the step's whole process tree (a job object) ends the grandchild. */
+static int tree(int argc, char **argv) {
+  (void)argc;
+  (void)argv;
+  log_line("tree", "start");
+  out("::progress:: 10 starting a grandchild\n");
+  wchar_t self[MAX_PATH * 2];
+  DWORD n = GetModuleFileNameW(NULL, self, MAX_PATH * 2);
+  if (n == 0 || n >= MAX_PATH * 2) {
+    fprintf(stderr, "cannot read my own path\n");
+    log_line("tree", "end");
+    return 1;
+  }
+  wchar_t mark[256];
+  n = GetEnvironmentVariableW(L"FIXTURE_TREE_MARK", mark, 256);
+  if (n == 0 || n >= 256) wcscpy(mark, L"-");
+  wchar_t cmdline[MAX_PATH * 2 + 300];
+  swprintf(cmdline, sizeof cmdline / sizeof cmdline[0], L"\"%ls\" sleeper %ls", self, mark);
+  STARTUPINFOW si;
+  PROCESS_INFORMATION pi;
+  ZeroMemory(&si, sizeof si);
+  si.cb = sizeof si;
+  if (!CreateProcessW(NULL, cmdline, NULL, NULL, FALSE, 0, NULL, NULL, &si, &pi)) {
+    fprintf(stderr, "cannot start the grandchild: error %lu\n", (unsigned long)GetLastError());
+    log_line("tree", "end");
+    return 1;
+  }
+  out("::output:: grandchild=%lu\n", (unsigned long)pi.dwProcessId);
+  CloseHandle(pi.hThread);
+  CloseHandle(pi.hProcess);
+  Sleep(setup_ms(120000));
+  out("::progress:: 100 done\n");
+  log_line("tree", "end");
+  return 0;
+}
+
+static int sleeper(void) {
+  char path[MAX_PATH * 2];
+  DWORD n = GetEnvironmentVariableA("FIXTURE_HEARTBEAT", path, sizeof path);
+  int have_path = n > 0 && n < sizeof path;
+  log_line("sleeper", "start");
+  unsigned beat;
+  for (beat = 1; beat <= 1200; beat++) {
+    if (have_path) {
+      FILE *f = fopen(path, "w");
+      if (f) {
+        fprintf(f, "%u\n", beat);
+        fclose(f);
+      }
+    }
+    Sleep(100);
+  }
+  log_line("sleeper", "end");
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     fprintf(stderr, "usage: esso-fixture facts|backup|install|verify ...\n");
@@ -165,6 +235,8 @@ int main(int argc, char **argv) {
   if (strcmp(argv[1], "backup") == 0) return backup(argc, argv);
   if (strcmp(argv[1], "install") == 0) return install(argc, argv);
   if (strcmp(argv[1], "verify") == 0) return verify();
+  if (strcmp(argv[1], "tree") == 0) return tree(argc, argv);
+  if (strcmp(argv[1], "sleeper") == 0) return sleeper();
   fprintf(stderr, "unknown mode %s\n", argv[1]);
   return 2;
 }

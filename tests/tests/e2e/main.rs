@@ -24,6 +24,8 @@ mod versions;
 mod windows;
 mod wine;
 mod wine_agent;
+mod wine_builtins;
+mod wine_service;
 
 /// A two-environment inventory: dev (a1 master, a2 member) and prod (p1 master).
 pub const FLEET: &str = r#"
