@@ -16,6 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::attempt;
 use crate::backoff::Backoff;
 use crate::cancel::{Cancel, Running};
 use crate::catalogue::ActionName;
@@ -24,7 +25,6 @@ use crate::executor::{self, Assignment};
 use crate::facts;
 use crate::host;
 use crate::journal::{Accept, Journal, JournalError, Waiting};
-use crate::runner;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A session that lasted this long resets the re-attach backoff.
@@ -552,70 +552,11 @@ impl Agent {
             .register(&assignment.attempt_id, assignment.action);
         tokio::spawn(
             async move {
-                let (tx, mut rx) = mpsc::channel::<pb::StepEvent>(256);
-                let forward = {
-                    let journal = journal.clone();
-                    let ticket = &ticket;
-                    async move {
-                        while let Some(mut event) = rx.recv().await {
-                            if let Some(pb::step_event::Kind::Finished(result)) = &mut event.kind {
-                                ticket.judge(result);
-                            }
-                            if let Err(e) = journal.record(&event) {
-                                tracing::error!(seq = event.seq, "cannot journal a step event: {e}");
-                            }
-                        }
-                    }
-                };
-                let work = runner::CANCEL.scope(ticket.token(), async {
-                    match continuation {
-                        None => {
-                            tracing::info!(action = %assignment.action, "step started");
-                            executor::execute(&config, &assignment, tx).await
-                        }
-                        Some((last_seq, why)) => {
-                            tracing::info!(action = %assignment.action, "{why}: verifying");
-                            Some(
-                                executor::continue_after(&config, &assignment, last_seq, &why, tx)
-                                    .await,
-                            )
-                        }
-                    }
-                });
-                // A cancelled step that does not end within the grace is recorded cancelled as the
-                // journal knows it, once what it sent is journaled (its programs were ended; only the
-                // agent's own work is dropped).
-                let (ended, ()) = tokio::join!(
-                    async {
-                        tokio::select! {
-                            result = work => Some(result),
-                            () = ticket.gave_up() => None,
-                        }
-                    },
-                    forward
-                );
-                let result = match ended {
-                    Some(mut result) => {
-                        if let Some(result) = result.as_mut() {
-                            ticket.judge(result);
-                        }
-                        result
-                    }
-                    None => {
-                        let result = ticket.abandoned();
-                        let last_seq = journal
-                            .report(&assignment.attempt_id)
-                            .map_or(0, |r| r.last_seq);
-                        if let Err(e) = journal.finish(&assignment.attempt_id, last_seq, result.clone()) {
-                            tracing::error!("cannot journal a step event: {e}");
-                        }
-                        Some(result)
-                    }
-                };
-                drop(ticket);
+                let result =
+                    attempt::run(&config, &journal, &assignment, continuation, ticket).await;
                 match &result {
                     Some(result) => tracing::info!(outcome = ?result.outcome(), error = %result.error, "step finished"),
-                    None => tracing::info!("step waits for the operator's attended install"),
+                    None => tracing::info!("step waits (for the operator, or a reboot)"),
                 }
                 // The node changed: fresh facts, after the result so that they never delay it (facts
                 // may take seconds on Windows). The coordinator takes the verified version from the

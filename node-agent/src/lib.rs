@@ -17,10 +17,12 @@
 //! - [`backoff`]: exponential backoff with jitter for re-attaching.
 //! - [`journal`]: the durable record of attempts and unacknowledged events in `state_dir`.
 //! - [`attach`]: the long-lived stream to the coordinator.
+//! - [`attempt`]: one attempt's task: run, journaled, cancellable.
 #![forbid(unsafe_code)]
 
 pub mod action;
 pub mod attach;
+pub mod attempt;
 pub mod backoff;
 pub mod builtin;
 pub mod cancel;

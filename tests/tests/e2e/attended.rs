@@ -199,7 +199,7 @@ fn abort_ends_an_attended_wait_and_the_server_takes_new_work() {
         step["message"]
             .as_str()
             .unwrap()
-            .contains("cancelled while waiting"),
+            .contains("cancelled while it waited for the operator"),
         "{step}"
     );
     // The agent holds nothing: a new run on the same server starts (and waits again).
