@@ -154,9 +154,11 @@ pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Ou
             program: spec.program.display().to_string(),
         });
     }
-    let mut command = Command::new(&spec.program);
+    let mut command = command_for(spec).map_err(|source| RunError::Spawn {
+        program: spec.program.display().to_string(),
+        source,
+    })?;
     command
-        .args(&spec.args)
         .envs(&spec.env)
         .stdin(if spec.stdin_secret.is_some() {
             Stdio::piped()
@@ -276,6 +278,32 @@ pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Ou
         stderr_tail: tail.into_iter().collect(),
         duration: started.elapsed(),
     })
+}
+
+/// The program with its arguments. On Unix it outlives an agent that is killed or stopped (the next
+/// start waits for it): it must not die of SIGPIPE at its next line of output once the agent's end of
+/// the pipe is gone. An ignored signal stays ignored across `exec`, so `sh` sets that and then becomes
+/// the program (the same process: its id, group and arguments are the program's). A missing program
+/// is still an error at the start, as a direct spawn's would be.
+fn command_for(spec: &CommandSpec) -> std::io::Result<Command> {
+    #[cfg(unix)]
+    {
+        if spec.program.components().count() > 1 {
+            std::fs::metadata(&spec.program)?;
+        }
+        let mut command = Command::new("/bin/sh");
+        command
+            .args(["-c", "trap '' PIPE; exec \"$0\" \"$@\""])
+            .arg(&spec.program)
+            .args(&spec.args);
+        Ok(command)
+    }
+    #[cfg(not(unix))]
+    {
+        let mut command = Command::new(&spec.program);
+        command.args(&spec.args);
+        Ok(command)
+    }
 }
 
 /// The lines of one of the program's pipes; `read_until` keeps what it read in `buf` when a select
@@ -578,6 +606,30 @@ mod tests {
             "output lost by {} of 4000 runs: {lost:?}",
             lost.len()
         );
+    }
+
+    /// An agent that is killed or stopped leaves its step's program running (the next start waits for
+    /// it): the program's next line of output, into a pipe nobody reads any more, does not kill it.
+    #[tokio::test]
+    async fn a_program_outlives_the_agent_that_reads_its_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let done = dir.path().join("done");
+        let script = format!(
+            "sleep 0.5; echo late; echo later >&2; touch '{}'",
+            done.display()
+        );
+        let (tx, _rx) = mpsc::channel(64);
+        // The runner is dropped (the agent is gone) while the program runs.
+        let _ = tokio::time::timeout(
+            Duration::from_millis(200),
+            run(&sh(&script, Duration::from_secs(60)), tx),
+        )
+        .await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !done.exists() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(done.exists(), "the program died with the agent");
     }
 
     #[tokio::test]
