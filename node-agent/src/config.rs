@@ -165,8 +165,13 @@ struct RawReconnect {
 }
 
 impl AgentConfig {
+    /// Reads and checks `path`. Paths in it are relative to its folder, and made absolute: the
+    /// tools the agent runs get absolute paths whatever folder the agent was started in (a tool such
+    /// as `ISSOConfigSS` may resolve a relative path against another process's folder).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        Self::parse(path, &read_file(path)?)
+        let text = read_file(path)?;
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        Self::parse(&path, &text)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
@@ -461,6 +466,20 @@ timeout = "10m"
         assert_eq!(action.program, PathBuf::from("/opt/fake-esso/ssoconfig"));
         assert_eq!(action.timeout, Some(Duration::from_secs(600)));
         assert_eq!(c.reboot, RebootPolicy::Never);
+    }
+
+    /// Started as `fleet-agent --config agent.toml` in the agent's folder, its paths are still
+    /// absolute (the tools it runs get them).
+    #[test]
+    fn paths_are_absolute_when_the_file_is_named_relative() {
+        let here = std::env::current_dir().unwrap();
+        let dir = tempfile::tempdir_in(&here).unwrap();
+        std::fs::write(dir.path().join("agent.toml"), VALID).unwrap();
+        let relative = dir.path().strip_prefix(&here).unwrap().join("agent.toml");
+        assert!(relative.is_relative());
+        let c = AgentConfig::load(&relative).unwrap();
+        assert!(c.state_dir.is_absolute(), "{}", c.state_dir.display());
+        assert_eq!(c.state_dir, dir.path().join("state"));
     }
 
     #[test]
