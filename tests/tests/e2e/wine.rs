@@ -48,35 +48,17 @@ fn the_windows_agent_reads_esso_from_the_registry_and_the_service_manager() {
 
     // ESSO 3.0.7.0 as KB 2908466 says it is recorded (the 32-bit view's Server value), the master
     // secret server's SSOSS key, BizTalk's key, and an ENTSSO service (stopped: Wine runs no ESSO).
-    server.run(&[
-        "reg",
-        "add",
+    server.reg_add(
         r"HKLM\SOFTWARE\Microsoft\ENTSSO",
-        "/v",
-        "Server",
-        "/d",
-        "3.0.7.0",
+        Some(("Server", "3.0.7.0")),
         "/reg:32",
-        "/f",
-    ]);
-    server.run(&[
-        "reg",
-        "add",
-        r"HKLM\SOFTWARE\Microsoft\ENTSSO\SSOSS",
-        "/reg:32",
-        "/f",
-    ]);
-    server.run(&[
-        "reg",
-        "add",
+    );
+    server.reg_add(r"HKLM\SOFTWARE\Microsoft\ENTSSO\SSOSS", None, "/reg:32");
+    server.reg_add(
         r"HKLM\SOFTWARE\Microsoft\BizTalk Server\3.0",
-        "/v",
-        "ProductVersion",
-        "/d",
-        "3.13.717.0",
+        Some(("ProductVersion", "3.13.717.0")),
         "/reg:32",
-        "/f",
-    ]);
+    );
     server.run(&[
         "sc",
         "create",
@@ -106,17 +88,11 @@ fn the_windows_agent_reads_esso_from_the_registry_and_the_service_manager() {
         "/reg:32",
         "/f",
     ]);
-    server.run(&[
-        "reg",
-        "add",
+    server.reg_add(
         r"HKLM\SOFTWARE\Microsoft\ENTSSO",
-        "/v",
-        "Administration",
-        "/d",
-        "9.0.1865.0",
+        Some(("Administration", "9.0.1865.0")),
         "/reg:64",
-        "/f",
-    ]);
+    );
     let native = facts();
     assert!(native.contains("esso_version: 9.0.1865.0\n"), "{native}");
     assert!(native.contains("master_secret_server: false\n"), "{native}");

@@ -10,57 +10,30 @@
 //! fleet-agent.exe process itself: SIGKILL to it is TerminateProcess without the courtesy of one, and
 //! leaves the processes it started (the fixture) running, as a crashed agent on Windows would.
 
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fleet_tests::wine::{
-    WineServer, lay_out_windows_agent, start_windows_agent, windows_agent_toml,
-    windows_bin_or_skip, windows_path,
+    FixtureEvent, NODE, WineFleet, fixture_actions, lay_out_windows_agent, read,
+    start_windows_agent, step_of, windows_agent_toml, windows_path,
 };
-use fleet_tests::{
-    Coordinator, CoordinatorOptions, Fleet, PATIENCE, Process, eventually, fleetctl, path_str,
-};
+use fleet_tests::{PATIENCE, Process, eventually};
 
-const NODE: &str = "w1";
-
-/// One environment, its master the Windows agent: backup-secret, upgrade-master, verify-master.
-const INVENTORY: &str = r#"
-[upgrade]
-target_version = "3.0.7"
-installer = 'INSTALLER'
-[policy]
-max_parallel = 1
-max_failures = 0
-[[environment]]
-name = "dev"
-gate = "auto"
-install = "unattended"
-master = "w1"
-backup_dir = 'BACKUPS'
-"#;
-
-/// A fleet whose one node is a Windows agent under Wine. Dropped in field order: the agent, then its
-/// Wine prefix (`wineserver -k` ends whatever still runs in it), the coordinator, the files.
-struct WineFleet {
+/// A fleet whose one node is a Windows agent under Wine. Dropped in field order: the agent, then the
+/// rest (its Wine prefix, the coordinator, the files).
+struct AgentFleet {
     agent: Process,
-    server: WineServer,
-    coordinator: Coordinator,
-    /// The agent's folder (`agents/w1`): its program, agent.toml, certificates, state.
-    dir: PathBuf,
+    wine: WineFleet,
     /// `tests/wine/build`'s folder (esso-fixture.exe runs from there).
     bin: PathBuf,
-    fleet: Fleet,
 }
 
-/// One line of the fixture's log.
-#[derive(Debug, Clone)]
-struct FixtureEvent {
-    /// 100 ns ticks since 1601 (GetSystemTimePreciseAsFileTime).
-    ticks: u64,
-    pid: u32,
-    mode: String,
-    start: bool,
-    cmdline: String,
+impl Deref for AgentFleet {
+    type Target = WineFleet;
+    fn deref(&self) -> &WineFleet {
+        &self.wine
+    }
 }
 
 /// Windows' FILETIME of a moment: 100 ns ticks since 1601-01-01.
@@ -70,193 +43,20 @@ fn filetime(at: SystemTime) -> u64 {
     UNIX_EPOCH_TICKS + u64::try_from(since.as_nanos() / 100).unwrap()
 }
 
-impl WineFleet {
-    /// The fleet, the coordinator, a Wine prefix and the Windows agent in it, attached; the
-    /// simulated ESSO at 3.0.6; the install takes `setup_ms`.
+impl AgentFleet {
+    /// The fleet, the coordinator, a Wine prefix and the Windows agent in it (in `agents/w1`),
+    /// attached; the simulated ESSO at 3.0.6; the install takes `setup_ms`.
     fn start(setup_ms: u32) -> Option<Self> {
-        let bin = windows_bin_or_skip(&[
-            "fleet-agent.exe",
-            "bcryptprimitives.dll",
-            "esso-fixture.exe",
-        ])?;
-        let fleet = Fleet::new().unwrap();
-        let backups = fleet.path("backups");
-        std::fs::create_dir_all(&backups).unwrap();
-        let installer = fleet
-            .write("media/Setup.exe", "simulated ESSO installer 3.0.7\n")
-            .unwrap();
-        // The agent reads (hashes) the installer and writes the backup: Windows paths for it.
-        let inventory = INVENTORY
-            .replace("INSTALLER", &windows_path(&installer))
-            .replace("BACKUPS", &windows_path(&backups));
-        fleet.write("fleet.toml", &inventory).unwrap();
-        let coordinator = Coordinator::start(
-            &fleet,
-            "127.0.0.1:0",
-            &CoordinatorOptions {
-                // Wine starts a process in a second or two; a restarted agent is back within this.
-                heartbeat_timeout: "10s",
-                ..CoordinatorOptions::default()
-            },
-        )
-        .unwrap();
-        let server = WineServer::new();
-        // Make the prefix before the agent starts (Wine's first start of a prefix takes seconds).
-        server.run(&["cmd", "/c", "exit"]);
-        let home = fleet.path(&format!("agents/{NODE}/esso"));
-        std::fs::create_dir_all(&home).unwrap();
-        std::fs::write(home.join("version"), "3.0.6\n").unwrap();
-        let password = fleet
-            .write(
-                &format!("agents/{NODE}/backup-password"),
-                "correct horse battery\n",
-            )
-            .unwrap();
-        let fixture = windows_path(&bin.join("esso-fixture.exe"));
-        let env = format!(
-            "env = {{ FIXTURE_HOME = '{}', FIXTURE_LOG = '{}', FIXTURE_SETUP_MS = \"{setup_ms}\" }}",
-            windows_path(&home),
-            windows_path(&fleet.path("fixture.log")),
-        );
-        let config = windows_agent_toml(NODE, &coordinator.url())
-            + &format!(
-                r#"[secrets]
-backup_password_file = '{password}'
-[actions.facts]
-program = '{fixture}'
-args = ["facts"]
-{env}
-[actions.backup_secret]
-program = '{fixture}'
-args = ["backup", "-backupSecret", "{{backup_file}}"]
-{env}
-[actions.install_sso]
-program = '{fixture}'
-args = ["install", "{{target_version}}"]
-{env}
-[actions.verify_sso]
-program = '{fixture}'
-args = ["verify"]
-{env}
-"#,
-                password = windows_path(&password),
-            );
-        let dir = lay_out_windows_agent(&fleet, &bin, NODE, &config).unwrap();
-        let agent = start_windows_agent(&server, &dir, NODE).unwrap();
-        let wine_fleet = Self {
-            agent,
-            server,
-            coordinator,
-            dir,
-            bin,
-            fleet,
-        };
-        wine_fleet.wait_attached();
-        Some(wine_fleet)
+        let (wine, bin) = WineFleet::with_fixture(None)?;
+        let install = r#"args = ["install", "{target_version}"]"#;
+        let config = windows_agent_toml(NODE, &wine.coordinator.url())
+            + &fixture_actions(&wine.fleet, &bin, setup_ms, install);
+        let dir = lay_out_windows_agent(&wine.fleet, &bin, NODE, &config).unwrap();
+        let agent = start_windows_agent(&wine.server, &dir, NODE).unwrap();
+        let w = Self { agent, wine, bin };
+        w.wait_attached();
+        Some(w)
     }
-
-    fn wait_attached(&self) {
-        eventually(PATIENCE, &format!("{NODE} (Wine) attached"), || {
-            self.coordinator
-                .node(&self.fleet, NODE)
-                .ok()
-                .filter(|n| n["attached"] == true)
-        });
-    }
-
-    fn ctl(&self, args: &[&str]) -> std::process::Output {
-        let (url, tls) = (self.coordinator.url(), self.fleet.path("tls"));
-        let mut all = vec![
-            "--coordinator",
-            url.as_str(),
-            "--tls-dir",
-            path_str(&tls).unwrap(),
-        ];
-        all.extend_from_slice(args);
-        fleetctl(&all)
-    }
-
-    fn json(&self, args: &[&str]) -> (Option<i32>, serde_json::Value) {
-        let mut all = vec!["--output", "json"];
-        all.extend_from_slice(args);
-        let o = self.ctl(&all);
-        let json = serde_json::from_slice(&o.stdout)
-            .unwrap_or_else(|e| panic!("{args:?}: {e}: {o:?}\n{}", self.logs()));
-        (o.status.code(), json)
-    }
-
-    fn run(&self, run_id: &str) -> serde_json::Value {
-        self.json(&["run", "show", run_id]).1
-    }
-
-    /// Waits until the run is final, and returns it; the logs in the message when it is not.
-    fn wait_final(&self, run_id: &str, within: Duration) -> serde_json::Value {
-        let start = std::time::Instant::now();
-        loop {
-            let run = self.run(run_id);
-            if matches!(
-                run["state"].as_str(),
-                Some("succeeded" | "failed" | "aborted")
-            ) {
-                return run;
-            }
-            assert!(
-                start.elapsed() < within,
-                "run {run_id} not finished after {within:?}: {run}\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// The fixture's log, in the order the lines were appended.
-    fn fixture_log(&self) -> Vec<FixtureEvent> {
-        let text = std::fs::read_to_string(self.fleet.path("fixture.log")).unwrap_or_default();
-        text.lines()
-            .map(|line| {
-                let mut parts = line.splitn(5, ' ');
-                let mut next = || {
-                    parts
-                        .next()
-                        .unwrap_or_else(|| panic!("short line {line:?}"))
-                };
-                FixtureEvent {
-                    ticks: next().parse().unwrap(),
-                    pid: next().parse().unwrap(),
-                    mode: next().to_string(),
-                    start: next() == "start",
-                    cmdline: next().to_string(),
-                }
-            })
-            .collect()
-    }
-
-    /// The agent's and the coordinator's logs, for a failure's message.
-    fn logs(&self) -> String {
-        let agent_logs: String = (1..=3)
-            .map(|i| self.dir.join(format!("agent.{i}.log")))
-            .filter(|p| p.exists())
-            .map(|p| format!("--- {}\n{}", p.display(), read(&p)))
-            .collect();
-        format!(
-            "{agent_logs}--- coordinator\n{}\n--- fixture log\n{}",
-            self.coordinator.process.log_text(),
-            read(&self.fleet.path("fixture.log"))
-        )
-    }
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
-fn step_of<'a>(run: &'a serde_json::Value, step: &str) -> &'a serde_json::Value {
-    run["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["node"] == NODE && s["step"] == step)
-        .unwrap_or_else(|| panic!("no {NODE} {step} in {run}"))
 }
 
 /// Start and end lines of `mode` never overlap: each start is followed by its own process's end
@@ -283,7 +83,7 @@ fn one_at_a_time(log: &[FixtureEvent], mode: &str) -> Vec<u32> {
 
 #[test]
 fn the_windows_agent_under_wine_upgrades_its_master_through_the_linux_coordinator() {
-    let Some(w) = WineFleet::start(0) else {
+    let Some(w) = AgentFleet::start(0) else {
         return;
     };
     let started = std::time::Instant::now();
@@ -379,13 +179,11 @@ fn the_windows_agent_under_wine_upgrades_its_master_through_the_linux_coordinato
 #[test]
 fn the_windows_agent_killed_mid_install_and_retried_at_once_never_runs_two_installers() {
     const SETUP_MS: u32 = 8000;
-    let Some(mut w) = WineFleet::start(SETUP_MS) else {
+    let Some(mut w) = AgentFleet::start(SETUP_MS) else {
         return;
     };
     let began = std::time::Instant::now();
-    let (code, started) = w.json(&["upgrade", "--all", "--detach"]);
-    assert_eq!(code, Some(0), "{started}");
-    let run_id = started["run_id"].as_str().unwrap().to_string();
+    let run_id = w.upgrade_detached();
     let first = eventually(PATIENCE, "the first install started", || {
         w.fixture_log()
             .into_iter()

@@ -22,32 +22,19 @@
 //! program in it ends; a "session" program (`cmd.exe` waiting on its standard input) keeps the prefix
 //! up while the agent alone restarts, as a logged-on server stays up on Windows.
 
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use fleet_tests::wine::{WineServer, windows_agent_toml, windows_bin_or_skip, windows_path};
-use fleet_tests::{
-    Coordinator, CoordinatorOptions, Fleet, PATIENCE, Process, eventually, fleetctl, path_str,
+use fleet_tests::wine::{
+    NODE, WineFleet, lay_out_windows_agent_in, read, start_windows_agent_with, step_of,
+    windows_agent_toml, windows_bin_or_skip, windows_path,
 };
+use fleet_tests::{Fleet, PATIENCE, Process, eventually};
 
-const NODE: &str = "w1";
 const PASSWORD: &str = "correct horse battery";
-
-const INVENTORY: &str = r#"
-[upgrade]
-target_version = "3.0.7"
-installer = 'INSTALLER'
-[policy]
-max_parallel = 1
-max_failures = 0
-[[environment]]
-name = "dev"
-gate = "auto"
-install = "unattended"
-master = "w1"
-backup_dir = 'BACKUPS'
-"#;
+const ENTSSO_KEY: &str = r"HKLM\SOFTWARE\Microsoft\ENTSSO";
+const BIZTALK_KEY: &str = r"HKLM\SOFTWARE\Microsoft\BizTalk Server\3.0";
 
 /// The programs tools.c is built as.
 const TOOLS: [&str; 6] = [
@@ -59,30 +46,6 @@ const TOOLS: [&str; 6] = [
     "entsso-standin.exe",
 ];
 
-/// `wine cmd.exe` waiting on its standard input: a program keeping the prefix's session up.
-struct Session(Child);
-
-impl Session {
-    fn start(server: &WineServer) -> Self {
-        let child = server
-            .command(server.prefix.path())
-            .arg("cmd.exe")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("wine cmd.exe");
-        Self(child)
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// One line of the stand-ins' log.
 #[derive(Debug, Clone)]
 struct Call {
@@ -92,23 +55,33 @@ struct Call {
     text: String,
 }
 
-/// Dropped in field order: the agent, the session, the prefix, the coordinator, the files.
-struct WineFleet {
+/// Dropped in field order: the agent, then the rest (the session, the prefix, the coordinator, the
+/// files).
+struct BuiltinsFleet {
     agent: Process,
-    session: Option<Session>,
-    server: WineServer,
-    coordinator: Coordinator,
-    /// The agent's folder: `Program Files/ssofleet agent`.
-    dir: PathBuf,
+    /// The fleet, the coordinator and the prefix; the agent's folder is `Program Files/ssofleet agent`.
+    wine: WineFleet,
     /// Where powershell.exe, wevtutil.exe and shutdown.exe are: `Windows Tools`.
     tools: PathBuf,
     /// ESSO's folder: `Common Files/Enterprise Single Sign-On` (ssomanage.exe, the interop DLL).
     esso: PathBuf,
     installer: PathBuf,
-    fleet: Fleet,
 }
 
-impl WineFleet {
+impl Deref for BuiltinsFleet {
+    type Target = WineFleet;
+    fn deref(&self) -> &WineFleet {
+        &self.wine
+    }
+}
+
+impl DerefMut for BuiltinsFleet {
+    fn deref_mut(&mut self) -> &mut WineFleet {
+        &mut self.wine
+    }
+}
+
+impl BuiltinsFleet {
     /// The fleet, the coordinator, a Wine prefix prepared as an ESSO 3.0.6 master secret server, and
     /// the Windows agent in it, attached. `setup_exit`: what the installer exits with.
     fn start(setup_exit: u32) -> Option<Self> {
@@ -117,7 +90,8 @@ impl WineFleet {
         )?;
         let fleet = Fleet::new().unwrap();
         // Windows paths with spaces, as on a real server.
-        let dir = fleet.path("Program Files/ssofleet agent");
+        let rel = "Program Files/ssofleet agent";
+        let dir = fleet.path(rel);
         let tools = fleet.path("Windows Tools/System32");
         let esso = fleet.path("Common Files/Enterprise Single Sign-On");
         let backups = fleet.path("SSO Backups/dev env");
@@ -138,55 +112,26 @@ impl WineFleet {
         .unwrap();
         std::fs::copy(bin.join("setup.exe"), &installer).unwrap();
 
-        let inventory = INVENTORY
-            .replace("INSTALLER", &windows_path(&installer))
-            .replace("BACKUPS", &windows_path(&backups));
-        fleet.write("fleet.toml", &inventory).unwrap();
-        let coordinator = Coordinator::start(
-            &fleet,
-            "127.0.0.1:0",
-            &CoordinatorOptions {
-                heartbeat_timeout: "10s",
-                ..CoordinatorOptions::default()
-            },
-        )
-        .unwrap();
-
-        let server = WineServer::new();
-        server.run(&["cmd", "/c", "exit"]);
+        let mut wine = WineFleet::start(
+            fleet,
+            &installer,
+            &backups,
+            ("stand-ins", "standin.log"),
+            None,
+        );
+        wine.dir = dir;
+        let (server, fleet) = (&wine.server, &wine.fleet);
         // ESSO 3.0.6.0 where KB 2908466 says (the 32-bit view's Server and Administration), the
         // master secret server's SSOSS key, BizTalk's key.
-        for (value, data) in [("Server", "3.0.6.0"), ("Administration", "3.0.6.0")] {
-            server.run(&[
-                "reg",
-                "add",
-                r"HKLM\SOFTWARE\Microsoft\ENTSSO",
-                "/v",
-                value,
-                "/d",
-                data,
-                "/reg:32",
-                "/f",
-            ]);
+        for value in ["Server", "Administration"] {
+            server.reg_add(ENTSSO_KEY, Some((value, "3.0.6.0")), "/reg:32");
         }
-        server.run(&[
-            "reg",
-            "add",
-            r"HKLM\SOFTWARE\Microsoft\ENTSSO\SSOSS",
+        server.reg_add(&format!(r"{ENTSSO_KEY}\SSOSS"), None, "/reg:32");
+        server.reg_add(
+            BIZTALK_KEY,
+            Some(("ProductVersion", "3.13.717.0")),
             "/reg:32",
-            "/f",
-        ]);
-        server.run(&[
-            "reg",
-            "add",
-            r"HKLM\SOFTWARE\Microsoft\BizTalk Server\3.0",
-            "/v",
-            "ProductVersion",
-            "/d",
-            "3.13.717.0",
-            "/reg:32",
-            "/f",
-        ]);
+        );
         // ENTSSO and MSDTC: the stand-in service, automatic (it starts with the "boot").
         let standin = windows_path(&esso.join("entsso-standin.exe"));
         let log = windows_path(&fleet.path("standin.log"));
@@ -198,10 +143,11 @@ impl WineFleet {
             server.run(&["sc", "create", name, "binpath=", &binpath, "start=", "auto"]);
         }
         let before = read(&fleet.path("standin.log")).lines().count();
-        let session = Session::start(&server);
-        wait_for_services(&fleet, before);
+        wine.start_session();
+        wait_for_services(&wine.fleet, before);
 
-        let password = fleet
+        let password = wine
+            .fleet
             .write("secrets/backup password.txt", &format!("{PASSWORD}\n"))
             .unwrap();
         let config = format!(
@@ -217,7 +163,7 @@ program = '{setup}'
 args = [\"{{target_version}}\"]
 env = {{ STANDIN_SETUP_EXIT = \"{setup_exit}\" }}
 ",
-            windows_agent_toml(NODE, &coordinator.url()),
+            windows_agent_toml(NODE, &wine.coordinator.url()),
             password = windows_path(&password),
             powershell = windows_path(&tools.join("powershell.exe")),
             wevtutil = windows_path(&tools.join("wevtutil.exe")),
@@ -225,67 +171,17 @@ env = {{ STANDIN_SETUP_EXIT = \"{setup_exit}\" }}
             esso_dir = windows_path(&esso),
             setup = windows_path(&installer),
         );
-        let rel = "Program Files/ssofleet agent";
-        fleet
-            .issue_agent("tls", NODE, &format!("{rel}/tls"))
-            .unwrap();
-        for file in ["fleet-agent.exe", "bcryptprimitives.dll"] {
-            std::fs::copy(bin.join(file), dir.join(file)).unwrap();
-        }
-        fleet.write(&format!("{rel}/agent.toml"), &config).unwrap();
-        let agent = start_agent(&server, &fleet, &dir);
+        lay_out_windows_agent_in(&wine.fleet, &bin, NODE, rel, &config).unwrap();
+        let agent = start_agent(&wine);
         let w = Self {
             agent,
-            session: Some(session),
-            server,
-            coordinator,
-            dir,
+            wine,
             tools,
             esso,
             installer,
-            fleet,
         };
         w.wait_attached();
         Some(w)
-    }
-
-    fn wait_attached(&self) {
-        eventually(PATIENCE, &format!("{NODE} (Wine) attached"), || {
-            self.coordinator
-                .node(&self.fleet, NODE)
-                .ok()
-                .filter(|n| n["attached"] == true)
-        });
-    }
-
-    fn ctl(&self, args: &[&str]) -> std::process::Output {
-        let (url, tls) = (self.coordinator.url(), self.fleet.path("tls"));
-        let mut all = vec![
-            "--coordinator",
-            url.as_str(),
-            "--tls-dir",
-            path_str(&tls).unwrap(),
-        ];
-        all.extend_from_slice(args);
-        fleetctl(&all)
-    }
-
-    fn json(&self, args: &[&str]) -> (Option<i32>, serde_json::Value) {
-        let mut all = vec!["--output", "json"];
-        all.extend_from_slice(args);
-        let o = self.ctl(&all);
-        let json = serde_json::from_slice(&o.stdout)
-            .unwrap_or_else(|e| panic!("{args:?}: {e}: {o:?}\n{}", self.logs()));
-        (o.status.code(), json)
-    }
-
-    fn run(&self, run_id: &str) -> serde_json::Value {
-        self.json(&["run", "show", run_id]).1
-    }
-
-    fn step_log(&self, run_id: &str, step: &str) -> String {
-        let o = self.ctl(&["logs", run_id, "--node", NODE, "--step", step]);
-        String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
     fn calls(&self) -> Vec<Call> {
@@ -317,65 +213,35 @@ env = {{ STANDIN_SETUP_EXIT = \"{setup_exit}\" }}
             .map(|c| c.text)
             .collect()
     }
-
-    fn agent_logs(&self) -> String {
-        (1..=4)
-            .map(|i| self.dir.join(format!("agent.{i}.log")))
-            .filter(|p| p.exists())
-            .map(|p| format!("--- {}\n{}", p.display(), read(&p)))
-            .collect()
-    }
-
-    fn logs(&self) -> String {
-        format!(
-            "{}--- coordinator\n{}\n--- stand-ins\n{}",
-            self.agent_logs(),
-            self.coordinator.process.log_text(),
-            read(&self.fleet.path("standin.log"))
-        )
-    }
-
-    fn wait_final(&self, run_id: &str, within: Duration) -> serde_json::Value {
-        eventually(within, &format!("run {run_id} final"), || {
-            let run = self.run(run_id);
-            matches!(
-                run["state"].as_str(),
-                Some("succeeded" | "failed" | "aborted")
-            )
-            .then_some(run)
-        })
-    }
 }
 
-/// Starts fleet-agent.exe in `dir` under Wine, its tools' log and events named in its environment
-/// (Wine passes the Unix environment on to Windows programs, and the agent to its tools).
-fn start_agent(server: &WineServer, fleet: &Fleet, dir: &Path) -> Process {
-    let log = (1..)
-        .map(|i| dir.join(format!("agent.{i}.log")))
-        .find(|p| !p.exists())
-        .unwrap();
-    Process::spawn(
-        &format!("fleet-agent.exe {NODE} (Wine)"),
-        server
-            .command(dir)
-            .env("STANDIN_LOG", windows_path(&fleet.path("standin.log")))
-            .env("STANDIN_EVENTS", windows_path(&fleet.path("events.txt")))
-            .env("STANDIN_SECRET_SERVER", "W1")
-            // As the Windows service runs it (deploy/windows/install-agent.ps1): the configuration's
-            // absolute path, so that the state folder the tools are given is absolute too.
-            .args([
-                "fleet-agent.exe",
-                "--config",
-                &windows_path(&dir.join("agent.toml")),
-            ]),
-        log,
+/// Starts fleet-agent.exe in its folder under Wine, its tools' log and events named in its
+/// environment (Wine passes the Unix environment on to Windows programs, and the agent to its tools).
+fn start_agent(w: &WineFleet) -> Process {
+    start_windows_agent_with(
+        &w.server,
+        &w.dir,
+        NODE,
+        &[
+            ("STANDIN_LOG", windows_path(&w.fleet.path("standin.log"))),
+            ("STANDIN_EVENTS", windows_path(&w.fleet.path("events.txt"))),
+            ("STANDIN_SECRET_SERVER", "W1".to_string()),
+        ],
+        // As the Windows service runs it (deploy/windows/install-agent.ps1): the configuration's
+        // absolute path, so that the state folder the tools are given is absolute too.
+        &windows_path(&w.dir.join("agent.toml")),
     )
     .unwrap()
 }
 
 /// Polls `check` (as `fleet_tests::eventually`) until it returns `Some`; on a timeout the message
 /// carries the run and the logs.
-fn until<T>(w: &WineFleet, run_id: &str, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+fn until<T>(
+    w: &BuiltinsFleet,
+    run_id: &str,
+    what: &str,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
     let start = std::time::Instant::now();
     loop {
         if let Some(value) = check() {
@@ -393,7 +259,7 @@ fn until<T>(w: &WineFleet, run_id: &str, what: &str, mut check: impl FnMut() -> 
 
 /// How many times ssomanage -displaydb ran since the installer started (the facts before it run it
 /// too, for the SSO Administrators group).
-fn verifications(w: &WineFleet) -> usize {
+fn verifications(w: &BuiltinsFleet) -> usize {
     w.calls()
         .into_iter()
         .skip_while(|c| c.tool != "setup")
@@ -414,19 +280,6 @@ fn wait_for_services(fleet: &Fleet, since: usize) {
     });
 }
 
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
-fn step_of<'a>(run: &'a serde_json::Value, step: &str) -> &'a serde_json::Value {
-    run["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["node"] == NODE && s["step"] == step)
-        .unwrap_or_else(|| panic!("no {NODE} {step} in {run}"))
-}
-
 /// `"<program>"`, as Rust's standard library quotes a program on a Windows command line.
 fn quoted(path: &Path) -> String {
     format!("\"{}\"", windows_path(path))
@@ -443,7 +296,7 @@ fn events_since(cmdline: &str) -> String {
 }
 
 /// The exact wevtutil command line the built-in verification runs, given its lower bound.
-fn wevtutil_cmdline(w: &WineFleet, since: &str) -> String {
+fn wevtutil_cmdline(w: &BuiltinsFleet, since: &str) -> String {
     format!(
         "{} qe Application \"/q:*[System[Provider[@Name='ENTSSO'] and TimeCreated[@SystemTime>='{since}']]]\" /rd:true /f:xml /c:50",
         quoted(&w.tools.join("wevtutil.exe"))
@@ -452,7 +305,7 @@ fn wevtutil_cmdline(w: &WineFleet, since: &str) -> String {
 
 #[test]
 fn the_windows_agent_under_wine_upgrades_its_master_with_its_built_in_actions() {
-    let Some(w) = WineFleet::start(0) else {
+    let Some(w) = BuiltinsFleet::start(0) else {
         return;
     };
     let started = std::time::Instant::now();
@@ -615,13 +468,11 @@ fn the_windows_agent_under_wine_upgrades_its_master_with_its_built_in_actions() 
 
 #[test]
 fn the_windows_agent_under_wine_reboots_the_prefix_and_verifies_after_the_restart() {
-    let Some(mut w) = WineFleet::start(3010) else {
+    let Some(mut w) = BuiltinsFleet::start(3010) else {
         return;
     };
     let started = std::time::Instant::now();
-    let (code, detached) = w.json(&["upgrade", "--all", "--detach"]);
-    assert_eq!(code, Some(0), "{detached}");
-    let run_id = detached["run_id"].as_str().unwrap().to_string();
+    let run_id = w.upgrade_detached();
 
     // The installer exited 3010: the agent restarts the server with shutdown.exe, and waits.
     let shutdown = until(&w, &run_id, "the agent restarting the server", || {
@@ -646,7 +497,7 @@ fn the_windows_agent_under_wine_reboots_the_prefix_and_verifies_after_the_restar
     // The agent alone restarts, in the same "boot" (the prefix's services.exe runs on): nothing is
     // verified, the step waits for a restart by hand.
     w.agent.kill();
-    w.agent = start_agent(&w.server, &w.fleet, &w.dir);
+    w.agent = start_agent(&w);
     let run = until(
         &w,
         &run_id,
@@ -668,14 +519,10 @@ fn the_windows_agent_under_wine_reboots_the_prefix_and_verifies_after_the_restar
     // again: services.exe starts anew, with it ENTSSO (automatic).
     w.agent.kill();
     w.session = None;
-    let status = Command::new("wineserver")
-        .arg("-k")
-        .env("WINEPREFIX", w.server.prefix.path())
-        .status()
-        .unwrap();
+    let status = w.server.kill().unwrap();
     assert!(status.success());
-    w.agent = start_agent(&w.server, &w.fleet, &w.dir);
-    w.session = Some(Session::start(&w.server));
+    w.agent = start_agent(&w);
+    w.start_session();
     let run = w.wait_final(&run_id, Duration::from_secs(40));
     assert_eq!(run["state"], "succeeded", "{run}\n{}", w.logs());
     assert_eq!(step_of(&run, "upgrade-master")["attempts"], 1, "{run}");

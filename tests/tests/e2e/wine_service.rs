@@ -11,37 +11,21 @@
 //! /proc command line is the Windows one, which is how the tests find the agent and the fixture's
 //! processes from Linux.
 
-use std::path::{Path, PathBuf};
+use std::ops::Deref;
 use std::time::{Duration, Instant};
 
-use fleet_tests::wine::{WineServer, windows_agent_toml, windows_bin_or_skip, windows_path};
-use fleet_tests::{
-    Coordinator, CoordinatorOptions, Fleet, PATIENCE, Process, eventually, fleetctl, path_str,
+use fleet_tests::wine::{
+    NODE, WineFleet, fixture_actions, read, start_windows_agent, step_of, windows_agent_toml,
+    windows_path,
 };
+use fleet_tests::{PATIENCE, Process, eventually};
 
-const NODE: &str = "w1";
 const SERVICE: &str = "ssofleet-agent";
 /// The agent's `shutdown_timeout` in these tests: how long a stopping agent gives its own work.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
 /// A stopped service is reported STOPPED within the agent's bound and this margin (Wine's `sc`
 /// itself takes a few hundred milliseconds a call, and the process must end).
 const STOP_MARGIN: Duration = Duration::from_secs(4);
-
-/// One environment, its master the Windows agent: backup-secret, upgrade-master, verify-master.
-const INVENTORY: &str = r#"
-[upgrade]
-target_version = "3.0.7"
-installer = 'INSTALLER'
-[policy]
-max_parallel = 1
-max_failures = 0
-[[environment]]
-name = "dev"
-gate = "auto"
-install = "unattended"
-master = "w1"
-backup_dir = 'BACKUPS'
-"#;
 
 /// How the agent runs in the prefix.
 enum Mode {
@@ -52,58 +36,18 @@ enum Mode {
 }
 
 /// A fleet whose one node is a Windows agent under Wine. Dropped in field order: the console agent
-/// (if any), the Wine prefix (`wineserver -k` ends the service and whatever else still runs in it),
-/// the coordinator, the files.
+/// (if any), then the rest: the session keeping the prefix up, the Wine prefix (`wineserver -k` ends
+/// the service and whatever else still runs in it), the coordinator, the files.
 struct ServiceFleet {
     console: Option<Process>,
-    _keeper: Keeper,
-    server: WineServer,
-    coordinator: Coordinator,
-    /// The agent's folder: its program, agent.toml, certificates, state (and the service's logs/).
-    dir: PathBuf,
-    fleet: Fleet,
+    wine: WineFleet,
 }
 
-/// A Windows process that does nothing but keep the prefix up, as a booted server is up.
-///
-/// Wine is not Windows here. Observed with Wine 8.0: once the last process started with `wine` in
-/// a prefix has ended, the prefix shuts down within seconds (its services.exe, and the service it
-/// started, with it): the running service does not keep it up. Without this, `sc start` starts the
-/// agent, and ~2 s after `sc` exits the service is gone without a word in its log (it attached,
-/// then the coordinator saw its stream break), and `sc query` then shows STOPPED with exit code 1077
-/// (ERROR_SERVICE_NEVER_STARTED: a fresh services.exe). This is `wine cmd` reading a standard
-/// input that stays open until dropped.
-struct Keeper(std::process::Child);
-
-impl Keeper {
-    fn start(server: &WineServer, log: &Path) -> Self {
-        let file = std::fs::OpenOptions::new().append(true).open(log).unwrap();
-        let child = server
-            .command(server.prefix.path())
-            .arg("cmd")
-            .stdin(std::process::Stdio::piped())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap();
-        Self(child)
+impl Deref for ServiceFleet {
+    type Target = WineFleet;
+    fn deref(&self) -> &WineFleet {
+        &self.wine
     }
-}
-
-impl Drop for Keeper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// One line of the fixture's log: `<ticks> <pid> <mode> start|end <command line>`.
-#[derive(Debug, Clone)]
-struct FixtureEvent {
-    pid: u32,
-    mode: String,
-    start: bool,
-    cmdline: String,
 }
 
 impl ServiceFleet {
@@ -111,95 +55,26 @@ impl ServiceFleet {
     /// (the install takes `setup_ms`; `install_action` replaces the install's `args`/`timeout` lines);
     /// not started.
     fn new(mode: &Mode, setup_ms: u32, install_action: &str) -> Option<Self> {
-        let bin = windows_bin_or_skip(&[
-            "fleet-agent.exe",
-            "bcryptprimitives.dll",
-            "esso-fixture.exe",
-        ])?;
-        let fleet = Fleet::new().unwrap();
-        let backups = fleet.path("backups");
-        std::fs::create_dir_all(&backups).unwrap();
-        let installer = fleet
-            .write("media/Setup.exe", "simulated ESSO installer 3.0.7\n")
-            .unwrap();
-        let inventory = INVENTORY
-            .replace("INSTALLER", &windows_path(&installer))
-            .replace("BACKUPS", &windows_path(&backups));
-        fleet.write("fleet.toml", &inventory).unwrap();
-        let coordinator = Coordinator::start(
-            &fleet,
-            "127.0.0.1:0",
-            &CoordinatorOptions {
-                heartbeat_timeout: "10s",
-                ..CoordinatorOptions::default()
-            },
-        )
-        .unwrap();
-        let server = WineServer::new();
-        // Make the prefix first (Wine's first start of a prefix takes seconds): drive_c exists after.
-        // Its standard output and error are a file, not pipes: the prefix's own processes
-        // (services.exe, the service manager, among them) inherit them, and a pipe would hold
-        // `output()` until the whole prefix shut down. The file keeps what they print (and what
-        // the service prints) for failure messages.
-        let wine_log = fleet.path("wine.log");
-        let file = std::fs::File::create(&wine_log).unwrap();
-        let mut init = server.command(server.prefix.path());
-        init.args(["cmd", "/c", "exit"])
-            .stdout(file.try_clone().unwrap())
-            .stderr(file);
-        if let Some(debug) = std::env::var_os("FLEET_WINEDEBUG") {
-            init.env("WINEDEBUG", debug);
-        }
-        let status = init.status().unwrap();
-        assert!(status.success(), "wine cmd /c exit: {status}");
-        let keeper = Keeper::start(&server, &wine_log);
-        let home = fleet.path(&format!("agents/{NODE}/esso"));
-        std::fs::create_dir_all(&home).unwrap();
-        std::fs::write(home.join("version"), "3.0.6\n").unwrap();
-        let password = fleet
-            .write(
-                &format!("agents/{NODE}/backup-password"),
-                "correct horse battery\n",
-            )
-            .unwrap();
-        let fixture = windows_path(&bin.join("esso-fixture.exe"));
-        let env = format!(
-            "env = {{ FIXTURE_HOME = '{}', FIXTURE_LOG = '{}', FIXTURE_SETUP_MS = \"{setup_ms}\" }}",
-            windows_path(&home),
-            windows_path(&fleet.path("fixture.log")),
-        );
-        let config = windows_agent_toml(NODE, &coordinator.url())
-            + &format!(
-                r#"shutdown_timeout = "{shutdown}s"
-[secrets]
-backup_password_file = '{password}'
-[actions.facts]
-program = '{fixture}'
-args = ["facts"]
-{env}
-[actions.backup_secret]
-program = '{fixture}'
-args = ["backup", "-backupSecret", "{{backup_file}}"]
-{env}
-[actions.install_sso]
-program = '{fixture}'
-{install_action}
-{env}
-[actions.verify_sso]
-program = '{fixture}'
-args = ["verify"]
-{env}
-"#,
-                shutdown = SHUTDOWN_TIMEOUT.as_secs(),
-                password = windows_path(&password),
-            );
+        // Wine's output (services.exe's, the service's) is kept in wine.log for failure messages.
+        let (mut wine, bin) = WineFleet::with_fixture(Some("wine.log"))?;
+        wine.start_session();
+        let fleet = &wine.fleet;
         // `shutdown_timeout` belongs to the top level: before the first table of agent.toml.
-        let config = move_top_level_key(&config, "shutdown_timeout");
+        let config = format!(
+            "shutdown_timeout = \"{}s\"\n{}{}",
+            SHUTDOWN_TIMEOUT.as_secs(),
+            windows_agent_toml(NODE, &wine.coordinator.url()),
+            fixture_actions(fleet, &bin, setup_ms, install_action),
+        );
         fleet
             .issue_agent("tls", NODE, &format!("agents/{NODE}/tls"))
             .unwrap();
         let dir = match mode {
-            Mode::Service => server.prefix.path().join("drive_c/Program Files/ssofleet"),
+            Mode::Service => wine
+                .server
+                .prefix
+                .path()
+                .join("drive_c/Program Files/ssofleet"),
             Mode::Console => fleet.path(&format!("agents/{NODE}")),
         };
         std::fs::create_dir_all(dir.join("tls")).unwrap();
@@ -213,13 +88,10 @@ args = ["verify"]
             }
         }
         std::fs::write(dir.join("agent.toml"), config).unwrap();
+        wine.dir = dir;
         Some(Self {
             console: None,
-            _keeper: keeper,
-            server,
-            coordinator,
-            dir,
-            fleet,
+            wine,
         })
     }
 
@@ -326,140 +198,12 @@ args = ["verify"]
                 start.elapsed() < PATIENCE,
                 "{NODE} (Wine) not attached={attached} after {PATIENCE:?}; sc query: {}; agent processes {:?}\n{}",
                 self.sc(&["query", SERVICE]).1,
-                agent_processes(self.server.prefix.path()),
+                self.server.agent_processes(),
                 self.logs()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-
-    fn ctl(&self, args: &[&str]) -> std::process::Output {
-        let (url, tls) = (self.coordinator.url(), self.fleet.path("tls"));
-        let mut all = vec![
-            "--coordinator",
-            url.as_str(),
-            "--tls-dir",
-            path_str(&tls).unwrap(),
-        ];
-        all.extend_from_slice(args);
-        fleetctl(&all)
-    }
-
-    fn json(&self, args: &[&str]) -> (Option<i32>, serde_json::Value) {
-        let mut all = vec!["--output", "json"];
-        all.extend_from_slice(args);
-        let o = self.ctl(&all);
-        let json = serde_json::from_slice(&o.stdout)
-            .unwrap_or_else(|e| panic!("{args:?}: {e}: {o:?}\n{}", self.logs()));
-        (o.status.code(), json)
-    }
-
-    fn run(&self, run_id: &str) -> serde_json::Value {
-        self.json(&["run", "show", run_id]).1
-    }
-
-    fn fixture_log(&self) -> Vec<FixtureEvent> {
-        read(&self.fleet.path("fixture.log"))
-            .lines()
-            .map(|line| {
-                let parts: Vec<&str> = line.splitn(5, ' ').collect();
-                assert_eq!(parts.len(), 5, "short line {line:?}");
-                FixtureEvent {
-                    pid: parts[1].parse().unwrap(),
-                    mode: parts[2].to_string(),
-                    start: parts[3] == "start",
-                    cmdline: parts[4].to_string(),
-                }
-            })
-            .collect()
-    }
-
-    /// The service's log files (`--log-dir`), or the console agents' logs.
-    fn agent_log(&self) -> String {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.join("logs"))
-            .into_iter()
-            .chain(std::fs::read_dir(&self.dir))
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("fleet-agent.log") || n.starts_with("agent."))
-                    && p.extension().is_some_and(|e| e != "toml")
-            })
-            .collect();
-        files.sort();
-        files
-            .iter()
-            .map(|p| format!("--- {}\n{}", p.display(), read(p)))
-            .collect()
-    }
-
-    fn logs(&self) -> String {
-        format!(
-            "{}--- wine (services.exe)\n{}\n--- coordinator\n{}\n--- fixture log\n{}",
-            self.agent_log(),
-            read(&self.fleet.path("wine.log")),
-            self.coordinator.process.log_text(),
-            read(&self.fleet.path("fixture.log"))
-        )
-    }
-}
-
-/// Moves the line `key = …` of a TOML text to its top (before any table).
-fn move_top_level_key(config: &str, key: &str) -> String {
-    let (lines, rest): (Vec<&str>, Vec<&str>) = config
-        .lines()
-        .partition(|l| l.starts_with(&format!("{key} =")));
-    lines.into_iter().chain(rest).collect::<Vec<_>>().join("\n") + "\n"
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
-/// The Linux processes of Wine prefix `prefix` whose (Windows) command line satisfies `matches`:
-/// (pid, command line). Under Wine a Windows program's /proc cmdline is its Windows command line,
-/// and its environment carries the prefix.
-fn wine_processes(prefix: &Path, matches: impl Fn(&str) -> bool) -> Vec<(u32, String)> {
-    let wanted = format!("WINEPREFIX={}", prefix.display());
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if !matches(&cmdline) {
-                return None;
-            }
-            let environ = std::fs::read(e.path().join("environ")).ok()?;
-            let in_prefix = environ
-                .split(|b| *b == 0)
-                .any(|var| var == wanted.as_bytes());
-            in_prefix.then_some((pid, cmdline))
-        })
-        .collect()
-}
-
-/// The prefix's fleet-agent.exe processes. (Their argv[0] is the Windows path, unquoted: with the
-/// service's path, `C:\Program Files\ssofleet\fleet-agent.exe`, space included.)
-fn agent_processes(prefix: &Path) -> Vec<(u32, String)> {
-    wine_processes(prefix, |cmdline| {
-        cmdline.to_ascii_lowercase().contains("fleet-agent.exe ")
-    })
-}
-
-fn step_of<'a>(run: &'a serde_json::Value, step: &str) -> &'a serde_json::Value {
-    run["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["node"] == NODE && s["step"] == step)
-        .unwrap_or_else(|| panic!("no {NODE} {step} in {run}"))
 }
 
 #[test]
@@ -479,7 +223,7 @@ fn wine_service_the_agent_as_a_windows_service_stops_within_its_bound_idle_and_m
     // Started by Wine's service manager from the quoted path with a space; attached.
     w.start_service();
     assert_eq!(w.state(), "RUNNING");
-    let agents = agent_processes(w.server.prefix.path());
+    let agents = w.server.agent_processes();
     println!("the service's process: {agents:?}");
     assert_eq!(agents.len(), 1, "one fleet-agent.exe runs: {agents:?}");
     assert!(
@@ -496,23 +240,19 @@ fn wine_service_the_agent_as_a_windows_service_stops_within_its_bound_idle_and_m
         w.logs()
     );
     eventually(Duration::from_secs(10), "fleet-agent.exe ended", || {
-        agent_processes(w.server.prefix.path())
-            .is_empty()
-            .then_some(())
+        w.server.agent_processes().is_empty().then_some(())
     });
     w.wait_attached(false);
     assert!(
-        w.agent_log()
+        w.agent_logs()
             .contains("the service manager asks the agent to stop"),
         "{}",
-        w.agent_log()
+        w.agent_logs()
     );
 
     // Started again; a run whose install takes SETUP_MS; stopped mid-install.
     w.start_service();
-    let (code, started) = w.json(&["upgrade", "--all", "--detach"]);
-    assert_eq!(code, Some(0), "{started}");
-    let run_id = started["run_id"].as_str().unwrap().to_string();
+    let run_id = w.upgrade_detached();
     let install = eventually(PATIENCE, "the install started", || {
         w.fixture_log()
             .into_iter()
@@ -546,15 +286,13 @@ fn wine_service_the_agent_as_a_windows_service_stops_within_its_bound_idle_and_m
         "STOP_PENDING with the wait hint {hint} while stopping: {states:?}"
     );
     eventually(Duration::from_secs(10), "fleet-agent.exe ended", || {
-        agent_processes(w.server.prefix.path())
-            .is_empty()
-            .then_some(())
+        w.server.agent_processes().is_empty().then_some(())
     });
     w.wait_attached(false);
     // The installer ran on (the agent leaves a running step's program alone when it stops).
-    let fixture_alive = wine_processes(w.server.prefix.path(), |c| {
-        c.contains("esso-fixture.exe") && c.contains(" install ")
-    });
+    let fixture_alive = w
+        .server
+        .processes(|c| c.contains("esso-fixture.exe") && c.contains(" install "));
     assert!(
         !fixture_alive.is_empty(),
         "the install runs on after the service stopped\n{}",
@@ -579,8 +317,7 @@ fn wine_service_the_agent_as_a_windows_service_stops_within_its_bound_idle_and_m
         install.pid
     );
     eventually(PATIENCE, "the interrupted attempt reported", || {
-        let o = w.ctl(&["logs", &run_id, "--node", NODE, "--step", "upgrade-master"]);
-        String::from_utf8_lossy(&o.stdout)
+        w.step_log(&run_id, "upgrade-master")
             .contains(&interrupted)
             .then_some(())
     });
@@ -595,7 +332,7 @@ fn wine_service_the_agent_as_a_windows_service_stops_within_its_bound_idle_and_m
         "{step}"
     );
     assert_eq!(step["attempts"], 1, "{run}");
-    let agent_log = w.agent_log();
+    let agent_log = w.agent_logs();
     assert!(
         agent_log.contains("still runs"),
         "the restarted agent found the install still running:\n{agent_log}"
@@ -632,32 +369,20 @@ fn wine_service_a_step_past_its_timeout_ends_its_grandchild_too() {
         ),
     );
     std::fs::write(w.dir.join("agent.toml"), config).unwrap();
-    w.console = Some(
-        Process::spawn(
-            &format!("fleet-agent.exe {NODE} (Wine)"),
-            w.server
-                .command(&w.dir)
-                .args(["fleet-agent.exe", "--config", "agent.toml"]),
-            w.dir.join("agent.1.log"),
-        )
-        .unwrap(),
-    );
+    w.console = Some(start_windows_agent(&w.server, &w.dir, NODE).unwrap());
     w.wait_attached(true);
     let began = Instant::now();
-    let (code, started) = w.json(&["upgrade", "--all", "--detach"]);
-    assert_eq!(code, Some(0), "{started}");
-    let run_id = started["run_id"].as_str().unwrap().to_string();
+    let run_id = w.upgrade_detached();
 
     // The tree: the step's program and its grandchild (a copy of the fixture), both running.
-    let prefix = w.server.prefix.path().to_path_buf();
     let child = eventually(PATIENCE, "the step's program runs", || {
-        let found = wine_processes(&prefix, |c| {
-            c.contains("esso-fixture.exe") && c.contains(" tree ")
-        });
+        let found = w
+            .server
+            .processes(|c| c.contains("esso-fixture.exe") && c.contains(" tree "));
         (!found.is_empty()).then_some(found)
     });
     let grandchild = eventually(PATIENCE, "the grandchild runs", || {
-        let found = wine_processes(&prefix, |c| {
+        let found = w.server.processes(|c| {
             c.contains("esso-fixture.exe") && c.contains(" sleeper ") && c.contains(&mark)
         });
         (!found.is_empty()).then_some(found)
@@ -705,7 +430,7 @@ fn wine_service_a_step_past_its_timeout_ends_its_grandchild_too() {
         Duration::from_secs(10),
         "the step's program and its grandchild ended",
         || {
-            let left = wine_processes(&prefix, |c| {
+            let left = w.server.processes(|c| {
                 c.contains("esso-fixture.exe") && (c.contains(" tree ") || c.contains(&mark))
             });
             if !left.is_empty() {
@@ -738,7 +463,7 @@ fn wine_service_a_step_past_its_timeout_ends_its_grandchild_too() {
     );
     // Ended by the job object (Wine implements them, kill-on-close included), not by the fallback
     // through parent links.
-    let agent_log = w.agent_log();
+    let agent_log = w.agent_logs();
     assert!(
         !agent_log.contains("job object"),
         "the agent fell back from the job object:\n{agent_log}"

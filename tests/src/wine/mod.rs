@@ -5,12 +5,20 @@
 //! `FLEET_WINE_BIN` names the folder `tests/wine/build` prints (default `target/wine/bin`). Without
 //! Wine or that folder the tests say so loudly and are skipped, unless `FLEET_REQUIRE_WINE` is set.
 
+mod fixture;
+mod fleet;
+mod server;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use anyhow::{Context, Result};
 
 use crate::{Fleet, Process};
+
+pub use fixture::{FIXTURE_BINS, FIXTURE_LOG, FixtureEvent, fixture_actions};
+pub use fleet::{INVENTORY, NODE, WineFleet, step_of};
+pub use server::{Session, WineServer};
 
 /// The folder with fleet-agent.exe, the bcryptprimitives.dll stand-in (and, from `tests/wine/build`,
 /// esso-fixture.exe), or why there is none.
@@ -59,56 +67,6 @@ pub fn windows_path(path: &Path) -> String {
     format!("Z:{}", path.display()).replace('/', "\\")
 }
 
-/// A Wine prefix of its own (one "server"), killed when dropped.
-pub struct WineServer {
-    pub prefix: tempfile::TempDir,
-}
-
-impl Default for WineServer {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl WineServer {
-    pub fn new() -> Self {
-        Self {
-            prefix: tempfile::tempdir().expect("a temporary directory for the Wine prefix"),
-        }
-    }
-
-    /// `wine` in this prefix, quiet, with no Mono or Gecko installer prompts.
-    pub fn command(&self, cwd: &Path) -> Command {
-        let mut command = Command::new("wine");
-        command
-            .current_dir(cwd)
-            .env("WINEPREFIX", self.prefix.path())
-            .env("WINEDEBUG", "-all")
-            // No Mono or Gecko installer prompts in a fresh prefix.
-            .env("WINEDLLOVERRIDES", "mscoree,mshtml=");
-        command
-    }
-
-    pub fn wine(&self, args: &[&str], cwd: &Path) -> Output {
-        self.command(cwd).args(args).output().expect("wine runs")
-    }
-
-    /// Wine's own `reg` / `sc`, as an administrator would prepare the server.
-    pub fn run(&self, args: &[&str]) {
-        let o = self.wine(args, self.prefix.path());
-        assert!(o.status.success(), "wine {args:?}: {o:?}");
-    }
-}
-
-impl Drop for WineServer {
-    fn drop(&mut self) {
-        let _ = Command::new("wineserver")
-            .arg("-k")
-            .env("WINEPREFIX", self.prefix.path())
-            .status();
-    }
-}
-
 /// Lays out `agents/<node>/` of the fleet as the install script does for the Windows agent: the
 /// program and the DLL it needs (copied from `bin`), `agent.toml` (`config`, whose relative paths
 /// resolve against that folder) and the node's certificates in `tls/` (issued unless there). Returns
@@ -119,11 +77,21 @@ pub fn lay_out_windows_agent(
     node: &str,
     config: &str,
 ) -> Result<PathBuf> {
-    let rel = format!("agents/{node}");
-    if !fleet.path(&rel).join("tls/agent.pem").exists() {
+    lay_out_windows_agent_in(fleet, bin, node, &format!("agents/{node}"), config)
+}
+
+/// As [`lay_out_windows_agent`], in the fleet's folder `rel`.
+pub fn lay_out_windows_agent_in(
+    fleet: &Fleet,
+    bin: &Path,
+    node: &str,
+    rel: &str,
+    config: &str,
+) -> Result<PathBuf> {
+    if !fleet.path(rel).join("tls/agent.pem").exists() {
         fleet.issue_agent("tls", node, &format!("{rel}/tls"))?;
     }
-    let dir = fleet.path(&rel);
+    let dir = fleet.path(rel);
     for file in ["fleet-agent.exe", "bcryptprimitives.dll"] {
         std::fs::copy(bin.join(file), dir.join(file))
             .with_context(|| format!("copying {file} into {}", dir.display()))?;
@@ -154,15 +122,33 @@ max = "500ms"
 /// [`lay_out_windows_agent`]), logging to `<dir>/agent.<n>.log`. The process is the Windows
 /// program itself (Wine's loader becomes it), so killing it kills fleet-agent.exe only.
 pub fn start_windows_agent(server: &WineServer, dir: &Path, node: &str) -> Result<Process> {
+    start_windows_agent_with(server, dir, node, &[], "agent.toml")
+}
+
+/// As [`start_windows_agent`], with `env` added to its environment and `config` as its `--config`.
+pub fn start_windows_agent_with(
+    server: &WineServer,
+    dir: &Path,
+    node: &str,
+    env: &[(&str, String)],
+    config: &str,
+) -> Result<Process> {
     let log = (1..)
         .map(|i| dir.join(format!("agent.{i}.log")))
         .find(|p| !p.exists())
         .unwrap_or_else(|| dir.join("agent.log"));
+    let mut command = server.command(dir);
+    for (key, value) in env {
+        command.env(key, value);
+    }
     Process::spawn(
         &format!("fleet-agent.exe {node} (Wine)"),
-        server
-            .command(dir)
-            .args(["fleet-agent.exe", "--config", "agent.toml"]),
+        command.args(["fleet-agent.exe", "--config", config]),
         log,
     )
+}
+
+/// A file's text; empty when it cannot be read (not there yet).
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
 }
