@@ -47,6 +47,7 @@ pub async fn run(
                     .timeout
                     .map_or(request.timeout, |t| t.min(request.timeout)),
                 stdin_secret: request.stdin_secret,
+                outlives_agent: crate::cancel::never_stopped(action),
             };
             runner::run(&spec, reports).await.map_err(|e| e.to_string())
         }

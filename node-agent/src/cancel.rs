@@ -18,9 +18,13 @@ pub const GRACE: Duration = Duration::from_secs(10);
 
 /// Actions that are never stopped while they run: an installer (and ESSO's configuration after it)
 /// or the migration utility stopped halfway leaves the server, or the SSO database, in an unknown
-/// state. The coordinator never asks (`StepKind::cancellable`); the agent refuses all the same.
+/// state. The coordinator never asks (`StepKind::cancellable`); the agent refuses all the same, and
+/// their programs outlive an agent that stops (`runner::CommandSpec::outlives_agent`).
 pub fn never_stopped(action: ActionName) -> bool {
-    matches!(action, ActionName::InstallSso | ActionName::RunMigration)
+    matches!(
+        action,
+        ActionName::InstallSso | ActionName::ConfigureSso | ActionName::RunMigration
+    )
 }
 
 /// The attempts running in this process.

@@ -436,6 +436,7 @@ fn reboot_command(
         env: BTreeMap::new(),
         timeout: timeout.min(Duration::from_secs(120)),
         stdin_secret: None,
+        outlives_agent: false,
     })
 }
 

@@ -38,6 +38,9 @@ pub struct CommandSpec {
     pub timeout: Duration,
     /// Written to standard input, then closed. Never logged.
     pub stdin_secret: Option<String>,
+    /// An install's program (`cancel::never_stopped`): it must outlive an agent that is killed or
+    /// stopped, so on Unix it runs with SIGPIPE ignored (see `command_for`).
+    pub outlives_agent: bool,
 }
 
 impl CommandSpec {
@@ -280,14 +283,15 @@ pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Ou
     })
 }
 
-/// The program with its arguments. On Unix it outlives an agent that is killed or stopped (the next
-/// start waits for it): it must not die of SIGPIPE at its next line of output once the agent's end of
-/// the pipe is gone. An ignored signal stays ignored across `exec`, so `sh` sets that and then becomes
-/// the program (the same process: its id, group and arguments are the program's). A missing program
-/// is still an error at the start, as a direct spawn's would be.
+/// The program with its arguments. On Unix a program that must outlive an agent that is killed or
+/// stopped (the next start waits for it) must not die of SIGPIPE at its next line of output once the
+/// agent's end of the pipe is gone. An ignored signal stays ignored across `exec`, so `sh` sets that
+/// and then becomes the program (the same process: its id, group and arguments are the program's).
+/// It costs a shell per run, so only installs get it. A missing program is still an error at the
+/// start, as a direct spawn's would be.
 fn command_for(spec: &CommandSpec) -> std::io::Result<Command> {
     #[cfg(unix)]
-    {
+    if spec.outlives_agent {
         if spec.program.components().count() > 1 {
             std::fs::metadata(&spec.program)?;
         }
@@ -296,14 +300,11 @@ fn command_for(spec: &CommandSpec) -> std::io::Result<Command> {
             .args(["-c", "trap '' PIPE; exec \"$0\" \"$@\""])
             .arg(&spec.program)
             .args(&spec.args);
-        Ok(command)
+        return Ok(command);
     }
-    #[cfg(not(unix))]
-    {
-        let mut command = Command::new(&spec.program);
-        command.args(&spec.args);
-        Ok(command)
-    }
+    let mut command = Command::new(&spec.program);
+    command.args(&spec.args);
+    Ok(command)
 }
 
 /// The lines of one of the program's pipes; `read_until` keeps what it read in `buf` when a select
@@ -428,6 +429,7 @@ mod tests {
             env: BTreeMap::new(),
             timeout,
             stdin_secret: None,
+            outlives_agent: false,
         }
     }
 
@@ -620,11 +622,9 @@ mod tests {
         );
         let (tx, _rx) = mpsc::channel(64);
         // The runner is dropped (the agent is gone) while the program runs.
-        let _ = tokio::time::timeout(
-            Duration::from_millis(200),
-            run(&sh(&script, Duration::from_secs(60)), tx),
-        )
-        .await;
+        let mut spec = sh(&script, Duration::from_secs(60));
+        spec.outlives_agent = true;
+        let _ = tokio::time::timeout(Duration::from_millis(200), run(&spec, tx)).await;
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !done.exists() && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -198,6 +198,7 @@ impl<'a> Session<'a> {
             env: BTreeMap::new(),
             timeout: remaining,
             stdin_secret: stdin,
+            outlives_agent: crate::cancel::never_stopped(self.action),
         };
         let (tx, mut rx) = mpsc::channel(256);
         let run = runner::run(&spec, tx);
