@@ -14,9 +14,16 @@ pub fn selection(
     inventory: &Inventory,
 ) -> Result<Selection, String> {
     let raw = raw.cloned().unwrap_or_default();
-    let workflow = match raw.workflow() {
-        pb::Workflow::Upgrade | pb::Workflow::Unspecified => Workflow::Upgrade,
-        pb::Workflow::Migrate => {
+    // A value the API does not define is refused, never read as the default (an upgrade).
+    let workflow = match pb::Workflow::try_from(raw.workflow) {
+        Err(_) => {
+            return Err(format!(
+                "workflow {} is not defined: use WORKFLOW_UPGRADE (1) or WORKFLOW_MIGRATE (2)",
+                raw.workflow
+            ));
+        }
+        Ok(pb::Workflow::Upgrade | pb::Workflow::Unspecified) => Workflow::Upgrade,
+        Ok(pb::Workflow::Migrate) => {
             if raw.all || raw.environments.len() != 1 {
                 return Err("migrate runs on exactly one environment: --env E".into());
             }
@@ -229,5 +236,41 @@ pub fn plan_response(plan: &Plan, inventory: &Inventory) -> pb::PlanResponse {
         environments,
         steps,
         warnings: plan.warnings.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A workflow value the API does not define (a newer or a broken client) starts nothing.
+    #[test]
+    fn an_undefined_workflow_is_refused_not_read_as_an_upgrade() {
+        let text = "[upgrade]\ntarget_version = \"3.0.7\"\ninstaller = 'setup.exe'\n[[environment]]\nname = \"dev\"\nmaster = \"m1\"\nmembers = []\nbackup_dir = 'b'\n";
+        let inventory = match Inventory::parse(std::path::Path::new("fleet.toml"), text) {
+            Ok(inventory) => inventory,
+            Err(e) => panic!("{e}"),
+        };
+        for value in [99, -1] {
+            let raw = pb::RunSelection {
+                all: true,
+                workflow: value,
+                ..Default::default()
+            };
+            assert_eq!(
+                selection(Some(&raw), &inventory).map(|s| s.workflow),
+                Err(format!(
+                    "workflow {value} is not defined: use WORKFLOW_UPGRADE (1) or WORKFLOW_MIGRATE (2)"
+                ))
+            );
+        }
+        let upgrade = pb::RunSelection {
+            all: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            selection(Some(&upgrade), &inventory).map(|s| s.workflow),
+            Ok(Workflow::Upgrade)
+        );
     }
 }

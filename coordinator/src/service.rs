@@ -470,7 +470,9 @@ impl pb::operator_service_server::OperatorService for OperatorService {
     ) -> Result<Response<pb::ControlResponse>, Status> {
         let operator = operator_name(request.extensions())?;
         let r = request.into_inner();
-        let action = r.action();
+        let action = pb::ControlAction::try_from(r.action).map_err(|_| {
+            Status::invalid_argument(format!("control action {} is not defined", r.action))
+        })?;
         let control = ControlRequest {
             action,
             node: r.node,
