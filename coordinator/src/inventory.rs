@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use fleet_proto::config::{ConfigError, Problem, deserialize, line_of, read_file};
+use fleet_proto::config::{ConfigError, LineIndex, Problem, deserialize, read_file};
 use fleet_proto::version::Version;
 
 use crate::domain::{EnvName, NodeName, Role};
@@ -305,6 +305,7 @@ impl Inventory {
         let base = path.parent().unwrap_or(Path::new("."));
         let mut check = Checker {
             text,
+            lines: LineIndex::new(text),
             base,
             problems: Vec::new(),
         };
@@ -396,6 +397,8 @@ struct RawSsoDatabase {
 
 struct Checker<'a> {
     text: &'a str,
+    /// Where each key's line is found (the file may hold tens of thousands of nodes).
+    lines: LineIndex,
     base: &'a Path,
     problems: Vec<Problem>,
 }
@@ -403,14 +406,14 @@ struct Checker<'a> {
 impl Checker<'_> {
     fn problem<T>(&mut self, at: &Spanned<T>, key: impl Into<String>, message: impl Into<String>) {
         self.problems.push(Problem {
-            line: line_of(self.text, at.span().start),
+            line: self.lines.line(at.span().start),
             key: key.into(),
             message: message.into(),
         });
     }
 
     fn line<T>(&self, at: &Spanned<T>) -> usize {
-        line_of(self.text, at.span().start)
+        self.lines.line(at.span().start)
     }
 
     fn duration(&mut self, raw: &Spanned<String>, key: &str) -> Option<Duration> {
