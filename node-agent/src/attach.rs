@@ -580,7 +580,7 @@ impl Agent {
     /// otherwise it waits for a restart by hand, and says so.
     fn after_start(&self, w: Waiting, boot: &Result<String, String>) {
         let then = w.waiting.boot_id.as_str();
-        let same = match boot {
+        let not_rebooted = match boot {
             _ if then.is_empty() => None,
             Ok(now) if now == then => Some(
                 "the server has not restarted (the agent restarted in the same boot)".to_string(),
@@ -590,7 +590,7 @@ impl Agent {
                 "the agent restarted and cannot tell whether the server did ({e})"
             )),
         };
-        let Some(problem) = same else {
+        let Some(problem) = not_rebooted else {
             self.take_up(
                 &w.attempt_id,
                 w.waiting.reason(),

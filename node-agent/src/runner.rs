@@ -238,36 +238,36 @@ pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Ou
         let until = drain_limit.map_or(deadline, |limit: tokio::time::Instant| {
             (tokio::time::Instant::now() + DRAIN_GRACE).min(limit)
         });
-        tokio::select! {
+        let stop = tokio::select! {
             biased;
             line = next_line_of(&mut stdout, &mut stderr), if pipes_open => {
                 if let Some((is_stderr, line)) = line {
                     let report = handle(is_stderr, line, &mut outputs);
                     let _ = tokio::time::timeout_at(until, reports.send(report)).await;
                 }
+                false
             }
             exit = child.wait(), if status.is_none() => {
                 status = Some(exit);
                 drain_limit = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
+                false
             }
             () = tokio::time::sleep_until(until) => {
                 if status.is_some() {
                     break;
                 }
                 timed_out = true;
-                if let Some(tree) = tree.take() {
-                    tree.kill(&mut child);
-                }
-                status = Some(child.wait().await);
-                drain_limit = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
+                true
             }
-            () = cancel.cancelled(), if status.is_none() => {
-                if let Some(tree) = tree.take() {
-                    tree.kill(&mut child);
-                }
-                status = Some(child.wait().await);
-                drain_limit = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
+            () = cancel.cancelled(), if status.is_none() => true,
+        };
+        // Past the deadline, or cancelled: the program and everything it started end.
+        if stop {
+            if let Some(tree) = tree.take() {
+                tree.kill(&mut child);
             }
+            status = Some(child.wait().await);
+            drain_limit = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
         }
     }
     let exit_code = match status {
