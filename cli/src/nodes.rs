@@ -70,6 +70,13 @@ fn to_json(node: &pb::NodeStatus) -> Value {
         "attached_since": node.attached_since_unix_ms.map(rfc3339),
         "agent_version": (!node.agent_version.is_empty()).then_some(&node.agent_version),
         "remote_addr": (!node.remote_addr.is_empty()).then_some(&node.remote_addr),
+        "refused_agent": node.refused_agent.as_ref().map(|r| json!({
+            "instance_id": r.instance_id,
+            "remote_addr": r.remote_addr,
+            "last_refused": rfc3339(r.last_refused_unix_ms),
+            "times": r.times,
+            "attached_instance_id": r.attached_instance_id,
+        })),
         "facts": facts.map(|f| json!({
             "service": service(Some(f)),
             "products": f.products,
@@ -113,7 +120,22 @@ fn table(nodes: &[pb::NodeStatus], now: SystemTime) -> String {
         .iter()
         .map(|n| {
             let facts = n.facts.as_ref();
-            let note = facts.map(|f| f.error.clone()).unwrap_or_default();
+            let refused = n.refused_agent.as_ref().map(|r| {
+                format!(
+                    "a second agent process for this node was refused {}x, last {} (instance {} from {})",
+                    r.times,
+                    ago(Some(r.last_refused_unix_ms), now),
+                    r.instance_id,
+                    r.remote_addr
+                )
+            });
+            let note = facts
+                .map(|f| f.error.clone())
+                .into_iter()
+                .chain(refused)
+                .filter(|n| !n.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ");
             [
                 n.name.clone(),
                 n.environment.clone(),

@@ -1,9 +1,13 @@
 //! The live view of the fleet: which agent is attached over which stream, its latest facts, when it
 //! was last heard from. One task owns this state; the gRPC services talk to it through [`FleetHandle`].
 //!
-//! A node has at most one live session. A new attach replaces the old session (the agent reconnected
-//! before the old stream was noticed dead); a session silent past the heartbeat timeout is closed and
-//! the node shown detached.
+//! A node has at most one live session, held by one agent process (its instance id). That process's
+//! new attach replaces its old session (it reconnected before the old stream was noticed dead); another
+//! process's attach is refused while the session is live — two agents for one node (a copy started by
+//! hand beside the service, a cloned server) would otherwise take the node's stream in turns, and
+//! each would be asked about attempts only the other has (SPEC §9). The refusal is logged (once a
+//! minute per node) and shown in `nodes`. A session silent past the heartbeat timeout is closed and
+//! the node shown detached, so a newcomer is let in once the first process is gone.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -44,13 +48,30 @@ struct NodeEntry {
     facts_generation: u64,
     agent_version: String,
     remote_addr: Option<SocketAddr>,
+    /// The latest second agent process refused while this node's session was live.
+    refused: Option<Refused>,
 }
+
+/// A second agent process refused for a node; logged once per [`REFUSAL_LOG_EVERY`].
+#[derive(Debug, Clone)]
+struct Refused {
+    instance_id: String,
+    remote_addr: Option<SocketAddr>,
+    at: SystemTime,
+    times: u64,
+    logged_at: Option<tokio::time::Instant>,
+    attached_instance_id: String,
+}
+
+/// How often a node's refusals of a second agent are logged (the refused agent retries with backoff).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
 
 enum Command {
     Attach {
         node: NodeName,
         session: Session,
         facts: Option<pb::Facts>,
+        reply: oneshot::Sender<Result<(), String>>,
     },
     Seen {
         node: NodeName,
@@ -119,15 +140,26 @@ impl FleetHandle {
         Self { tx }
     }
 
-    pub async fn attach(&self, node: NodeName, session: Session, facts: Option<pb::Facts>) {
-        let _ = self
-            .tx
+    /// Makes `session` the node's live session, or refuses it (the reason, for the agent) while
+    /// another agent process holds a live one.
+    pub async fn attach(
+        &self,
+        node: NodeName,
+        session: Session,
+        facts: Option<pb::Facts>,
+    ) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
             .send(Command::Attach {
                 node,
                 session,
                 facts,
+                reply,
             })
-            .await;
+            .await
+            .map_err(|_| "the coordinator is shutting down".to_string())?;
+        rx.await
+            .map_err(|_| "the coordinator is shutting down".to_string())?
     }
 
     pub async fn seen(&self, node: NodeName, session: u64) {
@@ -267,22 +299,24 @@ impl FleetTask {
                 node,
                 session,
                 facts,
+                reply,
             } => {
                 let Some(entry) = self.nodes.get_mut(&node) else {
+                    let _ = reply.send(Err(format!("node {node} is not in the inventory")));
                     return;
                 };
+                if let Err(refusal) = refuse_second_agent(&node, entry, &session) {
+                    let _ = reply.send(Err(refusal));
+                    return;
+                }
                 if let Some(old) = entry.session.take() {
-                    let from = session
-                        .remote_addr
-                        .map_or_else(|| "?".to_string(), |a| a.to_string());
-                    let why = format!(
-                        "replaced by a new stream of node {node} from {from} (agent instance {}); two agents using one certificate replace each other like this",
-                        session.agent_instance_id
-                    );
-                    tracing::info!(node = %node, "agent {node} re-attached; closing its previous stream (agent instance {})", old.agent_instance_id);
-                    let _ = old.sender.try_send(Err(Status::aborted(why)));
+                    tracing::info!(node = %node, "agent {node} re-attached; closing its previous stream");
+                    let _ = old.sender.try_send(Err(Status::aborted(
+                        "replaced by a new stream of the same agent process",
+                    )));
                     old.closed.cancel();
                 }
+                let _ = reply.send(Ok(()));
                 let version = facts
                     .as_ref()
                     .and_then(|f| f.esso_version.clone())
@@ -492,8 +526,77 @@ impl FleetTask {
                         .unwrap_or_default(),
                     facts,
                     standing: crate::convert::standing(standing) as i32,
+                    refused_agent: entry.and_then(|e| e.refused.as_ref()).map(|r| {
+                        pb::RefusedAgent {
+                            instance_id: r.instance_id.clone(),
+                            remote_addr: r.remote_addr.map(|a| a.to_string()).unwrap_or_default(),
+                            last_refused_unix_ms: unix_ms(r.at),
+                            times: r.times,
+                            attached_instance_id: r.attached_instance_id.clone(),
+                        }
+                    }),
                 }
             })
             .collect()
     }
+}
+
+/// Refuses `session` when another agent process (another instance id) holds the node's live session,
+/// recording (and, once a minute, logging) the refusal. A session whose stream is gone (the process
+/// was killed; its end not yet processed) is not live.
+fn refuse_second_agent(
+    node: &NodeName,
+    entry: &mut NodeEntry,
+    session: &Session,
+) -> Result<(), String> {
+    let Some(live) = entry
+        .session
+        .as_ref()
+        .filter(|s| s.agent_instance_id != session.agent_instance_id && !s.sender.is_closed())
+    else {
+        return Ok(());
+    };
+    let addr = |a: Option<SocketAddr>| a.map_or_else(|| "?".to_string(), |a| a.to_string());
+    let now = tokio::time::Instant::now();
+    let refused = match entry.refused.take() {
+        Some(r) if r.instance_id == session.agent_instance_id => Refused {
+            at: SystemTime::now(),
+            times: r.times + 1,
+            remote_addr: session.remote_addr,
+            ..r
+        },
+        _ => Refused {
+            instance_id: session.agent_instance_id.clone(),
+            remote_addr: session.remote_addr,
+            at: SystemTime::now(),
+            times: 1,
+            logged_at: None,
+            attached_instance_id: live.agent_instance_id.clone(),
+        },
+    };
+    let reason = format!(
+        "another agent process for node {node} is attached (instance {} from {}); this one (instance {} from {}) \
+         is refused while it is live. Run one agent per node: stop the copy started by hand, or give a cloned \
+         server its own name and certificate",
+        live.agent_instance_id,
+        addr(live.remote_addr),
+        session.agent_instance_id,
+        addr(session.remote_addr),
+    );
+    let log_now = refused
+        .logged_at
+        .is_none_or(|at| now.duration_since(at) >= REFUSAL_LOG_EVERY);
+    entry.refused = Some(Refused {
+        logged_at: if log_now {
+            Some(now)
+        } else {
+            refused.logged_at
+        },
+        ..refused
+    });
+    if log_now {
+        let times = entry.refused.as_ref().map_or(1, |r| r.times);
+        tracing::warn!(node = %node, refusals = times, "refused a second agent for {node}: {reason}");
+    }
+    Err(reason)
 }

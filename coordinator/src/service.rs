@@ -24,6 +24,8 @@ use fleet_proto::unix_ms;
 
 /// How long an agent has to send its `Hello` after opening the stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest agent instance id or agent version a hello may carry (a uuid is 36 bytes).
+const MAX_AGENT_ID: usize = 128;
 
 /// A tonic interceptor admitting only peers whose certificate names `role` in `trust_domain`; the
 /// identity is put into the request extensions for the handlers.
@@ -197,6 +199,16 @@ impl pb::agent_service_server::AgentService for AgentService {
                 shared.epoch, hello.highest_epoch_seen
             )));
         }
+        // Identifiers the agent chose are logged and shown: bounded, like every field an agent sends.
+        if hello.agent_instance_id.is_empty()
+            || hello.agent_instance_id.len() > MAX_AGENT_ID
+            || hello.agent_version.len() > MAX_AGENT_ID
+        {
+            tracing::warn!(node = %cert_node, %peer, "refused agent {cert_node} from {peer}: its hello has no agent instance id, or an instance id or version over {MAX_AGENT_ID} bytes");
+            return Err(Status::invalid_argument(format!(
+                "the hello's agent_instance_id must be 1 to {MAX_AGENT_ID} bytes, and its agent_version at most {MAX_AGENT_ID}"
+            )));
+        }
         let (tx, rx) = mpsc::channel(256);
         let welcome = pb::CoordinatorMessage {
             body: Some(CoordinatorBody::Welcome(pb::Welcome {
@@ -208,6 +220,7 @@ impl pb::agent_service_server::AgentService for AgentService {
                 protocol_version: fleet_proto::PROTOCOL_VERSION,
             })),
         };
+        // Queued before the session can be seen (nothing else is sent to it before the welcome).
         tx.send(Ok(welcome))
             .await
             .map_err(|_| Status::cancelled("the agent left"))?;
@@ -222,15 +235,17 @@ impl pb::agent_service_server::AgentService for AgentService {
             agent_version: hello.agent_version.clone(),
             agent_instance_id: hello.agent_instance_id.clone(),
         };
+        let instance: Arc<str> = Arc::from(hello.agent_instance_id.as_str());
         shared
             .fleet
             .attach(cert_node.clone(), session, hello.facts)
-            .await;
+            .await
+            .map_err(Status::already_exists)?;
         // Before anything the agent sends on this stream: the run settles what the agent's journal
         // reported and asks about attempts it may have missed.
         shared
             .runs
-            .attached(cert_node.clone(), hello.attempts)
+            .attached(cert_node.clone(), instance.clone(), hello.attempts)
             .await;
 
         tokio::spawn(send_heartbeats(
@@ -244,6 +259,7 @@ impl pb::agent_service_server::AgentService for AgentService {
                 shared.fleet.clone(),
                 shared.runs.clone(),
                 cert_node,
+                instance,
                 session_id,
                 inbound,
                 closed,
@@ -284,6 +300,7 @@ async fn receive(
     fleet: FleetHandle,
     runs: RunsHandle,
     node: NodeName,
+    instance: Arc<str>,
     session: u64,
     mut inbound: Streaming<pb::AgentMessage>,
     closed: CancellationToken,
@@ -305,7 +322,8 @@ async fn receive(
                     body @ (AgentBody::Event(_)
                     | AgentBody::AssignmentAck(_)
                     | AgentBody::AttemptReport(_)) => {
-                        runs.agent_message(node.clone(), body).await;
+                        runs.agent_message(node.clone(), instance.clone(), body)
+                            .await;
                     }
                 }
             }

@@ -672,7 +672,8 @@ fn fact_params(config: &AgentConfig) -> BTreeMap<String, String> {
 fn classify(status: &tonic::Status, url: &str) -> SessionEnd {
     use tonic::Code;
     match status.code() {
-        Code::PermissionDenied | Code::Unauthenticated => {
+        // AlreadyExists: another agent process holds this node's session (one live session per node).
+        Code::PermissionDenied | Code::Unauthenticated | Code::AlreadyExists => {
             SessionEnd::Refused(status.message().to_string())
         }
         Code::FailedPrecondition => SessionEnd::Stale(status.message().to_string()),

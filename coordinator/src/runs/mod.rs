@@ -6,6 +6,7 @@
 //! One run at a time: two runs over the same servers could break the ordering invariants.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fleet_proto::pb;
@@ -107,8 +108,10 @@ enum Request {
         step: Option<String>,
         reply: Reply<Vec<pb::RunEvent>>,
     },
+    /// A message of the agent process `instance` (its hello's instance id), attached for `node`.
     Agent {
         node: NodeName,
+        instance: Arc<str>,
         body: Box<AgentBody>,
     },
     /// A preflight task's result: the installers' SHA-256 the environment's nodes agree on, per role
@@ -142,6 +145,7 @@ enum Request {
     /// An agent attached (or re-attached): what its journal holds of attempts not fully acknowledged.
     Attached {
         node: NodeName,
+        instance: Arc<str>,
         reports: Vec<pb::AttemptReport>,
     },
 }
@@ -260,11 +264,12 @@ impl RunsHandle {
         .await
     }
 
-    pub async fn agent_message(&self, node: NodeName, body: AgentBody) {
+    pub async fn agent_message(&self, node: NodeName, instance: Arc<str>, body: AgentBody) {
         let _ = self
             .tx
             .send(Request::Agent {
                 node,
+                instance,
                 body: Box::new(body),
             })
             .await;
@@ -275,8 +280,20 @@ impl RunsHandle {
     }
 
     /// A node's agent attached; `reports` are the attempts its journal reported in the hello.
-    pub async fn attached(&self, node: NodeName, reports: Vec<pb::AttemptReport>) {
-        let _ = self.tx.send(Request::Attached { node, reports }).await;
+    pub async fn attached(
+        &self,
+        node: NodeName,
+        instance: Arc<str>,
+        reports: Vec<pb::AttemptReport>,
+    ) {
+        let _ = self
+            .tx
+            .send(Request::Attached {
+                node,
+                instance,
+                reports,
+            })
+            .await;
     }
 }
 
@@ -454,7 +471,11 @@ impl Manager {
             } => {
                 let _ = reply.send(self.logs(&run_id, node.as_deref(), step.as_deref()));
             }
-            Request::Agent { node, body } => self.agent(node, *body).await,
+            Request::Agent {
+                node,
+                instance,
+                body,
+            } => self.agent(node, &instance, *body).await,
             Request::PreflightDone {
                 run_id,
                 step,
@@ -483,7 +504,11 @@ impl Manager {
             // Looked at once the requests waiting now are handled: an agent storm (a coordinator
             // restart, a network outage) is one look, not one per agent.
             Request::AttachmentChanged => self.attachment_changed = true,
-            Request::Attached { node, reports } => self.agent_attached(node, reports).await,
+            Request::Attached {
+                node,
+                instance,
+                reports,
+            } => self.agent_attached(node, &instance, reports).await,
         }
     }
 
@@ -1056,20 +1081,37 @@ impl Manager {
         .await;
     }
 
-    async fn agent(&mut self, node: NodeName, body: AgentBody) {
+    async fn agent(&mut self, node: NodeName, instance: &str, body: AgentBody) {
         match body {
             AgentBody::Event(event) => self.step_event(node, event).await,
             AgentBody::AssignmentAck(ack) => match ack.decision() {
-                pb::AssignmentDecision::Accepted => {}
+                pb::AssignmentDecision::Accepted => {
+                    // Who holds it: only that process's word that it never got it sends it again.
+                    if self.attempt_of(&node, &ack.attempt_id).is_some()
+                        && let Err(e) = self.store.accepted(&ack.attempt_id, instance)
+                    {
+                        tracing::error!(
+                            "cannot record who accepted attempt {}: {e}",
+                            ack.attempt_id
+                        );
+                    }
+                }
                 pb::AssignmentDecision::Duplicate => {
                     // Redelivered: the agent answers with what its journal holds, never runs it again.
                     if let Some(report) = ack.report {
-                        self.attempt_report(node, report).await;
+                        self.attempt_report(node, instance, report).await;
                     }
                 }
                 decision => {
+                    let row = self.attempt_of(&node, &ack.attempt_id);
+                    // A refusal after the attempt was accepted (a redelivery's answer arriving late)
+                    // says nothing of the attempt that runs.
+                    if let Some(by) = row.as_ref().and_then(|r| r.accepted_by.as_deref()) {
+                        tracing::debug!(node = %node, attempt_id = %ack.attempt_id, ?decision, "ignored a refusal of an attempt agent instance {by} accepted");
+                        return;
+                    }
                     tracing::warn!(node = %node, attempt_id = %ack.attempt_id, ?decision, "assignment refused: {}", ack.reason);
-                    if self.attempt_of(&node, &ack.attempt_id).is_some()
+                    if row.is_some()
                         && let Some((step, attempt)) = self.current_attempt(&ack.attempt_id)
                     {
                         let outcome =
@@ -1083,7 +1125,7 @@ impl Manager {
                     }
                 }
             },
-            AgentBody::AttemptReport(report) => self.attempt_report(node, report).await,
+            AgentBody::AttemptReport(report) => self.attempt_report(node, instance, report).await,
             AgentBody::Hello(_) | AgentBody::Heartbeat(_) | AgentBody::Facts(_) => {}
         }
     }
@@ -1091,7 +1133,12 @@ impl Manager {
     /// A node's agent attached. What its journal reported is settled, and every attempt of the
     /// active run that is out on this node is asked about: the agent answers what it knows, and an
     /// attempt it never received starts again (SPEC §9: resolved by asking, never by running it twice).
-    async fn agent_attached(&mut self, node: NodeName, reports: Vec<pb::AttemptReport>) {
+    async fn agent_attached(
+        &mut self,
+        node: NodeName,
+        instance: &str,
+        reports: Vec<pb::AttemptReport>,
+    ) {
         if reports.is_empty() {
             // Looked at with the others that attach now: after a coordinator restart, thousands do.
             self.attachment_changed = true;
@@ -1100,7 +1147,7 @@ impl Manager {
             self.apply(Event::NodeAttached(node.clone())).await;
         }
         for report in reports {
-            self.attempt_report(node.clone(), report).await;
+            self.attempt_report(node.clone(), instance, report).await;
         }
         let Some(active) = self.active.as_ref() else {
             return;
@@ -1128,18 +1175,49 @@ impl Manager {
     }
 
     /// What an agent's journal holds of one attempt: in answer to a query, in its hello, or with a
-    /// duplicate assignment.
-    async fn attempt_report(&mut self, node: NodeName, report: pb::AttemptReport) {
+    /// duplicate assignment. "Never received" sends the attempt again only when no agent process
+    /// accepted it: one that did may run it still (two agents for one node) or lost its journal, and
+    /// then the outcome is unknown and the step fails saying so — never run twice (SPEC §9).
+    async fn attempt_report(&mut self, node: NodeName, instance: &str, report: pb::AttemptReport) {
         let Some(row) = self.attempt_of(&node, &report.attempt_id) else {
             return;
         };
         match report.state() {
             pb::AttemptState::Unknown => {
-                if let Some((step, attempt)) = self.current_attempt(&report.attempt_id)
-                    && row.step == step
-                {
-                    tracing::warn!(node = %node, attempt_id = %report.attempt_id, "{node} never received attempt {attempt}; it starts again");
-                    self.apply(Event::StepNotDelivered { step, attempt }).await;
+                let Some((step, attempt)) = self
+                    .current_attempt(&report.attempt_id)
+                    .filter(|(step, _)| row.step == *step)
+                else {
+                    return;
+                };
+                match row.accepted_by.as_deref() {
+                    None => {
+                        tracing::warn!(node = %node, attempt_id = %report.attempt_id, "{node} never received attempt {attempt}; it starts again");
+                        self.apply(Event::StepNotDelivered { step, attempt }).await;
+                    }
+                    Some(by) => {
+                        let why = if by == instance {
+                            format!(
+                                "the agent of {node} accepted attempt {attempt} but its journal no longer has it"
+                            )
+                        } else {
+                            format!(
+                                "attempt {attempt} was accepted by another agent process for {node} (instance {by}), and the agent attached now \
+                                 (instance {instance}) does not know it: two agents run for this node, or its state directory was replaced"
+                            )
+                        };
+                        let message = format!(
+                            "{why}. Whether the step ran, or runs there still, is unknown, so it is not sent again: make sure one agent \
+                             runs for {node}, look at the server, then retry or skip the step"
+                        );
+                        tracing::error!(node = %node, attempt_id = %report.attempt_id, "{message}");
+                        self.apply(Event::StepFinished {
+                            step,
+                            attempt,
+                            outcome: Outcome::Failed(message),
+                        })
+                        .await;
+                    }
                 }
             }
             pb::AttemptState::Finished | pb::AttemptState::Interrupted => match report.result {

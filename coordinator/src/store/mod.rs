@@ -25,6 +25,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("002_resume.sql"),
     include_str!("003_attended.sql"),
     include_str!("004_roles.sql"),
+    include_str!("005_accepted_by.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +99,8 @@ pub struct AttemptRow {
     pub step: usize,
     pub number: u32,
     pub node: Option<String>,
+    /// The agent instance that accepted the attempt (its ACCEPTED ack), once one did.
+    pub accepted_by: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -801,7 +804,7 @@ impl Store {
     pub fn attempt(&self, attempt_id: &str) -> Result<Option<AttemptRow>> {
         self.conn
             .query_row(
-                "SELECT run_id, idx, number, node FROM attempts WHERE id = ?1",
+                "SELECT run_id, idx, number, node, accepted_by FROM attempts WHERE id = ?1",
                 [attempt_id],
                 |r| {
                     Ok(AttemptRow {
@@ -809,10 +812,22 @@ impl Store {
                         step: r.get::<_, i64>(1)? as usize,
                         number: r.get(2)?,
                         node: r.get(3)?,
+                        accepted_by: r.get(4)?,
                     })
                 },
             )
             .optional()
+            .map_err(self.err())
+    }
+
+    /// Records the agent instance that accepted an attempt; the first acceptance stands.
+    pub fn accepted(&self, attempt_id: &str, instance: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE attempts SET accepted_by = ?2 WHERE id = ?1 AND accepted_by IS NULL",
+                params![attempt_id, instance],
+            )
+            .map(drop)
             .map_err(self.err())
     }
 

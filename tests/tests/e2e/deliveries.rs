@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-const ONE_NODE: &str = r#"
+pub(crate) const ONE_NODE: &str = r#"
 [upgrade]
 target_version = "3.0.7"
 installer = 'INSTALLER'
@@ -25,7 +25,7 @@ master = "m1"
 backup_dir = '/backups/dev'
 "#;
 
-fn msg(body: A) -> pb::AgentMessage {
+pub(crate) fn msg(body: A) -> pb::AgentMessage {
     pb::AgentMessage { body: Some(body) }
 }
 
@@ -52,7 +52,7 @@ fn succeeded() -> pb::step_event::Kind {
     })
 }
 
-fn facts(version: &str, installer_sha256: Option<String>) -> pb::Facts {
+pub(crate) fn facts(version: &str, installer_sha256: Option<String>) -> pb::Facts {
     pb::Facts {
         esso_version: Some(version.into()),
         service: pb::ServiceState::Running as i32,
@@ -61,8 +61,63 @@ fn facts(version: &str, installer_sha256: Option<String>) -> pb::Facts {
     }
 }
 
+/// A stand-in for m1's agent process `instance`, attached with m1's certificate (issued before) and
+/// kept attached by heartbeats: what it sends, and its inbound stream after the welcome. The
+/// coordinator's refusal, if it refuses.
+pub(crate) async fn attach_stand_in(
+    fleet: &Fleet,
+    coordinator: &Coordinator,
+    instance: &str,
+) -> Result<
+    (
+        mpsc::Sender<pb::AgentMessage>,
+        tonic::Streaming<pb::CoordinatorMessage>,
+    ),
+    tonic::Status,
+> {
+    let material = TlsMaterial::load(
+        &TlsFiles::in_dir(&fleet.path("agents/m1/tls"), "agent"),
+        Role::Agent,
+    )
+    .unwrap();
+    let tls = material
+        .client_config(material.coordinator_identity())
+        .unwrap();
+    let channel = fleet_proto::transport::connect(&coordinator.url(), tls, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(64);
+    tx.send(msg(A::Hello(pb::Hello {
+        node: "m1".into(),
+        agent_instance_id: instance.into(),
+        facts: Some(facts("3.0.6", None)),
+        protocol_version: fleet_proto::PROTOCOL_VERSION,
+        ..Default::default()
+    })))
+    .await
+    .unwrap();
+    let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
+    let mut inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();
+    let C::Welcome(_) = next(&mut inbound).await else {
+        panic!("no welcome")
+    };
+    // Heartbeats until the caller drops its sender: then the stream ends, as a process's would.
+    let beats = tx.downgrade();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let beat = msg(A::Heartbeat(pb::Heartbeat::default()));
+            let Some(beats) = beats.upgrade() else { return };
+            if beats.send(beat).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok((tx, inbound))
+}
+
 /// The next coordinator message that is not a heartbeat.
-async fn next(inbound: &mut tonic::Streaming<pb::CoordinatorMessage>) -> C {
+pub(crate) async fn next(inbound: &mut tonic::Streaming<pb::CoordinatorMessage>) -> C {
     loop {
         let m = tokio::time::timeout(Duration::from_secs(20), inbound.message())
             .await
@@ -77,7 +132,7 @@ async fn next(inbound: &mut tonic::Streaming<pb::CoordinatorMessage>) -> C {
 }
 
 /// Answers until an assignment comes (facts refreshes on the way), and returns it.
-async fn assignment(
+pub(crate) async fn assignment(
     inbound: &mut tonic::Streaming<pb::CoordinatorMessage>,
     tx: &mpsc::Sender<pb::AgentMessage>,
     installer_sha256: &str,
@@ -111,46 +166,9 @@ async fn duplicated_and_reordered_events_are_stored_once_in_order_and_applied_on
     let coordinator =
         Coordinator::start(&fleet, "127.0.0.1:0", &CoordinatorOptions::default()).unwrap();
     fleet.issue_agent("tls", "m1", "agents/m1/tls").unwrap();
-    let material = TlsMaterial::load(
-        &TlsFiles::in_dir(&fleet.path("agents/m1/tls"), "agent"),
-        Role::Agent,
-    )
-    .unwrap();
-    let tls = material
-        .client_config(material.coordinator_identity())
-        .unwrap();
-    let channel = fleet_proto::transport::connect(&coordinator.url(), tls, Duration::from_secs(10))
+    let (tx, mut inbound) = attach_stand_in(&fleet, &coordinator, "stand-in")
         .await
         .unwrap();
-    let (tx, rx) = mpsc::channel(64);
-    tx.send(msg(A::Hello(pb::Hello {
-        node: "m1".into(),
-        facts: Some(facts("3.0.6", None)),
-        protocol_version: fleet_proto::PROTOCOL_VERSION,
-        ..Default::default()
-    })))
-    .await
-    .unwrap();
-    let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
-    let mut inbound = client
-        .attach(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let C::Welcome(_) = next(&mut inbound).await else {
-        panic!("no welcome")
-    };
-    // Heartbeats keep the stand-in attached.
-    let beats = tx.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let beat = msg(A::Heartbeat(pb::Heartbeat::default()));
-            if beats.send(beat).await.is_err() {
-                return;
-            }
-        }
-    });
 
     let url = coordinator.url();
     let tls_dir = fleet.path("tls");

@@ -19,6 +19,7 @@ mod refusals;
 mod sql;
 mod tds;
 mod tds_crosscheck;
+mod two_agents;
 mod upgrade;
 mod versions;
 mod windows;
