@@ -241,6 +241,14 @@ pub enum Event {
         step: usize,
         attempt: u32,
     },
+    /// Asked before an upgrade is sent again (a retry, a re-send), its node already has the target:
+    /// an earlier attempt, interrupted, had installed it. The step succeeds with `message` and is not
+    /// sent; its verify follows as always.
+    StepAlreadyDone {
+        step: usize,
+        attempt: u32,
+        message: String,
+    },
     Control(Control),
 }
 
@@ -489,6 +497,23 @@ impl Run {
                         format!("attempt {attempt} never reached its agent; it starts again"),
                         &mut out,
                     );
+                }
+            }
+            Event::StepAlreadyDone {
+                step,
+                attempt,
+                message,
+            } => {
+                if self.steps.get(step).is_some_and(|s| {
+                    s.attempt == attempt
+                        && s.state == StepState::Running
+                        && matches!(
+                            s.plan.kind,
+                            StepKind::UpgradeMaster | StepKind::UpgradeMember
+                        )
+                }) {
+                    self.steps[step].finished_at = Some(now);
+                    self.set(step, StepState::Succeeded, message, &mut out);
                 }
             }
             Event::Control(control) => self.control(control, now, &mut out)?,
@@ -1028,24 +1053,43 @@ impl Run {
             .next()
     }
 
+    /// After a retry or skip in `env`: the run goes on when nothing else holds it; otherwise the
+    /// halt's reason says what remains (never a reason that no longer holds).
     fn clear_halt_if_resolved(&mut self, env: usize, out: &mut Vec<Command>) {
-        let chain_failed = self
+        if let Some(step) = self
             .steps
             .iter()
-            .any(|s| s.state == StepState::Failed && s.plan.kind.in_master_chain());
+            .position(|s| s.state == StepState::Failed && s.plan.kind.in_master_chain())
+        {
+            self.halt = Some(format!(
+                "{} failed: retry it or abort the run (members never start on an unverified master)",
+                self.describe(step)
+            ));
+            return;
+        }
+        // A master that detached and is back: the operator acting on its environment is the word a
+        // resume would give.
+        let e = &mut self.envs[env];
+        if e.master_lost && self.attached.contains(&e.master) {
+            e.master_lost = false;
+        }
         let e = &self.envs[env];
-        let members_ok = e.member_failures <= self.max_failures + e.failures_accepted;
-        if !chain_failed && members_ok && !e.master_lost {
-            self.halt = None;
-            if self.envs[env].status == EnvStatus::Halted {
-                self.unhalt(env, out);
-            }
-        } else if !chain_failed && !e.master_lost {
+        if e.master_lost {
+            self.halt = Some(format!(
+                "the master {} of {} is still detached: the run goes on once it has re-attached (`fleetctl nodes`) and the operator resumes",
+                e.master, self.env_names[env]
+            ));
+        } else if e.member_failures > self.max_failures + e.failures_accepted {
             // Still over: say how things stand now; a retried step starts once the halt is lifted.
             self.halt = Some(format!(
                 "{} member failure(s) in {} exceed max_failures = {}: retry or skip them, or resume to accept them (retried steps start then)",
                 e.member_failures, self.env_names[env], self.max_failures
             ));
+        } else {
+            self.halt = None;
+            if self.envs[env].status == EnvStatus::Halted {
+                self.unhalt(env, out);
+            }
         }
     }
 

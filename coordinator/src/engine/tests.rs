@@ -1333,3 +1333,59 @@ fn abort_cancels_running_steps_but_never_an_install() {
         "aborted; waiting for upgrade-master on m1 (e0) to end: an install is never stopped halfway (it would leave the server in an unknown state)"
     );
 }
+
+/// A master's agent killed mid-install: the master detaches (halt), comes back, its install is
+/// reported failed (interrupted). One retry lifts the halt and installs again: the stale "detached"
+/// reason is gone, and no resume is needed. While the master is still away, the retry says so.
+#[test]
+fn retrying_the_master_step_after_its_agent_came_back_resumes_the_run() {
+    let inv = inventory(&[("auto", &["m", "a"], "")], 1, 0);
+    let mut run = run_of(&inv, &[]);
+    let mut queue = dispatched(&run.apply(Event::Start, T0).unwrap());
+    let upgrade = loop {
+        let (step, _) = queue.remove(0);
+        if run.steps[step].plan.kind == StepKind::UpgradeMaster {
+            break step;
+        }
+        queue.extend(ok(&mut run, step));
+    };
+    let m = NodeName::new("m").unwrap();
+    run.apply(Event::NodeDetached(m.clone()), T0).unwrap();
+    assert!(run.reason().contains("detached"), "{}", run.reason());
+
+    // Still away: the retry is taken, and the reason says what holds the run now.
+    fail(&mut run, upgrade);
+    let none = dispatched(
+        &run.apply(Event::Control(Control::Retry { step: upgrade }), T0)
+            .unwrap(),
+    );
+    assert!(none.is_empty(), "{none:?}");
+    assert_eq!(run.status(), RunStatus::Halted);
+    assert!(
+        run.reason().contains("master m of e0 is still detached"),
+        "{}",
+        run.reason()
+    );
+
+    run.apply(Event::NodeAttached(m.clone()), T0).unwrap();
+    let resumed = dispatched(&run.apply(Event::Control(Control::Resume), T0).unwrap());
+    assert_eq!(resumed, [(upgrade, 2)]);
+
+    // The second attempt's agent is killed too: detached, back, reported interrupted. One retry is
+    // enough now.
+    run.apply(Event::NodeDetached(m.clone()), T0).unwrap();
+    run.apply(Event::NodeAttached(m), T0).unwrap();
+    fail(&mut run, upgrade);
+    assert!(
+        run.reason().contains("upgrade-master on m (e0) failed"),
+        "{}",
+        run.reason()
+    );
+    let again = dispatched(
+        &run.apply(Event::Control(Control::Retry { step: upgrade }), T0)
+            .unwrap(),
+    );
+    assert_eq!(again, [(upgrade, 3)]);
+    assert_eq!(run.status(), RunStatus::Running);
+    assert_eq!(run.reason(), "");
+}

@@ -26,6 +26,7 @@ use fleet_proto::unix_ms;
 mod backup;
 mod preflight;
 mod queries;
+mod recheck;
 mod waits;
 mod wire;
 
@@ -141,6 +142,8 @@ enum Request {
         attempt_id: String,
         result: Result<crate::sql::BackupDone, String>,
     },
+    /// What a node reported before its upgrade was sent again (`recheck`).
+    Rechecked(recheck::Rechecked),
     AttachmentChanged,
     /// An agent attached (or re-attached): what its journal holds of attempts not fully acknowledged.
     Attached {
@@ -504,6 +507,7 @@ impl Manager {
             // Looked at once the requests waiting now are handled: an agent storm (a coordinator
             // restart, a network outage) is one look, not one per agent.
             Request::AttachmentChanged => self.attachment_changed = true,
+            Request::Rechecked(rechecked) => self.rechecked(rechecked).await,
             Request::Attached {
                 node,
                 instance,
@@ -784,6 +788,83 @@ impl Manager {
         }
     }
 
+    /// Sends an agent step's assignment to its node. Returns the events to apply when it cannot.
+    async fn send_assignment(&mut self, step: usize, attempt: u32, attempt_id: &str) -> Vec<Event> {
+        let Some(active) = self.active.as_ref() else {
+            return Vec::new();
+        };
+        let planned = &active.run.steps[step].plan;
+        let Some(node) = planned.node.clone() else {
+            return Vec::new();
+        };
+        let mut assignment = assignment(
+            &active.inventory,
+            &active.plan,
+            &active.id,
+            self.epoch,
+            &active.run,
+            step,
+            attempt_id,
+        );
+        if planned.kind.installs()
+            && let Some(role) = planned.kind.role()
+        {
+            assignment.expected_installer_sha256 = active
+                .installer_sha256
+                .get(role)
+                .cloned()
+                .unwrap_or_default();
+        }
+        let message = pb::CoordinatorMessage {
+            body: Some(CoordinatorBody::Assign(assignment)),
+        };
+        // Queued to a session that may be dying is not yet delivered: the agent is asked about the
+        // attempt whenever it attaches, and an attempt it never got starts again.
+        if self.fleet.send(node.clone(), message).await {
+            Vec::new()
+        } else {
+            // It detached since the run last looked: the run learns that first, so that the step
+            // waits for the node instead of being sent again at once.
+            self.attached.remove(&node);
+            vec![
+                Event::NodeDetached(node),
+                Event::StepNotDelivered { step, attempt },
+            ]
+        }
+    }
+
+    /// A node was asked what it has before its upgrade is sent again: on the target, the step
+    /// succeeds without it (the attempt is recorded so); otherwise the assignment goes out now.
+    async fn rechecked(&mut self, r: recheck::Rechecked) {
+        if !self.running_attempt(&r.run_id, r.step, r.attempt) {
+            return;
+        }
+        let Some(found) = r.found else {
+            for event in self.send_assignment(r.step, r.attempt, &r.attempt_id).await {
+                if !self.apply(event).await {
+                    return;
+                }
+            }
+            return;
+        };
+        let message = format!(
+            "not installed again: the node already reports ESSO {found}, so an earlier attempt that was interrupted had installed it; its verify checks it"
+        );
+        if let Err(e) =
+            self.store
+                .finish_attempt(&r.attempt_id, now_ms(), "Succeeded", &message, None, &[])
+        {
+            tracing::error!("cannot store the result of attempt {}: {e}", r.attempt_id);
+            return;
+        }
+        self.apply(Event::StepAlreadyDone {
+            step: r.step,
+            attempt: r.attempt,
+            message,
+        })
+        .await;
+    }
+
     /// Starts a dispatched attempt: sends an agent step to its node, or runs a coordinator step.
     /// Returns the events to apply when it cannot start.
     async fn send_step(&mut self, step: usize, attempt: u32, attempt_id: &str) -> Vec<Event> {
@@ -796,43 +877,14 @@ impl Manager {
             return self.operator_wait(step, attempt, kind, &note, &run_id);
         }
         if planned.kind.on_agent() {
-            let Some(node) = planned.node.clone() else {
-                return Vec::new();
-            };
-            let mut assignment = assignment(
-                &active.inventory,
-                &active.plan,
-                &active.id,
-                self.epoch,
-                &active.run,
-                step,
-                attempt_id,
-            );
-            if planned.kind.installs()
-                && let Some(role) = planned.kind.role()
+            if attempt > 1
+                && let Some(job) =
+                    recheck::Recheck::of(active, step, attempt, attempt_id, self.epoch)
             {
-                assignment.expected_installer_sha256 = active
-                    .installer_sha256
-                    .get(role)
-                    .cloned()
-                    .unwrap_or_default();
+                tokio::spawn(recheck::run(job, self.fleet.clone(), self.requests.clone()));
+                return Vec::new();
             }
-            let message = pb::CoordinatorMessage {
-                body: Some(CoordinatorBody::Assign(assignment)),
-            };
-            // Queued to a session that may be dying is not yet delivered: the agent is asked about the
-            // attempt whenever it attaches, and an attempt it never got starts again.
-            if self.fleet.send(node.clone(), message).await {
-                Vec::new()
-            } else {
-                // It detached since the run last looked: the run learns that first, so that the step
-                // waits for the node instead of being sent again at once.
-                self.attached.remove(&node);
-                vec![
-                    Event::NodeDetached(node),
-                    Event::StepNotDelivered { step, attempt },
-                ]
-            }
+            self.send_assignment(step, attempt, attempt_id).await
         } else if planned.kind == StepKind::Preflight {
             let env_name = &active.run.env_names[planned.env];
             let sso = active.inventory.environment(env_name).and_then(|e| {
