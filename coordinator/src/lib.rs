@@ -17,6 +17,7 @@
 //! same server on `127.0.0.1:0`.
 #![forbid(unsafe_code)]
 
+pub mod complaints;
 pub mod convert;
 pub mod domain;
 pub mod engine;

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use crate::complaints::Complaints;
 use crate::convert;
 use crate::domain::NodeName;
 use crate::fleet::{FleetHandle, Session};
@@ -175,14 +176,13 @@ impl pb::agent_service_server::AgentService for AgentService {
         match NodeName::new(&hello.node) {
             Ok(said) if said == cert_node => {}
             _ => {
+                let said = crate::complaints::quote(&hello.node, 64);
                 tracing::warn!(
                     node = %cert_node, %peer,
-                    "refused agent from {peer}: its certificate is for node {cert_node} but its configuration says node {:?}",
-                    hello.node
+                    "refused agent from {peer}: its certificate is for node {cert_node} but its configuration says node {said:?}"
                 );
                 return Err(Status::permission_denied(format!(
-                    "this certificate is for node {cert_node}, but agent.toml says node {:?}",
-                    hello.node
+                    "this certificate is for node {cert_node}, but agent.toml says node {said:?}"
                 )));
             }
         }
@@ -305,6 +305,7 @@ async fn receive(
     mut inbound: Streaming<pb::AgentMessage>,
     closed: CancellationToken,
 ) {
+    let mut complaints = Complaints::default();
     let reason = loop {
         let message = tokio::select! {
             () = closed.cancelled() => break None,
@@ -313,6 +314,12 @@ async fn receive(
         match message {
             Ok(Some(pb::AgentMessage { body: Some(body) })) => {
                 fleet.seen(node.clone(), session).await;
+                if let Some(problem) = malformed(&body) {
+                    if let Some(more) = complaints.admit() {
+                        tracing::warn!(node = %node, "ignored a message of agent {node}: {problem} ({more} more ignored since the last warning)");
+                    }
+                    continue;
+                }
                 match body {
                     AgentBody::Heartbeat(_) => {}
                     AgentBody::Facts(facts) => fleet.facts(node.clone(), session, facts).await,
@@ -336,6 +343,23 @@ async fn receive(
         fleet.detach(node, session, reason).await;
     }
     runs.attachment_changed().await;
+}
+
+/// What is wrong with an agent's message that no agent of ours sends: an attempt id longer than
+/// the coordinator's uuids. Such a message is ignored (and the warning rate-limited).
+fn malformed(body: &AgentBody) -> Option<String> {
+    let attempt_id = match body {
+        AgentBody::Event(e) => &e.attempt_id,
+        AgentBody::AssignmentAck(a) => &a.attempt_id,
+        AgentBody::AttemptReport(r) => &r.attempt_id,
+        AgentBody::Hello(_) | AgentBody::Heartbeat(_) | AgentBody::Facts(_) => return None,
+    };
+    (attempt_id.len() > MAX_AGENT_ID).then(|| {
+        format!(
+            "attempt id {} is longer than {MAX_AGENT_ID} bytes",
+            crate::complaints::quote(attempt_id, 40)
+        )
+    })
 }
 
 // ---------------------------------------------------------------------------------------------------

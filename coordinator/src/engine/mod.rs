@@ -812,7 +812,18 @@ impl Run {
                         let attempt = s.attempt;
                         out.push(Command::Cancel { step, attempt });
                     }
-                    // The coordinator's own waits end with the run: nothing is out anywhere.
+                    // The coordinator's own waits, and its preflight (it only reads), end with the
+                    // run: nothing is out anywhere. A late preflight answer is then stale.
+                    let s = &self.steps[step];
+                    if s.plan.kind == StepKind::Preflight && s.state == StepState::Running {
+                        self.steps[step].finished_at = Some(now);
+                        self.set(
+                            step,
+                            StepState::Failed,
+                            "ended: the run was aborted during preflight",
+                            out,
+                        );
+                    }
                     let s = &self.steps[step];
                     if s.plan.kind.awaits_operator() && s.state.in_flight() {
                         self.steps[step].finished_at = Some(now);

@@ -1323,6 +1323,12 @@ fn abort_cancels_running_steps_but_never_an_install() {
         "aborted; the steps in flight are being ended on their agents"
     );
 
+    // Preflight only reads: it ends with the abort, and the run is over at once.
+    let (run, step, _, _) = abort_at("-:preflight");
+    assert_eq!(run.steps[step].state, StepState::Failed);
+    assert!(!run.has_running_steps());
+    assert_eq!(run.reason(), "aborted by the operator");
+
     let (run, _, _, commands) = abort_at("m1:upgrade-master");
     assert!(
         !commands.iter().any(|c| matches!(c, Command::Cancel { .. })),

@@ -5,6 +5,7 @@
 //!
 //! One run at a time: two runs over the same servers could break the ordering invariants.
 
+use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -15,6 +16,7 @@ use fleet_proto::pb::coordinator_message::Body as CoordinatorBody;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::complaints::{Complaints, quote};
 use crate::domain::{NodeName, Role};
 use crate::engine::{Command, Control, Event, Millis, Outcome, Run, StepState};
 use crate::fleet::FleetHandle;
@@ -178,6 +180,7 @@ impl RunsHandle {
             broken: None,
             unacked: BTreeSet::new(),
             attachment_changed: false,
+            complaints: RefCell::default(),
         };
         tokio::spawn(async move {
             manager.resume().await;
@@ -361,6 +364,9 @@ struct Manager {
     unacked: BTreeSet<(NodeName, String)>,
     /// An agent detached or attached since the run last looked.
     attachment_changed: bool,
+    /// Warnings about what agents sent wrong, rate-limited per node (a certificate must not flood
+    /// the log).
+    complaints: RefCell<HashMap<NodeName, Complaints>>,
 }
 
 /// Requests handled at most between two writes of agent events.
@@ -1162,7 +1168,7 @@ impl Manager {
                         tracing::debug!(node = %node, attempt_id = %ack.attempt_id, ?decision, "ignored a refusal of an attempt agent instance {by} accepted");
                         return;
                     }
-                    tracing::warn!(node = %node, attempt_id = %ack.attempt_id, ?decision, "assignment refused: {}", ack.reason);
+                    tracing::warn!(node = %node, attempt_id = %ack.attempt_id, ?decision, "assignment refused: {}", quote(&ack.reason, 2000));
                     if row.is_some()
                         && let Some((step, attempt)) = self.current_attempt(&ack.attempt_id)
                     {
@@ -1379,7 +1385,10 @@ impl Manager {
         let row = match self.store.attempt(attempt_id) {
             Ok(Some(row)) => row,
             Ok(None) => {
-                tracing::warn!(node = %node, attempt_id, "{node} reported on an attempt this coordinator never dispatched; ignored");
+                self.complain(
+                    node,
+                    "reported on an attempt this coordinator never dispatched",
+                );
                 return None;
             }
             Err(e) => {
@@ -1389,13 +1398,24 @@ impl Manager {
         };
         // An agent speaks only for its own node's attempts.
         if row.node.as_deref() != Some(node.as_str()) {
-            tracing::warn!(
-                node = %node, attempt_id,
-                "agent {node} reported on an attempt of {}; ignored", row.node.as_deref().unwrap_or("the coordinator")
+            self.complain(
+                node,
+                &format!(
+                    "reported on an attempt of {}",
+                    row.node.as_deref().unwrap_or("the coordinator")
+                ),
             );
             return None;
         }
         Some(row)
+    }
+
+    /// Logs that `node`'s agent sent something wrong (ignored), at most once a minute per node.
+    fn complain(&self, node: &NodeName, what: &str) {
+        let mut complaints = self.complaints.borrow_mut();
+        if let Some(more) = complaints.entry(node.clone()).or_default().admit() {
+            tracing::warn!(node = %node, "agent {node} {what}; ignored ({more} more ignored since the last warning)");
+        }
     }
 
     fn current_attempt(&self, attempt_id: &str) -> Option<(usize, u32)> {
@@ -1539,7 +1559,7 @@ impl Manager {
             return;
         };
         if event.seq == 0 {
-            tracing::warn!(node = %node, attempt_id = %event.attempt_id, "an event without a sequence number; ignored");
+            self.complain(&node, "sent an event without a sequence number");
             return;
         }
         // Stored once, by (attempt, seq): a redelivery changes nothing.

@@ -209,3 +209,30 @@ fn abort_cancels_a_running_backup_and_ends_its_programs() {
         "{log:?}"
     );
 }
+
+/// An abort during preflight (here waiting for a member whose agent is down) ends the run at once:
+/// preflight only reads, so nothing is waited for, and a new run may start straight away.
+#[test]
+fn an_abort_during_preflight_ends_the_run_at_once() {
+    let mut s = setup(FLEET, &[], &[]);
+    s.agents[1].process.kill(); // a1, a member of dev: preflight waits for it to attach
+    s.coordinator.wait_attached(&s.fleet, "a1", false);
+    let run_id = start_detached(&s);
+    let preflight = |run: &serde_json::Value| {
+        run["steps"].as_array().unwrap()[0].clone() // dev's preflight, the plan's first step
+    };
+    wait_for(&s, &run_id, "preflight running", |r| {
+        preflight(r)["step"] == "preflight" && preflight(r)["state"] == "running"
+    });
+    let o = s.ctl(&["abort", &run_id]);
+    assert!(o.status.success(), "{o:?}");
+    let run = wait_final(&s, &run_id, Duration::from_secs(10));
+    assert_eq!(run["state"], "aborted", "{run}");
+    assert_eq!(run["reason"], "aborted by the operator", "{run}");
+    assert_eq!(
+        preflight(&run)["message"],
+        "ended: the run was aborted during preflight"
+    );
+    let (code, started) = s.json(&["upgrade", "--all", "--detach"]);
+    assert_eq!(code, Some(0), "a new run starts: {started}");
+}
