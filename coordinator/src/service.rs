@@ -19,7 +19,7 @@ use crate::convert;
 use crate::domain::NodeName;
 use crate::fleet::{FleetHandle, Session};
 use crate::inventory::Inventory;
-use crate::runs::{ControlRequest, RunError, RunsHandle};
+use crate::runs::{RunError, RunsHandle};
 use fleet_proto::unix_ms;
 
 /// How long an agent has to send its `Hello` after opening the stream.
@@ -374,7 +374,8 @@ impl pb::operator_service_server::OperatorService for OperatorService {
         let inventory = &self.shared.inventory;
         let selection = convert::selection(request.get_ref().selection.as_ref(), inventory)
             .map_err(Status::invalid_argument)?;
-        let plan_hash = request.get_ref().plan_hash.clone();
+        let plan_hash = convert::plan_hash(request.get_ref().plan_hash.as_deref())
+            .map_err(Status::invalid_argument)?;
         let run_id = self
             .shared
             .runs
@@ -390,7 +391,7 @@ impl pb::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<pb::WatchRunRequest>,
     ) -> Result<Response<Self::WatchRunStream>, Status> {
-        let r = request.into_inner();
+        let r = convert::watch(request.into_inner()).map_err(Status::invalid_argument)?;
         let (stored, live) = self
             .shared
             .runs
@@ -443,12 +444,9 @@ impl pb::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
-        let run = self
-            .shared
-            .runs
-            .get(request.into_inner().run_id)
-            .await
-            .map_err(status)?;
+        let run_id =
+            convert::run_id(request.into_inner().run_id).map_err(Status::invalid_argument)?;
+        let run = self.shared.runs.get(run_id).await.map_err(status)?;
         Ok(Response::new(run))
     }
 
@@ -469,20 +467,12 @@ impl pb::operator_service_server::OperatorService for OperatorService {
         request: Request<pb::ControlRequest>,
     ) -> Result<Response<pb::ControlResponse>, Status> {
         let operator = operator_name(request.extensions())?;
-        let r = request.into_inner();
-        let action = pb::ControlAction::try_from(r.action).map_err(|_| {
-            Status::invalid_argument(format!("control action {} is not defined", r.action))
-        })?;
-        let control = ControlRequest {
-            action,
-            node: r.node,
-            step: r.step,
-            comment: r.comment,
-        };
+        let (run_id, control) =
+            convert::control(request.into_inner()).map_err(Status::invalid_argument)?;
         let run = self
             .shared
             .runs
-            .control(r.run_id, control, operator)
+            .control(run_id, control, operator)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ControlResponse { run: Some(run) }))
@@ -492,26 +482,25 @@ impl pb::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<pb::LogsRequest>,
     ) -> Result<Response<pb::LogsResponse>, Status> {
-        let r = request.into_inner();
-        let events = self
-            .shared
-            .runs
-            .logs(r.run_id, r.node, r.step)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(pb::LogsResponse { events }))
+        let query = convert::logs(request.get_ref()).map_err(Status::invalid_argument)?;
+        let page = self.shared.runs.logs(query).await.map_err(status)?;
+        Ok(Response::new(pb::LogsResponse {
+            events: page.events,
+            next_page_token: convert::next_page_token(page.next),
+        }))
     }
 
     async fn audit(
         &self,
         request: Request<pb::AuditRequest>,
     ) -> Result<Response<pb::AuditResponse>, Status> {
-        let entries = self
-            .shared
-            .runs
-            .audit(request.into_inner().run_id)
-            .await
-            .map_err(status)?;
+        let run_id = request
+            .into_inner()
+            .run_id
+            .map(convert::run_id)
+            .transpose()
+            .map_err(Status::invalid_argument)?;
+        let entries = self.shared.runs.audit(run_id).await.map_err(status)?;
         Ok(Response::new(pb::AuditResponse { entries }))
     }
 }

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::{NodeName, Role};
 use crate::engine::{Command, Control, Event, Millis, Outcome, Run, StepState};
 use crate::fleet::FleetHandle;
+use crate::input::quote;
 use crate::inventory::Inventory;
 use crate::plan::{Plan, Selection, StepKind};
 use crate::store::{AuditEntry, NewArtifact, NewRun, Store};
@@ -25,11 +26,13 @@ use fleet_proto::unix_ms;
 mod backup;
 mod preflight;
 mod queries;
+mod repeat;
 mod waits;
 mod wire;
 
 use backup::{BackupJob, backup_database};
 use preflight::{InstallerHashes, PreflightJob, SsoCheck, preflight};
+pub use queries::{LogsPage, LogsQuery};
 use wire::{assignment, run_event};
 
 /// Why a request about runs failed; the service maps each to a gRPC status.
@@ -39,7 +42,7 @@ pub enum RunError {
     Invalid(String),
     #[error("{0}")]
     Precondition(String),
-    #[error("run {0} does not exist")]
+    #[error("run {} does not exist", quote(.0))]
     NotFound(String),
     #[error("{0}")]
     Internal(String),
@@ -58,9 +61,11 @@ impl From<crate::store::StoreError> for RunError {
 #[derive(Debug, Clone)]
 pub struct ControlRequest {
     pub action: pb::ControlAction,
-    pub node: Option<String>,
+    pub node: Option<NodeName>,
     pub step: Option<String>,
     pub comment: String,
+    /// The idempotency key: a control the run applied with it already is not applied again.
+    pub request_id: Option<String>,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, RunError>>;
@@ -102,10 +107,8 @@ enum Request {
         reply: Reply<(Vec<pb::RunEvent>, Option<broadcast::Receiver<pb::RunEvent>>)>,
     },
     Logs {
-        run_id: String,
-        node: Option<String>,
-        step: Option<String>,
-        reply: Reply<Vec<pb::RunEvent>>,
+        query: LogsQuery,
+        reply: Reply<LogsPage>,
     },
     Agent {
         node: NodeName,
@@ -245,19 +248,8 @@ impl RunsHandle {
         .await
     }
 
-    pub async fn logs(
-        &self,
-        run_id: String,
-        node: Option<String>,
-        step: Option<String>,
-    ) -> Result<Vec<pb::RunEvent>, RunError> {
-        self.ask(|reply| Request::Logs {
-            run_id,
-            node,
-            step,
-            reply,
-        })
-        .await
+    pub async fn logs(&self, query: LogsQuery) -> Result<LogsPage, RunError> {
+        self.ask(|reply| Request::Logs { query, reply }).await
     }
 
     pub async fn agent_message(&self, node: NodeName, body: AgentBody) {
@@ -446,13 +438,8 @@ impl Manager {
             } => {
                 let _ = reply.send(self.watch(&run_id, after_seq));
             }
-            Request::Logs {
-                run_id,
-                node,
-                step,
-                reply,
-            } => {
-                let _ = reply.send(self.logs(&run_id, node.as_deref(), step.as_deref()));
+            Request::Logs { query, reply } => {
+                let _ = reply.send(self.logs(&query));
             }
             Request::Agent { node, body } => self.agent(node, *body).await,
             Request::PreflightDone {
@@ -585,6 +572,7 @@ impl Manager {
                 node: None,
                 step: None,
                 detail: format!("plan {}", plan.hash),
+                request_id: None,
             }),
         )?;
         tracing::info!(run = %id, operator = %operator, plan = %plan.hash, workflow = plan.workflow.as_str(), "run started");
@@ -1470,6 +1458,16 @@ impl Manager {
         if let Some(broken) = &self.broken {
             return Err(RunError::Internal(broken.clone()));
         }
+        let action = format!("{:?}", request.action).to_ascii_lowercase();
+        // Applied with this request id already (the answer was lost, the caller retried): nothing
+        // changes again, and the answer is the run as it is now.
+        if let Some(request_id) = request.request_id.as_deref()
+            && let Some(applied) = self.store.control_by_request(run_id, request_id)?
+        {
+            repeat::same_control(&applied, &action, &request, operator)?;
+            tracing::info!(run = %run_id, operator = %operator, "operator {operator}: {action} repeated with request id {request_id}: applied already, nothing changed");
+            return self.get(run_id);
+        }
         let Some(active) = self.active.as_mut().filter(|a| a.id == run_id) else {
             self.store.run(run_id)?;
             return Err(RunError::Precondition(format!(
@@ -1477,7 +1475,7 @@ impl Manager {
             )));
         };
         let find_step = || -> Result<usize, RunError> {
-            let Some(node) = request.node.as_deref() else {
+            let Some(node) = request.node.as_ref() else {
                 // No node: the failed step of the coordinator's own (preflight, backup-database).
                 return active
                     .run
@@ -1491,13 +1489,12 @@ impl Manager {
                         )
                     });
             };
-            let node = NodeName::new(node).map_err(RunError::Invalid)?;
             let candidates: Vec<usize> = active
                 .run
                 .steps
                 .iter()
                 .enumerate()
-                .filter(|(_, s)| s.plan.node.as_ref() == Some(&node))
+                .filter(|(_, s)| s.plan.node.as_ref() == Some(node))
                 .filter(|(_, s)| {
                     request
                         .step
@@ -1519,7 +1516,8 @@ impl Manager {
                 })
                 .ok_or_else(|| {
                     RunError::Invalid(format!(
-                        "node {node} has no failed or pending step in run {run_id}"
+                        "node {} has no failed or pending step in run {run_id}",
+                        quote(node.as_str())
                     ))
                 })
         };
@@ -1528,16 +1526,15 @@ impl Manager {
             pb::ControlAction::Resume => Control::Resume,
             pb::ControlAction::Abort => Control::Abort,
             pb::ControlAction::Approve if request.node.is_some() => {
-                let node = request.node.as_deref().unwrap_or_default();
-                let node = NodeName::new(node).map_err(RunError::Invalid)?;
                 let waiting = active.run.steps.iter().position(|s| {
-                    s.plan.node.as_ref() == Some(&node)
+                    s.plan.node == request.node
                         && s.plan.kind.installs()
                         && s.state == StepState::Waiting
                 });
                 let Some(step) = waiting else {
                     return Err(RunError::Precondition(format!(
-                        "no attended install on {node} waits for approval in run {run_id}"
+                        "no attended install on {} waits for approval in run {run_id}",
+                        quote(request.node.as_ref().map_or("", NodeName::as_str))
                     )));
                 };
                 Control::ApproveInstall { step }
@@ -1557,14 +1554,13 @@ impl Manager {
                     Some(s.kind.name().to_string()),
                 )
             }
-            _ => (request.node.clone(), None),
+            _ => (request.node.as_ref().map(ToString::to_string), None),
         };
         let now = now_ms();
         let commands = active
             .run
             .apply(Event::Control(control), now)
             .map_err(|r| RunError::Precondition(r.0))?;
-        let action = format!("{:?}", request.action).to_ascii_lowercase();
         let audit = AuditEntry {
             at: now,
             operator: operator.to_string(),
@@ -1573,6 +1569,7 @@ impl Manager {
             node,
             step: step_name,
             detail: request.comment.clone(),
+            request_id: request.request_id.clone(),
         };
         // The control's audit entry is stored with the decision it caused, or neither is.
         if !self.carry_out(commands, now, Some(audit)).await {
