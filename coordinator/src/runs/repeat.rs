@@ -81,7 +81,7 @@ mod tests {
         let refused = same_control(&pause, "resume", &resume, "alice").unwrap_err();
         assert_eq!(
             refused.to_string(),
-            "request id k1 was used in run r1 for another control (pause); send a new request id for a new control"
+            "request id \"k1\" was used in run r1 for another control (pause); send a new request id for a new control"
         );
         assert!(
             same_control(&pause, "pause", &again, "bob").is_err(),
