@@ -604,6 +604,7 @@ pub async fn list(remote: &mut Remote, output: Output) -> Result<()> {
     Ok(())
 }
 
+/// `logs`: every page of the run's log, printed as it comes (as text) or as one JSON array.
 pub async fn logs(
     remote: &mut Remote,
     run_id: &str,
@@ -612,57 +613,66 @@ pub async fn logs(
     output: Output,
 ) -> Result<()> {
     let every_node = node.is_none();
-    let events = remote
-        .client
-        .logs(pb::LogsRequest {
-            run_id: run_id.to_string(),
-            node,
-            step,
-        })
-        .await
-        .map_err(rpc(remote))?
-        .into_inner()
-        .events;
-    let lines: Vec<(String, String)> = events
-        .iter()
-        .filter_map(|e| {
-            let text = match &e.kind {
-                Some(pb::run_event::Kind::Log(l)) => l.line.clone(),
-                Some(pb::run_event::Kind::Progress(p)) => format!("[{}%] {}", p.percent, p.message),
-                Some(pb::run_event::Kind::Output(o)) => format!("{}={}", o.key, o.value),
-                Some(pb::run_event::Kind::Waiting(w)) => format!("waiting: {}", w.instruction),
-                _ => return None,
-            };
-            let step = if every_node {
-                let who = e
-                    .node
-                    .as_deref()
-                    .filter(|n| !n.is_empty())
-                    .unwrap_or("coordinator");
-                format!("{who} {}", e.step)
-            } else {
-                e.step.clone()
-            };
-            Some((step, text))
-        })
-        .collect();
-    match output {
-        Output::Json => println!(
-            "{}",
-            Value::Array(
-                lines
-                    .iter()
-                    .map(|(s, l)| json!({ "step": s, "line": l }))
-                    .collect()
-            )
-        ),
-        Output::Text => {
-            for (step, line) in lines {
-                println!("{step}: {line}");
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = remote
+            .client
+            .logs(pb::LogsRequest {
+                run_id: run_id.to_string(),
+                node: node.clone(),
+                step: step.clone(),
+                page_token: page_token.clone(),
+                max_events: 0,
+            })
+            .await
+            .map_err(rpc(remote))?
+            .into_inner();
+        let lines = page.events.iter().filter_map(|e| log_line(e, every_node));
+        match output {
+            Output::Json => all.extend(lines.map(|(s, l)| json!({ "step": s, "line": l }))),
+            Output::Text => {
+                for (step, line) in lines {
+                    println!("{step}: {line}");
+                }
             }
         }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        if page.next_page_token == page_token {
+            return Err(CliError::Failed(
+                "the coordinator sent the same page of the log twice".into(),
+            ));
+        }
+        page_token = page.next_page_token;
+    }
+    if let Output::Json = output {
+        println!("{}", Value::Array(all));
     }
     Ok(())
+}
+
+/// An event of a log as (who and which step, text); `None` for events a log does not show.
+fn log_line(e: &pb::RunEvent, every_node: bool) -> Option<(String, String)> {
+    let text = match &e.kind {
+        Some(pb::run_event::Kind::Log(l)) => l.line.clone(),
+        Some(pb::run_event::Kind::Progress(p)) => format!("[{}%] {}", p.percent, p.message),
+        Some(pb::run_event::Kind::Output(o)) => format!("{}={}", o.key, o.value),
+        Some(pb::run_event::Kind::Waiting(w)) => format!("waiting: {}", w.instruction),
+        _ => return None,
+    };
+    let step = if every_node {
+        let who = e
+            .node
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .unwrap_or("coordinator");
+        format!("{who} {}", e.step)
+    } else {
+        e.step.clone()
+    };
+    Some((step, text))
 }
 
 /// What a control names besides the run: a node's step, and why.
@@ -672,6 +682,11 @@ pub struct ControlArgs {
     pub comment: String,
 }
 
+/// How long a control may go unanswered before fleetctl asks again.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A control, with a request id of its own: asked again once, with the same id, when the answer does
+/// not come (timeout, connection lost), so that the coordinator applies it once whatever happened.
 pub async fn control(
     remote: &mut Remote,
     run_id: &str,
@@ -679,18 +694,33 @@ pub async fn control(
     args: ControlArgs,
     output: Output,
 ) -> Result<()> {
-    let run = remote
-        .client
-        .control(pb::ControlRequest {
-            run_id: run_id.to_string(),
-            action: action as i32,
-            node: args.node,
-            step: args.step,
-            comment: args.comment,
-            ..Default::default()
-        })
-        .await
-        .map_err(rpc(remote))?
+    let request = pb::ControlRequest {
+        run_id: run_id.to_string(),
+        action: action as i32,
+        node: args.node,
+        step: args.step,
+        comment: args.comment,
+        request_id: uuid::Uuid::new_v4().to_string(),
+    };
+    let mut asked_again = false;
+    let answer = loop {
+        let mut call = tonic::Request::new(request.clone());
+        call.set_timeout(CONTROL_TIMEOUT);
+        match remote.client.control(call).await {
+            Ok(answer) => break answer,
+            Err(status) if !asked_again && worth_asking_again(status.code()) => {
+                eprintln!(
+                    "no answer from the coordinator at {} ({}); asking again with the same request id",
+                    remote.url,
+                    status.message()
+                );
+                asked_again = true;
+                remote.reconnect().await?;
+            }
+            Err(status) => return Err(CliError::from_status(&status, &remote.url)),
+        }
+    };
+    let run = answer
         .into_inner()
         .run
         .ok_or_else(|| CliError::Failed("the coordinator returned no run".into()))?;
@@ -747,9 +777,70 @@ pub async fn audit(remote: &mut Remote, run_id: Option<String>, output: Output) 
     Ok(())
 }
 
+/// Whether a control that failed with `code` may have been lost on the way (or its answer was): the
+/// request id makes asking again safe.
+fn worth_asking_again(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Cancelled
+            | tonic::Code::Unknown
+    )
+}
+
 fn workflow(w: pb::Workflow) -> &'static str {
     match w {
         pb::Workflow::Migrate => "migrate",
         pb::Workflow::Upgrade | pb::Workflow::Unspecified => "upgrade",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refusal is final; only a control that may not have arrived, or whose answer did not, is sent
+    /// again (with its request id, so that it is applied once).
+    #[test]
+    fn only_a_lost_control_is_asked_again() {
+        for code in [
+            tonic::Code::Unavailable,
+            tonic::Code::DeadlineExceeded,
+            tonic::Code::Cancelled,
+            tonic::Code::Unknown,
+        ] {
+            assert!(worth_asking_again(code), "{code:?}");
+        }
+        for code in [
+            tonic::Code::InvalidArgument,
+            tonic::Code::FailedPrecondition,
+            tonic::Code::NotFound,
+            tonic::Code::PermissionDenied,
+            tonic::Code::Internal,
+        ] {
+            assert!(!worth_asking_again(code), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn a_log_line_names_the_node_only_when_every_node_is_shown() {
+        let event = pb::RunEvent {
+            node: Some("m1".into()),
+            step: "backup-secret".into(),
+            kind: Some(pb::run_event::Kind::Log(pb::StepLog {
+                line: "done".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        assert_eq!(
+            log_line(&event, true),
+            Some(("m1 backup-secret".into(), "done".into()))
+        );
+        assert_eq!(
+            log_line(&event, false),
+            Some(("backup-secret".into(), "done".into()))
+        );
     }
 }

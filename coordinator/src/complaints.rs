@@ -35,14 +35,6 @@ impl Complaints {
     }
 }
 
-/// `text` as it may be quoted in a log line: at most `max` characters, with how much was left out.
-pub fn quote(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        None => text.to_string(),
-        Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,14 +49,5 @@ mod tests {
         }
         assert_eq!(c.admit_at(t0 + EVERY), Some(1000));
         assert_eq!(c.admit_at(t0 + EVERY), None);
-    }
-
-    #[test]
-    fn long_text_is_cut_and_says_its_size() {
-        assert_eq!(quote("short", 10), "short");
-        let long = "x".repeat(1_000_000);
-        let q = quote(&long, 40);
-        assert!(q.len() < 80, "{q}");
-        assert!(q.ends_with("… (1000000 bytes)"), "{q}");
     }
 }

@@ -3,10 +3,13 @@
 
 use fleet_proto::pb;
 
-use crate::domain::{EnvName, NodeName};
+use crate::domain::NodeName;
+use crate::input::{self, quote};
 use crate::inventory::InstallMode;
 use crate::inventory::Inventory;
 use crate::plan::{Expected, Plan, Reported, Reports, Selection, StepKind, Workflow};
+use crate::runs::{ControlRequest, LogsQuery};
+use crate::store::LogPosition;
 
 /// A request's selection, checked against the inventory. `Err` is a message for the operator.
 pub fn selection(
@@ -43,15 +46,24 @@ pub fn selection(
     }
     let mut environments = Vec::new();
     for name in &raw.environments {
-        let env = EnvName::new(name).map_err(|e| format!("--env {name:?}: {e}"))?;
+        let env = input::environment(name).map_err(|e| format!("--env: {e}"))?;
         if !inventory.environments.iter().any(|e| e.name == env) {
+            const SHOWN: usize = 10;
             let known: Vec<&str> = inventory
                 .environments
                 .iter()
+                .take(SHOWN)
                 .map(|e| e.name.as_str())
                 .collect();
+            let more = inventory.environments.len().saturating_sub(SHOWN);
+            let more = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
             return Err(format!(
-                "environment {name:?} is not in the inventory (it has {})",
+                "environment {} is not in the inventory (it has {}{more})",
+                quote(name),
                 known.join(", ")
             ));
         }
@@ -67,6 +79,87 @@ pub fn selection(
         max_parallel: raw.max_parallel,
         max_failures: raw.max_failures,
     })
+}
+
+/// A control request, checked: the run it names, and the control for the run's manager.
+pub fn control(raw: pb::ControlRequest) -> Result<(String, ControlRequest), String> {
+    let action = pb::ControlAction::try_from(raw.action)
+        .map_err(|_| format!("control action {} is not defined", raw.action))?;
+    let run_id = input::run_id(&raw.run_id)?.to_string();
+    let control = ControlRequest {
+        action,
+        node: raw.node.as_deref().map(input::node).transpose()?,
+        step: optional_step(raw.step.as_deref())?,
+        comment: input::comment(&raw.comment)?.to_string(),
+        request_id: input::request_id(&raw.request_id)?.map(str::to_string),
+    };
+    Ok((run_id, control))
+}
+
+/// A `Logs` request, checked: which run, node and step, and where the page starts.
+pub fn logs(raw: &pb::LogsRequest) -> Result<LogsQuery, String> {
+    Ok(LogsQuery {
+        run_id: input::run_id(&raw.run_id)?.to_string(),
+        node: raw.node.as_deref().map(input::node).transpose()?,
+        step: optional_step(raw.step.as_deref())?,
+        after: page_token(&raw.page_token)?,
+        max_events: input::max_log_events(raw.max_events),
+    })
+}
+
+/// Where the next page of a log starts, as a client sends it back (empty: no more pages).
+pub fn next_page_token(next: Option<LogPosition>) -> String {
+    next.map(|p| format!("{}.{}.{}", p.step, p.attempt, p.seq))
+        .unwrap_or_default()
+}
+
+fn page_token(raw: &str) -> Result<Option<LogPosition>, String> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    let mut parts = raw.split('.');
+    let position = (|| {
+        let position = LogPosition {
+            step: parts.next()?.parse().ok()?,
+            attempt: parts.next()?.parse().ok()?,
+            seq: parts.next()?.parse().ok()?,
+        };
+        parts.next().is_none().then_some(position)
+    })();
+    position.map(Some).ok_or_else(|| {
+        format!(
+            "page token {} is not one this coordinator gives: send the last response's next_page_token",
+            quote(raw)
+        )
+    })
+}
+
+/// A `WatchRun` request, checked; its node filter in the form runs store (lower case).
+pub fn watch(mut raw: pb::WatchRunRequest) -> Result<pb::WatchRunRequest, String> {
+    input::run_id(&raw.run_id)?;
+    raw.node = raw
+        .node
+        .as_deref()
+        .map(|n| input::node(n).map(String::from))
+        .transpose()?;
+    optional_step(raw.step.as_deref())?;
+    Ok(raw)
+}
+
+/// The run id of a request about one run.
+pub fn run_id(raw: String) -> Result<String, String> {
+    input::run_id(&raw)?;
+    Ok(raw)
+}
+
+/// A `StartRun` request's plan hash, if it names one.
+pub fn plan_hash(raw: Option<&str>) -> Result<Option<String>, String> {
+    raw.map(|h| input::plan_hash(h).map(str::to_string))
+        .transpose()
+}
+
+fn optional_step(raw: Option<&str>) -> Result<Option<String>, String> {
+    raw.map(|s| input::step(s).map(str::to_string)).transpose()
 }
 
 /// What the attached nodes reported, from the fleet's node list: their ESSO version and whether their
@@ -242,6 +335,24 @@ pub fn plan_response(plan: &Plan, inventory: &Inventory) -> pb::PlanResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A page token is what the coordinator gave; anything else is refused, briefly.
+    #[test]
+    fn a_page_token_round_trips_and_a_forged_one_is_refused() {
+        let position = LogPosition {
+            step: 4,
+            attempt: 2,
+            seq: 900,
+        };
+        let token = next_page_token(Some(position));
+        assert_eq!(page_token(&token), Ok(Some(position)));
+        assert_eq!(next_page_token(None), "");
+        assert_eq!(page_token(""), Ok(None));
+        for forged in ["4.2", "4.2.900.1", "a.b.c", &"9".repeat(1 << 20)] {
+            let refused = page_token(forged).unwrap_err();
+            assert!(refused.len() < 300, "{refused}");
+        }
+    }
 
     /// A workflow value the API does not define (a newer or a broken client) starts nothing.
     #[test]

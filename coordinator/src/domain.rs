@@ -11,13 +11,15 @@ use std::fmt;
 pub struct NodeName(String);
 
 impl NodeName {
-    /// Checks the characters (letters, digits, `-`, `_`, `.`) and folds to lower case.
+    /// Checks the characters (letters, digits, `-`, `_`, `.`) and the length (a DNS name's, 253) and
+    /// folds to lower case.
     pub fn new(raw: &str) -> Result<Self, String> {
         fleet_proto::identity::valid_name(raw, "node name")
             .map(|n| Self(n.to_ascii_lowercase()))
             .map_err(|_| {
                 format!(
-                    "{raw:?} is not a valid node name (letters, digits, '-', '_' and '.', starting with a letter or digit)"
+                    "{} is not a valid node name (letters, digits, '-', '_' and '.', starting with a letter or digit, at most 253 bytes)",
+                    crate::input::quote(raw)
                 )
             })
     }
@@ -46,23 +48,17 @@ impl fmt::Display for NodeName {
 pub struct EnvName(String);
 
 impl EnvName {
+    /// The same characters and length as a node name; the case is kept.
     pub fn new(raw: &str) -> Result<Self, String> {
         if raw.is_empty() {
             return Err("the environment name is empty".into());
         }
-        let ok = raw
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-            && raw
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if ok {
-            Ok(Self(raw.to_string()))
-        } else {
-            Err(format!(
-                "{raw:?} is not a valid environment name (letters, digits, '-', '_' and '.', starting with a letter or digit)"
-            ))
+        match fleet_proto::identity::valid_name(raw, "environment name") {
+            Ok(name) => Ok(Self(name.to_string())),
+            Err(_) => Err(format!(
+                "{} is not a valid environment name (letters, digits, '-', '_' and '.', starting with a letter or digit, at most 253 bytes)",
+                crate::input::quote(raw)
+            )),
         }
     }
 

@@ -10,6 +10,7 @@
 //! - [`fitness`]: the preflight fitness checks the agents report, and what a failed one means.
 //! - [`fleet`]: the live view of attached agents, owned by one task.
 //! - [`convert`]: proto ↔ domain conversions at the service boundary.
+//! - [`input`]: what the operator API accepts from a caller (lengths, forms) and how errors quote it.
 //! - [`runs`]: the shell around the engine: store, dispatch, agent events, controls, watchers.
 //! - [`service`]: the gRPC services and their certificate-based authorization.
 //!
@@ -24,6 +25,7 @@ pub mod engine;
 pub mod epoch;
 pub mod fitness;
 pub mod fleet;
+pub mod input;
 pub mod inventory;
 pub mod plan;
 pub mod runs;

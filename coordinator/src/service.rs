@@ -20,7 +20,7 @@ use crate::convert;
 use crate::domain::NodeName;
 use crate::fleet::{FleetHandle, Session};
 use crate::inventory::Inventory;
-use crate::runs::{ControlRequest, RunError, RunsHandle};
+use crate::runs::{RunError, RunsHandle};
 use fleet_proto::unix_ms;
 
 /// How long an agent has to send its `Hello` after opening the stream.
@@ -176,13 +176,13 @@ impl pb::agent_service_server::AgentService for AgentService {
         match NodeName::new(&hello.node) {
             Ok(said) if said == cert_node => {}
             _ => {
-                let said = crate::complaints::quote(&hello.node, 64);
+                let said = crate::input::quote(&hello.node);
                 tracing::warn!(
                     node = %cert_node, %peer,
-                    "refused agent from {peer}: its certificate is for node {cert_node} but its configuration says node {said:?}"
+                    "refused agent from {peer}: its certificate is for node {cert_node} but its configuration says node {said}"
                 );
                 return Err(Status::permission_denied(format!(
-                    "this certificate is for node {cert_node}, but agent.toml says node {said:?}"
+                    "this certificate is for node {cert_node}, but agent.toml says node {said}"
                 )));
             }
         }
@@ -357,7 +357,7 @@ fn malformed(body: &AgentBody) -> Option<String> {
     (attempt_id.len() > MAX_AGENT_ID).then(|| {
         format!(
             "attempt id {} is longer than {MAX_AGENT_ID} bytes",
-            crate::complaints::quote(attempt_id, 40)
+            crate::input::quote(attempt_id)
         )
     })
 }
@@ -416,7 +416,8 @@ impl pb::operator_service_server::OperatorService for OperatorService {
         let inventory = &self.shared.inventory;
         let selection = convert::selection(request.get_ref().selection.as_ref(), inventory)
             .map_err(Status::invalid_argument)?;
-        let plan_hash = request.get_ref().plan_hash.clone();
+        let plan_hash = convert::plan_hash(request.get_ref().plan_hash.as_deref())
+            .map_err(Status::invalid_argument)?;
         let run_id = self
             .shared
             .runs
@@ -432,7 +433,7 @@ impl pb::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<pb::WatchRunRequest>,
     ) -> Result<Response<Self::WatchRunStream>, Status> {
-        let r = request.into_inner();
+        let r = convert::watch(request.into_inner()).map_err(Status::invalid_argument)?;
         let (stored, live) = self
             .shared
             .runs
@@ -485,12 +486,9 @@ impl pb::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
-        let run = self
-            .shared
-            .runs
-            .get(request.into_inner().run_id)
-            .await
-            .map_err(status)?;
+        let run_id =
+            convert::run_id(request.into_inner().run_id).map_err(Status::invalid_argument)?;
+        let run = self.shared.runs.get(run_id).await.map_err(status)?;
         Ok(Response::new(run))
     }
 
@@ -511,20 +509,12 @@ impl pb::operator_service_server::OperatorService for OperatorService {
         request: Request<pb::ControlRequest>,
     ) -> Result<Response<pb::ControlResponse>, Status> {
         let operator = operator_name(request.extensions())?;
-        let r = request.into_inner();
-        let action = pb::ControlAction::try_from(r.action).map_err(|_| {
-            Status::invalid_argument(format!("control action {} is not defined", r.action))
-        })?;
-        let control = ControlRequest {
-            action,
-            node: r.node,
-            step: r.step,
-            comment: r.comment,
-        };
+        let (run_id, control) =
+            convert::control(request.into_inner()).map_err(Status::invalid_argument)?;
         let run = self
             .shared
             .runs
-            .control(r.run_id, control, operator)
+            .control(run_id, control, operator)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ControlResponse { run: Some(run) }))
@@ -534,26 +524,25 @@ impl pb::operator_service_server::OperatorService for OperatorService {
         &self,
         request: Request<pb::LogsRequest>,
     ) -> Result<Response<pb::LogsResponse>, Status> {
-        let r = request.into_inner();
-        let events = self
-            .shared
-            .runs
-            .logs(r.run_id, r.node, r.step)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(pb::LogsResponse { events }))
+        let query = convert::logs(request.get_ref()).map_err(Status::invalid_argument)?;
+        let page = self.shared.runs.logs(query).await.map_err(status)?;
+        Ok(Response::new(pb::LogsResponse {
+            events: page.events,
+            next_page_token: convert::next_page_token(page.next),
+        }))
     }
 
     async fn audit(
         &self,
         request: Request<pb::AuditRequest>,
     ) -> Result<Response<pb::AuditResponse>, Status> {
-        let entries = self
-            .shared
-            .runs
-            .audit(request.into_inner().run_id)
-            .await
-            .map_err(status)?;
+        let run_id = request
+            .into_inner()
+            .run_id
+            .map(convert::run_id)
+            .transpose()
+            .map_err(Status::invalid_argument)?;
+        let entries = self.shared.runs.audit(run_id).await.map_err(status)?;
         Ok(Response::new(pb::AuditResponse { entries }))
     }
 }

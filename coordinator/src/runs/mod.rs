@@ -16,10 +16,11 @@ use fleet_proto::pb::coordinator_message::Body as CoordinatorBody;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::complaints::{Complaints, quote};
+use crate::complaints::Complaints;
 use crate::domain::{NodeName, Role};
 use crate::engine::{Command, Control, Event, Millis, Outcome, Run, StepState};
 use crate::fleet::FleetHandle;
+use crate::input::{clip, quote};
 use crate::inventory::Inventory;
 use crate::plan::{Plan, Selection, StepKind};
 use crate::store::{AuditEntry, NewArtifact, NewRun, Store};
@@ -29,11 +30,13 @@ mod backup;
 mod preflight;
 mod queries;
 mod recheck;
+mod repeat;
 mod waits;
 mod wire;
 
 use backup::{BackupJob, backup_database};
 use preflight::{InstallerHashes, PreflightJob, SsoCheck, preflight};
+pub use queries::{LogsPage, LogsQuery};
 use wire::{assignment, run_event};
 
 /// Why a request about runs failed; the service maps each to a gRPC status.
@@ -43,7 +46,7 @@ pub enum RunError {
     Invalid(String),
     #[error("{0}")]
     Precondition(String),
-    #[error("run {0} does not exist")]
+    #[error("run {} does not exist", quote(.0))]
     NotFound(String),
     #[error("{0}")]
     Internal(String),
@@ -62,9 +65,11 @@ impl From<crate::store::StoreError> for RunError {
 #[derive(Debug, Clone)]
 pub struct ControlRequest {
     pub action: pb::ControlAction,
-    pub node: Option<String>,
+    pub node: Option<NodeName>,
     pub step: Option<String>,
     pub comment: String,
+    /// The idempotency key: a control the run applied with it already is not applied again.
+    pub request_id: Option<String>,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, RunError>>;
@@ -106,10 +111,8 @@ enum Request {
         reply: Reply<(Vec<pb::RunEvent>, Option<broadcast::Receiver<pb::RunEvent>>)>,
     },
     Logs {
-        run_id: String,
-        node: Option<String>,
-        step: Option<String>,
-        reply: Reply<Vec<pb::RunEvent>>,
+        query: LogsQuery,
+        reply: Reply<LogsPage>,
     },
     /// A message of the agent process `instance` (its hello's instance id), attached for `node`.
     Agent {
@@ -255,19 +258,8 @@ impl RunsHandle {
         .await
     }
 
-    pub async fn logs(
-        &self,
-        run_id: String,
-        node: Option<String>,
-        step: Option<String>,
-    ) -> Result<Vec<pb::RunEvent>, RunError> {
-        self.ask(|reply| Request::Logs {
-            run_id,
-            node,
-            step,
-            reply,
-        })
-        .await
+    pub async fn logs(&self, query: LogsQuery) -> Result<LogsPage, RunError> {
+        self.ask(|reply| Request::Logs { query, reply }).await
     }
 
     pub async fn agent_message(&self, node: NodeName, instance: Arc<str>, body: AgentBody) {
@@ -472,13 +464,8 @@ impl Manager {
             } => {
                 let _ = reply.send(self.watch(&run_id, after_seq));
             }
-            Request::Logs {
-                run_id,
-                node,
-                step,
-                reply,
-            } => {
-                let _ = reply.send(self.logs(&run_id, node.as_deref(), step.as_deref()));
+            Request::Logs { query, reply } => {
+                let _ = reply.send(self.logs(&query));
             }
             Request::Agent {
                 node,
@@ -620,6 +607,7 @@ impl Manager {
                 node: None,
                 step: None,
                 detail: format!("plan {}", plan.hash),
+                request_id: None,
             }),
         )?;
         tracing::info!(run = %id, operator = %operator, plan = %plan.hash, workflow = plan.workflow.as_str(), "run started");
@@ -1168,7 +1156,7 @@ impl Manager {
                         tracing::debug!(node = %node, attempt_id = %ack.attempt_id, ?decision, "ignored a refusal of an attempt agent instance {by} accepted");
                         return;
                     }
-                    tracing::warn!(node = %node, attempt_id = %ack.attempt_id, ?decision, "assignment refused: {}", quote(&ack.reason, 2000));
+                    tracing::warn!(node = %node, attempt_id = %ack.attempt_id, ?decision, "assignment refused: {}", clip(&ack.reason, 2000));
                     if row.is_some()
                         && let Some((step, attempt)) = self.current_attempt(&ack.attempt_id)
                     {
@@ -1620,6 +1608,16 @@ impl Manager {
         if let Some(broken) = &self.broken {
             return Err(RunError::Internal(broken.clone()));
         }
+        let action = format!("{:?}", request.action).to_ascii_lowercase();
+        // Applied with this request id already (the answer was lost, the caller retried): nothing
+        // changes again, and the answer is the run as it is now.
+        if let Some(request_id) = request.request_id.as_deref()
+            && let Some(applied) = self.store.control_by_request(run_id, request_id)?
+        {
+            repeat::same_control(&applied, &action, &request, operator)?;
+            tracing::info!(run = %run_id, operator = %operator, "operator {operator}: {action} repeated with request id {request_id}: applied already, nothing changed");
+            return self.get(run_id);
+        }
         let Some(active) = self.active.as_mut().filter(|a| a.id == run_id) else {
             self.store.run(run_id)?;
             return Err(RunError::Precondition(format!(
@@ -1627,7 +1625,7 @@ impl Manager {
             )));
         };
         let find_step = || -> Result<usize, RunError> {
-            let Some(node) = request.node.as_deref() else {
+            let Some(node) = request.node.as_ref() else {
                 // No node: the failed step of the coordinator's own (preflight, backup-database).
                 return active
                     .run
@@ -1641,13 +1639,12 @@ impl Manager {
                         )
                     });
             };
-            let node = NodeName::new(node).map_err(RunError::Invalid)?;
             let candidates: Vec<usize> = active
                 .run
                 .steps
                 .iter()
                 .enumerate()
-                .filter(|(_, s)| s.plan.node.as_ref() == Some(&node))
+                .filter(|(_, s)| s.plan.node.as_ref() == Some(node))
                 .filter(|(_, s)| {
                     request
                         .step
@@ -1669,7 +1666,8 @@ impl Manager {
                 })
                 .ok_or_else(|| {
                     RunError::Invalid(format!(
-                        "node {node} has no failed or pending step in run {run_id}"
+                        "node {} has no failed or pending step in run {run_id}",
+                        quote(node.as_str())
                     ))
                 })
         };
@@ -1678,16 +1676,15 @@ impl Manager {
             pb::ControlAction::Resume => Control::Resume,
             pb::ControlAction::Abort => Control::Abort,
             pb::ControlAction::Approve if request.node.is_some() => {
-                let node = request.node.as_deref().unwrap_or_default();
-                let node = NodeName::new(node).map_err(RunError::Invalid)?;
                 let waiting = active.run.steps.iter().position(|s| {
-                    s.plan.node.as_ref() == Some(&node)
+                    s.plan.node == request.node
                         && s.plan.kind.installs()
                         && s.state == StepState::Waiting
                 });
                 let Some(step) = waiting else {
                     return Err(RunError::Precondition(format!(
-                        "no attended install on {node} waits for approval in run {run_id}"
+                        "no attended install on {} waits for approval in run {run_id}",
+                        quote(request.node.as_ref().map_or("", NodeName::as_str))
                     )));
                 };
                 Control::ApproveInstall { step }
@@ -1707,14 +1704,13 @@ impl Manager {
                     Some(s.kind.name().to_string()),
                 )
             }
-            _ => (request.node.clone(), None),
+            _ => (request.node.as_ref().map(ToString::to_string), None),
         };
         let now = now_ms();
         let commands = active
             .run
             .apply(Event::Control(control), now)
             .map_err(|r| RunError::Precondition(r.0))?;
-        let action = format!("{:?}", request.action).to_ascii_lowercase();
         let audit = AuditEntry {
             at: now,
             operator: operator.to_string(),
@@ -1723,6 +1719,7 @@ impl Manager {
             node,
             step: step_name,
             detail: request.comment.clone(),
+            request_id: request.request_id.clone(),
         };
         // The control's audit entry is stored with the decision it caused, or neither is.
         if !self.carry_out(commands, now, Some(audit)).await {

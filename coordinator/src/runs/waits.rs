@@ -80,6 +80,7 @@ mod tests {
             attempt,
             kind: "output".into(),
             payload: serde_json::json!({ "key": key, "value": value }),
+            position: Default::default(),
         }
     }
 

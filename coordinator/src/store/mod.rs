@@ -25,7 +25,8 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("002_resume.sql"),
     include_str!("003_attended.sql"),
     include_str!("004_roles.sql"),
-    include_str!("005_accepted_by.sql"),
+    include_str!("005_request_ids.sql"),
+    include_str!("006_accepted_by.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +133,17 @@ pub struct LogRow {
     pub attempt: u32,
     pub kind: String,
     pub payload: serde_json::Value,
+    /// Where the row is in a run's log: step index, attempt number, the attempt's event sequence.
+    pub position: LogPosition,
+}
+
+/// A place in a run's log, which is ordered by step, attempt and sequence; a page of it starts after
+/// one ([`Store::step_log_page`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LogPosition {
+    pub step: usize,
+    pub attempt: u32,
+    pub seq: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +169,9 @@ pub struct AuditEntry {
     pub node: Option<String>,
     pub step: Option<String>,
     pub detail: String,
+    /// The control's idempotency key (schema 5 on): one entry per key and run, so a control repeated
+    /// with its key is found applied ([`Store::control_by_request`]) and never stored twice.
+    pub request_id: Option<String>,
 }
 
 /// What a restarted coordinator needs to resume a run.
@@ -908,22 +923,57 @@ impl Store {
         node: Option<&str>,
         step: Option<&str>,
     ) -> Result<Vec<LogRow>> {
+        self.step_log_page(run_id, node, step, None, usize::MAX)
+    }
+
+    /// At most `limit` rows of [`Store::step_log`], those after `after` (from the start without it).
+    pub fn step_log_page(
+        &mut self,
+        run_id: &str,
+        node: Option<&str>,
+        step: Option<&str>,
+        after: Option<LogPosition>,
+        limit: usize,
+    ) -> Result<Vec<LogRow>> {
         self.flush_events()?;
+        let after = after.map(|p| {
+            (
+                i64::try_from(p.step).unwrap_or(i64::MAX),
+                p.attempt,
+                i64::try_from(p.seq).unwrap_or(i64::MAX),
+            )
+        });
         self.query(
-            "SELECT COALESCE(a.node, ''), s.step, a.number, e.kind, e.payload
+            "SELECT COALESCE(a.node, ''), s.step, a.number, e.kind, e.payload, a.idx, e.seq
              FROM attempt_events e JOIN attempts a ON a.id = e.attempt_id
              JOIN steps s ON s.run_id = a.run_id AND s.idx = a.idx
              WHERE a.run_id = ?1 AND (?2 IS NULL OR a.node = ?2) AND (?3 IS NULL OR s.step = ?3)
-             ORDER BY a.idx, a.number, e.seq",
-            params![run_id, node, step],
+               AND (?4 IS NULL OR (a.idx, a.number, e.seq) > (?4, ?5, ?6))
+             ORDER BY a.idx, a.number, e.seq
+             LIMIT ?7",
+            params![
+                run_id,
+                node,
+                step,
+                after.map(|a| a.0),
+                after.map(|a| a.1),
+                after.map(|a| a.2),
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ],
             |r| {
                 let payload: String = r.get(4)?;
+                let attempt = r.get(2)?;
                 Ok(LogRow {
                     node: r.get(0)?,
                     step: r.get(1)?,
-                    attempt: r.get(2)?,
+                    attempt,
                     kind: r.get(3)?,
                     payload: serde_json::from_str(&payload).unwrap_or_default(),
+                    position: LogPosition {
+                        step: usize::try_from(r.get::<_, i64>(5)?).unwrap_or(usize::MAX),
+                        attempt,
+                        seq: u64::try_from(r.get::<_, i64>(6)?).unwrap_or(0),
+                    },
                 })
             },
         )
@@ -937,30 +987,46 @@ impl Store {
     /// The audit trail, oldest first; of one run when `run_id` is given.
     pub fn audit_entries(&self, run_id: Option<&str>) -> Result<Vec<AuditEntry>> {
         self.query(
-            "SELECT at, operator, action, run_id, node, step, detail FROM audit
+            "SELECT at, operator, action, run_id, node, step, detail, request_id FROM audit
              WHERE ?1 IS NULL OR run_id = ?1 ORDER BY id",
             [run_id],
-            |r| {
-                Ok(AuditEntry {
-                    at: r.get(0)?,
-                    operator: r.get(1)?,
-                    action: r.get(2)?,
-                    run_id: r.get(3)?,
-                    node: r.get(4)?,
-                    step: r.get(5)?,
-                    detail: r.get(6)?,
-                })
-            },
+            audit_row,
         )
+    }
+
+    /// The control of `run_id` that was applied with `request_id`, if one was.
+    pub fn control_by_request(&self, run_id: &str, request_id: &str) -> Result<Option<AuditEntry>> {
+        self.conn
+            .query_row(
+                "SELECT at, operator, action, run_id, node, step, detail, request_id FROM audit
+                 WHERE run_id = ?1 AND request_id = ?2",
+                [run_id, request_id],
+                audit_row,
+            )
+            .optional()
+            .map_err(self.err())
     }
 }
 
 fn insert_audit(conn: &Connection, entry: &AuditEntry) -> rusqlite::Result<()> {
     conn.execute(
-        "INSERT INTO audit (at, operator, action, run_id, node, step, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![entry.at, entry.operator, entry.action, entry.run_id, entry.node, entry.step, entry.detail],
+        "INSERT INTO audit (at, operator, action, run_id, node, step, detail, request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![entry.at, entry.operator, entry.action, entry.run_id, entry.node, entry.step, entry.detail, entry.request_id],
     )?;
     Ok(())
+}
+
+fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
+    Ok(AuditEntry {
+        at: r.get(0)?,
+        operator: r.get(1)?,
+        action: r.get(2)?,
+        run_id: r.get(3)?,
+        node: r.get(4)?,
+        step: r.get(5)?,
+        detail: r.get(6)?,
+        request_id: r.get(7)?,
+    })
 }
 
 /// Writes a step's whole record (what [`Run::restore`] reads back).

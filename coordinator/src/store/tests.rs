@@ -196,6 +196,7 @@ fn the_audit_trail_names_who_and_what() {
                 node: None,
                 step: None,
                 detail: String::new(),
+                request_id: None,
             })
             .unwrap();
     }
@@ -207,6 +208,78 @@ fn the_audit_trail_names_who_and_what() {
         .collect();
     assert_eq!(r1, ["start", "approve"]);
     assert_eq!(store.audit_entries(None).unwrap().len(), 3);
+}
+
+#[test]
+fn a_request_id_is_stored_once_per_run_with_its_control() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let entry = |run: &str, action: &str, request_id: Option<&str>| AuditEntry {
+        at: 5,
+        operator: "alice".into(),
+        action: action.into(),
+        run_id: run.into(),
+        node: None,
+        step: None,
+        detail: String::new(),
+        request_id: request_id.map(str::to_string),
+    };
+    store.audit(&entry("r1", "pause", Some("k1"))).unwrap();
+    store.audit(&entry("r1", "resume", None)).unwrap();
+    store.audit(&entry("r1", "resume", None)).unwrap();
+    // Another run may use the same key: keys are per run.
+    store.audit(&entry("r2", "pause", Some("k1"))).unwrap();
+    assert!(
+        store.audit(&entry("r1", "abort", Some("k1"))).is_err(),
+        "a key is applied once per run"
+    );
+    let found = store.control_by_request("r1", "k1").unwrap().unwrap();
+    assert_eq!(found.action, "pause");
+    assert_eq!(found.request_id.as_deref(), Some("k1"));
+    assert_eq!(store.control_by_request("r1", "k2").unwrap(), None);
+    assert_eq!(store.audit_entries(Some("r1")).unwrap().len(), 3);
+}
+
+#[test]
+fn a_step_log_pages_in_order_from_a_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, attempt) = store_with_an_attempt(dir.path());
+    for seq in 1..=7 {
+        let line = serde_json::json!({ "line": format!("line {seq}") });
+        store.agent_event(&attempt, seq, 1, "log", &line).unwrap();
+    }
+    let mut after = None;
+    let mut pages = Vec::new();
+    loop {
+        let page = store.step_log_page("r1", None, None, after, 3).unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.position);
+        pages.push(
+            page.iter()
+                .map(|r| r.payload["line"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(
+        pages,
+        [
+            vec!["line 1", "line 2", "line 3"],
+            vec!["line 4", "line 5", "line 6"],
+            vec!["line 7"],
+        ]
+    );
+    assert_eq!(
+        store.step_log("r1", None, None).unwrap().len(),
+        7,
+        "the whole log at once"
+    );
+    assert!(
+        store
+            .step_log_page("r1", Some("m"), Some("upgrade"), None, 10)
+            .unwrap()
+            .is_empty(),
+        "filtered by node and step"
+    );
 }
 
 #[test]
@@ -228,6 +301,7 @@ fn a_stored_run_restores_to_the_same_run_at_every_point() {
             node: Some("m".into()),
             step: None,
             detail: String::new(),
+            request_id: None,
         };
         let control = commands.is_empty() && run.status() == crate::engine::RunStatus::Halted;
         if control {

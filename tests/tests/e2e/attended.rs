@@ -91,7 +91,7 @@ fn attended_installs_wait_for_the_operator_and_are_verified_before_they_count() 
     let o = approve(&s, &run_id, "b1");
     assert_ne!(o.status.code(), Some(0), "{o:?}");
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("no attended install on b1 waits"),
+        String::from_utf8_lossy(&o.stderr).contains("no attended install on \"b1\" waits"),
         "{o:?}"
     );
 

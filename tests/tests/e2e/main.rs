@@ -14,6 +14,7 @@ mod inventory;
 mod migrate;
 mod migrate_builtins;
 mod mssql_contract;
+mod operator_api;
 mod plan;
 mod refusals;
 mod sql;
