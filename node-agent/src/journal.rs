@@ -11,7 +11,7 @@
 //!   outcome is unknown, it is not run again, and a final failed event says so. When its process
 //!   (the same id *and* start time) or anything it started still runs (an installer outlives the
 //!   agent that started it), the attempt stays running until all of that has ended, so that nothing
-//!   else is started on the server meanwhile.
+//!   else is started on the server meanwhile (`orphan`: its output followed, its exit code reported).
 //! - Nothing journaled is over the limits of what the agent sends (`limits`): an event is fitted
 //!   before it is written, and rows an older agent wrote over them are fitted when the journal opens
 //!   (or when they are read), with an error logged; the row then holds the small marker. A row over
@@ -98,7 +98,8 @@ struct Inner {
 impl Journal {
     /// Opens (creating) the journal in `state_dir`. Attempts that were running when the agent
     /// stopped are marked interrupted and get their final event, unless their process still runs:
-    /// those are returned as orphans (attempt id, process), for [`Journal::wait_and_interrupt`].
+    /// those are returned as orphans (attempt id, process), for `orphan::follow` (which reports them
+    /// with their exit code when the step host recorded it, else [`Journal::wait_and_interrupt`]).
     pub fn open(state_dir: &Path) -> Result<(Self, Vec<(String, ProcessId)>), JournalError> {
         let path = state_dir.join(FILE);
         let err = |source| JournalError {

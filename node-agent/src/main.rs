@@ -109,9 +109,9 @@ fn print_facts(args: &Args) -> ExitCode {
 
 /// Loads the configuration and runs the agent until `shutdown` (which the future `stopper` makes
 /// from the configured `shutdown_timeout` may trigger). The exit is bounded: after the shutdown, the
-/// agent's own work has `shutdown_timeout` to end. A step's program is not waited for (on Windows the
-/// runtime reads its pipes on threads that would otherwise hold the exit until the installer ends);
-/// the journal still says the attempt runs, and the next start waits for that program.
+/// agent's own work has `shutdown_timeout` to end. A step's program is not waited for: it writes into
+/// files, not pipes the runtime would read on threads that hold the exit (`runner`), the journal still
+/// says the attempt runs, and the next start follows that program to its end (`orphan`).
 fn run_agent<F>(
     args: &Args,
     shutdown: CancellationToken,

@@ -95,13 +95,7 @@ impl<R: tokio::io::AsyncRead + Unpin> Pipe<R> {
     pub async fn read(&mut self) -> Option<Vec<String>> {
         let mut lines = Vec::new();
         match self.pipe.read(&mut self.chunk).await {
-            Ok(0) | Err(_) => {
-                let last = self.splitter.finish();
-                if last.is_none() {
-                    return None;
-                }
-                lines.extend(last);
-            }
+            Ok(0) | Err(_) => lines.push(self.splitter.finish()?),
             Ok(n) => {
                 self.splitter.feed(&self.chunk[..n], &mut lines);
             }
