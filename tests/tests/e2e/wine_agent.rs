@@ -297,7 +297,7 @@ fn the_windows_agent_killed_mid_install_and_retried_at_once_never_runs_two_insta
         "interrupted: the agent stopped while this step ran (its process ",
         "ran on, and has ended: it exited with code 0",
         "its output follows from ",
-        "100 installed",
+        "[100%] installed",
     ] {
         assert!(printed.contains(expected), "{expected:?} in {o:?}");
     }
