@@ -48,6 +48,7 @@ pub async fn run(
                     .map_or(request.timeout, |t| t.min(request.timeout)),
                 stdin_secret: request.stdin_secret,
                 outlives_agent: crate::cancel::never_stopped(action),
+                output_secret: false,
             };
             runner::run(&spec, reports).await.map_err(|e| e.to_string())
         }

@@ -122,10 +122,13 @@ impl Agent {
             tracing::warn!(
                 attempt_id = %attempt_id,
                 "step attempt {attempt_id} was running when this agent stopped and its process {} (or one it started) still runs: \
-                 it is reported interrupted once they have ended, and not run again", process.pid
+                 its output is followed, and it is reported interrupted once they have ended, and not run again", process.pid
             );
             let journal = self.journal.clone();
-            tokio::spawn(async move { journal.wait_and_interrupt(&attempt_id, process).await });
+            let state_dir = self.config.state_dir.clone();
+            tokio::spawn(async move {
+                crate::orphan::follow(journal, &state_dir, &attempt_id, process).await;
+            });
         }
         // Attempts that wait for a reboot: in another boot the install is verified now and the attempt
         // finished; in the same boot (the agent restarted, the server did not) they wait on.
@@ -222,7 +225,10 @@ impl Agent {
             started_at_unix_ms: unix_ms(self.started_at),
             protocol_version: fleet_proto::PROTOCOL_VERSION,
         };
-        if tx.send(message(AgentBody::Hello(hello))).await.is_err() {
+        let Some(hello) = crate::limits::sendable(message(AgentBody::Hello(hello))) else {
+            return SessionEnd::Lost("the hello is over the limit of what the agent sends".into());
+        };
+        if tx.send(hello).await.is_err() {
             return SessionEnd::Lost("the outbound stream closed before the hello".into());
         }
         let mut client = AgentServiceClient::new(channel);
@@ -297,7 +303,8 @@ impl Agent {
                     let Ok(permit) = permit else {
                         return SessionEnd::Lost("the stream to the coordinator closed".into());
                     };
-                    if let Some(message) = queue.pop_front() {
+                    // Checked as it leaves: nothing over the coordinator's limit is sent.
+                    if let Some(message) = queue.pop_front().and_then(crate::limits::sendable) {
                         permit.send(message);
                     }
                     continue;

@@ -1,5 +1,6 @@
 //! One step attempt's task in the agent: runs it (a new attempt, or one that goes on after a wait)
-//! under its cancellation (`runner::CANCEL`), journals each of its events before anything is sent,
+//! under its cancellation (`runner::CANCEL`) with its programs' output in its folder
+//! (`runner::OUTPUT_DIR`), journals each of its events before anything is sent,
 //! and records a cancelled attempt that did not end within the grace.
 
 use fleet_proto::pb;
@@ -33,18 +34,23 @@ pub async fn run(
             }
         }
     };
-    let work = runner::CANCEL.scope(ticket.token(), async {
-        match continuation {
-            None => {
-                tracing::info!(action = %assignment.action, "step started");
-                executor::execute(config, assignment, tx).await
+    // The step's programs write their output into the attempt's folder (`runner::files`).
+    let output_dir = runner::files::attempt_dir(&config.state_dir, &assignment.attempt_id);
+    let work = runner::OUTPUT_DIR.scope(
+        output_dir,
+        runner::CANCEL.scope(ticket.token(), async {
+            match continuation {
+                None => {
+                    tracing::info!(action = %assignment.action, "step started");
+                    executor::execute(config, assignment, tx).await
+                }
+                Some((last_seq, why)) => {
+                    tracing::info!(action = %assignment.action, "{why}: verifying");
+                    Some(executor::continue_after(config, assignment, last_seq, &why, tx).await)
+                }
             }
-            Some((last_seq, why)) => {
-                tracing::info!(action = %assignment.action, "{why}: verifying");
-                Some(executor::continue_after(config, assignment, last_seq, &why, tx).await)
-            }
-        }
-    });
+        }),
+    );
     // Both to their end: the work (or the grace after a cancel), and the journaling of all it sent.
     let (ended, ()) = tokio::join!(
         async {

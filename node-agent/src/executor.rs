@@ -30,6 +30,7 @@ use crate::catalogue::ActionName;
 use crate::config::{AgentConfig, RebootPolicy};
 use crate::esso::{self, RebootRequest};
 use crate::host;
+use crate::limits::LogBudget;
 use crate::runner::{self, CommandSpec, Report};
 
 /// An assignment, checked.
@@ -81,15 +82,46 @@ impl Assignment {
     }
 }
 
-/// Numbers the events of one attempt and sends them on.
+/// Numbers the events of one attempt and sends them on; its programs' output lines only up to the
+/// step's log budget (`limits`: the rest is in their files).
 struct Events {
     attempt_id: String,
     seq: u64,
     tx: mpsc::Sender<pb::StepEvent>,
+    budget: LogBudget,
+    /// Where the attempt's full output is (`runner::files`).
+    files: String,
 }
 
 impl Events {
+    fn new(
+        config: &AgentConfig,
+        attempt_id: &str,
+        seq: u64,
+        tx: mpsc::Sender<pb::StepEvent>,
+    ) -> Self {
+        Self {
+            attempt_id: attempt_id.to_string(),
+            seq,
+            tx,
+            budget: LogBudget::default(),
+            files: runner::files::attempt_dir(&config.state_dir, attempt_id)
+                .display()
+                .to_string(),
+        }
+    }
+
     async fn send(&mut self, kind: Kind) {
+        let kind = match kind {
+            Kind::Log(log) if log.stream() != pb::LogStream::Agent => {
+                match self.budget.take(log.line.len(), &self.files) {
+                    (true, _) => Kind::Log(log),
+                    (false, None) => return,
+                    (false, Some(marker)) => agent_log(marker),
+                }
+            }
+            kind => kind,
+        };
         self.seq += 1;
         let event = pb::StepEvent {
             attempt_id: self.attempt_id.clone(),
@@ -115,11 +147,7 @@ pub async fn execute(
     assignment: &Assignment,
     tx: mpsc::Sender<pb::StepEvent>,
 ) -> Option<pb::StepFinished> {
-    let mut events = Events {
-        attempt_id: assignment.attempt_id.clone(),
-        seq: 0,
-        tx,
-    };
+    let mut events = Events::new(config, &assignment.attempt_id, 0, tx);
     let started = std::time::Instant::now();
     match run(config, assignment, &mut events).await {
         Ending::Finished(mut result) => {
@@ -144,11 +172,7 @@ pub async fn continue_after(
     why: &str,
     tx: mpsc::Sender<pb::StepEvent>,
 ) -> pb::StepFinished {
-    let mut events = Events {
-        attempt_id: assignment.attempt_id.clone(),
-        seq: last_seq,
-        tx,
-    };
+    let mut events = Events::new(config, &assignment.attempt_id, last_seq, tx);
     let started = std::time::Instant::now();
     events
         .send(Kind::Log(pb::StepLog {
@@ -304,7 +328,7 @@ async fn run(config: &AgentConfig, a: &Assignment, events: &mut Events) -> Endin
     Ending::Finished(result)
 }
 
-fn agent_log(line: String) -> Kind {
+pub(crate) fn agent_log(line: String) -> Kind {
     Kind::Log(pb::StepLog {
         stream: pb::LogStream::Agent as i32,
         line,
@@ -437,6 +461,7 @@ fn reboot_command(
         timeout: timeout.min(Duration::from_secs(120)),
         stdin_secret: None,
         outlives_agent: false,
+        output_secret: false,
     })
 }
 
@@ -536,7 +561,8 @@ async fn run_step(
     (result, reboot)
 }
 
-fn event_of(report: Report) -> Kind {
+/// The event of a program's report (also for one that outlived its agent: `orphan`).
+pub(crate) fn event_of(report: Report) -> Kind {
     match report {
         Report::Spawned {
             pid,

@@ -11,7 +11,12 @@
 //!   outcome is unknown, it is not run again, and a final failed event says so. When its process
 //!   (the same id *and* start time) or anything it started still runs (an installer outlives the
 //!   agent that started it), the attempt stays running until all of that has ended, so that nothing
-//!   else is started on the server meanwhile.
+//!   else is started on the server meanwhile (`orphan`: its output followed, its exit code reported).
+//! - Nothing journaled is over the limits of what the agent sends (`limits`): an event is fitted
+//!   before it is written, and rows an older agent wrote over them are fitted when the journal opens
+//!   (or when they are read), with an error logged; the row then holds the small marker. A row over
+//!   the coordinator's limit would otherwise be re-sent, and refused, after every re-attach.
+//! - A forgotten attempt's output files (`runner::files`) are deleted with it.
 //! - An attempt may wait (`waiting`): for the operator's attended install, or for the reboot its
 //!   installer asked for. It keeps its assignment, so that it can go on after an agent restart (the
 //!   reboot) or the operator's approval; nothing else runs on the server while it waits.
@@ -25,6 +30,8 @@ use fleet_proto::{pb, unix_ms};
 use prost::Message;
 
 use crate::host::{self, ProcessId};
+use crate::limits;
+use crate::runner::files;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::Notify;
 
@@ -91,7 +98,8 @@ struct Inner {
 impl Journal {
     /// Opens (creating) the journal in `state_dir`. Attempts that were running when the agent
     /// stopped are marked interrupted and get their final event, unless their process still runs:
-    /// those are returned as orphans (attempt id, process), for [`Journal::wait_and_interrupt`].
+    /// those are returned as orphans (attempt id, process), for `orphan::follow` (which reports them
+    /// with their exit code when the step host recorded it, else [`Journal::wait_and_interrupt`]).
     pub fn open(state_dir: &Path) -> Result<(Self, Vec<(String, ProcessId)>), JournalError> {
         let path = state_dir.join(FILE);
         let err = |source| JournalError {
@@ -113,18 +121,88 @@ impl Journal {
                 changed: Notify::new(),
             }),
         };
+        journal.fit_oversized()?;
         let interrupted = journal.interrupt_running()?;
-        journal.with(|c| {
+        let forgotten: Vec<String> = journal.with(|c| {
             c.execute(
                 "DELETE FROM events WHERE attempt_id IN (SELECT id FROM attempts WHERE complete = 1)",
                 [],
             )?;
-            c.execute(
+            let tx = c.transaction()?;
+            let ids = {
+                let mut stmt =
+                    tx.prepare("SELECT id FROM attempts WHERE complete = 1 AND finished_at < ?1")?;
+                let rows = stmt.query_map([now() - KEEP_COMPLETE_MS], |r| r.get(0))?;
+                rows.collect::<rusqlite::Result<Vec<String>>>()?
+            };
+            tx.execute(
                 "DELETE FROM attempts WHERE complete = 1 AND finished_at < ?1",
                 [now() - KEEP_COMPLETE_MS],
-            )
+            )?;
+            tx.commit()?;
+            Ok(ids)
         })?;
+        for attempt_id in forgotten {
+            files::remove_attempt(state_dir, &attempt_id);
+        }
         Ok((journal, interrupted))
+    }
+
+    /// Fits the rows an older agent wrote over the limits of what the agent sends (`limits`): each
+    /// is replaced by its fitted form, and the error logged.
+    fn fit_oversized(&self) -> Result<(), JournalError> {
+        let events: Vec<Vec<u8>> = self.with(|c| {
+            let mut stmt = c.prepare("SELECT body FROM events WHERE length(body) > ?1")?;
+            let rows = stmt.query_map([limits::RESULT_MAX as i64], |r| r.get(0))?;
+            rows.collect()
+        })?;
+        for body in events {
+            if let Ok(event) = pb::StepEvent::decode(body.as_slice()) {
+                self.refit(event)?;
+            }
+        }
+        let results: Vec<(String, Vec<u8>)> = self.with(|c| {
+            let mut stmt =
+                c.prepare("SELECT id, result FROM attempts WHERE length(result) > ?1")?;
+            let rows =
+                stmt.query_map([limits::RESULT_MAX as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })?;
+        for (attempt_id, body) in results {
+            let Ok(mut result) = pb::StepFinished::decode(body.as_slice()) else {
+                continue;
+            };
+            if limits::fit_result(&mut result) {
+                tracing::error!(
+                    attempt_id,
+                    "the journaled result of attempt {attempt_id} was {} bytes, over the limit of what the agent sends; its long parts were cut",
+                    body.len()
+                );
+                self.with(|c| {
+                    c.execute(
+                        "UPDATE attempts SET result = ?2 WHERE id = ?1",
+                        params![attempt_id, result.encode_to_vec()],
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces a journaled event over the limits by its fitted form (the error logged); the fitted
+    /// event.
+    fn refit(&self, mut event: pb::StepEvent) -> Result<pb::StepEvent, JournalError> {
+        if let Some(problem) = limits::fit_event(&mut event) {
+            tracing::error!(attempt_id = %event.attempt_id, "{problem}");
+            let seq = i64::try_from(event.seq).unwrap_or(i64::MAX);
+            self.with(|c| {
+                c.execute(
+                    "UPDATE events SET body = ?3 WHERE attempt_id = ?1 AND seq = ?2",
+                    params![event.attempt_id, seq, event.encode_to_vec()],
+                )
+            })?;
+        }
+        Ok(event)
     }
 
     fn with<T>(
@@ -170,17 +248,24 @@ impl Journal {
         for (id, process) in running {
             match process.filter(|&p| host::tree_alive(p)) {
                 Some(process) => orphans.push((id, process)),
-                None => self.interrupt(&id, "")?,
+                None => self.interrupt(&id, "", None)?,
             }
         }
         Ok(orphans)
     }
 
-    /// Records the attempt as interrupted, with its final (failed) event.
-    fn interrupt(&self, attempt_id: &str, detail: &str) -> Result<(), JournalError> {
+    /// Records the attempt as interrupted, with its final (failed) event: `detail` says what is
+    /// known of its program (and `exit_code`, how it ended).
+    pub fn interrupt(
+        &self,
+        attempt_id: &str,
+        detail: &str,
+        exit_code: Option<i32>,
+    ) -> Result<(), JournalError> {
         let last_seq = self.find(attempt_id)?.map_or(0, |r| r.last_seq);
         let result = pb::StepFinished {
             outcome: pb::StepOutcome::Failed as i32,
+            exit_code,
             error: format!(
                 "interrupted: the agent stopped while this step ran{detail}; its outcome is unknown and it was not run again (check the server, then retry or skip the step)"
             ),
@@ -226,7 +311,7 @@ impl Journal {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
         let detail = format!(" (its process {} ran on, and has ended)", process.pid);
-        if let Err(e) = self.interrupt(attempt_id, &detail) {
+        if let Err(e) = self.interrupt(attempt_id, &detail, None) {
             tracing::error!(attempt_id, "cannot record an interrupted attempt: {e}");
         }
     }
@@ -306,7 +391,23 @@ impl Journal {
         self.record_as(event, "finished")
     }
 
+    /// Journals an event of the attempt after its last one (a program that outlived the agent).
+    pub fn append(&self, attempt_id: &str, kind: pb::step_event::Kind) -> Result<(), JournalError> {
+        let last_seq = self.find(attempt_id)?.map_or(0, |r| r.last_seq);
+        self.record(&pb::StepEvent {
+            attempt_id: attempt_id.to_string(),
+            seq: last_seq + 1,
+            at_unix_ms: now(),
+            kind: Some(kind),
+        })
+    }
+
     fn record_as(&self, event: &pb::StepEvent, final_state: &str) -> Result<(), JournalError> {
+        let mut fitted = event.clone();
+        if let Some(problem) = limits::fit_event(&mut fitted) {
+            tracing::error!(attempt_id = %event.attempt_id, "{problem}");
+        }
+        let event = &fitted;
         let seq = i64::try_from(event.seq).unwrap_or(i64::MAX);
         self.with(|c| {
             let tx = c.transaction()?;
@@ -431,7 +532,8 @@ impl Journal {
             match pb::StepEvent::decode(body.as_slice()) {
                 Ok(event) => {
                     *cursor = seq;
-                    out.push(event);
+                    // Checked before it is sent: one over the limits is never sent.
+                    out.push(self.refit(event)?);
                 }
                 Err(e) => tracing::error!("journal: an undecodable event ({e}); skipped"),
             }
@@ -594,7 +696,12 @@ fn report_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<pb::AttemptReport> {
         state: state as i32,
         last_seq: r.get::<_, i64>(2)? as u64,
         acked_seq: r.get::<_, i64>(3)? as u64,
-        result: result.and_then(|b| pb::StepFinished::decode(b.as_slice()).ok()),
+        result: result
+            .and_then(|b| pb::StepFinished::decode(b.as_slice()).ok())
+            .map(|mut result| {
+                limits::fit_result(&mut result);
+                result
+            }),
         epoch: r.get::<_, i64>(5)? as u64,
         waiting: waiting
             .filter(|_| state == pb::AttemptState::Waiting)
@@ -982,6 +1089,59 @@ mod tests {
             result.error
         );
         assert_eq!(j2.in_flight(), 0);
+    }
+
+    /// Rows an older agent wrote over the limits of what the agent sends are fitted when the journal
+    /// opens: they are sent small, never refused and re-sent for ever.
+    #[test]
+    fn over_limit_rows_of_an_older_agent_are_fitted_when_the_journal_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        j.accept("a", 1, "r", "s").unwrap().fresh();
+        drop(j);
+        let big = "e".repeat(5 << 20);
+        let result = pb::StepFinished {
+            outcome: pb::StepOutcome::Failed as i32,
+            stderr_tail: vec![big.clone()],
+            ..Default::default()
+        };
+        let mut line = event("a", 1, false);
+        line.kind = Some(pb::step_event::Kind::Log(pb::StepLog {
+            stream: pb::LogStream::Stderr as i32,
+            line: big,
+        }));
+        {
+            let conn = Connection::open(dir.path().join(FILE)).unwrap();
+            conn.execute(
+                "INSERT INTO events (attempt_id, seq, body) VALUES ('a', 1, ?1)",
+                [line.encode_to_vec()],
+            )
+            .unwrap();
+            conn.execute(
+                "UPDATE attempts SET state = 'finished', last_seq = 1, result = ?1 WHERE id = 'a'",
+                [result.encode_to_vec()],
+            )
+            .unwrap();
+        }
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        let sent = j.unsent(&mut HashMap::new()).unwrap();
+        assert!(sent[0].encoded_len() < 20_000, "{}", sent[0].encoded_len());
+        let reports = j.unsettled().unwrap();
+        let tail = &reports[0].result.as_ref().unwrap().stderr_tail[0];
+        assert!(
+            tail.len() < 2_000 && tail.contains("truncated, 5242880 bytes"),
+            "{tail}"
+        );
+        let rows: i64 = j
+            .with(|c| {
+                c.query_row(
+                    "SELECT COUNT(*) FROM attempts WHERE length(result) > 100000",
+                    [],
+                    |r| r.get(0),
+                )
+            })
+            .unwrap();
+        assert_eq!(rows, 0, "the row itself was replaced");
     }
 
     #[test]

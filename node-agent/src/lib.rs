@@ -10,7 +10,10 @@
 //! - [`builtin`]: the built-in Windows implementations of the actions (registry, services, ISSOConfigSS,
 //!   setup, configuration, events, …).
 //! - [`host`]: the machine: process identity and trees, the boot.
-//! - [`runner`]: runs a configured command with a timeout and reads its line protocol.
+//! - [`limits`]: how big a line, a step's log, a result and any message the agent sends may be.
+//! - [`runner`]: runs a configured command with a timeout and reads its line protocol; a step's
+//!   programs write into files, and one that outlives the agent runs under the step host.
+//! - [`orphan`]: a step's program that outlived the agent, followed to its end by the next start.
 //! - [`executor`]: runs one step attempt and reports numbered events.
 //! - [`cancel`]: cancelling a running step (never an install).
 //! - [`facts`]: the `facts` action.
@@ -34,4 +37,6 @@ pub mod facts;
 pub mod hashing;
 pub mod host;
 pub mod journal;
+pub mod limits;
+pub mod orphan;
 pub mod runner;

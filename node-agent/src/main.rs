@@ -2,6 +2,9 @@
 //! `fleet-agent --config agent.toml --facts` prints what the agent reads on this server (what the
 //! coordinator would see, the preflight checks included) and exits: 0 when the facts could be read.
 //!
+//! `fleet-agent --step-host` is not for people: the agent starts it to host a step's program that
+//! must outlive the agent (`runner::step_host`).
+//!
 //! On Windows, `fleet-agent --service --config …` is how the service manager starts it (installed by
 //! `deploy/windows/install-agent.ps1`): it reports to the service manager and stops on its Stop or
 //! Shutdown control. A service has no console: `--log-dir` writes the log to daily files.
@@ -11,6 +14,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use fleet_agent::attach::Agent;
 use fleet_agent::config::AgentConfig;
+use fleet_agent::runner::step_host;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug, Clone)]
@@ -36,6 +40,13 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // A step's program that must outlive the agent runs under this executable, as its step host.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == step_host::ARG)
+    {
+        std::process::exit(step_host::main());
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
     if let Some(dir) = &args.log_dir
@@ -98,9 +109,9 @@ fn print_facts(args: &Args) -> ExitCode {
 
 /// Loads the configuration and runs the agent until `shutdown` (which the future `stopper` makes
 /// from the configured `shutdown_timeout` may trigger). The exit is bounded: after the shutdown, the
-/// agent's own work has `shutdown_timeout` to end. A step's program is not waited for (on Windows the
-/// runtime reads its pipes on threads that would otherwise hold the exit until the installer ends);
-/// the journal still says the attempt runs, and the next start waits for that program.
+/// agent's own work has `shutdown_timeout` to end. A step's program is not waited for: it writes into
+/// files, not pipes the runtime would read on threads that hold the exit (`runner`), the journal still
+/// says the attempt runs, and the next start follows that program to its end (`orphan`).
 fn run_agent<F>(
     args: &Args,
     shutdown: CancellationToken,

@@ -199,6 +199,7 @@ impl<'a> Session<'a> {
             timeout: remaining,
             stdin_secret: stdin,
             outlives_agent: crate::cancel::never_stopped(self.action),
+            output_secret: echo == Echo::Withhold,
         };
         let (tx, mut rx) = mpsc::channel(256);
         let run = runner::run(&spec, tx);

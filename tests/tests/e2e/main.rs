@@ -10,6 +10,7 @@ mod controls;
 mod deliveries;
 mod durability;
 mod fitness;
+mod hostile;
 mod inventory;
 mod migrate;
 mod migrate_builtins;

@@ -1,0 +1,452 @@
+//! Runs one configured command as a child process (SPEC §6): arguments never pass through a shell,
+//! a secret goes only to standard input, the step's timeout is enforced, standard output is read as the
+//! line protocol (`::progress::`, `::output::`, anything else is log), and the last lines of standard
+//! error are kept for the failure message.
+//!
+//! A step's program writes into files in the agent's state directory, never into pipes that die
+//! with the agent, and the agent follows them; one that must outlive the agent runs under the step
+//! host, which records its exit code for a restarted agent. Outside a step (the facts), and for a
+//! tool whose output is secret, the output is read from pipes.
+//!
+//! # Layout
+//! - `protocol`: the line protocol.
+//! - [`lines`]: lines, capped, from a pipe or a followed file.
+//! - [`files`]: where a step's programs write, how far the agent read, how they ended.
+//! - [`step_host`]: the process a program that outlives the agent runs under.
+
+pub mod files;
+pub mod lines;
+mod protocol;
+pub mod step_host;
+#[cfg(test)]
+#[cfg(unix)]
+mod tests;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+use tokio::process::{ChildStderr, ChildStdout, Command};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::host;
+use crate::limits::{self, TAIL_LINE_MAX};
+use files::{Exit, Program};
+use lines::{Followed, Pipe};
+pub use protocol::parse_line;
+
+tokio::task_local! {
+    /// The cancellation of the step whose task this is (the agent sets it around each step): a
+    /// cancelled step's program and everything it started are ended like a timed-out one's, and no
+    /// further program of the step starts.
+    pub static CANCEL: CancellationToken;
+    /// The folder for the output of the step whose task this is (`files::attempt_dir`; the agent
+    /// sets it around each step): its programs write there instead of into pipes.
+    pub static OUTPUT_DIR: PathBuf;
+}
+
+/// How many lines of standard error a failure carries.
+pub const STDERR_TAIL: usize = 20;
+
+/// How long to wait for more output after the process exited (a grandchild may hold the pipes open)…
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+/// …and for all of it (a grandchild that keeps writing).
+const DRAIN_LIMIT: Duration = Duration::from_secs(20);
+/// How often the output files of a running program are read.
+const POLL: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone)]
+pub struct CommandSpec {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub timeout: Duration,
+    /// Written to standard input, then closed. Never logged.
+    pub stdin_secret: Option<String>,
+    /// An install's program (`cancel::never_stopped`): it must outlive an agent that is killed or
+    /// stopped, and a restarted agent must learn how it ended, so in a step it runs under the step
+    /// host (`step_host`).
+    pub outlives_agent: bool,
+    /// Its standard output is secret (an encryption key): read from a pipe, never put in a file.
+    pub output_secret: bool,
+}
+
+impl CommandSpec {
+    /// The command line as it may be shown (the secret is on stdin, never here).
+    pub fn display(&self) -> String {
+        std::iter::once(self.program.display().to_string())
+            .chain(self.args.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// What a running command reports, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// The process started, with this id, start time (seconds since the epoch, 0: unknown) and
+    /// command line (first, once).
+    Spawned {
+        pid: u32,
+        started: u64,
+        command: String,
+    },
+    Progress {
+        percent: u32,
+        message: String,
+    },
+    Output {
+        key: String,
+        value: String,
+    },
+    Stdout(String),
+    Stderr(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// `None` when the process was killed (timeout) or ended by a signal.
+    pub exit_code: Option<i32>,
+    pub timed_out: bool,
+    pub outputs: BTreeMap<String, String>,
+    pub stderr_tail: Vec<String>,
+    pub duration: Duration,
+}
+
+impl Outcome {
+    pub fn succeeded(&self) -> bool {
+        !self.timed_out && self.exit_code == Some(0)
+    }
+
+    /// A one-line reason for a failed outcome.
+    pub fn failure(&self, what: &str) -> String {
+        let code = match (self.timed_out, self.exit_code) {
+            (true, _) => format!(
+                "{what} did not finish within {}; it was stopped",
+                humantime::format_duration(self.duration_rounded())
+            ),
+            (false, Some(code)) => format!("{what} exited with code {code}"),
+            (false, None) => format!("{what} was ended by a signal"),
+        };
+        match self.stderr_tail.last() {
+            Some(last) => format!("{code}: {last}"),
+            None => code,
+        }
+    }
+
+    fn duration_rounded(&self) -> Duration {
+        Duration::from_secs(self.duration.as_secs())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    /// The step host could not start the program (its reason names it).
+    #[error("{0}")]
+    NotStarted(String),
+    #[error("{program} was not started: the step was cancelled")]
+    Cancelled { program: String },
+}
+
+/// Runs `spec`, sending each report to `reports` as it happens.
+pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Outcome, RunError> {
+    let started = Instant::now();
+    let cancel = CANCEL
+        .try_with(CancellationToken::clone)
+        .unwrap_or_default();
+    let program = || spec.program.display().to_string();
+    if cancel.is_cancelled() {
+        return Err(RunError::Cancelled { program: program() });
+    }
+    let spawn_error = |source| RunError::Spawn {
+        program: program(),
+        source,
+    };
+    let files = OUTPUT_DIR
+        .try_with(|dir| (!spec.output_secret).then(|| Program::next(dir)))
+        .ok()
+        .flatten()
+        .transpose()
+        .map_err(spawn_error)?;
+    let hosted = files.as_ref().filter(|_| spec.outlives_agent);
+    let mut command = command_for(spec, hosted).map_err(spawn_error)?;
+    command
+        .envs(&spec.env)
+        .stdin(if spec.stdin_secret.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        // A stopping agent (a service stop, a shutdown) leaves a running step's program alone: an
+        // installer cut off halfway is worse than one that finishes. The journal makes the next start
+        // wait for it and report the attempt, never run it again. A timeout still stops it (below).
+        .kill_on_drop(false);
+    match (&files, hosted) {
+        // The host gives the program the files; its own output (none) goes nowhere.
+        (_, Some(_)) => command.stdout(Stdio::null()).stderr(Stdio::null()),
+        (Some(files), None) => command
+            .stdout(append(&files.out()).map_err(spawn_error)?)
+            .stderr(append(&files.err()).map_err(spawn_error)?),
+        (None, None) => command.stdout(Stdio::piped()).stderr(Stdio::piped()),
+    };
+    // Its own process group, so that a timeout stops the program and everything it started (on
+    // Windows a job object: `host::Tree`).
+    #[cfg(unix)]
+    command.process_group(0);
+    if let Some(hosted) = hosted {
+        // Before the start: a restarted agent tells a hosted program by it.
+        hosted.write_pos((0, 0)).map_err(spawn_error)?;
+    }
+    let mut child = command.spawn().map_err(spawn_error)?;
+    let mut tree = Some(host::Tree::contain(&child));
+    let deadline = tokio::time::Instant::now() + spec.timeout;
+    let pid = child.id().unwrap_or(0);
+    let _ = reports
+        .send(Report::Spawned {
+            pid,
+            started: host::identify(pid).map_or(0, |p| p.started),
+            command: spec.display(),
+        })
+        .await;
+    if let (Some(secret), Some(mut stdin)) = (spec.stdin_secret.clone(), child.stdin.take()) {
+        // From a task: a child that writes a lot before it reads stdin must not stall the deadline.
+        // A program that exits without reading its input is its own failure; report that, not EPIPE.
+        tokio::spawn(async move {
+            let _ = stdin.write_all(secret.as_bytes()).await;
+            let _ = stdin.write_all(b"\n").await;
+        });
+    }
+    let mut output = match &files {
+        Some(files) => Output::Files {
+            stdout: Followed::open(&files.out(), 0).map_err(spawn_error)?,
+            stderr: Followed::open(&files.err(), 0).map_err(spawn_error)?,
+            hosted: hosted.cloned(),
+        },
+        None => Output::Pipes {
+            stdout: child.stdout.take().map(Pipe::new),
+            stderr: child.stderr.take().map(Pipe::new),
+        },
+    };
+    let mut read = Read::default();
+
+    let mut timed_out = false;
+    let mut status = None;
+    // Set at the exit: output still in the pipes is read until they close, or until nothing came
+    // for DRAIN_GRACE (a grandchild may hold them open), DRAIN_LIMIT at most. Files are read to
+    // their end at once.
+    let mut drain_limit = None;
+    loop {
+        if status.is_some() && !output.open() {
+            break;
+        }
+        // Before the exit, the step's deadline; after it, the drain's. A slow consumer of the
+        // reports must not hold the step past either.
+        let until = drain_limit.map_or(deadline, |limit: tokio::time::Instant| {
+            (tokio::time::Instant::now() + DRAIN_GRACE).min(limit)
+        });
+        // The output polled before any timer: a busy runtime that gets to this task late still
+        // reads everything the program wrote before deciding that nothing more comes.
+        let stop = tokio::select! {
+            biased;
+            lines = output.next(), if output.readable(status.is_none()) => {
+                read.send_all(lines, &reports, until).await;
+                output.record_position();
+                false
+            }
+            exit = child.wait(), if status.is_none() => {
+                status = Some(exit);
+                drain_limit = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
+                false
+            }
+            () = tokio::time::sleep_until(until) => {
+                if status.is_some() {
+                    break;
+                }
+                timed_out = true;
+                true
+            }
+            () = cancel.cancelled(), if status.is_none() => true,
+        };
+        // Past the deadline, or cancelled: the program and everything it started end.
+        if stop {
+            if let Some(tree) = tree.take() {
+                tree.kill(&mut child);
+            }
+            status = Some(child.wait().await);
+            drain_limit = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
+        }
+    }
+    let rest = output.rest();
+    read.send_all(rest, &reports, tokio::time::Instant::now() + DRAIN_GRACE)
+        .await;
+    output.record_position();
+    let exit_code = match (status, hosted.and_then(Program::read_exit)) {
+        _ if timed_out => None,
+        (_, Some(Exit::NotStarted(why))) => return Err(RunError::NotStarted(why)),
+        (_, Some(exit)) => exit.code(),
+        (Some(Ok(status)), None) => status.code(),
+        (_, None) => None,
+    };
+    Ok(Outcome {
+        exit_code,
+        timed_out,
+        outputs: read.outputs,
+        stderr_tail: read.tail.into_iter().collect(),
+        duration: started.elapsed(),
+    })
+}
+
+/// The program with its arguments, or the step host with them (`hosted`: the program's files).
+/// A missing program is an error at the start either way.
+fn command_for(spec: &CommandSpec, hosted: Option<&Program>) -> std::io::Result<Command> {
+    if let Some(files) = hosted {
+        if spec.program.components().count() > 1 {
+            std::fs::metadata(&spec.program)?;
+        }
+        return step_host::command(files, &spec.program, &spec.args);
+    }
+    let mut command = Command::new(&spec.program);
+    command.args(&spec.args);
+    Ok(command)
+}
+
+fn append(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().append(true).open(path)
+}
+
+/// What was read of the program's output so far: its results and the tail of its standard error.
+#[derive(Default)]
+struct Read {
+    outputs: BTreeMap<String, String>,
+    tail: VecDeque<String>,
+}
+
+impl Read {
+    /// Reports each line (`true`: standard error) before `until` at the latest.
+    async fn send_all(
+        &mut self,
+        lines: Vec<(bool, String)>,
+        reports: &mpsc::Sender<Report>,
+        until: tokio::time::Instant,
+    ) {
+        for (is_stderr, line) in lines {
+            let report = if is_stderr {
+                if self.tail.len() == STDERR_TAIL {
+                    self.tail.pop_front();
+                }
+                self.tail
+                    .push_back(limits::truncated(&line, TAIL_LINE_MAX, ""));
+                Report::Stderr(line)
+            } else {
+                parse_line(&line)
+            };
+            if let Report::Output { key, value } = &report {
+                self.outputs.insert(key.clone(), value.clone());
+            }
+            let _ = tokio::time::timeout_at(until, reports.send(report)).await;
+        }
+    }
+}
+
+/// The program's output: its pipes, or its files.
+enum Output {
+    Pipes {
+        stdout: Option<Pipe<ChildStdout>>,
+        stderr: Option<Pipe<ChildStderr>>,
+    },
+    Files {
+        stdout: Followed,
+        stderr: Followed,
+        /// Under the step host: how far the output was read is recorded for a restarted agent.
+        hosted: Option<Program>,
+    },
+}
+
+impl Output {
+    /// Whether more may come after the program's exit (pipes: until they close; files are read to
+    /// their end at once).
+    fn open(&self) -> bool {
+        match self {
+            Self::Pipes { stdout, stderr } => stdout.is_some() || stderr.is_some(),
+            Self::Files { .. } => false,
+        }
+    }
+
+    /// Whether [`Output::next`] may give lines (`running`: the program has not exited).
+    fn readable(&self, running: bool) -> bool {
+        match self {
+            Self::Pipes { .. } => self.open(),
+            Self::Files { .. } => running,
+        }
+    }
+
+    /// The next lines (`true`: standard error): from the pipes as they come, from the files every
+    /// [`POLL`]. Cancel-safe.
+    async fn next(&mut self) -> Vec<(bool, String)> {
+        match self {
+            Self::Pipes { stdout, stderr } => {
+                // A pipe that closes ends its branch with `None`; it is then dropped.
+                tokio::select! {
+                    biased;
+                    lines = read_pipe(stdout), if stdout.is_some() => tag(false, lines),
+                    lines = read_pipe(stderr), if stderr.is_some() => tag(true, lines),
+                }
+            }
+            Self::Files { stdout, stderr, .. } => {
+                tokio::time::sleep(POLL).await;
+                let (mut out, mut err) = (Vec::new(), Vec::new());
+                stdout.read(&mut out);
+                stderr.read(&mut err);
+                tag(false, out).into_iter().chain(tag(true, err)).collect()
+            }
+        }
+    }
+
+    /// After the exit: what is left in the files (the pipes were drained by [`Output::next`]).
+    fn rest(&mut self) -> Vec<(bool, String)> {
+        let Self::Files { stdout, stderr, .. } = self else {
+            return Vec::new();
+        };
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        stdout.read_to_end(&mut out);
+        stderr.read_to_end(&mut err);
+        tag(false, out).into_iter().chain(tag(true, err)).collect()
+    }
+
+    fn record_position(&self) {
+        if let Self::Files {
+            stdout,
+            stderr,
+            hosted: Some(program),
+        } = self
+            && let Err(e) = program.write_pos((stdout.consumed, stderr.consumed))
+        {
+            tracing::warn!("cannot record how far the output was read: {e}");
+        }
+    }
+}
+
+async fn read_pipe<R: tokio::io::AsyncRead + Unpin>(pipe: &mut Option<Pipe<R>>) -> Vec<String> {
+    let Some(open) = pipe.as_mut() else {
+        return Vec::new();
+    };
+    match open.read().await {
+        Some(lines) => lines,
+        None => {
+            *pipe = None;
+            Vec::new()
+        }
+    }
+}
+
+fn tag(is_stderr: bool, lines: Vec<String>) -> Vec<(bool, String)> {
+    lines.into_iter().map(|line| (is_stderr, line)).collect()
+}

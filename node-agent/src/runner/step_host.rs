@@ -1,0 +1,140 @@
+//! The step host: a program that must outlive the agent (`CommandSpec::outlives_agent`: installs,
+//! ESSO's configuration, the migration utility) runs under a tiny process of the agent's own
+//! executable, `fleet-agent --step-host`, which starts it with the output files as its standard
+//! output and error (its standard input, the secret's pipe, passed on as it is), waits for it and
+//! writes its exit code to the exit file (whole or not at all). A restarted agent cannot wait for a
+//! process it did not start (Unix), and on Windows the code is lost once no handle is open: the exit
+//! file is how it learns the outcome. The host is the root of the step's process tree (its group,
+//! its job object), so a timeout still ends all of it.
+//!
+//! What to run comes in one environment variable (never a secret: those go to standard input), so
+//! that the unit tests' binary can play the host too (`host::testing`'s way of re-running itself).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::files::{Exit, Program, write_atomic};
+
+/// The agent's argument that makes it a step host.
+pub const ARG: &str = "--step-host";
+const SPEC: &str = "FLEET_STEP_HOST";
+
+/// The host's command for `program` with `args`, whose files are `files`.
+pub fn command(
+    files: &Program,
+    program: &Path,
+    args: &[String],
+) -> std::io::Result<tokio::process::Command> {
+    let mut command = tokio::process::Command::new(std::env::current_exe()?);
+    #[cfg(not(test))]
+    command.arg(ARG);
+    #[cfg(test)]
+    command.args([
+        "--exact",
+        "runner::step_host::tests::host",
+        "--ignored",
+        "--test-threads=1",
+    ]);
+    let parts = [
+        files.out(),
+        files.err(),
+        files.exit(),
+        program.to_path_buf(),
+    ]
+    .into_iter()
+    .map(PathBuf::into_os_string)
+    .chain(args.iter().map(OsString::from));
+    command.env(SPEC, encode(parts)?);
+    Ok(command)
+}
+
+/// `fleet-agent --step-host`: runs the program its environment names and records its exit; the
+/// process's exit code is the program's (1 when it could not be read at all).
+pub fn main() -> i32 {
+    let Some(parts) = std::env::var_os(SPEC).and_then(|s| decode(&s)) else {
+        eprintln!("fleet-agent: {ARG} is started by the agent, for a step's program");
+        return 2;
+    };
+    let [out, err, exit, program, args @ ..] = parts.as_slice() else {
+        return 2;
+    };
+    let exit = PathBuf::from(exit);
+    let outcome = run(Path::new(out), Path::new(err), Path::new(program), args);
+    let code = outcome.code().unwrap_or(1);
+    if let Err(e) = write_atomic(&exit, &outcome.line()) {
+        eprintln!("fleet-agent: cannot write {}: {e}", exit.display());
+    }
+    code
+}
+
+fn run(out: &Path, err: &Path, program: &Path, args: &[String]) -> Exit {
+    let open = |path: &Path| std::fs::OpenOptions::new().append(true).open(path);
+    let (stdout, stderr) = match (open(out), open(err)) {
+        (Ok(stdout), Ok(stderr)) => (stdout, stderr),
+        (Err(e), _) | (_, Err(e)) => {
+            return Exit::NotStarted(format!("cannot open its output files: {e}"));
+        }
+    };
+    let started = Command::new(program)
+        .args(args)
+        .env_remove(SPEC)
+        .stdout(stdout)
+        .stderr(stderr)
+        .status();
+    match started {
+        Err(e) => Exit::NotStarted(format!("cannot start {}: {e}", program.display())),
+        Ok(status) => match status.code() {
+            Some(code) => Exit::Code(code),
+            None => Exit::NoCode(format!("({status})")),
+        },
+    }
+}
+
+/// The parts as one string: each as its length in bytes, a colon, and itself.
+fn encode(parts: impl Iterator<Item = OsString>) -> std::io::Result<String> {
+    let mut spec = String::new();
+    for part in parts {
+        let part = part.into_string().map_err(|p| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{} is not valid Unicode", p.to_string_lossy()),
+            )
+        })?;
+        spec.push_str(&format!("{}:{part}", part.len()));
+    }
+    Ok(spec)
+}
+
+fn decode(spec: &std::ffi::OsStr) -> Option<Vec<String>> {
+    let mut rest = spec.to_str()?;
+    let mut parts = Vec::new();
+    while !rest.is_empty() {
+        let (len, after) = rest.split_once(':')?;
+        let len: usize = len.parse().ok()?;
+        let part = after.get(..len)?;
+        parts.push(part.to_string());
+        rest = &after[len..];
+    }
+    Some(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Not a test: the step host, as the runner's tests start it (this binary, re-run).
+    #[test]
+    #[ignore = "started by the runner's tests"]
+    fn host() {
+        std::process::exit(main());
+    }
+
+    #[test]
+    fn the_spec_round_trips() {
+        let parts = ["a:b", "", "é 12:", "-x"];
+        let spec = encode(parts.iter().map(OsString::from)).unwrap();
+        assert_eq!(decode(std::ffi::OsStr::new(&spec)).unwrap(), parts);
+        assert_eq!(decode(std::ffi::OsStr::new("5:ab")), None);
+    }
+}
