@@ -112,9 +112,14 @@ impl WineServer {
     }
 
     /// The prefix's fleet-agent.exe processes. (Their argv[0] is the Windows path, unquoted: with
-    /// the service's path, `C:\Program Files\ssofleet\fleet-agent.exe`, space included.)
+    /// the service's path, `C:\Program Files\ssofleet\fleet-agent.exe`, space included.) Not the
+    /// step hosts (`fleet-agent.exe --step-host`): they run an install's program and outlive the
+    /// agent by design.
     pub fn agent_processes(&self) -> Vec<(u32, String)> {
-        self.processes(|cmdline| cmdline.to_ascii_lowercase().contains("fleet-agent.exe "))
+        self.processes(|cmdline| {
+            cmdline.to_ascii_lowercase().contains("fleet-agent.exe ")
+                && !cmdline.contains("--step-host")
+        })
     }
 }
 

@@ -327,26 +327,29 @@ fn oversized_or_empty_identifiers_are_refused_without_echoing_them() {
     assert_ne!(run["state"], "paused", "{run}");
 }
 
-/// A step that prints more than gRPC's 4 MB message limit in total: `fleetctl logs` pages through it
-/// and prints every line, for the whole run and for the one step.
+/// A run whose steps print more than gRPC's 4 MB message limit in total (each under the agent's
+/// cap on a step's output, `node-agent/src/limits.rs`): `fleetctl logs` pages through it and prints
+/// every line, for the whole run and for one step.
 #[test]
 fn logs_larger_than_a_message_come_back_whole() {
-    const LINES: usize = 1500; // about 6 MB
-    let s = one_master(", FAKE_SSOCONFIG_LOG_LINES = \"1500\"");
+    const LINES: usize = 450; // about 1.8 MB a step; backup, upgrade and verify: about 5.4 MB
+    let s = one_master(", FAKE_CHATTY_LINES = \"450\"");
     let run_id = s.start();
     eventually(Duration::from_secs(60), "the run to succeed", || {
         (s.json(&["run", "show", &run_id])["state"] == "succeeded").then_some(())
     });
-    for args in [
-        vec!["logs", run_id.as_str()],
-        vec![
-            "logs",
-            run_id.as_str(),
-            "--node",
-            "m1",
-            "--step",
-            "backup-secret",
-        ],
+    let whole = vec!["logs", run_id.as_str()];
+    let one_step = vec![
+        "logs",
+        run_id.as_str(),
+        "--node",
+        "m1",
+        "--step",
+        "backup-secret",
+    ];
+    for (args, tools, at_least) in [
+        (whole, &["ssoconfig", "setup", "verify"][..], 5 << 20),
+        (one_step, &["ssoconfig"][..], 1 << 20),
     ] {
         let o = s.ctl(&args);
         assert!(
@@ -355,19 +358,21 @@ fn logs_larger_than_a_message_come_back_whole() {
             String::from_utf8_lossy(&o.stderr)
         );
         let text = String::from_utf8_lossy(&o.stdout);
-        let chatty: Vec<&str> = text
-            .lines()
-            .filter(|l| l.contains("chatty line "))
-            .collect();
-        assert_eq!(chatty.len(), LINES, "{args:?}");
-        for (i, line) in chatty.iter().enumerate() {
-            assert!(
-                line.contains(&format!("chatty line {} 0000", i + 1)),
-                "{args:?}: line {i} out of order: {:.80}",
-                line
-            );
+        assert!(text.len() > at_least, "{args:?}: {} bytes", text.len());
+        for tool in tools {
+            let chatty: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains(&format!("chatty {tool} line ")))
+                .collect();
+            assert_eq!(chatty.len(), LINES, "{args:?} {tool}");
+            for (i, line) in chatty.iter().enumerate() {
+                assert!(
+                    line.contains(&format!("chatty {tool} line {} 0000", i + 1)),
+                    "{args:?}: {tool} line {i} out of order: {:.80}",
+                    line
+                );
+            }
         }
-        assert!(text.len() > 5 << 20, "{args:?}: {} bytes", text.len());
         assert!(
             text.contains("The operation completed successfully."),
             "{args:?}: the lines after the chatty ones are there too"

@@ -275,6 +275,8 @@ fn wine_service_the_agent_as_a_windows_service_stops_within_its_bound_idle_and_m
     // STOP_PENDING while the agent winds down, its wait hint the agent's bound and 5 s: 8000 ms.
     // (Wine's services.exe keeps and reports the hint, as `sc query` shows; as far as its source
     // shows, nothing in it acts on the hint, so under Wine the bound above is the agent's alone.)
+    // Since the installer's output goes to files (issue 18, item 3) nothing of it holds the agent,
+    // and the stop is usually over before `sc query` can see STOP_PENDING at all.
     let hint = format!(
         "{:#x}",
         (SHUTDOWN_TIMEOUT + Duration::from_secs(5)).as_millis()
@@ -282,8 +284,8 @@ fn wine_service_the_agent_as_a_windows_service_stops_within_its_bound_idle_and_m
     assert!(
         states
             .iter()
-            .any(|(state, h)| state == "STOP_PENDING" && *h == hint),
-        "STOP_PENDING with the wait hint {hint} while stopping: {states:?}"
+            .all(|(state, h)| state != "STOP_PENDING" || *h == hint),
+        "STOP_PENDING only with the wait hint {hint}: {states:?}"
     );
     eventually(Duration::from_secs(10), "fleet-agent.exe ended", || {
         w.server.agent_processes().is_empty().then_some(())
@@ -312,13 +314,12 @@ fn wine_service_the_agent_as_a_windows_service_stops_within_its_bound_idle_and_m
         },
     );
     assert_eq!(end.pid, install.pid, "{:#?}", w.fixture_log());
-    let interrupted = format!(
-        "interrupted: the agent stopped while this step ran (its process {} ran on, and has ended)",
-        install.pid
-    );
+    // The process named is the step host's (`fleet-agent.exe --step-host`, which ran the installer
+    // and recorded its exit code), not the installer's own.
+    let interrupted = "interrupted: the agent stopped while this step ran (its process ";
     eventually(PATIENCE, "the interrupted attempt reported", || {
-        w.step_log(&run_id, "upgrade-master")
-            .contains(&interrupted)
+        let log = w.step_log(&run_id, "upgrade-master");
+        (log.contains(interrupted) && log.contains("ran on, and has ended: it exited with code 0"))
             .then_some(())
     });
     let run = w.run(&run_id);
@@ -328,7 +329,7 @@ fn wine_service_the_agent_as_a_windows_service_stops_within_its_bound_idle_and_m
     assert!(
         step["message"]
             .as_str()
-            .is_some_and(|m| m.starts_with(&interrupted)),
+            .is_some_and(|m| m.starts_with(interrupted)),
         "{step}"
     );
     assert_eq!(step["attempts"], 1, "{run}");
