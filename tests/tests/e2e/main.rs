@@ -16,6 +16,7 @@ mod migrate_builtins;
 mod mssql_contract;
 mod plan;
 mod refusals;
+mod refusals_in_words;
 mod sql;
 mod tds;
 mod tds_crosscheck;
