@@ -87,7 +87,9 @@ async fn idle_sockets_past_the_cap_give_way_to_a_tls_client_from_the_same_addres
     let (client, server) =
         tokio::time::timeout(PATIENCE, async { tokio::join!(handshake, incoming.next()) })
             .await
-            .expect("the TLS client got in while idle sockets from its address held every slot");
+            .expect(
+                "the TLS client did not get in while idle sockets from its address held every slot",
+            );
     client.unwrap();
     let stream = server.unwrap().unwrap();
     assert!(stream.get_ref().1.peer_certificates().is_some());
