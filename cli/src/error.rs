@@ -31,6 +31,15 @@ impl CliError {
                 "the coordinator at {coordinator} refused this certificate: {message}"
             )),
             Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled => {
+                // In TLS 1.3 the coordinator refuses a client certificate after the client has
+                // finished its half of the handshake: the refusal arrives with the first call.
+                if let Some(reason) =
+                    std::error::Error::source(status).and_then(fleet_proto::transport::tls_refusal)
+                {
+                    return CliError::Unreachable(format!(
+                        "the TLS handshake with {coordinator} failed: {reason}"
+                    ));
+                }
                 let detail = std::error::Error::source(status)
                     .map(fleet_proto::transport::describe_chain)
                     .unwrap_or_else(|| message.to_string());

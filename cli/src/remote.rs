@@ -44,7 +44,8 @@ pub async fn connect(coordinator: &str, tls_dir: Option<&PathBuf>) -> Result<Rem
         .await
         .map_err(|e| match e {
             fleet_proto::transport::ConnectError::BadUrl { .. } => CliError::Usage(e.to_string()),
-            fleet_proto::transport::ConnectError::Unreachable { .. } => {
+            fleet_proto::transport::ConnectError::Unreachable { .. }
+            | fleet_proto::transport::ConnectError::Refused { .. } => {
                 CliError::Unreachable(e.to_string())
             }
         })?;

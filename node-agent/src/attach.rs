@@ -52,6 +52,9 @@ enum SessionEnd {
     Connect(String),
     #[error("the coordinator refused this agent: {0}")]
     Refused(String),
+    /// The TLS handshake failed: a certificate refused by either side, in words.
+    #[error("{0}")]
+    Tls(String),
     #[error("refusing a stale coordinator: {0}")]
     Stale(String),
     #[error("{0}")]
@@ -177,10 +180,12 @@ impl Agent {
             }
             let delay = backoff.next_delay();
             match &end {
-                SessionEnd::Refused(_) | SessionEnd::Stale(_) => tracing::error!(
-                    coordinator = %self.config.coordinator,
-                    "{end}; retrying in {}", humantime::format_duration(round_ms(delay))
-                ),
+                SessionEnd::Refused(_) | SessionEnd::Stale(_) | SessionEnd::Tls(_) => {
+                    tracing::error!(
+                        coordinator = %self.config.coordinator,
+                        "{end}; retrying in {}", humantime::format_duration(round_ms(delay))
+                    )
+                }
                 _ => tracing::warn!(
                     coordinator = %self.config.coordinator,
                     "{end}; re-attaching in {}", humantime::format_duration(round_ms(delay))
@@ -208,6 +213,9 @@ impl Agent {
         let channel =
             match fleet_proto::transport::connect(url, self.tls.clone(), CONNECT_TIMEOUT).await {
                 Ok(channel) => channel,
+                Err(e @ fleet_proto::transport::ConnectError::Refused { .. }) => {
+                    return SessionEnd::Tls(e.to_string());
+                }
                 Err(e) => return SessionEnd::Connect(e.to_string()),
             };
         let (tx, rx) = mpsc::channel::<pb::AgentMessage>(256);
@@ -685,6 +693,12 @@ fn classify(status: &tonic::Status, url: &str) -> SessionEnd {
         }
         Code::FailedPrecondition => SessionEnd::Stale(status.message().to_string()),
         Code::Unavailable | Code::Unknown => {
+            // In TLS 1.3 a refused client certificate is told after the handshake, on the stream.
+            if let Some(reason) =
+                std::error::Error::source(status).and_then(fleet_proto::transport::tls_refusal)
+            {
+                return SessionEnd::Tls(format!("the TLS handshake with {url} failed: {reason}"));
+            }
             let detail = std::error::Error::source(status)
                 .map(fleet_proto::transport::describe_chain)
                 .unwrap_or_else(|| status.message().to_string());

@@ -21,6 +21,9 @@ use rustls::{
 
 use crate::identity::{IdentityError, PeerIdentity, Role};
 
+mod words;
+pub use words::{explain, explain_to_client};
+
 /// The three PEM files of one process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -312,31 +315,6 @@ impl ServerCertVerifier for ExpectedPeerVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
-    }
-}
-
-/// A short explanation of a TLS failure for log lines and operator messages.
-pub fn explain(error: &rustls::Error) -> String {
-    use rustls::AlertDescription as A;
-    match error {
-        rustls::Error::InvalidCertificate(
-            CertificateError::UnknownIssuer | CertificateError::BadSignature,
-        ) => "the peer's certificate was not issued by this fleet's CA".into(),
-        rustls::Error::InvalidCertificate(CertificateError::Other(other)) => other.to_string(),
-        rustls::Error::InvalidCertificate(
-            CertificateError::Expired | CertificateError::ExpiredContext { .. },
-        ) => "the peer's certificate has expired".into(),
-        rustls::Error::InvalidCertificate(
-            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-        ) => "the server's certificate is not valid for the host name dialled (see `fleetctl certs init --san`)".into(),
-        rustls::Error::NoCertificatesPresented => "the peer presented no certificate".into(),
-        rustls::Error::AlertReceived(A::UnknownCA | A::BadCertificate) => {
-            "the peer refused our certificate (not issued by its CA)".into()
-        }
-        rustls::Error::AlertReceived(A::CertificateRequired) => {
-            "the peer requires a client certificate".into()
-        }
-        other => other.to_string(),
     }
 }
 

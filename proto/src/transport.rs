@@ -13,70 +13,29 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::tls::explain;
+use crate::tls::{explain, explain_to_client};
 
-/// How long a TLS handshake may take before the connection is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once: unauthenticated peers cannot take every file descriptor.
-const MAX_HANDSHAKES: usize = 512;
+mod accept;
+mod drops;
+mod pending;
+mod verdict;
+
+#[cfg(test)]
+mod tests;
 
 /// Accepts TCP connections on `listener`, performs the TLS handshake of each in its own task, and
 /// yields the established streams, ready for `Server::serve_with_incoming`. Refused handshakes are
-/// logged with the peer address and the reason. The accept loop ends when the returned stream is dropped.
+/// logged with the peer address and the reason; idle and slow sockets neither stop the loop nor
+/// delay other callers (`accept.rs`). The accept loop ends when the returned stream is dropped.
 pub fn tls_incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
-    let (tx, rx) = mpsc::channel(64);
-    let acceptor = TlsAcceptor::from(config);
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
-    tokio::spawn(async move {
-        loop {
-            // At the limit, stop accepting until a handshake finishes: the kernel's backlog holds the rest.
-            let permit = tokio::select! {
-                () = tx.closed() => return,
-                permit = handshakes.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => return,
-                },
-            };
-            let (tcp, peer) = tokio::select! {
-                () = tx.closed() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // Out of file descriptors and the like: wait a little rather than spin.
-                        tracing::warn!(error = %e, "accepting a TCP connection failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let _ = tcp.set_nodelay(true);
-                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-                drop(permit);
-                match handshake {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
-                    }
-                    Ok(Err(e)) => log_refused(peer, &e),
-                    Err(_) => tracing::warn!(
-                        %peer,
-                        "refused TLS connection from {peer}: no TLS handshake within {HANDSHAKE_TIMEOUT:?}"
-                    ),
-                }
-            });
-        }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
+    accept::tls_incoming_with(listener, config, accept::Limits::DEFAULT)
 }
 
 fn log_refused(peer: SocketAddr, error: &std::io::Error) {
@@ -94,6 +53,32 @@ fn describe_io(error: &std::io::Error) -> String {
     }
 }
 
+/// The TLS error somewhere in `error`'s `source()` chain (an `std::io::Error` hides its inner error
+/// from the chain: it is looked into too).
+fn find_tls<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
+    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
+    while let Some(e) = current {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(tls) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// When `error` (a client's failed connection or call) is a failed TLS handshake with the
+/// coordinator: why, in words that say what to check. `None` for anything else.
+pub fn tls_refusal(error: &(dyn StdError + 'static)) -> Option<String> {
+    find_tls(error).map(explain_to_client)
+}
+
 /// A failure to reach the coordinator: the URL, or the connection (TCP, TLS, HTTP/2).
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -101,6 +86,9 @@ pub enum ConnectError {
     BadUrl { url: String, problem: String },
     #[error("cannot connect to {url}: {detail}")]
     Unreachable { url: String, detail: String },
+    /// The TCP connection was made, and the TLS handshake failed: a certificate refused either way.
+    #[error("the TLS handshake with {url} failed: {reason}")]
+    Refused { url: String, reason: String },
 }
 
 /// Opens an HTTP/2 channel to `url` (`https://host:port`) over mutual TLS with `tls`.
@@ -147,30 +135,34 @@ pub async fn connect(
             let tcp = TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
             let stream = tls.connect(server_name, tcp).await?;
+            let stream = verdict::first_bytes(stream).await?;
             Ok::<_, std::io::Error>(TokioIo::new(stream))
         }
     });
     endpoint
         .connect_with_connector(connector)
         .await
-        .map_err(|e| ConnectError::Unreachable {
-            url: url.to_string(),
-            detail: describe_chain(&e),
+        .map_err(|e| match tls_refusal(&e) {
+            Some(reason) => ConnectError::Refused {
+                url: url.to_string(),
+                reason,
+            },
+            None => ConnectError::Unreachable {
+                url: url.to_string(),
+                detail: describe_chain(&e),
+            },
         })
 }
 
-/// The whole `source()` chain of an error on one line, with TLS errors explained.
+/// The whole `source()` chain of an error on one line; a TLS failure is told alone, in words.
 pub fn describe_chain(error: &(dyn StdError + 'static)) -> String {
+    if let Some(reason) = tls_refusal(error) {
+        return reason;
+    }
     let mut parts: Vec<String> = Vec::new();
     let mut current: Option<&(dyn StdError + 'static)> = Some(error);
     while let Some(e) = current {
-        let text = if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-            explain(tls)
-        } else if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            describe_io(io)
-        } else {
-            e.to_string()
-        };
+        let text = e.to_string();
         if !parts.iter().any(|p| p.contains(&text)) {
             parts.push(text);
         }

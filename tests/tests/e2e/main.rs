@@ -18,6 +18,7 @@ mod mssql_contract;
 mod operator_api;
 mod plan;
 mod refusals;
+mod refusals_in_words;
 mod sql;
 mod tds;
 mod tds_crosscheck;

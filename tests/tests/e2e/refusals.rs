@@ -41,7 +41,15 @@ fn an_agent_certificate_from_another_ca_is_refused() {
         .process
         .wait_for_log("refused TLS connection from 127.0.0.1");
     assert!(line.contains("not issued by this fleet's CA"), "{line}");
-    agent.process.wait_for_log("re-attaching in");
+    let line = agent
+        .process
+        .wait_for_log("the coordinator refused this certificate");
+    assert!(
+        line.contains(
+            "it was not issued by the coordinator's CA; issue a new one with `fleetctl certs issue`"
+        ),
+        "{line}"
+    );
     assert_eq!(coordinator.node(&fleet, "a1").unwrap()["attached"], false);
 }
 
@@ -222,18 +230,22 @@ async fn an_agent_accepts_only_the_coordinator_identity() {
             ))
             .serve_with_incoming(incoming),
     );
-    let line = tokio::task::spawn_blocking(move || {
+    let agent_url = url.clone();
+    let (fleet, line) = tokio::task::spawn_blocking(move || {
         let agent = Agent::start(
             &fleet,
             &AgentSpec {
                 node: "a1",
                 tls_rel: "agents/a1/tls",
-                coordinator: &url,
+                coordinator: &agent_url,
                 version: "",
             },
         )
         .unwrap();
-        agent.process.wait_for_log("re-attaching in")
+        let line = agent
+            .process
+            .wait_for_log("names spiffe://ssofleet.local/operator/admin");
+        (fleet, line)
     })
     .await
     .unwrap();
@@ -241,6 +253,30 @@ async fn an_agent_accepts_only_the_coordinator_identity() {
         line.contains("names spiffe://ssofleet.local/operator/admin, expected spiffe://ssofleet.local/coordinator"),
         "{line}"
     );
+    assert!(!line.contains("UnexpectedPeer {"), "{line}");
+    let stderr = tokio::task::spawn_blocking(move || {
+        let tls = fleet.path("tls");
+        let o = fleetctl(&[
+            "--coordinator",
+            &url,
+            "--tls-dir",
+            path_str(&tls).unwrap(),
+            "nodes",
+        ]);
+        assert_eq!(o.status.code(), Some(3), "{o:?}");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(
+        stderr.contains("names spiffe://ssofleet.local/operator/admin, expected spiffe://ssofleet.local/coordinator"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("check that the URL names this fleet's coordinator"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("UnexpectedPeer {"), "{stderr}");
     server.abort();
 }
 
