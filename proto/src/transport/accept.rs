@@ -3,8 +3,8 @@
 //!
 //! The loop never stops accepting: a caller left in the kernel's backlog waits behind whatever holds
 //! the slots, however idle (issue 18: 600 sockets that never started TLS made `fleetctl nodes` take
-//! over 5 s). Instead every connection is admitted at once and, at a cap, an older idle one gives
-//! way (`pending.rs`). A connection must send its first bytes soon and finish its handshake a little
+//! over 5 s). Instead a connection is admitted at once and, at a cap, an older idle one gives way
+//! (`pending.rs`: a handshake under way never does). A connection must send its first bytes soon and finish its handshake a little
 //! later; one that does neither is closed. Those closings are summed up per address (`drops.rs`).
 
 use std::net::SocketAddr;
@@ -127,10 +127,23 @@ async fn accept_loop(
                 }
                 accept_failures = 0;
             }
-            accepted = listener.accept() => match accepted {
+            // Full of handshakes under way (none idle to give way): the kernel's backlog holds the
+            // newcomers until one ends.
+            accepted = listener.accept(), if pending.can_admit() => match accepted {
                 Ok((tcp, peer)) => {
                     let (evict, evicted) = oneshot::channel();
-                    let (id, gave_way) = pending.admit(peer.ip(), Slot { peer, _evict: evict });
+                    let (id, gave_way) = match pending.admit(peer.ip(), Slot { peer, _evict: evict }) {
+                        Ok(admitted) => admitted,
+                        Err(refused) => {
+                            // Its address has its share of handshakes under way: closed, it retries.
+                            drop(refused);
+                            drop(tcp);
+                            if let Some(line) = drops.record(peer, Dropped::Evicted) {
+                                tracing::warn!(%peer, "{line}");
+                            }
+                            continue;
+                        }
+                    };
                     for old in gave_way {
                         // Dropping its slot tells the task; its own Done is then ignored.
                         let peer = old.peer;

@@ -15,7 +15,8 @@ pub(crate) enum Dropped {
     Silent,
     /// The handshake did not finish within its deadline.
     Slow,
-    /// It gave way to a newer connection at a cap.
+    /// Closed at a cap: an idle socket that gave way to a newer connection, or a newcomer from an
+    /// address whose handshakes are all under way.
     Evicted,
 }
 
@@ -73,7 +74,7 @@ impl DropLog {
             Dropped::Silent => format!("it sent no TLS ClientHello within {:?}", q.first_bytes),
             Dropped::Slow => format!("its TLS handshake did not finish within {:?}", q.handshake),
             Dropped::Evicted => format!(
-                "it gave way to a newer connection (at most {} TLS handshakes in flight from one address, {} in all)",
+                "it was closed to keep within the caps on TLS handshakes in flight ({} from one address, {} in all)",
                 q.caps.per_address, q.caps.total
             ),
         };
@@ -107,7 +108,7 @@ impl DropLog {
             }
             if counts.evicted > 0 {
                 parts.push(format!(
-                    "{} gave way to newer connections (at most {} handshakes in flight from one address, {} in all)",
+                    "{} closed at the caps on handshakes in flight ({} from one address, {} in all)",
                     counts.evicted, q.caps.per_address, q.caps.total
                 ));
             }
@@ -148,7 +149,9 @@ mod tests {
         let peer = |port| SocketAddr::from(([127, 0, 0, 1], port));
         let first = log.record(peer(1), Dropped::Evicted).unwrap();
         assert!(
-            first.starts_with("closed the connection from 127.0.0.1:1: it gave way"),
+            first.starts_with(
+                "closed the connection from 127.0.0.1:1: it was closed to keep within the caps"
+            ),
             "{first}"
         );
         for port in 2..1002 {
@@ -170,7 +173,7 @@ mod tests {
             lines[0]
         );
         assert!(lines[0].contains("500 sent no TLS ClientHello within 3s"));
-        assert!(lines[0].contains("500 gave way to newer connections"));
+        assert!(lines[0].contains("500 closed at the caps on handshakes in flight"));
 
         // Still flooding: summed up, not logged one by one.
         assert_eq!(log.record(peer(5000), Dropped::Silent), None);

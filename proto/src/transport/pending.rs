@@ -2,11 +2,15 @@
 //! gives way when a newcomer arrives at a cap. A plain structure owned by the accept loop
 //! (`accept.rs`), so the policy is tested without sockets.
 //!
-//! The policy: a newcomer is always admitted. When its address already has `per_address` handshakes in
-//! flight, that address's oldest handshake that has sent nothing yet is dropped (an idle socket: a
-//! real client sends its ClientHello as soon as it connects), or its oldest one if all have sent
-//! something. When the whole listener has `total`, the same happens at the busiest address, so a
-//! flood from one address displaces its own sockets and not other callers' handshakes.
+//! The policy: only a socket that has sent nothing yet gives way (an idle socket: a real client sends
+//! its ClientHello as soon as it connects); a handshake under way is never cut off for a newcomer, or
+//! an attach storm (thousands of agents reconnecting to a busy coordinator) would cut each handshake
+//! off before it finished, and none would. When the newcomer's address already has `per_address`
+//! handshakes in flight, that address's oldest idle socket gives way, or, when it has none, the
+//! newcomer is closed (its client retries). When the whole listener has `total`, the busiest address's
+//! oldest idle socket gives way; when none is idle the accept loop stops accepting until a handshake
+//! ends ([`Pending::can_admit`]), and the kernel's backlog holds the newcomers meanwhile. So a flood
+//! of idle sockets from one address displaces only its own sockets, never a caller's handshake.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -32,6 +36,8 @@ pub(crate) struct Pending<T> {
     next_id: u64,
     by_address: HashMap<IpAddr, BTreeMap<u64, Entry<T>>>,
     address_of: HashMap<u64, IpAddr>,
+    /// How many of them have sent nothing yet.
+    idle: usize,
 }
 
 impl<T> Pending<T> {
@@ -44,7 +50,13 @@ impl<T> Pending<T> {
             next_id: 0,
             by_address: HashMap::new(),
             address_of: HashMap::new(),
+            idle: 0,
         }
+    }
+
+    /// Whether a newcomer can be admitted: there is room, or an idle socket to give way.
+    pub fn can_admit(&self) -> bool {
+        self.len() < self.caps.total || self.idle > 0
     }
 
     pub fn len(&self) -> usize {
@@ -57,14 +69,21 @@ impl<T> Pending<T> {
     }
 
     /// Admits a handshake from `address`, first making room under the caps. Returns its id and the
-    /// tokens of the handshakes that give way for it (none, one, or two: one for the address cap, one for the total).
-    pub fn admit(&mut self, address: IpAddr, token: T) -> (u64, Vec<T>) {
+    /// tokens of the idle sockets that give way for it (none, one, or two: one for the address cap,
+    /// one for the total), or the newcomer's own token when nothing can give way for it.
+    pub fn admit(&mut self, address: IpAddr, token: T) -> Result<(u64, Vec<T>), T> {
         let mut evicted = Vec::new();
         if self.at(address) >= self.caps.per_address {
-            evicted.extend(self.evict_at(address));
+            match self.evict_at(address) {
+                Some(idle) => evicted.push(idle),
+                None => return Err(token),
+            }
         }
         if self.len() >= self.caps.total {
-            evicted.extend(self.evict_one());
+            match self.evict_one() {
+                Some(idle) => evicted.push(idle),
+                None => return Err(token),
+            }
         }
         let id = self.next_id;
         self.next_id += 1;
@@ -76,7 +95,8 @@ impl<T> Pending<T> {
             },
         );
         self.address_of.insert(id, address);
-        (id, evicted)
+        self.idle += 1;
+        Ok((id, evicted))
     }
 
     /// The peer of handshake `id` has sent its first bytes.
@@ -86,8 +106,10 @@ impl<T> Pending<T> {
                 .by_address
                 .get_mut(address)
                 .and_then(|entries| entries.get_mut(&id))
+            && !entry.started
         {
             entry.started = true;
+            self.idle -= 1;
         }
     }
 
@@ -97,7 +119,9 @@ impl<T> Pending<T> {
             return false;
         };
         if let Some(entries) = self.by_address.get_mut(&address) {
-            entries.remove(&id);
+            if entries.remove(&id).is_some_and(|e| !e.started) {
+                self.idle -= 1;
+            }
             if entries.is_empty() {
                 self.by_address.remove(&address);
             }
@@ -105,28 +129,33 @@ impl<T> Pending<T> {
         true
     }
 
-    /// Makes room for one: the oldest idle (else oldest) handshake of the address with the most.
+    /// Makes room for one: the oldest idle socket of the busiest address that has one.
     pub fn evict_one(&mut self) -> Option<T> {
+        if self.idle == 0 {
+            return None;
+        }
         let busiest = self
             .by_address
             .iter()
+            .filter(|(_, entries)| entries.values().any(|e| !e.started))
             .max_by_key(|(_, entries)| entries.len())
             .map(|(address, _)| *address)?;
         self.evict_at(busiest)
     }
 
+    /// The oldest idle socket of `address`, removed.
     fn evict_at(&mut self, address: IpAddr) -> Option<T> {
         let entries = self.by_address.get_mut(&address)?;
         let id = entries
             .iter()
             .find(|(_, entry)| !entry.started)
-            .or_else(|| entries.iter().next())
             .map(|(id, _)| *id)?;
         let entry = entries.remove(&id)?;
         if entries.is_empty() {
             self.by_address.remove(&address);
         }
         self.address_of.remove(&id);
+        self.idle -= 1;
         Some(entry.token)
     }
 }
@@ -146,12 +175,12 @@ mod tests {
     #[test]
     fn a_newcomer_at_the_address_cap_displaces_that_address_s_oldest_idle_socket() {
         let mut p = pending(3, 100);
-        let (first, _) = p.admit(LOCAL, "idle 1");
-        let (second, _) = p.admit(LOCAL, "idle 2");
-        let (third, _) = p.admit(LOCAL, "idle 3");
+        let (first, _) = p.admit(LOCAL, "idle 1").unwrap();
+        let (second, _) = p.admit(LOCAL, "idle 2").unwrap();
+        let (third, _) = p.admit(LOCAL, "idle 3").unwrap();
         p.started(first);
         // The oldest has sent its ClientHello: the oldest idle one goes instead.
-        let (_, evicted) = p.admit(LOCAL, "caller");
+        let (_, evicted) = p.admit(LOCAL, "caller").unwrap();
         assert_eq!(evicted, ["idle 2"]);
         assert_eq!(p.at(LOCAL), 3);
         assert!(!p.finish(second), "it already gave way");
@@ -161,22 +190,34 @@ mod tests {
     }
 
     #[test]
-    fn when_every_handshake_has_started_the_oldest_gives_way() {
+    fn a_handshake_under_way_never_gives_way() {
+        // At the address cap: the newcomer is closed instead.
         let mut p = pending(2, 100);
-        let (a, _) = p.admit(LOCAL, "a");
-        let (b, _) = p.admit(LOCAL, "b");
+        let (a, _) = p.admit(LOCAL, "a").unwrap();
+        let (b, _) = p.admit(LOCAL, "b").unwrap();
         p.started(b);
         p.started(a);
-        let (_, evicted) = p.admit(LOCAL, "c");
-        assert_eq!(evicted, ["a"]);
+        assert_eq!(p.admit(LOCAL, "c").unwrap_err(), "c");
+        assert_eq!(p.at(LOCAL), 2);
+        // At the total cap: the loop stops accepting until one ends.
+        let mut p = pending(10, 2);
+        let (a, _) = p.admit(LOCAL, "a").unwrap();
+        let (b, _) = p.admit(OTHER, "b").unwrap();
+        assert!(p.can_admit(), "idle sockets can give way");
+        p.started(a);
+        p.started(b);
+        assert!(!p.can_admit());
+        assert!(p.evict_one().is_none());
+        assert!(p.finish(a));
+        assert!(p.can_admit());
     }
 
     #[test]
     fn other_addresses_are_not_touched_by_one_address_s_flood() {
         let mut p = pending(4, 6);
-        p.admit(OTHER, "caller");
+        p.admit(OTHER, "caller").unwrap();
         for i in 0..100 {
-            let (_, evicted) = p.admit(LOCAL, "flood");
+            let (_, evicted) = p.admit(LOCAL, "flood").unwrap();
             assert!(
                 evicted.iter().all(|e| *e == "flood"),
                 "socket {i}: {evicted:?}"
@@ -189,12 +230,12 @@ mod tests {
     fn at_the_total_cap_the_busiest_address_gives_way() {
         let mut p = pending(3, 5);
         for _ in 0..3 {
-            p.admit(LOCAL, "busy");
+            p.admit(LOCAL, "busy").unwrap();
         }
-        p.admit(OTHER, "other 1");
-        p.admit(OTHER, "other 2");
+        p.admit(OTHER, "other 1").unwrap();
+        p.admit(OTHER, "other 2").unwrap();
         let third = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 8));
-        let (_, evicted) = p.admit(third, "newcomer");
+        let (_, evicted) = p.admit(third, "newcomer").unwrap();
         assert_eq!(evicted, ["busy"]);
         assert_eq!(p.len(), 5);
     }
@@ -203,7 +244,7 @@ mod tests {
     fn evicting_from_nothing_is_nothing() {
         let mut p = pending(1, 1);
         assert!(p.evict_one().is_none());
-        let (id, evicted) = p.admit(LOCAL, "only");
+        let (id, evicted) = p.admit(LOCAL, "only").unwrap();
         assert!(evicted.is_empty());
         assert_eq!(p.evict_one(), Some("only"));
         assert!(!p.finish(id));
