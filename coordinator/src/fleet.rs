@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use crate::complaints::Complaints;
 use crate::domain::{NodeName, Role};
 use crate::inventory::Inventory;
 
@@ -52,19 +53,16 @@ struct NodeEntry {
     refused: Option<Refused>,
 }
 
-/// A second agent process refused for a node; logged once per [`REFUSAL_LOG_EVERY`].
-#[derive(Debug, Clone)]
+/// A second agent process refused for a node; its refusals are logged as complaints (once a minute).
+#[derive(Debug)]
 struct Refused {
     instance_id: String,
     remote_addr: Option<SocketAddr>,
     at: SystemTime,
     times: u64,
-    logged_at: Option<tokio::time::Instant>,
+    complaints: Complaints,
     attached_instance_id: String,
 }
-
-/// How often a node's refusals of a second agent are logged (the refused agent retries with backoff).
-const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
 
 enum Command {
     Attach {
@@ -557,8 +555,7 @@ fn refuse_second_agent(
         return Ok(());
     };
     let addr = |a: Option<SocketAddr>| a.map_or_else(|| "?".to_string(), |a| a.to_string());
-    let now = tokio::time::Instant::now();
-    let refused = match entry.refused.take() {
+    let mut refused = match entry.refused.take() {
         Some(r) if r.instance_id == session.agent_instance_id => Refused {
             at: SystemTime::now(),
             times: r.times + 1,
@@ -570,7 +567,7 @@ fn refuse_second_agent(
             remote_addr: session.remote_addr,
             at: SystemTime::now(),
             times: 1,
-            logged_at: None,
+            complaints: Complaints::default(),
             attached_instance_id: live.agent_instance_id.clone(),
         },
     };
@@ -583,20 +580,9 @@ fn refuse_second_agent(
         session.agent_instance_id,
         addr(session.remote_addr),
     );
-    let log_now = refused
-        .logged_at
-        .is_none_or(|at| now.duration_since(at) >= REFUSAL_LOG_EVERY);
-    entry.refused = Some(Refused {
-        logged_at: if log_now {
-            Some(now)
-        } else {
-            refused.logged_at
-        },
-        ..refused
-    });
-    if log_now {
-        let times = entry.refused.as_ref().map_or(1, |r| r.times);
-        tracing::warn!(node = %node, refusals = times, "refused a second agent for {node}: {reason}");
+    if refused.complaints.admit().is_some() {
+        tracing::warn!(node = %node, refusals = refused.times, "refused a second agent for {node}: {reason}");
     }
+    entry.refused = Some(refused);
     Err(reason)
 }

@@ -5,7 +5,6 @@
 //!
 //! One run at a time: two runs over the same servers could break the ordering invariants.
 
-use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -183,7 +182,7 @@ impl RunsHandle {
             broken: None,
             unacked: BTreeSet::new(),
             attachment_changed: false,
-            complaints: RefCell::default(),
+            complaints: HashMap::new(),
         };
         tokio::spawn(async move {
             manager.resume().await;
@@ -358,7 +357,7 @@ struct Manager {
     attachment_changed: bool,
     /// Warnings about what agents sent wrong, rate-limited per node (a certificate must not flood
     /// the log).
-    complaints: RefCell<HashMap<NodeName, Complaints>>,
+    complaints: HashMap<NodeName, Complaints>,
 }
 
 /// Requests handled at most between two writes of agent events.
@@ -842,7 +841,7 @@ impl Manager {
             return;
         };
         let message = format!(
-            "not installed again: the node already reports ESSO {found}, so an earlier attempt that was interrupted had installed it; its verify checks it"
+            "not installed again: the node already reports ESSO {found} with ENTSSO running, so an earlier attempt that was interrupted had installed it; its verify checks it"
         );
         if let Err(e) =
             self.store
@@ -1369,7 +1368,11 @@ impl Manager {
     }
 
     /// The stored attempt, if it exists and belongs to `node`.
-    fn attempt_of(&self, node: &NodeName, attempt_id: &str) -> Option<crate::store::AttemptRow> {
+    fn attempt_of(
+        &mut self,
+        node: &NodeName,
+        attempt_id: &str,
+    ) -> Option<crate::store::AttemptRow> {
         let row = match self.store.attempt(attempt_id) {
             Ok(Some(row)) => row,
             Ok(None) => {
@@ -1399,9 +1402,8 @@ impl Manager {
     }
 
     /// Logs that `node`'s agent sent something wrong (ignored), at most once a minute per node.
-    fn complain(&self, node: &NodeName, what: &str) {
-        let mut complaints = self.complaints.borrow_mut();
-        if let Some(more) = complaints.entry(node.clone()).or_default().admit() {
+    fn complain(&mut self, node: &NodeName, what: &str) {
+        if let Some(more) = self.complaints.entry(node.clone()).or_default().admit() {
             tracing::warn!(node = %node, "agent {node} {what}; ignored ({more} more ignored since the last warning)");
         }
     }

@@ -1,8 +1,10 @@
 //! Before an upgrade is sent again (the operator's retry, or a re-send of an attempt that never
 //! arrived), the node is asked what it has: an earlier attempt that was interrupted (its agent killed,
-//! the server restarted) may have installed the target all the same. Then the step succeeds without
-//! installing again, and its verify checks the node as always (issue 18, item 8). A node that does not
-//! answer in time gets the assignment, as it would have without this look.
+//! the server restarted) may have installed the target all the same. When the node reports the target
+//! (or newer) *and* ENTSSO running, the step succeeds without installing again, and its verify checks
+//! the node as always (issue 18, item 8). The version alone is not enough: an install whose ESSO
+//! configuration was cut off leaves the new version with the service not running, and must run again.
+//! A node that does not answer in time gets the assignment, as it would have without this look.
 
 use std::time::Duration;
 
@@ -32,7 +34,8 @@ pub(super) struct Recheck {
     pub epoch: u64,
 }
 
-/// What the look found: the version the node reports when it is the target or newer.
+/// What the look found: the version the node reports when it is the target or newer, with ENTSSO
+/// running.
 pub(super) struct Rechecked {
     pub run_id: String,
     pub step: usize,
@@ -71,17 +74,21 @@ impl Recheck {
 
 /// Asks the node for fresh facts and reports what it found to the run manager.
 pub(super) async fn run(job: Recheck, fleet: FleetHandle, requests: mpsc::Sender<Request>) {
-    let found = fresh_version(&job, &fleet).await.filter(|v| {
-        v.parse::<Version>()
-            .is_ok_and(|found| job.target.compare(&found) != Standing::Older)
-    });
+    let found = fresh_facts(&job, &fleet)
+        .await
+        .filter(|f| f.service() == pb::ServiceState::Running)
+        .and_then(|f| f.esso_version)
+        .filter(|v| {
+            v.parse::<Version>()
+                .is_ok_and(|found| job.target.compare(&found) != Standing::Older)
+        });
     match &found {
         Some(version) => tracing::info!(
             node = %job.node,
-            "{} reports ESSO {version}: the upgrade is not sent again", job.node
+            "{} reports ESSO {version}, running: the upgrade is not sent again", job.node
         ),
         None => {
-            tracing::debug!(node = %job.node, "{} is not on the target: the upgrade is sent", job.node)
+            tracing::debug!(node = %job.node, "{} is not on the target with ENTSSO running: the upgrade is sent", job.node)
         }
     }
     let _ = requests
@@ -95,9 +102,9 @@ pub(super) async fn run(job: Recheck, fleet: FleetHandle, requests: mpsc::Sender
         .await;
 }
 
-/// The ESSO version in facts the node sends after being asked; `None` when it is not attached or
-/// does not answer within [`WAIT`].
-async fn fresh_version(job: &Recheck, fleet: &FleetHandle) -> Option<String> {
+/// The facts the node sends after being asked; `None` when it is not attached or does not answer
+/// within [`WAIT`].
+async fn fresh_facts(job: &Recheck, fleet: &FleetHandle) -> Option<pb::Facts> {
     let message = pb::CoordinatorMessage {
         body: Some(CoordinatorBody::RefreshFacts(pb::RefreshFacts {
             installer: String::new(),
@@ -113,8 +120,8 @@ async fn fresh_version(job: &Recheck, fleet: &FleetHandle) -> Option<String> {
             .await?
             .pop()
             .flatten();
-        if let Some(facts) = facts {
-            return facts.esso_version;
+        if facts.is_some() {
+            return facts;
         }
         tokio::time::sleep(POLL).await;
     }

@@ -211,11 +211,14 @@ async fn handshake(
 ) -> Result<TlsStream<TcpStream>, Failure> {
     let accepted = Instant::now();
     let _ = tcp.set_nodelay(true);
-    let mut first = [0u8; 1];
-    match tokio::time::timeout(limits.first_bytes, tcp.peek(&mut first)).await {
+    match tokio::time::timeout(limits.first_bytes, client_hello_record(&tcp)).await {
         Err(_) => return Err(Failure::Dropped(Dropped::Silent)),
-        Ok(Ok(0)) => return Err(Failure::Closed),
-        Ok(Ok(_)) => {}
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => return Err(Failure::Closed),
+        // Not TLS at all: counted with the silent ones (no ClientHello), not a line each.
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+            return Err(Failure::Dropped(Dropped::Silent));
+        }
         Ok(Err(e)) => return Err(Failure::Refused(e)),
     }
     let _ = events.send(Event::Started(id));
@@ -227,6 +230,39 @@ async fn handshake(
             Err(Failure::Refused(e))
         }
         Ok(Ok(stream)) => Ok(stream),
+    }
+}
+
+/// Waits, without consuming it, until the client's first TLS record (its ClientHello) has arrived
+/// whole: only then is the connection "started" and no longer gives way at a cap (`pending.rs`). A
+/// real client sends it at once; a peer that sends a byte and stalls stays idle. False when the peer
+/// closed first; an error when what it sends is not a TLS handshake record.
+async fn client_hello_record(tcp: &TcpStream) -> std::io::Result<bool> {
+    /// A record's header: content type, version, length; a handshake record is type 22.
+    const HEADER: usize = 5;
+    const HANDSHAKE: u8 = 22;
+    /// The largest plaintext record TLS allows (RFC 8446 §5.1).
+    const MAX_RECORD: usize = 1 << 14;
+    let mut buf = vec![0u8; HEADER + MAX_RECORD];
+    loop {
+        let n = tcp.peek(&mut buf).await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        if n >= HEADER {
+            let length = usize::from(u16::from_be_bytes([buf[3], buf[4]]));
+            if buf[0] != HANDSHAKE || length > MAX_RECORD {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "what it sent is not a TLS handshake",
+                ));
+            }
+            if n >= HEADER + length {
+                return Ok(true);
+            }
+        }
+        // `peek` returns at once while unread bytes wait: look again a little later for the rest.
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

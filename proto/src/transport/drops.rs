@@ -11,7 +11,7 @@ use super::pending::Caps;
 /// Why a connection was closed without a handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Dropped {
-    /// No first byte within the first-bytes deadline.
+    /// No whole ClientHello record (or not TLS at all) within the first-bytes deadline.
     Silent,
     /// The handshake did not finish within its deadline.
     Slow,
@@ -71,7 +71,10 @@ impl DropLog {
         self.by_address.insert(address, Counts::default());
         let q = &self.quoted;
         let reason = match why {
-            Dropped::Silent => format!("it sent no TLS ClientHello within {:?}", q.first_bytes),
+            Dropped::Silent => format!(
+                "it sent no whole TLS ClientHello within {:?}",
+                q.first_bytes
+            ),
             Dropped::Slow => format!("its TLS handshake did not finish within {:?}", q.handshake),
             Dropped::Evicted => format!(
                 "it was closed to keep within the caps on TLS handshakes in flight ({} from one address, {} in all)",
@@ -96,7 +99,7 @@ impl DropLog {
             let mut parts = Vec::new();
             if counts.silent > 0 {
                 parts.push(format!(
-                    "{} sent no TLS ClientHello within {:?}",
+                    "{} sent no whole TLS ClientHello within {:?}",
                     counts.silent, q.first_bytes
                 ));
             }
@@ -172,7 +175,7 @@ mod tests {
             "{}",
             lines[0]
         );
-        assert!(lines[0].contains("500 sent no TLS ClientHello within 3s"));
+        assert!(lines[0].contains("500 sent no whole TLS ClientHello within 3s"));
         assert!(lines[0].contains("500 closed at the caps on handshakes in flight"));
 
         // Still flooding: summed up, not logged one by one.

@@ -3,7 +3,8 @@
 //! (`accept.rs`), so the policy is tested without sockets.
 //!
 //! The policy: only a socket that has sent nothing yet gives way (an idle socket: a real client sends
-//! its ClientHello as soon as it connects); a handshake under way is never cut off for a newcomer, or
+//! its ClientHello as soon as it connects; "sent" means its whole first record arrived,
+//! `accept.rs`); a handshake under way is never cut off for a newcomer, or
 //! an attach storm (thousands of agents reconnecting to a busy coordinator) would cut each handshake
 //! off before it finished, and none would. When the newcomer's address already has `per_address`
 //! handshakes in flight, that address's oldest idle socket gives way, or, when it has none, the
@@ -14,6 +15,18 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+
+/// The source a peer address counts under: itself for IPv4; its /64 for IPv6, where one host
+/// commonly has a whole /64 to pick addresses from.
+fn source(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+        }
+    }
+}
 
 /// How many handshakes may be in flight from one address, and in all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,13 +78,16 @@ impl<T> Pending<T> {
 
     /// How many handshakes from `address` are in flight.
     pub fn at(&self, address: IpAddr) -> usize {
-        self.by_address.get(&address).map_or(0, BTreeMap::len)
+        self.by_address
+            .get(&source(address))
+            .map_or(0, BTreeMap::len)
     }
 
     /// Admits a handshake from `address`, first making room under the caps. Returns its id and the
     /// tokens of the idle sockets that give way for it (none, one, or two: one for the address cap,
     /// one for the total), or the newcomer's own token when nothing can give way for it.
     pub fn admit(&mut self, address: IpAddr, token: T) -> Result<(u64, Vec<T>), T> {
+        let address = source(address);
         let mut evicted = Vec::new();
         if self.at(address) >= self.caps.per_address {
             match self.evict_at(address) {
@@ -187,6 +203,20 @@ mod tests {
         assert!(p.finish(third));
         assert!(p.finish(first));
         assert_eq!(p.len(), 1);
+    }
+
+    #[test]
+    fn an_ipv6_host_s_addresses_count_as_one_source() {
+        let mut p = pending(2, 100);
+        let host =
+            |last: u16| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, last));
+        let (a, _) = p.admit(host(1), "a").unwrap();
+        let (b, _) = p.admit(host(2), "b").unwrap();
+        p.started(a);
+        p.started(b);
+        assert_eq!(p.admit(host(3), "c").unwrap_err(), "c");
+        let elsewhere = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 2, 0, 0, 0, 1));
+        assert!(p.admit(elsewhere, "d").is_ok());
     }
 
     #[test]

@@ -346,16 +346,23 @@ fn a_blackholed_master_is_detached_halts_its_environment_and_its_result_still_co
 
 #[test]
 fn an_agent_killed_mid_step_reports_the_attempt_interrupted_and_never_reruns_it() {
-    agent_stopped_mid_step(false);
+    agent_stopped_mid_step(false, false);
+}
+
+/// As above, but the interrupted install left ENTSSO stopped (its configuration cut off): the new
+/// version alone does not make the retry skip the install; it runs again.
+#[test]
+fn a_retried_install_that_left_entsso_stopped_is_installed_again() {
+    agent_stopped_mid_step(false, true);
 }
 
 /// A stopped agent (SIGTERM: a service stop) leaves the running installer alone, as a killed one does.
 #[test]
 fn an_agent_stopped_mid_step_lets_the_installer_finish_and_never_reruns_it() {
-    agent_stopped_mid_step(true);
+    agent_stopped_mid_step(true, false);
 }
 
-fn agent_stopped_mid_step(graceful: bool) {
+fn agent_stopped_mid_step(graceful: bool, entsso_stopped: bool) {
     let env = [("a1", ", FAKE_SETUP_SECONDS = \"3\"")];
     let mut s = setup(FLEET, &[], &env);
     let run_id = start_detached(&s);
@@ -399,15 +406,24 @@ fn agent_stopped_mid_step(graceful: bool) {
             .count()
     };
     assert_eq!(a1_setups(&tool_log(&s.fleet)), 1, "not run again");
+    if entsso_stopped {
+        s.fleet
+            .write("agents/a1/esso/service", "stopped\n")
+            .unwrap();
+    }
     // The operator decides: retry. The node is asked first; the setup that ran on had installed the
-    // target, so it is not installed again, and the verify checks it.
+    // target (with ENTSSO running), so it is not installed again, and the verify checks it.
     let o = s.ctl(&["retry", &run_id, "--node", "a1"]);
     assert!(o.status.success(), "{o:?}");
     let run = wait_final(&s, &run_id, Duration::from_secs(60));
     assert_eq!(run["state"], "succeeded", "{run}");
-    assert_eq!(a1_setups(&tool_log(&s.fleet)), 1, "installed once");
     let upgrade = step_of(&run, "a1", "upgrade");
     assert_eq!(upgrade["attempts"], 2, "{upgrade}");
+    if entsso_stopped {
+        assert_eq!(a1_setups(&tool_log(&s.fleet)), 2, "installed again");
+        return;
+    }
+    assert_eq!(a1_setups(&tool_log(&s.fleet)), 1, "installed once");
     assert!(
         upgrade["message"]
             .as_str()
