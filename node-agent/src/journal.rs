@@ -97,9 +97,10 @@ struct Inner {
 
 impl Journal {
     /// Opens (creating) the journal in `state_dir`. Attempts that were running when the agent
-    /// stopped are marked interrupted and get their final event, unless their process still runs:
-    /// those are returned as orphans (attempt id, process), for `orphan::follow` (which reports them
-    /// with their exit code when the step host recorded it, else [`Journal::wait_and_interrupt`]).
+    /// stopped are marked interrupted and get their final event, unless their process still runs or
+    /// their program ran under the step host: those are returned as orphans (attempt id, process),
+    /// for `orphan::follow` (which reports them with their output and exit code when the step host
+    /// recorded it, else [`Journal::wait_and_interrupt`]).
     pub fn open(state_dir: &Path) -> Result<(Self, Vec<(String, ProcessId)>), JournalError> {
         let path = state_dir.join(FILE);
         let err = |source| JournalError {
@@ -122,7 +123,7 @@ impl Journal {
             }),
         };
         journal.fit_oversized()?;
-        let interrupted = journal.interrupt_running()?;
+        let interrupted = journal.interrupt_running(state_dir)?;
         let forgotten: Vec<String> = journal.with(|c| {
             c.execute(
                 "DELETE FROM events WHERE attempt_id IN (SELECT id FROM attempts WHERE complete = 1)",
@@ -225,7 +226,13 @@ impl Journal {
         &self.inner.changed
     }
 
-    fn interrupt_running(&self) -> Result<Vec<(String, ProcessId)>, JournalError> {
+    /// The running attempts whose process runs on, or whose program ran under the step host (it may
+    /// have ended while no agent ran: its output and exit code are in its files), to be followed
+    /// (`orphan`); the others are interrupted now.
+    fn interrupt_running(
+        &self,
+        state_dir: &Path,
+    ) -> Result<Vec<(String, ProcessId)>, JournalError> {
         let running: Vec<(String, Option<ProcessId>)> = self.with(|c| {
             let mut stmt =
                 c.prepare("SELECT id, pid, pid_started FROM attempts WHERE state = 'running'")?;
@@ -246,7 +253,10 @@ impl Journal {
         })?;
         let mut orphans = Vec::new();
         for (id, process) in running {
-            match process.filter(|&p| host::tree_alive(p)) {
+            let hosted = |_: &ProcessId| {
+                files::Program::last_hosted(&files::attempt_dir(state_dir, &id)).is_some()
+            };
+            match process.filter(|p| hosted(p) || host::tree_alive(*p)) {
                 Some(process) => orphans.push((id, process)),
                 None => self.interrupt(&id, "", None)?,
             }

@@ -89,6 +89,24 @@ impl Program {
         write_whole(&self.pos(), &format!("{out} {err}\n"), false)
     }
 
+    /// How much of the attempt's output the agent read before this program's position: the whole of
+    /// the attempt's earlier programs' files, and this one's up to its position (bytes).
+    pub fn read_before(&self) -> u64 {
+        let (out, err) = self.read_pos();
+        let dir = self.stem.parent().unwrap_or(Path::new(""));
+        let this = self
+            .stem
+            .file_name()
+            .and_then(|n| n.to_str()?.parse::<u32>().ok());
+        let earlier: u64 = numbers(dir)
+            .filter(|&n| this.is_some_and(|this| n < this))
+            .flat_map(|n| ["out", "err"].map(|ext| dir.join(n.to_string()).with_extension(ext)))
+            .filter_map(|path| std::fs::metadata(path).ok())
+            .map(|m| m.len())
+            .sum();
+        earlier.saturating_add(out).saturating_add(err)
+    }
+
     /// The program's exit, once the step host recorded it.
     pub fn read_exit(&self) -> Option<Exit> {
         Exit::parse(&std::fs::read_to_string(self.exit()).ok()?)
@@ -185,6 +203,8 @@ mod tests {
         second.write_pos((12, 3)).unwrap();
         assert_eq!(Program::last_hosted(&steps), Some(second.clone()));
         assert_eq!(second.read_pos(), (12, 3));
+        std::fs::write(first.out(), "0123456789").unwrap();
+        assert_eq!(second.read_before(), 10 + 12 + 3);
         assert_eq!(second.read_exit(), None);
         for exit in [
             Exit::Code(3010),
