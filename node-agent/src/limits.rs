@@ -78,10 +78,8 @@ pub fn fit_result(result: &mut pb::StepFinished) -> bool {
         keep
     });
     if dropped > 0 {
-        result.outputs.insert(
-            "outputs_truncated".into(),
-            format!("{dropped} outputs over {OUTPUTS_MAX} bytes were dropped"),
-        );
+        let (key, value) = outputs_truncated(dropped);
+        result.outputs.insert(key, value);
         cut = true;
     }
     for artifact in &mut result.artifacts {
@@ -89,6 +87,14 @@ pub fn fit_result(result: &mut pb::StepFinished) -> bool {
         cut |= cap(&mut artifact.note, ERROR_MAX, "");
     }
     cut
+}
+
+/// The output that says `dropped` outputs did not fit in [`OUTPUTS_MAX`].
+pub fn outputs_truncated(dropped: usize) -> (String, String) {
+    (
+        "outputs_truncated".into(),
+        format!("{dropped} outputs over {OUTPUTS_MAX} bytes were dropped"),
+    )
 }
 
 /// Fits an event into the caps. `Some(problem)` when it was over them: what was cut or replaced, to
@@ -183,6 +189,27 @@ pub fn fit_hello(hello: &mut pb::Hello) -> bool {
         cut = true;
     }
     cut
+}
+
+/// Fits a hello ([`fit_hello`]) and takes out of it the attempts it cannot carry within
+/// [`MESSAGE_MAX`] (hundreds of unsettled attempts with long errors): returned in order, to be sent
+/// after the hello, each in its own `AttemptReport` message (the coordinator takes one at any time).
+/// The hello keeps as many as fit, so that a coordinator hears of the node before its reports.
+pub fn split_hello(hello: &mut pb::Hello) -> Vec<pb::AttemptReport> {
+    fit_hello(hello);
+    // Room for the message around the hello.
+    let limit = MESSAGE_MAX - 64;
+    let mut len = hello.encoded_len();
+    let mut overflow = Vec::new();
+    while len > limit {
+        let Some(report) = hello.attempts.pop() else {
+            break;
+        };
+        len = hello.encoded_len();
+        overflow.push(report);
+    }
+    overflow.reverse();
+    overflow
 }
 
 /// A message as it may leave: fitted into the caps, `None` (the error logged) when it is still over
@@ -317,6 +344,39 @@ mod tests {
         assert!(result.outputs.contains_key("outputs_truncated"));
         let mut small = log.clone();
         assert_eq!(fit_event(&mut small), None, "a fitted event stays as it is");
+    }
+
+    /// However many unsettled attempts there are, the hello fits, and the rest follow it.
+    #[test]
+    fn a_hello_with_too_many_attempts_sends_the_rest_after_it() {
+        let attempts: Vec<pb::AttemptReport> = (0..600)
+            .map(|i| pb::AttemptReport {
+                attempt_id: format!("a-{i}"),
+                state: pb::AttemptState::Finished as i32,
+                result: Some(pb::StepFinished {
+                    error: "e".repeat(ERROR_MAX),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect();
+        let mut hello = pb::Hello {
+            attempts: attempts.clone(),
+            ..Default::default()
+        };
+        let overflow = split_hello(&mut hello);
+        assert!(!overflow.is_empty());
+        let all: Vec<_> = hello.attempts.iter().chain(&overflow).cloned().collect();
+        assert_eq!(all, attempts, "each attempt once, in order");
+        let body = pb::agent_message::Body::Hello(hello);
+        assert!(
+            sendable(pb::AgentMessage { body: Some(body) }).is_some(),
+            "the hello fits"
+        );
+        for report in overflow {
+            let body = pb::agent_message::Body::AttemptReport(report);
+            assert!(sendable(pb::AgentMessage { body: Some(body) }).is_some());
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! capped lines. A program run under the step host (`step_host`) also has `<n>.pos`, how far the
 //! agent has read and journaled its output, and at its end `<n>.exit`, its exit code: what a
 //! restarted agent follows and reports (`crate::orphan`). The journal deletes an attempt's folder
-//! when it forgets the attempt.
+//! when it forgets the attempt, and an old folder of an attempt it does not have.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -31,6 +31,36 @@ pub fn remove_attempt(state_dir: &Path, attempt_id: &str) {
         && e.kind() != std::io::ErrorKind::NotFound
     {
         tracing::warn!("cannot delete {}: {e}", dir.display());
+    }
+}
+
+/// Deletes the attempts' output folders whose attempt is not in `known` (its delete failed, or the
+/// journal lost it) and that were not changed for `older_than`.
+pub fn remove_unknown_attempts(
+    state_dir: &Path,
+    known: &[String],
+    older_than: std::time::Duration,
+) {
+    let known: std::collections::HashSet<PathBuf> =
+        known.iter().map(|id| attempt_dir(state_dir, id)).collect();
+    let Ok(entries) = std::fs::read_dir(state_dir.join("steps")) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let dir = entry.path();
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|modified| modified.elapsed().ok())
+            .is_some_and(|age| age >= older_than);
+        if old
+            && dir.is_dir()
+            && !known.contains(&dir)
+            && let Err(e) = std::fs::remove_dir_all(&dir)
+        {
+            tracing::warn!("cannot delete {}: {e}", dir.display());
+        }
     }
 }
 

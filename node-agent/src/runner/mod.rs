@@ -329,8 +329,8 @@ pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Ou
     Ok(Outcome {
         exit_code,
         timed_out,
-        outputs: read.outputs,
-        stderr_tail: read.tail.into_iter().collect(),
+        stderr_tail: read.tail.iter().cloned().collect(),
+        outputs: read.outputs(),
         duration: started.elapsed(),
     })
 }
@@ -364,6 +364,10 @@ struct Read {
     tail: VecDeque<String>,
     /// The secret on its standard input: redacted from every line.
     secret: Option<String>,
+    /// Bytes of the outputs' keys and values, and how many new keys did not fit: the outputs stay
+    /// within what a result carries (`limits::OUTPUTS_MAX`) however many a program prints.
+    outputs_len: usize,
+    outputs_dropped: usize,
 }
 
 impl Read {
@@ -387,10 +391,36 @@ impl Read {
                 parse_line(&line)
             };
             if let Report::Output { key, value } = &report {
-                self.outputs.insert(key.clone(), value.clone());
+                self.keep_output(key, value);
             }
             let _ = tokio::time::timeout_at(until, reports.send(report)).await;
         }
+    }
+}
+
+impl Read {
+    fn keep_output(&mut self, key: &str, value: &str) {
+        let len = key.len() + value.len();
+        match self.outputs.get_mut(key) {
+            Some(old) => {
+                self.outputs_len = (self.outputs_len + value.len()).saturating_sub(old.len());
+                *old = value.to_string();
+            }
+            None if self.outputs_len + len <= limits::OUTPUTS_MAX => {
+                self.outputs_len += len;
+                self.outputs.insert(key.to_string(), value.to_string());
+            }
+            None => self.outputs_dropped += 1,
+        }
+    }
+
+    /// The outputs, with a note of those that did not fit.
+    fn outputs(mut self) -> BTreeMap<String, String> {
+        if self.outputs_dropped > 0 {
+            let (key, value) = limits::outputs_truncated(self.outputs_dropped);
+            self.outputs.insert(key, value);
+        }
+        self.outputs
     }
 }
 

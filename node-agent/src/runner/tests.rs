@@ -467,6 +467,25 @@ async fn a_hosted_programs_position_follows_its_lines_and_only_when_it_moved() {
     assert_eq!(program.read_pos(), (0, 0));
 }
 
+/// However many distinct outputs a program prints, what the agent keeps of them stays within what a
+/// result carries.
+#[tokio::test]
+async fn outputs_are_kept_within_their_cap() {
+    let (tx, _rx) = mpsc::channel(100_000);
+    let spec = sh(
+        "i=0; while [ $i -lt 20000 ]; do echo \"::output:: key$i=$(printf '%080d' $i)\"; i=$((i+1)); done; echo '::output:: key0=last'",
+        Duration::from_secs(60),
+    );
+    let outcome = run(&spec, tx).await.unwrap();
+    let len: usize = outcome.outputs.iter().map(|(k, v)| k.len() + v.len()).sum();
+    assert!(len < crate::limits::OUTPUTS_MAX + 200, "{len}");
+    assert_eq!(
+        outcome.outputs["key0"], "last",
+        "a kept key takes its new value"
+    );
+    assert!(outcome.outputs["outputs_truncated"].starts_with("19"));
+}
+
 #[tokio::test]
 async fn a_missing_program_is_a_clear_error() {
     let (tx, _rx) = mpsc::channel(1);
