@@ -1199,7 +1199,15 @@ mod tests {
             std::fs::create_dir_all(folder).unwrap();
             std::fs::write(folder.join("1.out"), "x").unwrap();
         }
-        std::fs::File::open(&stray)
+        // A folder is opened to set its time: read-only on Unix, for writing with
+        // FILE_FLAG_BACKUP_SEMANTICS (0x0200_0000) on Windows.
+        let mut options = std::fs::OpenOptions::new();
+        #[cfg(unix)]
+        options.read(true);
+        #[cfg(windows)]
+        std::os::windows::fs::OpenOptionsExt::custom_flags(options.write(true), 0x0200_0000);
+        options
+            .open(&stray)
             .unwrap()
             .set_modified(long_ago)
             .unwrap();
