@@ -97,11 +97,7 @@ impl Agent {
             detail: e.to_string(),
         })?;
         let (journal, orphans) = Journal::open(&config.state_dir)?;
-        // A configuration file holds the ENTSSO account's password only while its program runs; one
-        // left behind is a crashed agent's (ESSO's configuration program reads it when it starts).
-        for leftover in crate::builtin::remove_leftover_secret_files(&config.state_dir) {
-            tracing::warn!(file = %leftover.display(), "deleted a secret file a previous run left behind");
-        }
+        remove_leftover_secret_files(&config.state_dir);
         let highest_epoch = journal.highest_epoch()?;
         let (outbox, outbox_rx) = mpsc::channel(64);
         Ok(Self {
@@ -131,6 +127,9 @@ impl Agent {
             let state_dir = self.config.state_dir.clone();
             tokio::spawn(async move {
                 crate::orphan::follow(journal, &state_dir, &attempt_id, process).await;
+                // An orphaned configuration program may have held its file open until now (on
+                // Windows the delete at the start then failed).
+                remove_leftover_secret_files(&state_dir);
             });
         }
         // Attempts that wait for a reboot: in another boot the install is verified now and the attempt
@@ -223,7 +222,7 @@ impl Agent {
             Ok(attempts) => attempts,
             Err(e) => return SessionEnd::Lost(format!("cannot read the journal: {e}")),
         };
-        let hello = pb::Hello {
+        let mut hello = pb::Hello {
             node: self.config.node.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             facts: Some(facts),
@@ -233,6 +232,8 @@ impl Agent {
             started_at_unix_ms: unix_ms(self.started_at),
             protocol_version: fleet_proto::PROTOCOL_VERSION,
         };
+        // What the hello cannot carry follows it, once the coordinator welcomed this agent.
+        let overflow = crate::limits::split_hello(&mut hello);
         let Some(hello) = crate::limits::sendable(message(AgentBody::Hello(hello))) else {
             return SessionEnd::Lost("the hello is over the limit of what the agent sends".into());
         };
@@ -289,7 +290,10 @@ impl Agent {
         tokio::pin!(silence);
         // What goes out, in order; never awaited on while something could arrive (no deadlock with a
         // coordinator that is itself waiting to send).
-        let mut queue: VecDeque<pb::AgentMessage> = VecDeque::new();
+        let mut queue: VecDeque<pb::AgentMessage> = overflow
+            .into_iter()
+            .map(|report| message(AgentBody::AttemptReport(report)))
+            .collect();
         // Per attempt, the highest event seq queued in this session; a new session starts from what
         // the journal still holds (everything not acknowledged).
         let mut sent: HashMap<String, u64> = HashMap::new();
@@ -318,6 +322,7 @@ impl Agent {
                     continue;
                 }
                 _ = heartbeat.tick() => {
+                    self.journal.purge_if_due();
                     let beat = pb::Heartbeat {
                         sent_at_unix_ms: unix_ms(SystemTime::now()),
                         attempts_in_flight: self.journal.in_flight(),
@@ -680,6 +685,15 @@ impl Agent {
 }
 
 /// The placeholder values a facts command gets: the node's name.
+/// A configuration file holds the ENTSSO account's password only while its program runs; one left
+/// behind is a crashed agent's (ESSO's configuration program reads it when it starts): deleted at
+/// the start, and again once an orphaned program has ended.
+fn remove_leftover_secret_files(state_dir: &std::path::Path) {
+    for leftover in crate::builtin::remove_leftover_secret_files(state_dir) {
+        tracing::warn!(file = %leftover.display(), "deleted a secret file a previous run left behind");
+    }
+}
+
 fn fact_params(config: &AgentConfig) -> BTreeMap<String, String> {
     BTreeMap::from([("node".to_string(), config.node.clone())])
 }

@@ -1,14 +1,15 @@
 //! One step attempt's task in the agent: runs it (a new attempt, or one that goes on after a wait)
 //! under its cancellation (`runner::CANCEL`) with its programs' output in its folder
-//! (`runner::OUTPUT_DIR`), journals each of its events before anything is sent,
-//! and records a cancelled attempt that did not end within the grace.
+//! (`runner::OUTPUT_DIR`), journals each of its events before anything is sent (and only then
+//! records how far a hosted program's output was read: `runner::files`), and records a cancelled
+//! attempt that did not end within the grace.
 
 use fleet_proto::pb;
 use tokio::sync::mpsc;
 
 use crate::cancel::Ticket;
 use crate::config::AgentConfig;
-use crate::executor::{self, Assignment};
+use crate::executor::{self, Assignment, Journaled};
 use crate::journal::Journal;
 use crate::runner;
 
@@ -21,16 +22,29 @@ pub async fn run(
     continuation: Option<(u64, String)>,
     ticket: Ticket,
 ) -> Option<pb::StepFinished> {
-    let (tx, mut rx) = mpsc::channel::<pb::StepEvent>(256);
+    let (tx, mut rx) = mpsc::channel::<Journaled>(256);
     // Events go into the journal, never waiting on the network: a step's timeout holds while the
     // coordinator is unreachable. A cancelled attempt's result says so.
     let journaled = async {
-        while let Some(mut event) = rx.recv().await {
-            if let Some(pb::step_event::Kind::Finished(result)) = &mut event.kind {
-                ticket.judge(result);
-            }
-            if let Err(e) = journal.record(&event) {
-                tracing::error!(seq = event.seq, "cannot journal a step event: {e}");
+        // Once an event could not be journaled, the position stays before it.
+        let mut all_journaled = true;
+        while let Some(item) = rx.recv().await {
+            match item {
+                Journaled::Event(mut event) => {
+                    if let Some(pb::step_event::Kind::Finished(result)) = &mut event.kind {
+                        ticket.judge(result);
+                    }
+                    if let Err(e) = journal.record(&event) {
+                        all_journaled = false;
+                        tracing::error!(seq = event.seq, "cannot journal a step event: {e}");
+                    }
+                }
+                Journaled::ReadTo(program, at) if all_journaled => {
+                    if let Err(e) = program.write_pos(at) {
+                        tracing::warn!("cannot record how far the output was read: {e}");
+                    }
+                }
+                Journaled::ReadTo(..) => {}
             }
         }
     };

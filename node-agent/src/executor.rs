@@ -82,24 +82,37 @@ impl Assignment {
     }
 }
 
-/// Numbers the events of one attempt and sends them on; its programs' output lines only up to the
-/// step's log budget (`limits`: the rest is in their files).
+/// What an attempt's run hands to its journaling, in order.
+#[derive(Debug)]
+pub enum Journaled {
+    Event(pb::StepEvent),
+    /// A hosted program's output files were read up to here: once the events before are journaled,
+    /// a restarted agent follows the program from here (`runner::Report::ReadTo`).
+    ReadTo(runner::files::Program, (u64, u64)),
+}
+
+impl Journaled {
+    pub fn event(self) -> Option<pb::StepEvent> {
+        match self {
+            Self::Event(event) => Some(event),
+            Self::ReadTo(..) => None,
+        }
+    }
+}
+
+/// Numbers the events of one attempt and sends them on; its programs' output only up to the step's
+/// log budget (`limits`: the rest is in their files).
 struct Events {
     attempt_id: String,
     seq: u64,
-    tx: mpsc::Sender<pb::StepEvent>,
+    tx: mpsc::Sender<Journaled>,
     budget: LogBudget,
     /// Where the attempt's full output is (`runner::files`).
     files: String,
 }
 
 impl Events {
-    fn new(
-        config: &AgentConfig,
-        attempt_id: &str,
-        seq: u64,
-        tx: mpsc::Sender<pb::StepEvent>,
-    ) -> Self {
+    fn new(config: &AgentConfig, attempt_id: &str, seq: u64, tx: mpsc::Sender<Journaled>) -> Self {
         Self {
             attempt_id: attempt_id.to_string(),
             seq,
@@ -111,16 +124,23 @@ impl Events {
         }
     }
 
-    async fn send(&mut self, kind: Kind) {
-        let kind = match kind {
-            Kind::Log(log) if log.stream() != pb::LogStream::Agent => {
-                match self.budget.take(log.line.len(), &self.files) {
-                    (true, _) => Kind::Log(log),
-                    (false, None) => return,
-                    (false, Some(marker)) => agent_log(marker),
+    /// A program's report, as the attempt's event (or position).
+    async fn report(&mut self, report: Report) {
+        match report {
+            Report::ReadTo { program, at } => {
+                let _ = self.tx.send(Journaled::ReadTo(program, at)).await;
+            }
+            report => {
+                if let Some(kind) = event_of(report) {
+                    self.send(kind).await;
                 }
             }
-            kind => kind,
+        }
+    }
+
+    async fn send(&mut self, kind: Kind) {
+        let Some(kind) = self.budget.admit(kind, &self.files) else {
+            return;
         };
         self.seq += 1;
         let event = pb::StepEvent {
@@ -129,7 +149,7 @@ impl Events {
             at_unix_ms: unix_ms(SystemTime::now()),
             kind: Some(kind),
         };
-        let _ = self.tx.send(event).await;
+        let _ = self.tx.send(Journaled::Event(event)).await;
     }
 }
 
@@ -145,7 +165,7 @@ enum Ending {
 pub async fn execute(
     config: &AgentConfig,
     assignment: &Assignment,
-    tx: mpsc::Sender<pb::StepEvent>,
+    tx: mpsc::Sender<Journaled>,
 ) -> Option<pb::StepFinished> {
     let mut events = Events::new(config, &assignment.attempt_id, 0, tx);
     let started = std::time::Instant::now();
@@ -170,7 +190,7 @@ pub async fn continue_after(
     assignment: &Assignment,
     last_seq: u64,
     why: &str,
-    tx: mpsc::Sender<pb::StepEvent>,
+    tx: mpsc::Sender<Journaled>,
 ) -> pb::StepFinished {
     let mut events = Events::new(config, &assignment.attempt_id, last_seq, tx);
     let started = std::time::Instant::now();
@@ -260,11 +280,11 @@ async fn forward<T>(
     let outcome = loop {
         tokio::select! {
             outcome = &mut work => break outcome,
-            Some(report) = reports.recv() => events.send(event_of(report)).await,
+            Some(report) = reports.recv() => events.report(report).await,
         }
     };
     while let Ok(report) = reports.try_recv() {
-        events.send(event_of(report)).await;
+        events.report(report).await;
     }
     outcome
 }
@@ -561,9 +581,10 @@ async fn run_step(
     (result, reboot)
 }
 
-/// The event of a program's report (also for one that outlived its agent: `orphan`).
-pub(crate) fn event_of(report: Report) -> Kind {
-    match report {
+/// The event of a program's report (also for one that outlived its agent: `orphan`); `None` for
+/// how far its output was read, which is no event.
+pub(crate) fn event_of(report: Report) -> Option<Kind> {
+    Some(match report {
         Report::Spawned {
             pid,
             started,
@@ -585,7 +606,8 @@ pub(crate) fn event_of(report: Report) -> Kind {
             stream: pb::LogStream::Stderr as i32,
             line,
         }),
-    }
+        Report::ReadTo { .. } => return None,
+    })
 }
 
 /// After an install that reports `configure_needed=true` (a fresh install, Host Integration Server's

@@ -16,7 +16,9 @@
 //!   before it is written, and rows an older agent wrote over them are fitted when the journal opens
 //!   (or when they are read), with an error logged; the row then holds the small marker. A row over
 //!   the coordinator's limit would otherwise be re-sent, and refused, after every re-attach.
-//! - A forgotten attempt's output files (`runner::files`) are deleted with it.
+//! - A forgotten attempt's output files (`runner::files`) are deleted with it, and a folder no
+//!   attempt has (a delete that failed) once it is as old: when the journal opens, when an attempt
+//!   is complete, and hourly ([`Journal::purge`]).
 //! - An attempt may wait (`waiting`): for the operator's attended install, or for the reboot its
 //!   installer asked for. It keeps its assignment, so that it can go on after an agent restart (the
 //!   reboot) or the operator's approval; nothing else runs on the server while it waits.
@@ -50,6 +52,8 @@ const ADDED_COLUMNS: [(&str, &str); 3] = [
 
 /// Completed attempts are kept this long to answer redeliveries, then pruned.
 const KEEP_COMPLETE_MS: i64 = 30 * 24 * 3600 * 1000;
+/// How often a long-running agent purges (`Journal::purge_if_due`).
+const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -93,13 +97,16 @@ struct Inner {
     conn: Mutex<Connection>,
     path: PathBuf,
     changed: Notify,
+    state_dir: PathBuf,
+    purged: Mutex<std::time::Instant>,
 }
 
 impl Journal {
     /// Opens (creating) the journal in `state_dir`. Attempts that were running when the agent
-    /// stopped are marked interrupted and get their final event, unless their process still runs:
-    /// those are returned as orphans (attempt id, process), for `orphan::follow` (which reports them
-    /// with their exit code when the step host recorded it, else [`Journal::wait_and_interrupt`]).
+    /// stopped are marked interrupted and get their final event, unless their process still runs or
+    /// their program ran under the step host: those are returned as orphans (attempt id, process),
+    /// for `orphan::follow` (which reports them with their output and exit code when the step host
+    /// recorded it, else [`Journal::wait_and_interrupt`]).
     pub fn open(state_dir: &Path) -> Result<(Self, Vec<(String, ProcessId)>), JournalError> {
         let path = state_dir.join(FILE);
         let err = |source| JournalError {
@@ -119,56 +126,115 @@ impl Journal {
                 conn: Mutex::new(conn),
                 path: path.clone(),
                 changed: Notify::new(),
+                state_dir: state_dir.to_path_buf(),
+                purged: Mutex::new(std::time::Instant::now()),
             }),
         };
         journal.fit_oversized()?;
-        let interrupted = journal.interrupt_running()?;
-        let forgotten: Vec<String> = journal.with(|c| {
+        let interrupted = journal.interrupt_running(state_dir)?;
+        journal.with(|c| {
             c.execute(
                 "DELETE FROM events WHERE attempt_id IN (SELECT id FROM attempts WHERE complete = 1)",
                 [],
-            )?;
+            )
+        })?;
+        journal.purge()?;
+        Ok((journal, interrupted))
+    }
+
+    /// Forgets the attempts completed longer ago than the retention, with their output folders, and
+    /// deletes the output folders of attempts the journal does not have once they are as old.
+    pub fn purge(&self) -> Result<(), JournalError> {
+        let cutoff = now() - KEEP_COMPLETE_MS;
+        let (forgotten, known) = self.with(|c| {
             let tx = c.transaction()?;
-            let ids = {
+            let forgotten = {
                 let mut stmt =
                     tx.prepare("SELECT id FROM attempts WHERE complete = 1 AND finished_at < ?1")?;
-                let rows = stmt.query_map([now() - KEEP_COMPLETE_MS], |r| r.get(0))?;
+                let rows = stmt.query_map([cutoff], |r| r.get(0))?;
                 rows.collect::<rusqlite::Result<Vec<String>>>()?
             };
             tx.execute(
                 "DELETE FROM attempts WHERE complete = 1 AND finished_at < ?1",
-                [now() - KEEP_COMPLETE_MS],
+                [cutoff],
             )?;
+            let known = {
+                let mut stmt = tx.prepare("SELECT id FROM attempts")?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                rows.collect::<rusqlite::Result<Vec<String>>>()?
+            };
             tx.commit()?;
-            Ok(ids)
+            Ok((forgotten, known))
         })?;
+        let state_dir = &self.inner.state_dir;
         for attempt_id in forgotten {
             files::remove_attempt(state_dir, &attempt_id);
         }
-        Ok((journal, interrupted))
+        let retention = std::time::Duration::from_millis(KEEP_COMPLETE_MS.unsigned_abs());
+        files::remove_unknown_attempts(state_dir, &known, retention);
+        *self
+            .inner
+            .purged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = std::time::Instant::now();
+        Ok(())
+    }
+
+    /// [`Journal::purge`], when the last one is an hour ago (a long-running agent's, from its loop).
+    pub fn purge_if_due(&self) {
+        let due = self
+            .inner
+            .purged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .elapsed()
+            >= PURGE_EVERY;
+        if due && let Err(e) = self.purge() {
+            tracing::warn!("cannot purge the journal: {e}");
+        }
     }
 
     /// Fits the rows an older agent wrote over the limits of what the agent sends (`limits`): each
     /// is replaced by its fitted form, and the error logged.
+    /// One row at a time: each may be megabytes.
     fn fit_oversized(&self) -> Result<(), JournalError> {
-        let events: Vec<Vec<u8>> = self.with(|c| {
-            let mut stmt = c.prepare("SELECT body FROM events WHERE length(body) > ?1")?;
-            let rows = stmt.query_map([limits::RESULT_MAX as i64], |r| r.get(0))?;
+        let max = limits::RESULT_MAX as i64;
+        let events: Vec<(String, i64)> = self.with(|c| {
+            let mut stmt =
+                c.prepare("SELECT attempt_id, seq FROM events WHERE length(body) > ?1")?;
+            let rows = stmt.query_map([max], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect()
         })?;
-        for body in events {
-            if let Ok(event) = pb::StepEvent::decode(body.as_slice()) {
+        for (attempt_id, seq) in events {
+            let body: Option<Vec<u8>> = self.with(|c| {
+                c.query_row(
+                    "SELECT body FROM events WHERE attempt_id = ?1 AND seq = ?2",
+                    params![attempt_id, seq],
+                    |r| r.get(0),
+                )
+                .optional()
+            })?;
+            if let Some(event) = body.and_then(|b| pb::StepEvent::decode(b.as_slice()).ok()) {
                 self.refit(event)?;
             }
         }
-        let results: Vec<(String, Vec<u8>)> = self.with(|c| {
-            let mut stmt =
-                c.prepare("SELECT id, result FROM attempts WHERE length(result) > ?1")?;
-            let rows =
-                stmt.query_map([limits::RESULT_MAX as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let results: Vec<String> = self.with(|c| {
+            let mut stmt = c.prepare("SELECT id FROM attempts WHERE length(result) > ?1")?;
+            let rows = stmt.query_map([max], |r| r.get(0))?;
             rows.collect()
         })?;
-        for (attempt_id, body) in results {
+        for attempt_id in results {
+            let body: Option<Vec<u8>> = self.with(|c| {
+                c.query_row(
+                    "SELECT result FROM attempts WHERE id = ?1",
+                    [&attempt_id],
+                    |r| r.get(0),
+                )
+                .optional()
+            })?;
+            let Some(body) = body else {
+                continue;
+            };
             let Ok(mut result) = pb::StepFinished::decode(body.as_slice()) else {
                 continue;
             };
@@ -225,7 +291,13 @@ impl Journal {
         &self.inner.changed
     }
 
-    fn interrupt_running(&self) -> Result<Vec<(String, ProcessId)>, JournalError> {
+    /// The running attempts whose process runs on, or whose program ran under the step host (it may
+    /// have ended while no agent ran: its output and exit code are in its files), to be followed
+    /// (`orphan`); the others are interrupted now.
+    fn interrupt_running(
+        &self,
+        state_dir: &Path,
+    ) -> Result<Vec<(String, ProcessId)>, JournalError> {
         let running: Vec<(String, Option<ProcessId>)> = self.with(|c| {
             let mut stmt =
                 c.prepare("SELECT id, pid, pid_started FROM attempts WHERE state = 'running'")?;
@@ -246,7 +318,10 @@ impl Journal {
         })?;
         let mut orphans = Vec::new();
         for (id, process) in running {
-            match process.filter(|&p| host::tree_alive(p)) {
+            let hosted = |_: &ProcessId| {
+                files::Program::last_hosted(&files::attempt_dir(state_dir, &id)).is_some()
+            };
+            match process.filter(|p| hosted(p) || host::tree_alive(*p)) {
                 Some(process) => orphans.push((id, process)),
                 None => self.interrupt(&id, "", None)?,
             }
@@ -450,9 +525,10 @@ impl Journal {
     }
 
     /// A coordinator stored the attempt's events up to `up_to` (and its result, when `complete`).
+    /// A complete attempt is a moment to purge the journal.
     pub fn ack(&self, attempt_id: &str, up_to: u64, complete: bool) -> Result<(), JournalError> {
         let up_to = i64::try_from(up_to).unwrap_or(i64::MAX);
-        self.with(|c| {
+        let complete = self.with(|c| {
             let tx = c.transaction()?;
             tx.execute(
                 "UPDATE attempts SET acked_seq = MAX(acked_seq, ?2) WHERE id = ?1",
@@ -473,8 +549,13 @@ impl Journal {
                     params![attempt_id, up_to],
                 )?;
             }
-            tx.commit()
-        })
+            tx.commit()?;
+            Ok(complete)
+        })?;
+        if complete && let Err(e) = self.purge() {
+            tracing::warn!("cannot purge the journal: {e}");
+        }
+        Ok(())
     }
 
     fn find(&self, attempt_id: &str) -> Result<Option<pb::AttemptReport>, JournalError> {
@@ -1089,6 +1170,52 @@ mod tests {
             result.error
         );
         assert_eq!(j2.in_flight(), 0);
+    }
+
+    /// A long-running agent forgets old complete attempts with their folders when another one is
+    /// complete, and deletes an old folder no attempt has (a delete that failed before); a recent one
+    /// stays.
+    #[test]
+    fn old_attempts_and_stray_folders_are_purged_while_the_agent_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        let long_ago = SystemTime::now() - std::time::Duration::from_secs(31 * 24 * 3600);
+        for id in ["old", "new"] {
+            j.accept(id, 1, "r", "s").unwrap().fresh();
+            j.record(&event(id, 1, true)).unwrap();
+            std::fs::create_dir_all(files::attempt_dir(dir.path(), id)).unwrap();
+        }
+        j.ack("old", 1, true).unwrap();
+        j.with(|c| {
+            c.execute(
+                "UPDATE attempts SET finished_at = ?1 WHERE id = 'old'",
+                [unix_ms(long_ago)],
+            )
+        })
+        .unwrap();
+        let stray = files::attempt_dir(dir.path(), "stray");
+        let recent = files::attempt_dir(dir.path(), "recent");
+        for folder in [&stray, &recent] {
+            std::fs::create_dir_all(folder).unwrap();
+            std::fs::write(folder.join("1.out"), "x").unwrap();
+        }
+        // A folder is opened to set its time: read-only on Unix, for writing with
+        // FILE_FLAG_BACKUP_SEMANTICS (0x0200_0000) on Windows.
+        let mut options = std::fs::OpenOptions::new();
+        #[cfg(unix)]
+        options.read(true);
+        #[cfg(windows)]
+        std::os::windows::fs::OpenOptionsExt::custom_flags(options.write(true), 0x0200_0000);
+        options
+            .open(&stray)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        j.ack("new", 1, true).unwrap();
+        assert_eq!(j.report("old").unwrap().state(), pb::AttemptState::Unknown);
+        assert!(!files::attempt_dir(dir.path(), "old").exists());
+        assert!(!stray.exists());
+        assert!(recent.exists() && files::attempt_dir(dir.path(), "new").exists());
     }
 
     /// Rows an older agent wrote over the limits of what the agent sends are fitted when the journal

@@ -5,8 +5,10 @@
 //! - [`LINE_MAX`], 16 KiB a line: Windows tools print lines well under 1 KiB; 16 KiB keeps a long
 //!   PowerShell error or a line of JSON whole. The rest of the line is in the program's output file,
 //!   which the marker names (`runner`).
-//! - [`STEP_LOG_MAX`], 2 MiB of log lines a step: an installer's own log goes to its log file, not to
-//!   standard output; what a step prints beyond this is in its files (`executor`).
+//! - [`STEP_LOG_MAX`], 2 MiB of a step's programs' output (log lines, progress, outputs: what a
+//!   program prints, as events): an installer's own log goes to its log file, not to standard output;
+//!   what a step prints beyond this is in its files ([`LogBudget`], for the executor and for an
+//!   orphan alike).
 //! - [`ERROR_MAX`], 4 KiB a result's error; [`TAIL_LINE_MAX`], 1 KiB a line of its standard error
 //!   tail (20 lines); [`OUTPUTS_MAX`], 64 KiB of `::output::` results: a whole result stays under
 //!   100 KiB, so that a hello carrying several is far from the limit.
@@ -76,10 +78,8 @@ pub fn fit_result(result: &mut pb::StepFinished) -> bool {
         keep
     });
     if dropped > 0 {
-        result.outputs.insert(
-            "outputs_truncated".into(),
-            format!("{dropped} outputs over {OUTPUTS_MAX} bytes were dropped"),
-        );
+        let (key, value) = outputs_truncated(dropped);
+        result.outputs.insert(key, value);
         cut = true;
     }
     for artifact in &mut result.artifacts {
@@ -87,6 +87,14 @@ pub fn fit_result(result: &mut pb::StepFinished) -> bool {
         cut |= cap(&mut artifact.note, ERROR_MAX, "");
     }
     cut
+}
+
+/// The output that says `dropped` outputs did not fit in [`OUTPUTS_MAX`].
+pub fn outputs_truncated(dropped: usize) -> (String, String) {
+    (
+        "outputs_truncated".into(),
+        format!("{dropped} outputs over {OUTPUTS_MAX} bytes were dropped"),
+    )
 }
 
 /// Fits an event into the caps. `Some(problem)` when it was over them: what was cut or replaced, to
@@ -183,6 +191,27 @@ pub fn fit_hello(hello: &mut pb::Hello) -> bool {
     cut
 }
 
+/// Fits a hello ([`fit_hello`]) and takes out of it the attempts it cannot carry within
+/// [`MESSAGE_MAX`] (hundreds of unsettled attempts with long errors): returned in order, to be sent
+/// after the hello, each in its own `AttemptReport` message (the coordinator takes one at any time).
+/// The hello keeps as many as fit, so that a coordinator hears of the node before its reports.
+pub fn split_hello(hello: &mut pb::Hello) -> Vec<pb::AttemptReport> {
+    fit_hello(hello);
+    // Room for the message around the hello.
+    let limit = MESSAGE_MAX - 64;
+    let mut len = hello.encoded_len();
+    let mut overflow = Vec::new();
+    while len > limit {
+        let Some(report) = hello.attempts.pop() else {
+            break;
+        };
+        len = hello.encoded_len();
+        overflow.push(report);
+    }
+    overflow.reverse();
+    overflow
+}
+
 /// A message as it may leave: fitted into the caps, `None` (the error logged) when it is still over
 /// [`MESSAGE_MAX`]. Events and results come fitted from the journal; this is the last check.
 pub fn sendable(mut message: pb::AgentMessage) -> Option<pb::AgentMessage> {
@@ -217,7 +246,9 @@ pub fn sendable(mut message: pb::AgentMessage) -> Option<pb::AgentMessage> {
     Some(message)
 }
 
-/// What a step may still log: [`STEP_LOG_MAX`] bytes of lines, then one marker.
+/// What a step's programs may still send as events: [`STEP_LOG_MAX`] bytes of their output (log
+/// lines, progress, outputs), then one marker. The agent's own lines and the step's milestones
+/// (started, waiting, finished) are always sent.
 #[derive(Debug, Default)]
 pub struct LogBudget {
     used: usize,
@@ -225,20 +256,43 @@ pub struct LogBudget {
 }
 
 impl LogBudget {
-    /// Whether a line of `len` bytes may be sent; `Some(marker)` the first time one may not (`full`:
-    /// where the whole output is).
-    pub fn take(&mut self, len: usize, full: &str) -> (bool, Option<String>) {
+    /// A budget of which `used` bytes are spent already (an orphan's output a previous agent read).
+    pub fn spent(used: u64) -> Self {
+        Self {
+            used: usize::try_from(used)
+                .unwrap_or(usize::MAX)
+                .min(STEP_LOG_MAX),
+            dropped: 0,
+        }
+    }
+
+    /// `kind` when it may be sent; the marker instead the first time one may not (`full`: where the
+    /// whole output is), then nothing.
+    pub fn admit(
+        &mut self,
+        kind: pb::step_event::Kind,
+        full: &str,
+    ) -> Option<pb::step_event::Kind> {
+        use pb::step_event::Kind;
+        let len = match &kind {
+            Kind::Log(log) if log.stream() != pb::LogStream::Agent => log.line.len(),
+            Kind::Progress(progress) => progress.message.len() + 4,
+            Kind::Output(output) => output.key.len() + output.value.len(),
+            _ => return Some(kind),
+        };
         if self.used + len <= STEP_LOG_MAX {
             self.used += len;
-            return (true, None);
+            return Some(kind);
         }
         self.dropped += 1;
-        let marker = (self.dropped == 1).then(|| {
-            format!(
-                "… the step's output is over {STEP_LOG_MAX} bytes: further lines are not sent (full output: {full})"
-            )
-        });
-        (false, marker)
+        (self.dropped == 1).then(|| {
+            Kind::Log(pb::StepLog {
+                stream: pb::LogStream::Agent as i32,
+                line: format!(
+                    "… the step's output is over {STEP_LOG_MAX} bytes: further lines, progress and outputs are not sent (full output: {full})"
+                ),
+            })
+        })
     }
 }
 
@@ -292,18 +346,85 @@ mod tests {
         assert_eq!(fit_event(&mut small), None, "a fitted event stays as it is");
     }
 
+    /// However many unsettled attempts there are, the hello fits, and the rest follow it.
     #[test]
-    fn a_steps_log_stops_at_its_budget_with_one_marker() {
+    fn a_hello_with_too_many_attempts_sends_the_rest_after_it() {
+        let attempts: Vec<pb::AttemptReport> = (0..600)
+            .map(|i| pb::AttemptReport {
+                attempt_id: format!("a-{i}"),
+                state: pb::AttemptState::Finished as i32,
+                result: Some(pb::StepFinished {
+                    error: "e".repeat(ERROR_MAX),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect();
+        let mut hello = pb::Hello {
+            attempts: attempts.clone(),
+            ..Default::default()
+        };
+        let overflow = split_hello(&mut hello);
+        assert!(!overflow.is_empty());
+        let all: Vec<_> = hello.attempts.iter().chain(&overflow).cloned().collect();
+        assert_eq!(all, attempts, "each attempt once, in order");
+        let body = pb::agent_message::Body::Hello(hello);
+        assert!(
+            sendable(pb::AgentMessage { body: Some(body) }).is_some(),
+            "the hello fits"
+        );
+        for report in overflow {
+            let body = pb::agent_message::Body::AttemptReport(report);
+            assert!(sendable(pb::AgentMessage { body: Some(body) }).is_some());
+        }
+    }
+
+    #[test]
+    fn a_steps_output_stops_at_its_budget_with_one_marker() {
+        use pb::step_event::Kind;
+        let log = |stream: pb::LogStream, n: usize| {
+            Kind::Log(pb::StepLog {
+                stream: stream as i32,
+                line: "l".repeat(n),
+            })
+        };
+        let progress = |n: usize| {
+            Kind::Progress(pb::StepProgress {
+                percent: 1,
+                message: "p".repeat(n),
+            })
+        };
         let mut budget = LogBudget::default();
-        assert_eq!(budget.take(STEP_LOG_MAX - 10, "d"), (true, None));
-        let (sent, marker) = budget.take(11, "d");
-        assert!(!sent);
-        assert!(marker.unwrap().contains("full output: d"));
-        assert_eq!(budget.take(11, "d"), (false, None));
-        assert_eq!(
-            budget.take(10, "d"),
-            (true, None),
+        assert!(
+            budget
+                .admit(log(pb::LogStream::Stdout, STEP_LOG_MAX - 20), "d")
+                .is_some()
+        );
+        assert!(
+            budget.admit(progress(10), "d").is_some(),
+            "progress counts too"
+        );
+        let marker = budget.admit(progress(10), "d");
+        assert!(
+            matches!(&marker, Some(Kind::Log(l)) if l.stream() == pb::LogStream::Agent && l.line.contains("full output: d")),
+            "{marker:?}"
+        );
+        let output = Kind::Output(pb::StepOutput {
+            key: "k".into(),
+            value: "v".repeat(10),
+        });
+        assert_eq!(budget.admit(output, "d"), None, "outputs count too");
+        assert_eq!(budget.admit(log(pb::LogStream::Stderr, 11), "d"), None);
+        assert!(budget.admit(log(pb::LogStream::Agent, 100), "d").is_some());
+        assert!(
+            budget.admit(log(pb::LogStream::Stdout, 1), "d").is_some(),
             "a shorter line still fits"
         );
+        let mut resumed = LogBudget::spent(STEP_LOG_MAX as u64);
+        assert!(
+            resumed.admit(log(pb::LogStream::Stdout, 1), "d").is_some(),
+            "the marker"
+        );
+        assert_eq!(resumed.admit(log(pb::LogStream::Stdout, 1), "d"), None);
     }
 }

@@ -149,7 +149,7 @@ impl<'a> Session<'a> {
 
     /// A log line of the agent's own (on standard error when it explains a problem).
     pub async fn note(&mut self, line: impl Into<String>, problem: bool) {
-        let line = self.redact(&line.into());
+        let line = self.redact(line.into());
         if problem {
             self.push_tail(line.clone());
             let _ = self.reports.send(Report::Stderr(line)).await;
@@ -165,11 +165,9 @@ impl<'a> Session<'a> {
         self.tail.push_back(line);
     }
 
-    fn redact(&self, line: &str) -> String {
-        match self.ctx.stdin_secret.as_deref().filter(|s| !s.is_empty()) {
-            Some(secret) if line.contains(secret) => line.replace(secret, "[redacted]"),
-            _ => line.to_string(),
-        }
+    /// The session's own lines mention no secret either (a tool's lines are redacted by the runner).
+    fn redact(&self, line: String) -> String {
+        runner::lines::redact(line, self.ctx.stdin_secret.as_deref())
     }
 
     /// Runs one tool to its end (or the step's deadline).
@@ -238,8 +236,12 @@ impl<'a> Session<'a> {
                 }
                 return;
             }
+            // Passed on as it is: the position is recorded once the lines before are journaled.
+            Report::ReadTo { .. } => {
+                let _ = self.reports.send(report).await;
+                return;
+            }
             Report::Stderr(line) => {
-                let line = self.redact(&line);
                 ran.stderr.push(line.clone());
                 if echo != Echo::Quiet {
                     self.push_tail(line.clone());
@@ -253,7 +255,7 @@ impl<'a> Session<'a> {
         };
         ran.stdout.push(line.clone());
         if echo == Echo::Forward {
-            let _ = self.reports.send(Report::Stdout(self.redact(&line))).await;
+            let _ = self.reports.send(Report::Stdout(line)).await;
         }
     }
 

@@ -80,7 +80,7 @@ async fn run_collect(
     let result = execute(config, a, tx).await.expect("the attempt finished");
     let mut events = Vec::new();
     while let Ok(e) = rx.try_recv() {
-        events.push(e);
+        events.extend(Journaled::event(e));
     }
     (result, events)
 }
@@ -136,6 +136,56 @@ async fn backup_secret_writes_the_file_and_reports_its_size_and_hash() {
             .iter()
             .any(|e| matches!(&e.kind, Some(Kind::Progress(p)) if p.percent == 50))
     );
+}
+
+/// Rule: a secret never reaches a file, a log or an event. A tool that echoes the password on its
+/// standard input: its lines are redacted, and nothing under the state directory holds it.
+#[tokio::test]
+async fn a_tool_that_echoes_the_password_leaves_it_in_no_file_and_no_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let backups = dir.path().join("backups");
+    std::fs::create_dir_all(&backups).unwrap();
+    let config = config(
+        dir.path(),
+        ", FAKE_SSOCONFIG_ECHO = \"1\"",
+        Some("correct horse"),
+    );
+    let a = assignment(
+        ActionName::BackupSecret,
+        &[("backup_dir", backups.to_str().unwrap())],
+    );
+    // As the attempt's task runs it: its programs' output in the attempt's folder.
+    let output_dir = runner::files::attempt_dir(&config.state_dir, &a.attempt_id);
+    let (result, events) = runner::OUTPUT_DIR
+        .scope(output_dir, run_collect(&config, &a))
+        .await;
+    assert_eq!(result.outcome(), pb::StepOutcome::Succeeded, "{result:?}");
+    let logged: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Log(log)) => Some(log.line.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(logged.contains(&"password: [redacted]"), "{logged:?}");
+    assert!(logged.contains(&"echoed [redacted]"), "{logged:?}");
+    assert!(!format!("{events:?}").contains("correct horse"));
+    let mut dirs = vec![config.state_dir.clone()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                assert!(
+                    !String::from_utf8_lossy(&bytes).contains("correct horse"),
+                    "{} holds the password",
+                    path.display()
+                );
+            }
+        }
+    }
 }
 
 #[tokio::test]
@@ -352,7 +402,7 @@ async fn an_attended_install_waits_with_the_instruction_and_runs_nothing() {
     assert!(execute(&config, &a, tx).await.is_none());
     let mut events = Vec::new();
     while let Ok(e) = rx.try_recv() {
-        events.push(e);
+        events.extend(Journaled::event(e));
     }
     assert_eq!(events.len(), 1, "{events:?}");
     let Some(Kind::Waiting(w)) = &events[0].kind else {
@@ -395,7 +445,7 @@ async fn after_the_approval_or_the_reboot_the_install_is_verified_and_the_events
         let result = continue_after(&config, &a, 4, "the install was approved", tx).await;
         let mut events = Vec::new();
         while let Ok(e) = rx.try_recv() {
-            events.push(e);
+            events.extend(Journaled::event(e));
         }
         (result, events)
     };
@@ -508,7 +558,7 @@ async fn waits_collect(config: &AgentConfig, a: &Assignment) -> Vec<pb::StepWait
     assert_eq!(execute(config, a, tx).await, None, "the attempt waits");
     let mut events = Vec::new();
     while let Ok(e) = rx.try_recv() {
-        events.push(e);
+        events.extend(Journaled::event(e));
     }
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>());

@@ -4,7 +4,7 @@
 //! capped lines. A program run under the step host (`step_host`) also has `<n>.pos`, how far the
 //! agent has read and journaled its output, and at its end `<n>.exit`, its exit code: what a
 //! restarted agent follows and reports (`crate::orphan`). The journal deletes an attempt's folder
-//! when it forgets the attempt.
+//! when it forgets the attempt, and an old folder of an attempt it does not have.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -31,6 +31,36 @@ pub fn remove_attempt(state_dir: &Path, attempt_id: &str) {
         && e.kind() != std::io::ErrorKind::NotFound
     {
         tracing::warn!("cannot delete {}: {e}", dir.display());
+    }
+}
+
+/// Deletes the attempts' output folders whose attempt is not in `known` (its delete failed, or the
+/// journal lost it) and that were not changed for `older_than`.
+pub fn remove_unknown_attempts(
+    state_dir: &Path,
+    known: &[String],
+    older_than: std::time::Duration,
+) {
+    let known: std::collections::HashSet<PathBuf> =
+        known.iter().map(|id| attempt_dir(state_dir, id)).collect();
+    let Ok(entries) = std::fs::read_dir(state_dir.join("steps")) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let dir = entry.path();
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|modified| modified.elapsed().ok())
+            .is_some_and(|age| age >= older_than);
+        if old
+            && dir.is_dir()
+            && !known.contains(&dir)
+            && let Err(e) = std::fs::remove_dir_all(&dir)
+        {
+            tracing::warn!("cannot delete {}: {e}", dir.display());
+        }
     }
 }
 
@@ -87,6 +117,24 @@ impl Program {
     /// Not synced to the disk: after a crash of the machine the worst is lines sent twice.
     pub fn write_pos(&self, (out, err): (u64, u64)) -> std::io::Result<()> {
         write_whole(&self.pos(), &format!("{out} {err}\n"), false)
+    }
+
+    /// How much of the attempt's output the agent read before this program's position: the whole of
+    /// the attempt's earlier programs' files, and this one's up to its position (bytes).
+    pub fn read_before(&self) -> u64 {
+        let (out, err) = self.read_pos();
+        let dir = self.stem.parent().unwrap_or(Path::new(""));
+        let this = self
+            .stem
+            .file_name()
+            .and_then(|n| n.to_str()?.parse::<u32>().ok());
+        let earlier: u64 = numbers(dir)
+            .filter(|&n| this.is_some_and(|this| n < this))
+            .flat_map(|n| ["out", "err"].map(|ext| dir.join(n.to_string()).with_extension(ext)))
+            .filter_map(|path| std::fs::metadata(path).ok())
+            .map(|m| m.len())
+            .sum();
+        earlier.saturating_add(out).saturating_add(err)
     }
 
     /// The program's exit, once the step host recorded it.
@@ -185,6 +233,8 @@ mod tests {
         second.write_pos((12, 3)).unwrap();
         assert_eq!(Program::last_hosted(&steps), Some(second.clone()));
         assert_eq!(second.read_pos(), (12, 3));
+        std::fs::write(first.out(), "0123456789").unwrap();
+        assert_eq!(second.read_before(), 10 + 12 + 3);
         assert_eq!(second.read_exit(), None);
         for exit in [
             Exit::Code(3010),

@@ -10,6 +10,13 @@ use tokio::io::AsyncReadExt;
 
 use crate::limits::{self, LINE_MAX};
 
+/// The most one read of a followed file takes, in bytes and in lines (then its lines are sent on
+/// before more is read)…
+pub const READ_MAX: usize = 1024 * 1024;
+const READ_LINES_MAX: usize = 16 * 1024;
+/// …in chunks of this many bytes.
+const CHUNK: usize = 16 * 1024;
+
 /// Splits bytes into lines, each capped.
 #[derive(Debug)]
 pub struct Splitter {
@@ -124,13 +131,21 @@ impl Followed {
         })
     }
 
-    /// The lines written since the last read (a local file: reading what is there does not wait).
-    pub fn read(&mut self, lines: &mut Vec<String>) {
-        let mut chunk = [0u8; 64 * 1024];
-        loop {
+    /// The lines written since the last read, about [`READ_MAX`] bytes of them at most (the rest at the
+    /// next call: memory does not grow with what a program printed while nobody read). `to_end`: the
+    /// program ended, so its unfinished last line is a line too once the end is reached. Whether the
+    /// end was reached (a local file: reading what is there does not wait).
+    pub fn read(&mut self, lines: &mut Vec<String>, to_end: bool) -> bool {
+        let mut chunk = vec![0u8; CHUNK];
+        let (mut taken, before) = (0, lines.len());
+        let at_end = loop {
+            if taken >= READ_MAX || lines.len() - before >= READ_LINES_MAX {
+                break false;
+            }
             match self.file.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => break true,
                 Ok(n) => {
+                    taken += n;
                     let ended = self.splitter.feed(&chunk[..n], lines);
                     if ended > 0 {
                         // Up to the end of this chunk's last line.
@@ -138,19 +153,30 @@ impl Followed {
                     }
                 }
             }
+        };
+        if at_end && to_end {
+            lines.extend(self.splitter.finish());
+            self.consumed = self.file.stream_position().unwrap_or(self.consumed);
         }
+        at_end
     }
 
     fn read_so_far(&mut self, n: usize, ended: usize) -> u64 {
-        let position = self.file.stream_position().unwrap_or(self.consumed);
-        position - u64::try_from(n - ended).unwrap_or(0)
+        let unfinished = u64::try_from(n - ended).unwrap_or(0);
+        match self.file.stream_position() {
+            Ok(position) => position.saturating_sub(unfinished),
+            // Not expected of a local file: the chunk's lines end at least where the last ones did.
+            Err(_) => self.consumed,
+        }
     }
+}
 
-    /// The program ended: what is left of the file, its unfinished last line included.
-    pub fn read_to_end(&mut self, lines: &mut Vec<String>) {
-        self.read(lines);
-        lines.extend(self.splitter.finish());
-        self.consumed = self.file.stream_position().unwrap_or(self.consumed);
+/// `line` with the secret (when there is one) replaced by `[redacted]`: what a program prints of
+/// the secret on its standard input never goes further than this.
+pub fn redact(line: String, secret: Option<&str>) -> String {
+    match secret.filter(|s| !s.is_empty()) {
+        Some(secret) if line.contains(secret) => line.replace(secret, "[redacted]"),
+        _ => line,
     }
 }
 
@@ -189,20 +215,43 @@ mod tests {
         std::fs::write(&path, "a\nb").unwrap();
         let mut followed = Followed::open(&path, 0).unwrap();
         let mut lines = Vec::new();
-        followed.read(&mut lines);
+        assert!(followed.read(&mut lines, false));
         assert_eq!(
             (lines.as_slice(), followed.consumed),
             (&["a".to_string()][..], 2)
         );
         std::fs::write(&path, "a\nbc\nd").unwrap();
-        followed.read(&mut lines);
+        followed.read(&mut lines, false);
         assert_eq!(lines, ["a", "bc"]);
         assert_eq!(followed.consumed, 5);
         // From the recorded position, another reader gets only what followed.
         let mut again = Followed::open(&path, followed.consumed).unwrap();
         let mut rest = Vec::new();
-        again.read_to_end(&mut rest);
+        assert!(again.read(&mut rest, true));
         assert_eq!(rest, ["d"]);
         assert_eq!(again.consumed, 6);
+    }
+
+    #[test]
+    fn a_big_file_is_read_a_bounded_part_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.out");
+        let line = format!("{}\n", "x".repeat(999));
+        std::fs::write(&path, line.repeat(3000)).unwrap();
+        let mut followed = Followed::open(&path, 0).unwrap();
+        let mut calls = 0;
+        let mut total = 0;
+        loop {
+            let mut lines = Vec::new();
+            let done = followed.read(&mut lines, true);
+            calls += 1;
+            assert!(lines.len() <= READ_MAX / 1000 + 64, "{}", lines.len());
+            total += lines.len();
+            if done {
+                break;
+            }
+        }
+        assert_eq!((total, followed.consumed), (3000, 3_000_000));
+        assert!(calls >= 3, "{calls}");
     }
 }

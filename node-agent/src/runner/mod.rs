@@ -6,7 +6,9 @@
 //! A step's program writes into files in the agent's state directory, never into pipes that die
 //! with the agent, and the agent follows them; one that must outlive the agent runs under the step
 //! host, which records its exit code for a restarted agent. Outside a step (the facts), and for a
-//! tool whose output is secret, the output is read from pipes.
+//! program with a secret on its standard input or whose output is secret ([`CommandSpec::piped`]),
+//! the output is read from pipes: a secret never reaches a file. The standard input's secret is
+//! redacted from every line the program prints (`lines::redact`), before anything else sees it.
 //!
 //! # Layout
 //! - `protocol`: the line protocol.
@@ -75,6 +77,13 @@ pub struct CommandSpec {
 }
 
 impl CommandSpec {
+    /// Whether its output is read from pipes, never from files: it is secret, or it may echo the
+    /// secret on its standard input (a tool that repeats its prompt's answer). The one place that
+    /// decides it.
+    pub fn piped(&self) -> bool {
+        self.output_secret || self.stdin_secret.is_some()
+    }
+
     /// The command line as it may be shown (the secret is on stdin, never here).
     pub fn display(&self) -> String {
         std::iter::once(self.program.display().to_string())
@@ -104,6 +113,14 @@ pub enum Report {
     },
     Stdout(String),
     Stderr(String),
+    /// The program's output files were read up to here (stdout, stderr bytes), after the lines
+    /// reported before: once those are journaled, a restarted agent follows the program from here
+    /// (`Program::write_pos`, by the attempt's task). Sent for a program under the step host, and
+    /// only when the position moved.
+    ReadTo {
+        program: Program,
+        at: (u64, u64),
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,14 +187,19 @@ pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Ou
         program: program(),
         source,
     };
+    let piped = spec.piped();
+    // A program under the step host has its files (its exit code, how far it was read) even when its
+    // output comes through pipes.
     let files = OUTPUT_DIR
-        .try_with(|dir| (!spec.output_secret).then(|| Program::next(dir)))
+        .try_with(|dir| (spec.outlives_agent || !piped).then(|| Program::next(dir)))
         .ok()
         .flatten()
         .transpose()
         .map_err(spawn_error)?;
-    let hosted = files.as_ref().filter(|_| spec.outlives_agent);
-    let mut command = command_for(spec, hosted).map_err(spawn_error)?;
+    let hosted = files.clone().filter(|_| spec.outlives_agent);
+    let hosted = hosted.as_ref();
+    let files = files.filter(|_| !piped);
+    let mut command = command_for(spec, hosted, piped).map_err(spawn_error)?;
     command
         .envs(&spec.env)
         .stdin(if spec.stdin_secret.is_some() {
@@ -190,12 +212,13 @@ pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Ou
         // wait for it and report the attempt, never run it again. A timeout still stops it (below).
         .kill_on_drop(false);
     match (&files, hosted) {
+        // The host passes its pipes on to the program.
+        (None, _) => command.stdout(Stdio::piped()).stderr(Stdio::piped()),
         // The host gives the program the files; its own output (none) goes nowhere.
-        (_, Some(_)) => command.stdout(Stdio::null()).stderr(Stdio::null()),
+        (Some(_), Some(_)) => command.stdout(Stdio::null()).stderr(Stdio::null()),
         (Some(files), None) => command
             .stdout(append(&files.out()).map_err(spawn_error)?)
             .stderr(append(&files.err()).map_err(spawn_error)?),
-        (None, None) => command.stdout(Stdio::piped()).stderr(Stdio::piped()),
     };
     // Its own process group, so that a timeout stops the program and everything it started (on
     // Windows a job object: `host::Tree`).
@@ -228,14 +251,17 @@ pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Ou
         Some(files) => Output::Files {
             stdout: Followed::open(&files.out(), 0).map_err(spawn_error)?,
             stderr: Followed::open(&files.err(), 0).map_err(spawn_error)?,
-            hosted: hosted.cloned(),
+            hosted: hosted.map(|program| (program.clone(), (0, 0))),
         },
         None => Output::Pipes {
             stdout: child.stdout.take().map(Pipe::new),
             stderr: child.stderr.take().map(Pipe::new),
         },
     };
-    let mut read = Read::default();
+    let mut read = Read {
+        secret: spec.stdin_secret.clone(),
+        ..Read::default()
+    };
 
     let mut timed_out = false;
     let mut status = None;
@@ -258,7 +284,7 @@ pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Ou
             biased;
             lines = output.next(), if output.readable(status.is_none()) => {
                 read.send_all(lines, &reports, until).await;
-                output.record_position();
+                output.report_position(&reports, until).await;
                 false
             }
             exit = child.wait(), if status.is_none() => {
@@ -284,10 +310,15 @@ pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Ou
             drain_limit = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
         }
     }
-    let rest = output.rest();
-    read.send_all(rest, &reports, tokio::time::Instant::now() + DRAIN_GRACE)
-        .await;
-    output.record_position();
+    let until = tokio::time::Instant::now() + DRAIN_GRACE;
+    loop {
+        let (rest, done) = output.rest();
+        read.send_all(rest, &reports, until).await;
+        output.report_position(&reports, until).await;
+        if done {
+            break;
+        }
+    }
     let exit_code = match (status, hosted.and_then(Program::read_exit)) {
         _ if timed_out => None,
         (_, Some(Exit::NotStarted(why))) => return Err(RunError::NotStarted(why)),
@@ -298,20 +329,24 @@ pub async fn run(spec: &CommandSpec, reports: mpsc::Sender<Report>) -> Result<Ou
     Ok(Outcome {
         exit_code,
         timed_out,
-        outputs: read.outputs,
-        stderr_tail: read.tail.into_iter().collect(),
+        stderr_tail: read.tail.iter().cloned().collect(),
+        outputs: read.outputs(),
         duration: started.elapsed(),
     })
 }
 
 /// The program with its arguments, or the step host with them (`hosted`: the program's files).
 /// A missing program is an error at the start either way.
-fn command_for(spec: &CommandSpec, hosted: Option<&Program>) -> std::io::Result<Command> {
+fn command_for(
+    spec: &CommandSpec,
+    hosted: Option<&Program>,
+    piped: bool,
+) -> std::io::Result<Command> {
     if let Some(files) = hosted {
         if spec.program.components().count() > 1 {
             std::fs::metadata(&spec.program)?;
         }
-        return step_host::command(files, &spec.program, &spec.args);
+        return step_host::command(files, piped, &spec.program, &spec.args);
     }
     let mut command = Command::new(&spec.program);
     command.args(&spec.args);
@@ -327,6 +362,12 @@ fn append(path: &std::path::Path) -> std::io::Result<std::fs::File> {
 struct Read {
     outputs: BTreeMap<String, String>,
     tail: VecDeque<String>,
+    /// The secret on its standard input: redacted from every line.
+    secret: Option<String>,
+    /// Bytes of the outputs' keys and values, and how many new keys did not fit: the outputs stay
+    /// within what a result carries (`limits::OUTPUTS_MAX`) however many a program prints.
+    outputs_len: usize,
+    outputs_dropped: usize,
 }
 
 impl Read {
@@ -338,6 +379,7 @@ impl Read {
         until: tokio::time::Instant,
     ) {
         for (is_stderr, line) in lines {
+            let line = lines::redact(line, self.secret.as_deref());
             let report = if is_stderr {
                 if self.tail.len() == STDERR_TAIL {
                     self.tail.pop_front();
@@ -349,10 +391,36 @@ impl Read {
                 parse_line(&line)
             };
             if let Report::Output { key, value } = &report {
-                self.outputs.insert(key.clone(), value.clone());
+                self.keep_output(key, value);
             }
             let _ = tokio::time::timeout_at(until, reports.send(report)).await;
         }
+    }
+}
+
+impl Read {
+    fn keep_output(&mut self, key: &str, value: &str) {
+        let len = key.len() + value.len();
+        match self.outputs.get_mut(key) {
+            Some(old) => {
+                self.outputs_len = (self.outputs_len + value.len()).saturating_sub(old.len());
+                *old = value.to_string();
+            }
+            None if self.outputs_len + len <= limits::OUTPUTS_MAX => {
+                self.outputs_len += len;
+                self.outputs.insert(key.to_string(), value.to_string());
+            }
+            None => self.outputs_dropped += 1,
+        }
+    }
+
+    /// The outputs, with a note of those that did not fit.
+    fn outputs(mut self) -> BTreeMap<String, String> {
+        if self.outputs_dropped > 0 {
+            let (key, value) = limits::outputs_truncated(self.outputs_dropped);
+            self.outputs.insert(key, value);
+        }
+        self.outputs
     }
 }
 
@@ -365,8 +433,9 @@ enum Output {
     Files {
         stdout: Followed,
         stderr: Followed,
-        /// Under the step host: how far the output was read is recorded for a restarted agent.
-        hosted: Option<Program>,
+        /// Under the step host: how far the output was read is reported (`Report::ReadTo`), and
+        /// where it was last reported.
+        hosted: Option<(Program, (u64, u64))>,
     },
 }
 
@@ -389,7 +458,7 @@ impl Output {
     }
 
     /// The next lines (`true`: standard error): from the pipes as they come, from the files every
-    /// [`POLL`]. Cancel-safe.
+    /// [`POLL`] (a bounded part of what is there: the rest at the next). Cancel-safe.
     async fn next(&mut self) -> Vec<(bool, String)> {
         match self {
             Self::Pipes { stdout, stderr } => {
@@ -402,36 +471,60 @@ impl Output {
             }
             Self::Files { stdout, stderr, .. } => {
                 tokio::time::sleep(POLL).await;
-                let (mut out, mut err) = (Vec::new(), Vec::new());
-                stdout.read(&mut out);
-                stderr.read(&mut err);
-                tag(false, out).into_iter().chain(tag(true, err)).collect()
+                read_files(stdout, stderr, false).0
             }
         }
     }
 
-    /// After the exit: what is left in the files (the pipes were drained by [`Output::next`]).
-    fn rest(&mut self) -> Vec<(bool, String)> {
-        let Self::Files { stdout, stderr, .. } = self else {
-            return Vec::new();
-        };
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        stdout.read_to_end(&mut out);
-        stderr.read_to_end(&mut err);
-        tag(false, out).into_iter().chain(tag(true, err)).collect()
-    }
-
-    fn record_position(&self) {
-        if let Self::Files {
-            stdout,
-            stderr,
-            hosted: Some(program),
-        } = self
-            && let Err(e) = program.write_pos((stdout.consumed, stderr.consumed))
-        {
-            tracing::warn!("cannot record how far the output was read: {e}");
+    /// After the exit: the next part of what is left in the files, and whether that was all (the
+    /// pipes were drained by [`Output::next`]).
+    fn rest(&mut self) -> (Vec<(bool, String)>, bool) {
+        match self {
+            Self::Files { stdout, stderr, .. } => read_files(stdout, stderr, true),
+            Self::Pipes { .. } => (Vec::new(), true),
         }
     }
+
+    /// Reports how far a hosted program's files were read, when that moved.
+    async fn report_position(
+        &mut self,
+        reports: &mpsc::Sender<Report>,
+        until: tokio::time::Instant,
+    ) {
+        let Self::Files {
+            stdout,
+            stderr,
+            hosted: Some((program, reported)),
+        } = self
+        else {
+            return;
+        };
+        let at = (stdout.consumed, stderr.consumed);
+        if at == *reported {
+            return;
+        }
+        let report = Report::ReadTo {
+            program: program.clone(),
+            at,
+        };
+        if let Ok(Ok(())) = tokio::time::timeout_at(until, reports.send(report)).await {
+            *reported = at;
+        }
+    }
+}
+
+/// The next lines of both files (a bounded part of them); `to_end`: the program ended, its last
+/// unfinished lines are lines too. Whether the files were read to their end.
+fn read_files(
+    stdout: &mut Followed,
+    stderr: &mut Followed,
+    to_end: bool,
+) -> (Vec<(bool, String)>, bool) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let out_done = stdout.read(&mut out, to_end);
+    let err_done = stderr.read(&mut err, to_end);
+    let lines = tag(false, out).into_iter().chain(tag(true, err)).collect();
+    (lines, out_done && err_done)
 }
 
 async fn read_pipe<R: tokio::io::AsyncRead + Unpin>(pipe: &mut Option<Pipe<R>>) -> Vec<String> {

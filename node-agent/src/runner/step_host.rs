@@ -1,11 +1,15 @@
 //! The step host: a program that must outlive the agent (`CommandSpec::outlives_agent`: installs,
 //! ESSO's configuration, the migration utility) runs under a tiny process of the agent's own
 //! executable, `fleet-agent --step-host`, which starts it with the output files as its standard
-//! output and error (its standard input, the secret's pipe, passed on as it is), waits for it and
+//! output and error (or its own pipes, passed on, for a program whose output must not reach a file:
+//! `CommandSpec::piped`; its standard input, the secret's pipe, passed on as it is), waits for it and
 //! writes its exit code to the exit file (whole or not at all). A restarted agent cannot wait for a
 //! process it did not start (Unix), and on Windows the code is lost once no handle is open: the exit
 //! file is how it learns the outcome. The host is the root of the step's process tree (its group,
-//! its job object), so a timeout still ends all of it.
+//! its job object), so a timeout still ends all of it. On Windows it runs in a process group and a
+//! console of its own, without a window: a Ctrl-C in the console of an agent started by hand does not
+//! reach it (it would end without recording the exit), and under the service no console window
+//! opens for each step.
 //!
 //! What to run comes in one environment variable (never a secret: those go to standard input), so
 //! that the unit tests' binary can play the host too (`host::testing`'s way of re-running itself).
@@ -20,13 +24,23 @@ use super::files::{Exit, Program, write_atomic};
 pub const ARG: &str = "--step-host";
 const SPEC: &str = "FLEET_STEP_HOST";
 
-/// The host's command for `program` with `args`, whose files are `files`.
+/// The host's command for `program` with `args`, whose files are `files` (`piped`: its output goes
+/// to the host's standard output and error, not to the files).
 pub fn command(
     files: &Program,
+    piped: bool,
     program: &Path,
     args: &[String],
 ) -> std::io::Result<tokio::process::Command> {
     let mut command = tokio::process::Command::new(std::env::current_exe()?);
+    #[cfg(windows)]
+    {
+        // CREATE_NEW_PROCESS_GROUP (0x200) | CREATE_NO_WINDOW (0x0800_0000), winbase.h. The job
+        // object (`host::Tree`) is assigned after the start, as for any step's program.
+        const CREATE_NEW_PROCESS_GROUP: u32 = 0x0000_0200;
+        const CREATE_NO_WINDOW: u32 = 0x0800_0000;
+        command.creation_flags(CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW);
+    }
     #[cfg(not(test))]
     command.arg(ARG);
     #[cfg(test)]
@@ -36,15 +50,16 @@ pub fn command(
         "--ignored",
         "--test-threads=1",
     ]);
-    let parts = [
-        files.out(),
-        files.err(),
-        files.exit(),
-        program.to_path_buf(),
-    ]
-    .into_iter()
-    .map(PathBuf::into_os_string)
-    .chain(args.iter().map(OsString::from));
+    // Empty output paths: the host's own standard output and error are passed on.
+    let (out, err) = if piped {
+        (PathBuf::new(), PathBuf::new())
+    } else {
+        (files.out(), files.err())
+    };
+    let parts = [out, err, files.exit(), program.to_path_buf()]
+        .into_iter()
+        .map(PathBuf::into_os_string)
+        .chain(args.iter().map(OsString::from));
     command.env(SPEC, encode(parts)?);
     Ok(command)
 }
@@ -69,19 +84,19 @@ pub fn main() -> i32 {
 }
 
 fn run(out: &Path, err: &Path, program: &Path, args: &[String]) -> Exit {
-    let open = |path: &Path| std::fs::OpenOptions::new().append(true).open(path);
-    let (stdout, stderr) = match (open(out), open(err)) {
-        (Ok(stdout), Ok(stderr)) => (stdout, stderr),
-        (Err(e), _) | (_, Err(e)) => {
-            return Exit::NotStarted(format!("cannot open its output files: {e}"));
-        }
-    };
-    let started = Command::new(program)
-        .args(args)
-        .env_remove(SPEC)
-        .stdout(stdout)
-        .stderr(stderr)
-        .status();
+    let mut command = Command::new(program);
+    command.args(args).env_remove(SPEC);
+    // Empty paths: the host's own output (the agent's pipes) is inherited.
+    if !out.as_os_str().is_empty() {
+        let open = |path: &Path| std::fs::OpenOptions::new().append(true).open(path);
+        match (open(out), open(err)) {
+            (Ok(stdout), Ok(stderr)) => command.stdout(stdout).stderr(stderr),
+            (Err(e), _) | (_, Err(e)) => {
+                return Exit::NotStarted(format!("cannot open its output files: {e}"));
+            }
+        };
+    }
+    let started = command.status();
     match started {
         Err(e) => Exit::NotStarted(format!("cannot start {}: {e}", program.display())),
         Ok(status) => match status.code() {

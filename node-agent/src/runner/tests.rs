@@ -134,10 +134,17 @@ async fn a_command_past_its_timeout_is_stopped() {
 async fn a_cancelled_command_is_ended_with_its_children() {
     let (tx, mut rx) = mpsc::channel(64);
     let token = CancellationToken::new();
+    // Cancelled once the child's id is printed (a fixed delay is too short on a loaded machine).
     let cancel = token.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        cancel.cancel();
+    let child = tokio::spawn(async move {
+        let mut child = None;
+        while let Some(report) = rx.recv().await {
+            if let Report::Stdout(line) = report {
+                child = line.trim().parse::<u32>().ok();
+                cancel.cancel();
+            }
+        }
+        child
     });
     let outcome = CANCEL
         .scope(
@@ -152,14 +159,15 @@ async fn a_cancelled_command_is_ended_with_its_children() {
     assert!(!outcome.succeeded());
     assert!(!outcome.timed_out);
     assert!(outcome.duration < Duration::from_secs(10), "{outcome:?}");
-    let mut child = None;
-    while let Ok(report) = rx.try_recv() {
-        if let Report::Stdout(line) = report {
-            child = line.trim().parse::<u32>().ok();
-        }
+    drop(tx);
+    let child = child.await.unwrap().expect("the child's pid");
+    // The kill is sent to the whole group; the child is gone once the kernel got to it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while host::identify(child).is_some() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let child = child.expect("the child's pid");
     assert_eq!(host::identify(child), None, "the child {child} was ended");
+    let (tx, _rx) = mpsc::channel(64);
     let e = CANCEL
         .scope(token, run(&sh("true", Duration::from_secs(5)), tx))
         .await
@@ -305,7 +313,9 @@ async fn a_line_over_the_cap_is_cut_and_its_file_named() {
     );
     let (outcome, reports) = in_step(dir.path(), &spec).await;
     assert!(outcome.succeeded(), "{outcome:?}");
-    let lines = lines_of(&reports);
+    // Standard output's lines, then standard error's (their order between them is not kept).
+    let mut lines = lines_of(&reports);
+    lines.sort_by_key(|line| line.starts_with('e'));
     assert_eq!(
         lines.len(),
         3,
@@ -350,7 +360,7 @@ async fn a_program_outlives_the_agent_that_reads_its_output() {
         "echo early; sleep 0.5; echo late; echo later >&2; touch '{}'; exit 7",
         done.display()
     );
-    let (tx, _rx) = mpsc::channel(64);
+    let (tx, mut rx) = mpsc::channel(64);
     // The runner is dropped (the agent is gone) while the program runs.
     let mut spec = sh(&script, Duration::from_secs(60));
     spec.outlives_agent = true;
@@ -367,11 +377,15 @@ async fn a_program_outlives_the_agent_that_reads_its_output() {
     }
     assert!(done.exists(), "the program died with the agent");
     assert_eq!(program.read_exit(), Some(files::Exit::Code(7)));
-    assert_eq!(
-        program.read_pos(),
-        (6, 0),
-        "\"early\" was read before the agent went"
-    );
+    // "early" was read before the agent went; nobody journaled it, so its position was not written.
+    let mut read_to = Vec::new();
+    while let Ok(report) = rx.try_recv() {
+        if let Report::ReadTo { at, .. } = report {
+            read_to.push(at);
+        }
+    }
+    assert_eq!(read_to, [(6, 0)], "reported once, when it moved");
+    assert_eq!(program.read_pos(), (0, 0));
     assert_eq!(
         std::fs::read_to_string(program.out()).unwrap(),
         "early\nlate\n"
@@ -391,8 +405,85 @@ async fn the_secret_goes_to_stdin_only() {
     assert!(outcome.succeeded(), "{outcome:?}");
     assert_eq!(
         outcome.outputs.get("got").map(String::as_str),
-        Some("s3cret")
+        Some("[redacted]"),
+        "it got the secret, and what it prints of it is redacted"
     );
+}
+
+/// A program with a secret on its standard input writes no file, hosted or not: what it prints of
+/// the secret is redacted before anything sees it.
+#[tokio::test]
+async fn a_program_given_a_secret_writes_no_file_and_its_echo_is_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    for outlives_agent in [false, true] {
+        let mut spec = sh(
+            "read pw; echo \"pw is $pw\"; echo \"bad $pw\" >&2; exit 4",
+            Duration::from_secs(20),
+        );
+        spec.stdin_secret = Some("s3cret".into());
+        spec.outlives_agent = outlives_agent;
+        let (outcome, reports) = in_step(dir.path(), &spec).await;
+        assert_eq!(outcome.exit_code, Some(4), "{outlives_agent}");
+        assert_eq!(outcome.stderr_tail, ["bad [redacted]"]);
+        // (The tests' step host, this test binary, prints a line of its own before the program's.)
+        let lines = lines_of(&reports);
+        assert!(
+            lines.iter().any(|l| l.ends_with("pw is [redacted]")),
+            "{lines:?}"
+        );
+        assert!(lines.iter().all(|l| !l.contains("s3cret")), "{lines:?}");
+    }
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("s3cret"), "{}: {text}", path.display());
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("1.exit")).unwrap(),
+        "code 4\n",
+        "only the hosted one has files, and its exit is recorded"
+    );
+    assert!(!dir.path().join("2.out").exists());
+}
+
+/// How far a hosted program's output was read is reported after its lines, only when it moved,
+/// and never written by the runner (the attempt's task writes it once the lines are journaled).
+#[tokio::test]
+async fn a_hosted_programs_position_follows_its_lines_and_only_when_it_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = sh("echo one; sleep 1; echo two >&2", Duration::from_secs(20));
+    spec.outlives_agent = true;
+    let (_, reports) = in_step(dir.path(), &spec).await;
+    let order: Vec<String> = reports
+        .iter()
+        .filter_map(|r| match r {
+            Report::Stdout(line) | Report::Stderr(line) => Some(line.clone()),
+            Report::ReadTo { at, .. } => Some(format!("{at:?}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, ["one", "(4, 0)", "two", "(4, 4)"]);
+    let program = files::Program::last_hosted(dir.path()).unwrap();
+    assert_eq!(program.read_pos(), (0, 0));
+}
+
+/// However many distinct outputs a program prints, what the agent keeps of them stays within what a
+/// result carries.
+#[tokio::test]
+async fn outputs_are_kept_within_their_cap() {
+    let (tx, _rx) = mpsc::channel(100_000);
+    let spec = sh(
+        "i=0; while [ $i -lt 20000 ]; do echo \"::output:: key$i=$(printf '%080d' $i)\"; i=$((i+1)); done; echo '::output:: key0=last'",
+        Duration::from_secs(60),
+    );
+    let outcome = run(&spec, tx).await.unwrap();
+    let len: usize = outcome.outputs.iter().map(|(k, v)| k.len() + v.len()).sum();
+    assert!(len < crate::limits::OUTPUTS_MAX + 200, "{len}");
+    assert_eq!(
+        outcome.outputs["key0"], "last",
+        "a kept key takes its new value"
+    );
+    assert!(outcome.outputs["outputs_truncated"].starts_with("19"));
 }
 
 #[tokio::test]
