@@ -61,6 +61,26 @@ pub(crate) fn facts(version: &str, installer_sha256: Option<String>) -> pb::Fact
     }
 }
 
+/// A fleet of one node, m1 (its certificate issued), and its coordinator; the installer's SHA-256.
+pub(crate) fn one_node_fleet() -> (Fleet, Coordinator, String) {
+    let fleet = Fleet::new().unwrap();
+    let installer = fleet.write("media/Setup.exe", "installer\n").unwrap();
+    let sha: String = Sha256::digest(std::fs::read(&installer).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    fleet
+        .write(
+            "fleet.toml",
+            &ONE_NODE.replace("INSTALLER", path_str(&installer).unwrap()),
+        )
+        .unwrap();
+    let coordinator =
+        Coordinator::start(&fleet, "127.0.0.1:0", &CoordinatorOptions::default()).unwrap();
+    fleet.issue_agent("tls", "m1", "agents/m1/tls").unwrap();
+    (fleet, coordinator, sha)
+}
+
 /// A stand-in for m1's agent process `instance`, attached with m1's certificate (issued before) and
 /// kept attached by heartbeats: what it sends, and its inbound stream after the welcome. The
 /// coordinator's refusal, if it refuses.
@@ -151,21 +171,7 @@ pub(crate) async fn assignment(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicated_and_reordered_events_are_stored_once_in_order_and_applied_once() {
-    let fleet = Fleet::new().unwrap();
-    let installer = fleet.write("media/Setup.exe", "installer\n").unwrap();
-    let sha: String = Sha256::digest(std::fs::read(&installer).unwrap())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    fleet
-        .write(
-            "fleet.toml",
-            &ONE_NODE.replace("INSTALLER", path_str(&installer).unwrap()),
-        )
-        .unwrap();
-    let coordinator =
-        Coordinator::start(&fleet, "127.0.0.1:0", &CoordinatorOptions::default()).unwrap();
-    fleet.issue_agent("tls", "m1", "agents/m1/tls").unwrap();
+    let (fleet, coordinator, sha) = one_node_fleet();
     let (tx, mut inbound) = attach_stand_in(&fleet, &coordinator, "stand-in")
         .await
         .unwrap();

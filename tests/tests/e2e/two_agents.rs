@@ -8,13 +8,9 @@ use std::time::Duration;
 use fleet_proto::pb;
 use fleet_proto::pb::agent_message::Body as A;
 use fleet_proto::pb::coordinator_message::Body as C;
-use fleet_tests::{
-    Coordinator, CoordinatorOptions, Fleet, PATIENCE, Process, bin, eventually, fleetctl, path_str,
-    tool_log,
-};
-use sha2::{Digest, Sha256};
+use fleet_tests::{PATIENCE, Process, bin, eventually, fleetctl, path_str, tool_log};
 
-use crate::deliveries::{ONE_NODE, assignment, attach_stand_in, msg, next};
+use crate::deliveries::{assignment, attach_stand_in, msg, next, one_node_fleet};
 use crate::durability::{start_detached, step_of, wait_final, wait_tool};
 use crate::upgrade::setup;
 
@@ -76,21 +72,7 @@ fn a_second_agent_for_a_node_is_refused_and_the_install_runs_once() {
 /// that its outcome is unknown, and the run halts for the operator.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_received_counts_only_from_the_process_that_accepted() {
-    let fleet = Fleet::new().unwrap();
-    let installer = fleet.write("media/Setup.exe", "installer\n").unwrap();
-    let sha: String = Sha256::digest(std::fs::read(&installer).unwrap())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    fleet
-        .write(
-            "fleet.toml",
-            &ONE_NODE.replace("INSTALLER", path_str(&installer).unwrap()),
-        )
-        .unwrap();
-    let coordinator =
-        Coordinator::start(&fleet, "127.0.0.1:0", &CoordinatorOptions::default()).unwrap();
-    fleet.issue_agent("tls", "m1", "agents/m1/tls").unwrap();
+    let (fleet, coordinator, sha) = one_node_fleet();
     let (tx, mut inbound) = attach_stand_in(&fleet, &coordinator, "process-x")
         .await
         .unwrap();
