@@ -233,12 +233,7 @@ struct UpgradeArgs {
 fn main() -> ExitCode {
     // `demo` runs its agents in this process, and an agent starts an install's program under a step
     // host of its own executable (`fleet-agent --step-host`): here, fleetctl itself.
-    if std::env::args_os()
-        .nth(1)
-        .is_some_and(|a| a == fleet_agent::runner::step_host::ARG)
-    {
-        std::process::exit(fleet_agent::runner::step_host::main());
-    }
+    fleet_agent::runner::step_host::run_if_asked();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -41,12 +41,7 @@ struct Args {
 
 fn main() -> ExitCode {
     // A step's program that must outlive the agent runs under this executable, as its step host.
-    if std::env::args_os()
-        .nth(1)
-        .is_some_and(|a| a == step_host::ARG)
-    {
-        std::process::exit(step_host::main());
-    }
+    step_host::run_if_asked();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
     if let Some(dir) = &args.log_dir

@@ -50,6 +50,8 @@ const AGENTS_PER_HOST: usize = 100;
 const AGENT_HOST_THREADS: usize = 4;
 
 fn main() -> ExitCode {
+    // The agent hosts' agents start an install's program under a step host: this executable.
+    fleet_agent::runner::step_host::run_if_asked();
     // `cargo bench` passes `--bench`.
     let args: Vec<String> = std::env::args()
         .skip(1)

@@ -64,6 +64,16 @@ pub fn command(
     Ok(command)
 }
 
+/// When this process was started as a step host ([`ARG`] its first argument), runs it and exits;
+/// otherwise returns. Every program that runs agents calls it first: `fleet-agent`, and those that
+/// run agents in their own process (`fleetctl demo`, the scale benchmark's agent hosts), since a
+/// step host is the current executable.
+pub fn run_if_asked() {
+    if std::env::args_os().nth(1).is_some_and(|a| a == ARG) {
+        std::process::exit(main());
+    }
+}
+
 /// `fleet-agent --step-host`: runs the program its environment names and records its exit; the
 /// process's exit code is the program's (1 when it could not be read at all).
 pub fn main() -> i32 {
