@@ -832,6 +832,23 @@ impl Manager {
         if !self.running_attempt(&r.run_id, r.step, r.attempt) {
             return;
         }
+        // Aborted while the node was asked: the upgrade never left, and does not now.
+        if self
+            .active
+            .as_ref()
+            .is_some_and(|a| a.run.status().is_final())
+        {
+            let outcome = Outcome::Failed(
+                "not sent: the run was aborted before this upgrade went out".to_string(),
+            );
+            self.apply(Event::StepFinished {
+                step: r.step,
+                attempt: r.attempt,
+                outcome,
+            })
+            .await;
+            return;
+        }
         let Some(found) = r.found else {
             for event in self.send_assignment(r.step, r.attempt, &r.attempt_id).await {
                 if !self.apply(event).await {
