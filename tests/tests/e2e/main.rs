@@ -1,6 +1,6 @@
 //! End-to-end tests of the foundation: real coordinator, agent and fleetctl processes over mutual TLS
 //! on 127.0.0.1, certificates made per test.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod agent_steps;
 mod attach;
