@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use fleet_tests::proxy::Fault;
 use fleet_tests::{Coordinator, CoordinatorOptions, Fleet, PATIENCE, eventually, tool_log};
 
-use crate::upgrade::{FLEET, NODES, Setup, check_order, setup, setups};
+use crate::upgrade::{FLEET, NODES, Setup, check_order, setup, setups, setups_of};
 
 /// Waits until the run is final, and returns it (`run show --output json`).
 pub(crate) fn wait_final(s: &Setup, run_id: &str, within: Duration) -> serde_json::Value {
@@ -400,12 +400,7 @@ fn agent_stopped_mid_step(graceful: bool, entsso_stopped: bool) {
             .starts_with("interrupted: the agent stopped while this step ran"),
         "{upgrade}"
     );
-    let a1_setups = |log: &[fleet_tests::ToolEvent]| {
-        log.iter()
-            .filter(|e| e.node == "a1" && e.tool == "setup" && e.start)
-            .count()
-    };
-    assert_eq!(a1_setups(&tool_log(&s.fleet)), 1, "not run again");
+    assert_eq!(setups_of(&s.fleet, "a1"), 1, "not run again");
     if entsso_stopped {
         s.fleet
             .write("agents/a1/esso/service", "stopped\n")
@@ -420,10 +415,10 @@ fn agent_stopped_mid_step(graceful: bool, entsso_stopped: bool) {
     let upgrade = step_of(&run, "a1", "upgrade");
     assert_eq!(upgrade["attempts"], 2, "{upgrade}");
     if entsso_stopped {
-        assert_eq!(a1_setups(&tool_log(&s.fleet)), 2, "installed again");
+        assert_eq!(setups_of(&s.fleet, "a1"), 2, "installed again");
         return;
     }
-    assert_eq!(a1_setups(&tool_log(&s.fleet)), 1, "installed once");
+    assert_eq!(setups_of(&s.fleet, "a1"), 1, "installed once");
     assert!(
         upgrade["message"]
             .as_str()
@@ -464,11 +459,7 @@ fn a_masters_agent_killed_mid_install_needs_one_retry_and_is_not_installed_twice
     assert!(o.status.success(), "{o:?}");
     let run = wait_final(&s, &run_id, Duration::from_secs(90));
     assert_eq!(run["state"], "succeeded", "{run}");
-    let m1_setups = tool_log(&s.fleet)
-        .iter()
-        .filter(|e| e.node == "m1" && e.tool == "setup" && e.start)
-        .count();
-    assert_eq!(m1_setups, 1, "installed once");
+    assert_eq!(setups_of(&s.fleet, "m1"), 1, "installed once");
     assert!(
         step_of(&run, "m1", "upgrade-master")["message"]
             .as_str()

@@ -8,11 +8,11 @@ use std::time::Duration;
 use fleet_proto::pb;
 use fleet_proto::pb::agent_message::Body as A;
 use fleet_proto::pb::coordinator_message::Body as C;
-use fleet_tests::{PATIENCE, Process, bin, eventually, fleetctl, path_str, tool_log};
+use fleet_tests::{PATIENCE, Process, bin, eventually, fleetctl, path_str};
 
 use crate::deliveries::{assignment, attach_stand_in, msg, next, one_node_fleet};
 use crate::durability::{start_detached, step_of, wait_final, wait_tool};
-use crate::upgrade::setup;
+use crate::upgrade::{setup, setups_of};
 
 /// A copy of a1's agent started by hand while a1's install runs: refused (its log, the coordinator's
 /// log, `nodes` say so), and the install runs once; the run succeeds.
@@ -51,11 +51,7 @@ fn a_second_agent_for_a_node_is_refused_and_the_install_runs_once() {
 
     let run = wait_final(&s, &run_id, Duration::from_secs(90));
     assert_eq!(run["state"], "succeeded", "{run}");
-    let a1_setups = tool_log(&s.fleet)
-        .iter()
-        .filter(|e| e.node == "a1" && e.tool == "setup" && e.start)
-        .count();
-    assert_eq!(a1_setups, 1, "the install ran once");
+    assert_eq!(setups_of(&s.fleet, "a1"), 1, "the install ran once");
     assert_eq!(step_of(&run, "a1", "upgrade")["attempts"], 1, "{run}");
     // Refused all along: its log has no welcome.
     assert!(

@@ -293,6 +293,14 @@ pub(crate) fn setups(log: &[ToolEvent]) -> Vec<String> {
         .collect()
 }
 
+/// How many times `node`'s setup started, from the fixtures' log.
+pub(crate) fn setups_of(fleet: &Fleet, node: &str) -> usize {
+    setups(&tool_log(fleet))
+        .iter()
+        .filter(|n| *n == node)
+        .count()
+}
+
 #[test]
 fn two_environments_upgrade_master_first_members_two_at_a_time() {
     let s = setup(
