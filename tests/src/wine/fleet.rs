@@ -135,6 +135,32 @@ impl WineFleet {
             .to_string()
     }
 
+    /// Polls `check` until it returns `Some`; after `within`, fails naming `what`, with the run
+    /// (as `run show` prints it) and every log in the message.
+    pub fn eventually<T>(
+        &self,
+        within: Duration,
+        what: &str,
+        run_id: &str,
+        mut check: impl FnMut() -> Option<T>,
+    ) -> T {
+        let start = Instant::now();
+        loop {
+            if let Some(value) = check() {
+                return value;
+            }
+            assert!(
+                start.elapsed() < within,
+                "timed out after {within:?} waiting for: {what}
+run {run_id}: {}
+{}",
+                self.run(run_id),
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits until the run is final, and returns it; the logs in the message when it is not.
     pub fn wait_final(&self, run_id: &str, within: Duration) -> serde_json::Value {
         let start = Instant::now();

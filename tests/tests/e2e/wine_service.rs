@@ -253,11 +253,13 @@ fn wine_service_the_agent_as_a_windows_service_stops_within_its_bound_idle_and_m
     // Started again; a run whose install takes SETUP_MS; stopped mid-install.
     w.start_service();
     let run_id = w.upgrade_detached();
-    let install = eventually(PATIENCE, "the install started", || {
+    let asked = Instant::now();
+    let install = w.eventually(PATIENCE, "the install started", &run_id, || {
         w.fixture_log()
             .into_iter()
             .find(|e| e.mode == "install" && e.start)
     });
+    println!("the install started {:?} after the run", asked.elapsed());
     let (mid, states) = w.stop_service();
     // Before 7fdacbe (the agent built from its parent, ddd6782) the service stayed RUNNING, then
     // went STOPPED only when the installer exited: 20.2 s after `sc stop`, with SETUP_MS 20 s.
