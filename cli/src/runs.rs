@@ -322,7 +322,7 @@ async fn watch_once(
         let Some(event) = stream.message().await.map_err(|s| (seen, s))? else {
             return Ok(Watched::Seen(seen));
         };
-        // Live output of a step carries the seq of the last stored event: taking the highest is right.
+        // A step's live output has no seq (0): the cursor is the highest stored event's.
         seen = seen.max(event.seq);
         if output == Output::Text {
             view.show(&event);

@@ -746,7 +746,8 @@ async fn wait_final(
         .await
         .map_err(|s| anyhow::anyhow!("watching the run: {}", s.message()))?
     {
-        *after_seq = event.seq;
+        // A step's live output has no seq (0): the cursor is the highest stored event's.
+        *after_seq = (*after_seq).max(event.seq);
         if let Some(pb::run_event::Kind::RunState(s)) = event.kind {
             let state = s.state();
             if matches!(

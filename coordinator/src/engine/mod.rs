@@ -417,7 +417,7 @@ impl Run {
     }
 
     /// The gate step of `env`, if its workflow has one (migrate has none).
-    fn gate_step(&self, env: usize) -> Option<usize> {
+    pub fn gate_step(&self, env: usize) -> Option<usize> {
         let last = self.envs[env].steps.end.checked_sub(1)?;
         (self.envs[env].steps.contains(&last) && self.steps[last].plan.kind == StepKind::Gate)
             .then_some(last)

@@ -315,7 +315,8 @@ struct Active {
 }
 
 impl Active {
-    /// Streams a step's event to watchers as it happens (it is stored already).
+    /// Streams a step's event to watchers as it happens (it is stored already, with its attempt's
+    /// events, not in the run's event log).
     fn send_live(
         &self,
         step: usize,
@@ -328,7 +329,8 @@ impl Active {
             return;
         };
         let _ = self.events.send(pb::RunEvent {
-            seq: self.last_seq,
+            // Not in the run's event log: no seq (operator.proto, `RunEvent.seq`).
+            seq: 0,
             at_unix_ms: at,
             run_id: self.id.clone(),
             environment: self.run.env_names[s.plan.env].clone(),
@@ -574,14 +576,7 @@ impl Manager {
         let mut run = Run::new(&plan, step_timeout_ms, self.attached.clone());
         run.set_windows(windows_of(&self.inventory, &plan));
         let inventory_toml = self.inventory.source.clone();
-        let selection_json = serde_json::json!({
-            "workflow": plan.workflow.as_str(),
-            "environments": selection.environments.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
-            "master_only": selection.master_only,
-            "max_parallel": plan.max_parallel,
-            "max_failures": plan.max_failures,
-        })
-        .to_string();
+        let selection_json = wire::selection_json(&selection, &plan);
         let started_at = now_ms();
         let target_version = plan.target_version.to_string();
         self.store.create_run(
@@ -1379,18 +1374,11 @@ impl Manager {
         }
         let never_started = !run.started;
         let node_steps = steps_by_node(&run);
-        // A run stored before the master had an installer of its own recorded one hash for both roles.
-        let installer_sha256 = InstallerHashes {
-            master: stored.master_installer_sha256.clone().or_else(|| {
-                stored
-                    .plan
-                    .master_installer
-                    .is_none()
-                    .then(|| stored.installer_sha256.clone())
-                    .flatten()
-            }),
-            member: stored.installer_sha256.clone(),
-        };
+        let installer_sha256 = InstallerHashes::stored(
+            stored.plan.master_installer.as_deref(),
+            stored.installer_sha256.clone(),
+            stored.master_installer_sha256.clone(),
+        );
         self.active = Some(Active {
             id: stored.id.clone(),
             run,

@@ -37,6 +37,19 @@ pub(super) struct InstallerHashes {
 }
 
 impl InstallerHashes {
+    /// As a run stored them: `member` in `installer_sha256`, `master` in `master_installer_sha256`.
+    /// A run stored before the master had an installer of its own recorded one hash for both roles.
+    pub(super) fn stored(
+        master_installer: Option<&str>,
+        member: Option<String>,
+        master: Option<String>,
+    ) -> Self {
+        Self {
+            master: master.or_else(|| master_installer.is_none().then(|| member.clone()).flatten()),
+            member,
+        }
+    }
+
     pub(super) fn get(&self, role: Role) -> Option<&String> {
         match role {
             Role::Master => self.master.as_ref(),

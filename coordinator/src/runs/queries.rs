@@ -1,12 +1,17 @@
 //! The manager's read-only answers: a run, the list of runs, events from a cursor, step logs a page
 //! at a time.
 
+use std::collections::HashMap;
+
 use fleet_proto::pb;
 use tokio::sync::broadcast;
 
-use super::wire::{plain_event, run_event, run_state, step_state};
+use super::preflight::InstallerHashes;
+use super::wire::{self, plain_event, run_event, run_state, step_state};
 use super::{Manager, RunError};
 use crate::domain::NodeName;
+use crate::engine::Run;
+use crate::plan::Plan;
 use crate::store::LogPosition;
 
 /// A `Logs` page stays under this many bytes on the wire (gRPC refuses messages over 4 MB).
@@ -33,89 +38,151 @@ pub struct LogsPage {
 }
 
 impl Manager {
-    pub(super) fn get(&self, run_id: &str) -> Result<pb::Run, RunError> {
+    /// The run as `GetRun` shows it, read back from the store (the active run's engine state and
+    /// plan from memory, a past run's restored from the store).
+    pub(super) fn get(&mut self, run_id: &str) -> Result<pb::Run, RunError> {
         let row = self.store.run(run_id)?;
         let steps = self.store.steps(run_id)?;
         let artifacts = self.store.artifacts(run_id)?;
-        let active = self.active.as_ref().filter(|a| a.id == run_id);
+        let mut reports = step_reports(self.store.step_reports(run_id)?);
+        let past = self.past_run(run_id);
+        let shown = self.shown(run_id, past.as_ref());
+        let environments = match shown {
+            Some((run, ..)) => wire::environments(run),
+            // A run stored before its plan was: names only.
+            None => self
+                .store
+                .run_environments(run_id)?
+                .into_iter()
+                .map(|name| pb::RunEnvironment {
+                    name,
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        let master_installer = shown.and_then(|(_, plan, _)| plan.master_installer.clone());
+        let hashes = InstallerHashes::stored(
+            master_installer.as_deref(),
+            row.installer_sha256,
+            row.master_installer_sha256,
+        );
         Ok(pb::Run {
             id: row.id.clone(),
-            workflow: super::wire::workflow(&row.workflow) as i32,
+            workflow: wire::workflow(&row.workflow) as i32,
             state: run_state(&row.state) as i32,
             started_at_unix_ms: row.started_at,
             finished_at_unix_ms: row.finished_at,
             started_by: row.started_by,
             reason: row.reason,
-            last_event_seq: active.map_or(0, |a| a.last_seq),
-            target_version: active
-                .map(|a| a.plan.target_version.to_string())
-                .unwrap_or_default(),
-            installer: active.map(|a| a.plan.installer.clone()).unwrap_or_default(),
-            plan_hash: active.map(|a| a.plan.hash.clone()).unwrap_or_default(),
+            last_event_seq: shown.map_or(0, |(.., last_seq)| last_seq),
+            target_version: row.target_version,
+            installer: row.installer,
+            plan_hash: row.plan_hash,
+            selection: Some(wire::selection(&row.selection_json, &row.workflow)),
+            environments,
             // The members' installer, else the master's where it is the same file.
-            installer_sha256: active
-                .and_then(|a| {
-                    let hashes = &a.installer_sha256;
-                    if a.plan.master_installer.is_some() {
-                        hashes.member.clone()
-                    } else {
-                        hashes.member.clone().or_else(|| hashes.master.clone())
-                    }
-                })
+            installer_sha256: if master_installer.is_some() {
+                hashes.member
+            } else {
+                hashes.member.or(hashes.master.clone())
+            }
+            .unwrap_or_default(),
+            master_installer_sha256: master_installer
+                .as_ref()
+                .and(hashes.master)
                 .unwrap_or_default(),
-            master_installer: active
-                .and_then(|a| a.plan.master_installer.clone())
-                .unwrap_or_default(),
-            master_installer_sha256: active
-                .filter(|a| a.plan.master_installer.is_some())
-                .and_then(|a| a.installer_sha256.master.clone())
-                .unwrap_or_default(),
+            master_installer: master_installer.unwrap_or_default(),
             steps: steps
                 .into_iter()
-                .map(|s| pb::RunStep {
-                    index: u32::try_from(s.index).unwrap_or(u32::MAX),
-                    environment: s.environment,
-                    node: s.node,
-                    step: s.step,
-                    state: step_state(&s.state) as i32,
-                    attempts: s.attempts,
-                    message: s.message,
-                    started_at_unix_ms: s.started_at,
-                    finished_at_unix_ms: s.finished_at,
-                    batch: s.batch,
-                    artifacts: artifacts
-                        .iter()
-                        .filter(|a| a.step == s.index)
-                        .map(|a| pb::Artifact {
-                            kind: a.kind.clone(),
-                            path: a.path.clone(),
-                            size_bytes: a.size_bytes,
-                            sha256: a.sha256.clone(),
-                            note: a.note.clone(),
-                        })
-                        .collect(),
-                    ..Default::default()
+                .map(|s| {
+                    let state = step_state(&s.state);
+                    let report = reports.remove(&s.index).unwrap_or_default();
+                    pb::RunStep {
+                        index: u32::try_from(s.index).unwrap_or(u32::MAX),
+                        environment: s.environment,
+                        node: s.node,
+                        step: s.step,
+                        state: state as i32,
+                        attempts: s.attempts,
+                        attempt_id: report.attempt_id,
+                        percent: if state == pb::StepState::Succeeded {
+                            100
+                        } else {
+                            report.percent
+                        },
+                        outputs: report.outputs,
+                        message: s.message,
+                        started_at_unix_ms: s.started_at,
+                        finished_at_unix_ms: s.finished_at,
+                        batch: s.batch,
+                        artifacts: artifacts
+                            .iter()
+                            .filter(|a| a.step == s.index)
+                            .map(|a| pb::Artifact {
+                                kind: a.kind.clone(),
+                                path: a.path.clone(),
+                                size_bytes: a.size_bytes,
+                                sha256: a.sha256.clone(),
+                                note: a.note.clone(),
+                            })
+                            .collect(),
+                    }
                 })
                 .collect(),
-            ..Default::default()
         })
     }
 
-    pub(super) fn list(&self) -> Result<Vec<pb::RunSummary>, RunError> {
-        Ok(self
+    /// A run other than the active one, restored from the store as a restart would resume it; `None`
+    /// for the active run, and for a run stored before its plan was (or that no longer restores).
+    fn past_run(&self, run_id: &str) -> Option<PastRun> {
+        if self.active.as_ref().is_some_and(|a| a.id == run_id) {
+            return None;
+        }
+        let stored = self
             .store
+            .load_run(run_id)
+            .map_err(|e| tracing::debug!(run = %run_id, "shown without its plan: {e}"))
+            .ok()?;
+        let run = Run::restore(
+            &stored.plan,
+            stored.step_timeout_ms,
+            Vec::new(),
+            stored.records,
+            stored.durable,
+        )
+        .map_err(|e| tracing::debug!(run = %run_id, "shown without its plan: {e}"))
+        .ok()?;
+        Some(PastRun {
+            run,
+            plan: stored.plan,
+            last_seq: stored.last_seq,
+        })
+    }
+
+    /// The engine state, plan and latest stored event of `run_id`: the active run's, else `past`'s.
+    fn shown<'a>(&'a self, run_id: &str, past: Option<&'a PastRun>) -> Option<Shown<'a>> {
+        match self.active.as_ref().filter(|a| a.id == run_id) {
+            Some(a) => Some((&a.run, &a.plan, a.last_seq)),
+            None => past.map(|p| (&p.run, &p.plan, p.last_seq)),
+        }
+    }
+
+    pub(super) fn list(&self) -> Result<Vec<pb::RunSummary>, RunError> {
+        self.store
             .runs()?
             .into_iter()
-            .map(|r| pb::RunSummary {
-                id: r.id,
-                workflow: super::wire::workflow(&r.workflow) as i32,
-                state: run_state(&r.state) as i32,
-                started_at_unix_ms: r.started_at,
-                finished_at_unix_ms: r.finished_at,
-                started_by: r.started_by,
-                environments: Vec::new(),
+            .map(|r| {
+                Ok(pb::RunSummary {
+                    environments: self.store.run_environments(&r.id)?,
+                    id: r.id,
+                    workflow: wire::workflow(&r.workflow) as i32,
+                    state: run_state(&r.state) as i32,
+                    started_at_unix_ms: r.started_at,
+                    finished_at_unix_ms: r.finished_at,
+                    started_by: r.started_by,
+                })
             })
-            .collect())
+            .collect()
     }
 
     pub(super) fn watch(
@@ -124,17 +191,16 @@ impl Manager {
         after_seq: u64,
     ) -> Result<(Vec<pb::RunEvent>, Option<broadcast::Receiver<pb::RunEvent>>), RunError> {
         self.store.run(run_id)?;
-        let active = self.active.as_ref().filter(|a| a.id == run_id);
         let stored = self.store.run_events(run_id, after_seq, usize::MAX)?;
-        let events = match active {
-            Some(a) => stored
-                .iter()
-                .map(|e| run_event(run_id, &a.run, e))
-                .collect(),
+        let past = self.past_run(run_id);
+        let events = match self.shown(run_id, past.as_ref()) {
+            Some((run, ..)) => stored.iter().map(|e| run_event(run_id, run, e)).collect(),
             None => stored.iter().map(|e| plain_event(run_id, e)).collect(),
         };
-        let live = active
-            .filter(|a| !a.run.status().is_final())
+        let live = self
+            .active
+            .as_ref()
+            .filter(|a| a.id == run_id && !a.run.status().is_final())
             .map(|a| a.events.subscribe());
         Ok((events, live))
     }
@@ -176,6 +242,57 @@ impl Manager {
             }
         }
     }
+}
+
+/// A past run as the store restores it.
+struct PastRun {
+    run: Run,
+    plan: Plan,
+    last_seq: u64,
+}
+
+/// A run's engine state, plan and latest stored event's seq.
+type Shown<'a> = (&'a Run, &'a Plan, u64);
+
+/// What a step's current attempt reported, as `GetRun` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct StepReport {
+    attempt_id: String,
+    /// The last percent it reported (0: none).
+    percent: u32,
+    /// Its outputs; a later value of a key replaces an earlier one.
+    outputs: std::collections::HashMap<String, String>,
+}
+
+/// The stored reports of the steps' current attempts, by step index.
+fn step_reports(rows: Vec<crate::store::StepReportRow>) -> HashMap<usize, StepReport> {
+    let mut reports: HashMap<usize, StepReport> = HashMap::new();
+    for row in rows {
+        let report = reports.entry(row.step).or_default();
+        report.attempt_id = row.attempt_id;
+        let Some((kind, payload)) = row.event else {
+            continue;
+        };
+        let text = |k: &str| payload.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        match kind.as_str() {
+            "progress" => {
+                if let Some(percent) = payload
+                    .get("percent")
+                    .and_then(serde_json::Value::as_u64)
+                    .and_then(|p| u32::try_from(p).ok())
+                {
+                    report.percent = percent;
+                }
+            }
+            "output" => {
+                if let (Some(key), Some(value)) = (text("key"), text("value")) {
+                    report.outputs.insert(key, value);
+                }
+            }
+            _ => {}
+        }
+    }
+    reports
 }
 
 /// One stored agent event as `Logs` shows it; `None` for kinds it does not show.

@@ -3,9 +3,9 @@
 use fleet_proto::pb;
 
 use crate::domain::Role;
-use crate::engine::Run;
-use crate::inventory::Inventory;
-use crate::plan::{Plan, StepKind};
+use crate::engine::{EnvStatus, Millis, Run, StepState};
+use crate::inventory::{Gate, Inventory};
+use crate::plan::{Plan, Selection, StepKind};
 use crate::store::StoredEvent;
 
 /// The assignment for an agent step: the action and placeholder values, never a command line.
@@ -170,13 +170,130 @@ pub(super) fn step_state(state: &str) -> pb::StepState {
     }
 }
 
-/// A stored run event, with the step's environment, node and name from the run.
+/// How a run's selection is stored at its start: the environments named (none: all), and the limits
+/// the run applies (the selection's, else the inventory's policy, as planned).
+pub(super) fn selection_json(selection: &Selection, plan: &Plan) -> String {
+    serde_json::json!({
+        "workflow": plan.workflow.as_str(),
+        "environments": selection.environments.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
+        "master_only": selection.master_only,
+        "max_parallel": plan.max_parallel,
+        "max_failures": plan.max_failures,
+    })
+    .to_string()
+}
+
+/// A stored selection ([`selection_json`]) on the wire; `workflow` is the run's stored workflow.
+pub(super) fn selection(stored: &str, workflow_name: &str) -> pb::RunSelection {
+    let value: serde_json::Value = serde_json::from_str(stored).unwrap_or_default();
+    let environments: Vec<String> = value
+        .get("environments")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.as_str().map(str::to_string))
+        .collect();
+    let limit = |key: &str| {
+        value
+            .get(key)
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok())
+    };
+    pb::RunSelection {
+        workflow: workflow(workflow_name) as i32,
+        all: environments.is_empty(),
+        environments,
+        master_only: value
+            .get("master_only")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false),
+        max_parallel: limit("max_parallel"),
+        max_failures: limit("max_failures"),
+    }
+}
+
+/// An environment's state on the wire. The engine has no failed, skipped or window-waiting
+/// environment: a closed window, or a failure, shows in the run's state and reason.
+pub(super) fn environment_state(status: EnvStatus) -> pb::EnvironmentState {
+    match status {
+        EnvStatus::Pending => pb::EnvironmentState::Pending,
+        EnvStatus::Running => pb::EnvironmentState::Running,
+        EnvStatus::WaitingGate => pb::EnvironmentState::WaitingGate,
+        EnvStatus::Halted => pb::EnvironmentState::Halted,
+        EnvStatus::Succeeded => pb::EnvironmentState::Succeeded,
+    }
+}
+
+/// Every environment of a run, in plan order.
+pub(super) fn environments(run: &Run) -> Vec<pb::RunEnvironment> {
+    run.envs
+        .iter()
+        .enumerate()
+        .map(|(env, e)| pb::RunEnvironment {
+            name: run.env_names[env].clone(),
+            state: environment_state(e.status) as i32,
+            // The migrate workflow has none.
+            gate: run
+                .gate_step(env)
+                .map(|_| e.gate.to_string())
+                .unwrap_or_default(),
+            waiting_for: waiting_for(run, env),
+            member_failures: e.member_failures,
+        })
+        .collect()
+}
+
+/// What an environment waits for (`RunEnvironment.waiting_for`): at its gate, what the gate waits
+/// for ([`gate_wait`]); in progress, the operator's approval of a step that waits for it (an
+/// attended install, a migration's review); otherwise nothing.
+fn waiting_for(run: &Run, env: usize) -> String {
+    match run.envs[env].status {
+        EnvStatus::WaitingGate => gate_wait(run, env),
+        EnvStatus::Running => run.steps[run.envs[env].steps.clone()]
+            .iter()
+            .find(|s| s.state == StepState::Waiting && s.plan.kind != StepKind::Gate)
+            .map(|s| match &s.plan.node {
+                Some(node) => format!("approval of {node} {}", s.plan.kind.name()),
+                None => format!("approval of {}", s.plan.kind.name()),
+            })
+            .unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+/// What an environment's gate waits for: `approval` (a manual gate), or `soak until <time>` (the
+/// soak's end, RFC 3339; `soak <duration>` before it began).
+fn gate_wait(run: &Run, env: usize) -> String {
+    match &run.envs[env].gate {
+        Gate::Auto => String::new(),
+        Gate::Manual => "approval".into(),
+        Gate::Soak(duration) => match run.gate_step(env).and_then(|g| run.steps[g].wait_until) {
+            Some(until) => format!("soak until {}", rfc3339(until)),
+            None => format!("soak {}", humantime::format_duration(*duration)),
+        },
+    }
+}
+
+fn rfc3339(at: Millis) -> String {
+    let at =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(at).unwrap_or(0));
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+/// A stored run event, with the step's environment, node and name from the run, and what an
+/// environment's gate waits for.
 pub(super) fn run_event(run_id: &str, run: &Run, e: &StoredEvent) -> pb::RunEvent {
     let mut event = plain_event(run_id, e);
     if let Some(step) = e.step.and_then(|i| run.steps.get(i)) {
         event.environment = run.env_names[step.plan.env].clone();
         event.node = step.plan.node.as_ref().map(ToString::to_string);
         event.step = step.plan.kind.name().to_string();
+    }
+    if let Some(pb::run_event::Kind::EnvironmentState(changed)) = &mut event.kind
+        && changed.state() == pb::EnvironmentState::WaitingGate
+        && let Some(env) = run.env_names.iter().position(|n| *n == event.environment)
+    {
+        changed.waiting_for = gate_wait(run, env);
     }
     event
 }
@@ -211,10 +328,16 @@ pub(super) fn plain_event(run_id: &str, e: &StoredEvent) -> pb::RunEvent {
             state: run_state(&text("state")) as i32,
             reason: text("reason"),
         })),
+        // The status as stored: the engine's name of it.
         "environment" => Some(pb::run_event::Kind::EnvironmentState(
             pb::EnvironmentStateChanged {
-                state: 0,
-                waiting_for: text("status"),
+                state: e
+                    .payload
+                    .get("status")
+                    .and_then(|s| serde_json::from_value::<EnvStatus>(s.clone()).ok())
+                    .map_or(pb::EnvironmentState::Unspecified, environment_state)
+                    as i32,
+                waiting_for: String::new(),
             },
         )),
         _ => None,
@@ -318,6 +441,50 @@ mod tests {
         );
         assert!(!params(&run, other).contains_key("installed_at_unix_ms"));
         assert!(!params(&run, install).contains_key("installed_at_unix_ms"));
+    }
+
+    /// Environment events are stored with the engine's name of the status (`Store::commit`): each
+    /// comes back as its state, never unspecified.
+    #[test]
+    fn a_stored_environment_status_comes_back_as_its_state() {
+        for (status, state) in [
+            (EnvStatus::Pending, pb::EnvironmentState::Pending),
+            (EnvStatus::Running, pb::EnvironmentState::Running),
+            (EnvStatus::WaitingGate, pb::EnvironmentState::WaitingGate),
+            (EnvStatus::Halted, pb::EnvironmentState::Halted),
+            (EnvStatus::Succeeded, pb::EnvironmentState::Succeeded),
+        ] {
+            let stored = StoredEvent {
+                seq: 3,
+                at: 0,
+                step: None,
+                kind: "environment".into(),
+                payload: serde_json::json!({ "environment": "dev", "status": format!("{status:?}") }),
+            };
+            let event = plain_event("run", &stored);
+            let Some(pb::run_event::Kind::EnvironmentState(changed)) = event.kind else {
+                panic!("{status:?}: {event:?}");
+            };
+            assert_eq!(changed.state(), state, "{status:?}");
+            assert_eq!(event.environment, "dev");
+        }
+    }
+
+    #[test]
+    fn a_selection_reads_back_with_the_limits_the_run_applies() {
+        let inv = Inventory::parse(Path::new("fleet.toml"), FLEET).unwrap();
+        let mut chosen = selection(Workflow::Upgrade);
+        chosen.max_failures = Some(4);
+        let p = plan(&inv, &chosen, &Reports::new()).unwrap();
+        let shown = super::selection(&selection_json(&chosen, &p), "upgrade");
+        assert_eq!(shown.workflow(), pb::Workflow::Upgrade);
+        assert!(!shown.all);
+        assert_eq!(shown.environments, ["dev"]);
+        assert_eq!(shown.max_failures, Some(4));
+        assert_eq!(shown.max_parallel, Some(p.max_parallel));
+        chosen.environments.clear();
+        let all = super::selection(&selection_json(&chosen, &p), "upgrade");
+        assert!(all.all && all.environments.is_empty());
     }
 
     fn find<'a>(all: &'a [(String, pb::StepAssignment)], name: &str) -> &'a pb::StepAssignment {

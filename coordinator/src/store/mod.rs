@@ -92,6 +92,25 @@ pub struct RunRow {
     pub started_at: Millis,
     pub finished_at: Option<Millis>,
     pub started_by: String,
+    /// The selection as the run was started (written by the run manager's `start`).
+    pub selection_json: String,
+    pub plan_hash: String,
+    pub target_version: String,
+    pub installer: String,
+    /// The members' installer's SHA-256 (before schema 4: the one installer's), once preflight read it.
+    pub installer_sha256: Option<String>,
+    /// The master's installer's SHA-256 (schema 4 on).
+    pub master_installer_sha256: Option<String>,
+}
+
+/// What a step's current attempt reported that `GetRun` shows: one row per progress or output event
+/// of it, in order (one row without an event where it reported none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepReportRow {
+    pub step: usize,
+    pub attempt_id: String,
+    /// `progress` or `output`, with the event's payload; `None`: the attempt reported neither.
+    pub event: Option<(String, serde_json::Value)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -761,7 +780,7 @@ impl Store {
     pub fn run(&self, run_id: &str) -> Result<RunRow> {
         self.conn
             .query_row(
-                "SELECT id, workflow, state, reason, started_at, finished_at, started_by FROM runs WHERE id = ?1",
+                "SELECT id, workflow, state, reason, started_at, finished_at, started_by, selection_json, plan_hash, target_version, installer, installer_sha256, master_installer_sha256 FROM runs WHERE id = ?1",
                 [run_id],
                 run_row,
             )
@@ -773,7 +792,7 @@ impl Store {
     /// Every run, newest first.
     pub fn runs(&self) -> Result<Vec<RunRow>> {
         self.query(
-            "SELECT id, workflow, state, reason, started_at, finished_at, started_by FROM runs ORDER BY started_at DESC, id",
+            "SELECT id, workflow, state, reason, started_at, finished_at, started_by, selection_json, plan_hash, target_version, installer, installer_sha256, master_installer_sha256 FROM runs ORDER BY started_at DESC, id",
             [],
             run_row,
         )
@@ -810,6 +829,42 @@ impl Store {
                     message: r.get(7)?,
                     started_at: r.get(8)?,
                     finished_at: r.get(9)?,
+                })
+            },
+        )
+    }
+
+    /// A run's environments, in plan order (each has steps: its preflight at least).
+    pub fn run_environments(&self, run_id: &str) -> Result<Vec<String>> {
+        self.query(
+            "SELECT environment FROM steps WHERE run_id = ?1 GROUP BY environment ORDER BY MIN(idx)",
+            [run_id],
+            |r| r.get(0),
+        )
+    }
+
+    /// The progress and output events of each step's current attempt, by step and sequence
+    /// ([`StepReportRow`]); steps never dispatched have none.
+    pub fn step_reports(&mut self, run_id: &str) -> Result<Vec<StepReportRow>> {
+        self.flush_events()?;
+        self.query(
+            "SELECT a.idx, a.id, e.kind, e.payload FROM attempts a
+             JOIN steps s ON s.run_id = a.run_id AND s.idx = a.idx AND s.attempts = a.number
+             LEFT JOIN attempt_events e ON e.attempt_id = a.id AND e.kind IN ('progress', 'output')
+             WHERE a.run_id = ?1 ORDER BY a.idx, e.seq",
+            [run_id],
+            |r| {
+                let kind: Option<String> = r.get(2)?;
+                let payload: Option<String> = r.get(3)?;
+                Ok(StepReportRow {
+                    step: usize::try_from(r.get::<_, i64>(0)?).unwrap_or(usize::MAX),
+                    attempt_id: r.get(1)?,
+                    event: kind.map(|k| {
+                        let payload = payload
+                            .and_then(|p| serde_json::from_str(&p).ok())
+                            .unwrap_or_default();
+                        (k, payload)
+                    }),
                 })
             },
         )
@@ -1064,6 +1119,12 @@ fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
         started_at: r.get(4)?,
         finished_at: r.get(5)?,
         started_by: r.get(6)?,
+        selection_json: r.get(7)?,
+        plan_hash: r.get(8)?,
+        target_version: r.get(9)?,
+        installer: r.get(10)?,
+        installer_sha256: r.get(11)?,
+        master_installer_sha256: r.get(12)?,
     })
 }
 

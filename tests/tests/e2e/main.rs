@@ -16,6 +16,7 @@ mod migrate;
 mod migrate_builtins;
 mod mssql_contract;
 mod operator_api;
+mod operator_contract;
 mod plan;
 mod refusals;
 mod refusals_in_words;

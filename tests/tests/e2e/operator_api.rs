@@ -25,22 +25,27 @@ master = "m1"
 backup_dir = 'BACKUPS'
 "#;
 
-struct OneMaster {
-    fleet: Fleet,
-    coordinator: Coordinator,
+pub(super) struct OneMaster {
+    pub(super) fleet: Fleet,
+    pub(super) coordinator: Coordinator,
     _agent: Agent,
-    runtime: tokio::runtime::Runtime,
+    pub(super) runtime: tokio::runtime::Runtime,
 }
 
 /// A coordinator with [`ONE_MASTER`] and m1's agent attached, its fixture tools set by `extra_env`.
 fn one_master(extra_env: &str) -> OneMaster {
+    one_master_with("", extra_env)
+}
+
+/// [`one_master`], with `env_lines` added to the environment's table (e.g. `gate = "manual"`).
+pub(super) fn one_master_with(env_lines: &str, extra_env: &str) -> OneMaster {
     let fleet = Fleet::new().unwrap();
     let backups = fleet.path("backups");
     std::fs::create_dir_all(&backups).unwrap();
     let installer = fleet
         .write("media/Setup.exe", "simulated installer\n")
         .unwrap();
-    let inventory = ONE_MASTER
+    let inventory = format!("{ONE_MASTER}{env_lines}\n")
         .replace("BACKUPS", path_str(&backups).unwrap())
         .replace("INSTALLER", path_str(&installer).unwrap());
     fleet.write("fleet.toml", &inventory).unwrap();
@@ -69,14 +74,14 @@ fn one_master(extra_env: &str) -> OneMaster {
 }
 
 impl OneMaster {
-    fn ctl(&self, args: &[&str]) -> std::process::Output {
+    pub(super) fn ctl(&self, args: &[&str]) -> std::process::Output {
         let (url, tls) = (self.coordinator.url(), self.fleet.path("tls"));
         let mut all = vec!["--coordinator", &url, "--tls-dir", path_str(&tls).unwrap()];
         all.extend_from_slice(args);
         fleetctl(&all)
     }
 
-    fn json(&self, args: &[&str]) -> serde_json::Value {
+    pub(super) fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut all = vec!["--output", "json"];
         all.extend_from_slice(args);
         let o = self.ctl(&all);
@@ -84,13 +89,13 @@ impl OneMaster {
         serde_json::from_slice(&o.stdout).unwrap()
     }
 
-    fn start(&self) -> String {
+    pub(super) fn start(&self) -> String {
         let started = self.json(&["upgrade", "--all", "--detach"]);
         started["run_id"].as_str().unwrap().to_string()
     }
 
     /// The operator service's generated client, as the operator of `tls/`.
-    fn client(&self) -> OperatorServiceClient<Channel> {
+    pub(super) fn client(&self) -> OperatorServiceClient<Channel> {
         self.runtime
             .block_on(operator_client(&self.fleet, &self.coordinator))
     }
@@ -112,7 +117,11 @@ async fn operator_client(
     OperatorServiceClient::new(channel)
 }
 
-fn control(run_id: &str, action: pb::ControlAction, request_id: &str) -> pb::ControlRequest {
+pub(super) fn control(
+    run_id: &str,
+    action: pb::ControlAction,
+    request_id: &str,
+) -> pb::ControlRequest {
     pb::ControlRequest {
         run_id: run_id.to_string(),
         action: action as i32,
