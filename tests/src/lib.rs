@@ -40,9 +40,9 @@ pub fn bin(name: &str) -> PathBuf {
     };
     // `cargo test -p fleet-tests` alone does not rebuild the other packages' binaries: never test old ones.
     let crates: &[&str] = match name {
-        "fleet-agent" => &["proto", "node-agent"],
-        "fleet-coordinator" => &["proto", "coordinator"],
-        _ => &["proto", "coordinator", "cli"],
+        "fleet-agent" => &["coordinator/core", "proto", "node-agent"],
+        "fleet-coordinator" => &["coordinator/core", "proto", "coordinator"],
+        _ => &["coordinator/core", "proto", "coordinator", "cli"],
     };
     if let Some((source, changed)) = newest_source(crates) {
         assert!(
