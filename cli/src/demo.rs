@@ -3,6 +3,9 @@
 //! members), all over mutual TLS on 127.0.0.1. Their actions are the simulated ESSO tools (shell
 //! scripts embedded here, the same as `tests/fixtures`). It upgrades them end to end with live
 //! progress, then stops everything and removes the directory.
+//!
+//! Unix only, since the tools are shell scripts: this module is where `fleetctl` links the
+//! coordinator and the agent, and on Windows it links neither.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -78,13 +81,10 @@ fn setup_err(what: &str) -> impl Fn(std::io::Error) -> CliError + '_ {
 }
 
 fn write_executable(path: &Path, content: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, content).map_err(setup_err("writing the simulated tools"))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
-            .map_err(setup_err("making the tools executable"))?;
-    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .map_err(setup_err("making the tools executable"))?;
     Ok(())
 }
 
@@ -126,13 +126,14 @@ program = "{verify}"
     )
 }
 
+/// First thing in `main`: the demo runs its agents in this process, and an agent starts an
+/// install's program under a step host of its own executable (`fleet-agent --step-host`): here,
+/// fleetctl itself, which then serves as that step host and exits.
+pub fn step_host_if_asked() {
+    fleet_agent::runner::step_host::run_if_asked();
+}
+
 pub async fn run(output: Output) -> Result<()> {
-    if cfg!(windows) {
-        return Err(CliError::Usage(
-            "the demo's simulated ESSO tools are shell scripts: run the demo on Linux or macOS"
-                .into(),
-        ));
-    }
     let temp = tempfile::Builder::new()
         .prefix("ssofleet-demo-")
         .tempdir()
