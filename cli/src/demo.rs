@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fleet_agent::attach::Agent;
-use fleet_agent::config::AgentConfig;
+use fleet_agent::config::{AgentConfig, written};
 use fleet_coordinator::Coordinator;
 use fleet_coordinator::settings::Settings;
 use fleet_proto::pb;
@@ -88,42 +88,28 @@ fn write_executable(path: &Path, content: &str) -> Result<()> {
     Ok(())
 }
 
+/// `dir/agent.toml`: certificates and state beside it, the upgrade's actions on the simulated tools.
 fn agent_toml(dir: &Path, tools: &Path, node: &str, port: u16) -> String {
-    let env = format!(
-        "env = {{ FAKE_ESSO_HOME = \"{}\", FAKE_ESSO_NODE = \"{node}\", FAKE_SETUP_SECONDS = \"2\" }}",
-        dir.join("esso").display()
-    );
-    let tool = |name: &str| tools.join(name).display().to_string();
-    format!(
-        r#"node = "{node}"
-coordinator = "https://127.0.0.1:{port}"
-state_dir = "state"
-[tls]
-ca = "ca.pem"
-cert = "agent.pem"
-key = "agent-key.pem"
-[secrets]
-backup_password_file = "backup-password"
-[actions.facts]
-program = "{facts}"
-{env}
-[actions.backup_secret]
-program = "{ssoconfig}"
-args = ["-backupSecret", "{{backup_file}}"]
-{env}
-[actions.install_sso]
-program = "{setup}"
-args = ["{{target_version}}"]
-{env}
-[actions.verify_sso]
-program = "{verify}"
-{env}
-"#,
-        facts = tool("esso-facts"),
-        ssoconfig = tool("ssoconfig"),
-        setup = tool("esso-setup"),
-        verify = tool("esso-verify"),
-    )
+    let home = dir.join("esso").display().to_string();
+    let env = written::env(&[
+        ("FAKE_ESSO_HOME", &home),
+        ("FAKE_ESSO_NODE", node),
+        ("FAKE_SETUP_SECONDS", "2"),
+    ]);
+    let head = written::Head {
+        node,
+        coordinator: &format!("https://127.0.0.1:{port}"),
+        state_dir: "state",
+        ca: "ca.pem",
+        cert: "agent.pem",
+        key: "agent-key.pem",
+        reconnect: None,
+    };
+    let actions: String = written::simulated_esso(tools)
+        .into_iter()
+        .map(|action| action.env(&env).render())
+        .collect();
+    head.render() + &written::secrets("backup-password") + &actions
 }
 
 /// First thing in `main`: the demo runs its agents in this process, and an agent starts an
