@@ -3,12 +3,15 @@
 //! members), all over mutual TLS on 127.0.0.1. Their actions are the simulated ESSO tools (shell
 //! scripts embedded here, the same as `tests/fixtures`). It upgrades them end to end with live
 //! progress, then stops everything and removes the directory.
+//!
+//! Unix only, since the tools are shell scripts: this module is where `fleetctl` links the
+//! coordinator and the agent, and on Windows it links neither.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fleet_agent::attach::Agent;
-use fleet_agent::config::AgentConfig;
+use fleet_agent::config::{AgentConfig, written};
 use fleet_coordinator::Coordinator;
 use fleet_coordinator::settings::Settings;
 use fleet_proto::pb;
@@ -78,61 +81,45 @@ fn setup_err(what: &str) -> impl Fn(std::io::Error) -> CliError + '_ {
 }
 
 fn write_executable(path: &Path, content: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, content).map_err(setup_err("writing the simulated tools"))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
-            .map_err(setup_err("making the tools executable"))?;
-    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .map_err(setup_err("making the tools executable"))?;
     Ok(())
 }
 
+/// `dir/agent.toml`: certificates and state beside it, the upgrade's actions on the simulated tools.
 fn agent_toml(dir: &Path, tools: &Path, node: &str, port: u16) -> String {
-    let env = format!(
-        "env = {{ FAKE_ESSO_HOME = \"{}\", FAKE_ESSO_NODE = \"{node}\", FAKE_SETUP_SECONDS = \"2\" }}",
-        dir.join("esso").display()
-    );
-    let tool = |name: &str| tools.join(name).display().to_string();
-    format!(
-        r#"node = "{node}"
-coordinator = "https://127.0.0.1:{port}"
-state_dir = "state"
-[tls]
-ca = "ca.pem"
-cert = "agent.pem"
-key = "agent-key.pem"
-[secrets]
-backup_password_file = "backup-password"
-[actions.facts]
-program = "{facts}"
-{env}
-[actions.backup_secret]
-program = "{ssoconfig}"
-args = ["-backupSecret", "{{backup_file}}"]
-{env}
-[actions.install_sso]
-program = "{setup}"
-args = ["{{target_version}}"]
-{env}
-[actions.verify_sso]
-program = "{verify}"
-{env}
-"#,
-        facts = tool("esso-facts"),
-        ssoconfig = tool("ssoconfig"),
-        setup = tool("esso-setup"),
-        verify = tool("esso-verify"),
-    )
+    let home = dir.join("esso").display().to_string();
+    let env = written::env(&[
+        ("FAKE_ESSO_HOME", &home),
+        ("FAKE_ESSO_NODE", node),
+        ("FAKE_SETUP_SECONDS", "2"),
+    ]);
+    let head = written::Head {
+        node,
+        coordinator: &format!("https://127.0.0.1:{port}"),
+        state_dir: "state",
+        ca: "ca.pem",
+        cert: "agent.pem",
+        key: "agent-key.pem",
+        reconnect: None,
+    };
+    let actions: String = written::simulated_esso(tools)
+        .into_iter()
+        .map(|action| action.env(&env).render())
+        .collect();
+    head.render() + &written::secrets("backup-password") + &actions
+}
+
+/// First thing in `main`: the demo runs its agents in this process, and an agent starts an
+/// install's program under a step host of its own executable (`fleet-agent --step-host`): here,
+/// fleetctl itself, which then serves as that step host and exits.
+pub fn step_host_if_asked() {
+    fleet_agent::runner::step_host::run_if_asked();
 }
 
 pub async fn run(output: Output) -> Result<()> {
-    if cfg!(windows) {
-        return Err(CliError::Usage(
-            "the demo's simulated ESSO tools are shell scripts: run the demo on Linux or macOS"
-                .into(),
-        ));
-    }
     let temp = tempfile::Builder::new()
         .prefix("ssofleet-demo-")
         .tempdir()

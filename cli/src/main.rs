@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod certs;
+#[cfg(unix)]
 mod demo;
 mod error;
 mod nodes;
@@ -141,7 +142,9 @@ enum Command {
     },
     /// Who did what, when.
     Audit { id: Option<String> },
-    /// A local coordinator and simulated agents running an upgrade end to end.
+    /// A local coordinator and simulated agents running an upgrade end to end (Linux and macOS:
+    /// the simulated ESSO tools are shell scripts).
+    #[cfg(unix)]
     Demo,
 }
 
@@ -231,9 +234,8 @@ struct UpgradeArgs {
 }
 
 fn main() -> ExitCode {
-    // `demo` runs its agents in this process, and an agent starts an install's program under a step
-    // host of its own executable (`fleet-agent --step-host`): here, fleetctl itself.
-    fleet_agent::runner::step_host::run_if_asked();
+    #[cfg(unix)]
+    demo::step_host_if_asked();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -325,6 +327,7 @@ async fn run(cli: Cli) -> Result<()> {
             let mut remote = remote::connect(&cli.coordinator, cli.tls_dir.as_ref()).await?;
             runs::upgrade(&mut remote, selection, None, detach, cli.output).await
         }
+        #[cfg(unix)]
         Command::Demo => demo::run(cli.output).await,
         command => {
             let mut remote = remote::connect(&cli.coordinator, cli.tls_dir.as_ref()).await?;
@@ -393,7 +396,7 @@ fn report_written(output: Output, written: &[PathBuf]) {
 }
 
 fn inventory_check(file: &std::path::Path, output: Output) -> Result<()> {
-    use fleet_coordinator::inventory::Inventory;
+    use fleet_core::inventory::Inventory;
     match Inventory::load(file) {
         Ok(inv) => {
             match output {

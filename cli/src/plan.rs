@@ -1,5 +1,7 @@
 //! `fleetctl plan`: the steps `upgrade` would run, in order, and the plan's hash.
 
+use fleet_core::engine::StepState;
+use fleet_core::inventory::InstallMode;
 use fleet_proto::pb;
 use serde_json::{Value, json};
 
@@ -40,20 +42,21 @@ pub async fn show(remote: &mut Remote, selection: pb::RunSelection, output: Outp
     Ok(())
 }
 
+/// What the plan expects of a step, in the engine's words for its final states ("run" otherwise).
 fn state(s: &pb::PlannedStep) -> &'static str {
     match s.expected() {
-        pb::StepState::AlreadyCurrent => "already-current",
-        pb::StepState::Newer => "newer",
-        pb::StepState::Skipped => "skipped",
+        pb::StepState::AlreadyCurrent => StepState::AlreadyCurrent.as_str(),
+        pb::StepState::Newer => StepState::Newer.as_str(),
+        pb::StepState::Skipped => StepState::Skipped.as_str(),
         _ => "run",
     }
 }
 
-/// How an install step will install (`None` for steps that do not install).
+/// How an install step will install, in the inventory's words (`None` for steps that do not install).
 fn install(s: &pb::PlannedStep) -> Option<&'static str> {
     match s.install() {
-        pb::InstallMode::Attended => Some("attended"),
-        pb::InstallMode::Unattended => Some("unattended"),
+        pb::InstallMode::Attended => Some(InstallMode::Attended.as_str()),
+        pb::InstallMode::Unattended => Some(InstallMode::Unattended.as_str()),
         pb::InstallMode::Unspecified => None,
     }
 }

@@ -1,9 +1,12 @@
 //! What the operator API accepts from a caller, in one place: how long an identifier or a comment may
 //! be, the form of run ids, step names, request ids and plan hashes, and how an error message quotes
-//! what a caller sent ([`quote`]: shortened, so that a refusal never sends a large input back).
+//! what a caller sent ([`quote`], the core's: shortened, so that a refusal never sends a large input
+//! back).
 //!
 //! Node and environment names follow the inventory's rule ([`crate::domain`]); this module only
 //! applies it to what a caller sends.
+
+pub use fleet_core::text::quote;
 
 use crate::domain::{EnvName, NodeName};
 
@@ -17,25 +20,9 @@ pub const MAX_COMMENT: usize = 1024;
 pub const MAX_REQUEST_ID: usize = 128;
 /// A plan's hash as `fleetctl plan` printed it.
 pub const MAX_PLAN_HASH: usize = 128;
-/// How much of a caller's input an error message shows, in bytes of its escaped form.
-const QUOTED: usize = 48;
 /// Events in one `Logs` page when the caller does not say, and at most.
 pub const DEFAULT_LOG_EVENTS: usize = 1_000;
 pub const MAX_LOG_EVENTS: usize = 10_000;
-
-/// `input` for an error message: in quotes with control characters escaped, and when long, its
-/// first few characters and its length: `"aaaa…" (1048576 bytes)`.
-pub fn quote(input: &str) -> String {
-    let mut shown = String::new();
-    for c in input.chars() {
-        let escaped = c.escape_debug().to_string();
-        if shown.len() + escaped.len() > QUOTED {
-            return format!("\"{shown}…\" ({} bytes)", input.len());
-        }
-        shown.push_str(&escaped);
-    }
-    format!("\"{shown}\"")
-}
 
 /// Free text a caller or an agent sent (a reason, an error) as a log line may hold it: at most
 /// `max` characters, then how long it was.
@@ -146,19 +133,6 @@ mod tests {
         assert_eq!(clip("short", 10), "short");
         let q = clip(&"x".repeat(1_000_000), 40);
         assert!(q.len() < 80 && q.ends_with("… (1000000 bytes)"), "{q}");
-    }
-
-    #[test]
-    fn a_long_input_is_quoted_short_and_a_short_one_whole() {
-        assert_eq!(quote("m1"), "\"m1\"");
-        assert_eq!(quote("a\nb"), "\"a\\nb\"");
-        let huge = "a".repeat(1 << 20);
-        let quoted = quote(&huge);
-        assert_eq!(quoted, format!("\"{}…\" (1048576 bytes)", "a".repeat(48)));
-        // Escapes count: a megabyte of control characters is as short.
-        assert!(quote(&"\u{1}".repeat(1 << 20)).len() < 80);
-        // Never cut inside a character.
-        assert!(quote(&"é".repeat(100)).starts_with("\"éé"));
     }
 
     #[test]

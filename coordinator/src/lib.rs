@@ -1,13 +1,17 @@
 //! The ssofleet coordinator: the one gRPC server of the fleet.
 //!
 //! # Layout
+//! The pure core is the crate [`fleet_core`] (no tokio, tonic or database), re-exported here under
+//! the paths the server's modules use:
 //! - [`domain`]: newtypes (`NodeName`, `EnvName`, `Role`).
 //! - [`plan`]: inventory + facts → the ordered steps of a run, and the plan's hash.
 //! - [`engine`]: the rollout engine, a pure state machine over one run.
 //! - [`inventory`]: `fleet.toml`, validated once into typed structs.
+//! - [`fitness`]: the preflight fitness checks the agents report, and what a failed one means.
+//!
+//! The server:
 //! - [`settings`]: command-line flags and `coordinator.toml`.
 //! - [`epoch`]: the durable start counter that fences stale coordinators.
-//! - [`fitness`]: the preflight fitness checks the agents report, and what a failed one means.
 //! - [`fleet`]: the live view of attached agents, owned by one task.
 //! - [`convert`]: proto ↔ domain conversions at the service boundary.
 //! - [`input`]: what the operator API accepts from a caller (lengths, forms) and how errors quote it.
@@ -18,16 +22,13 @@
 //! same server on `127.0.0.1:0`.
 #![forbid(unsafe_code)]
 
+pub use fleet_core::{domain, engine, fitness, inventory, plan};
+
 pub mod complaints;
 pub mod convert;
-pub mod domain;
-pub mod engine;
 pub mod epoch;
-pub mod fitness;
 pub mod fleet;
 pub mod input;
-pub mod inventory;
-pub mod plan;
 pub mod runs;
 pub mod service;
 pub mod settings;

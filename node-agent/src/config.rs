@@ -14,6 +14,8 @@ use toml::Spanned;
 use crate::builtin::{ToolOverrides, Tools};
 use crate::catalogue::{ActionName, PLACEHOLDERS, check_template};
 
+pub mod written;
+
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub path: PathBuf,

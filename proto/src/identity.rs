@@ -182,16 +182,7 @@ impl fmt::Display for PeerIdentity {
 /// Node and operator names: letters, digits, `-`, `_` and `.`, starting with a letter or digit,
 /// at most 253 characters (a DNS name's limit; Windows NetBIOS names are shorter still).
 pub fn valid_name<'a>(name: &'a str, what: &'static str) -> Result<&'a str, IdentityError> {
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
+    if fleet_core::names::valid_name(name) {
         Ok(name)
     } else {
         Err(IdentityError::Malformed {

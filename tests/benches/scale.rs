@@ -33,6 +33,8 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
+use fleet_agent::catalogue::ActionName;
+use fleet_agent::config::written::{self, Action};
 use fleet_proto::identity::PeerIdentity;
 use fleet_proto::pb;
 use fleet_proto::pb::operator_service_client::OperatorServiceClient;
@@ -446,6 +448,7 @@ backup_dir = '{backups}'
     let tls = root.join("tls");
     let issuer = AgentIssuer::new(&tls)?;
     let tools = fixture("bench");
+    let tool = |name: &str| tools.join(name).display().to_string();
     let mut lists: Vec<String> = Vec::new();
     for i in 0..shape.nodes {
         let node = node_name(i);
@@ -453,41 +456,28 @@ backup_dir = '{backups}'
         std::fs::create_dir_all(dir.join("esso"))?;
         std::fs::write(dir.join("esso/version"), format!("{FROM}\n"))?;
         issuer.issue(&node, &dir)?;
-        let env = format!(
-            "env = {{ FAKE_ESSO_HOME = \"{}\", BENCH_STEP_SECONDS = \"{}\" }}",
-            dir.join("esso").display(),
-            shape.step_seconds
-        );
-        let config = format!(
-            r#"node = "{node}"
-coordinator = "{url}"
-state_dir = "state"
-[tls]
-ca = "{ca}"
-cert = "agent.pem"
-key = "agent-key.pem"
-[secrets]
-backup_password_file = "{password}"
-[actions.facts]
-program = "{tools}/facts"
-{env}
-[actions.backup_secret]
-program = "{tools}/backup"
-args = ["{{backup_file}}"]
-{env}
-[actions.install_sso]
-program = "{tools}/setup"
-args = ["{{target_version}}"]
-{env}
-[actions.verify_sso]
-program = "{tools}/verify"
-{env}
-"#,
-            url = coordinator.url(),
-            ca = tls.join("ca.pem").display(),
-            password = password.display(),
-            tools = tools.display(),
-        );
+        let env = written::env(&[
+            ("FAKE_ESSO_HOME", &dir.join("esso").display().to_string()),
+            ("BENCH_STEP_SECONDS", &shape.step_seconds.to_string()),
+        ]);
+        let head = written::Head {
+            node: &node,
+            coordinator: &coordinator.url(),
+            state_dir: "state",
+            ca: &tls.join("ca.pem").display().to_string(),
+            cert: "agent.pem",
+            key: "agent-key.pem",
+            reconnect: None,
+        };
+        let actions = [
+            Action::new(ActionName::Facts, &tool("facts")),
+            Action::new(ActionName::BackupSecret, &tool("backup")).args(&["{backup_file}"]),
+            Action::new(ActionName::InstallSso, &tool("setup")).args(&["{target_version}"]),
+            Action::new(ActionName::VerifySso, &tool("verify")),
+        ];
+        let config = head.render()
+            + &written::secrets(&password.display().to_string())
+            + &actions.map(|action| action.env(&env).render()).concat();
         let path = dir.join("agent.toml");
         std::fs::write(&path, config)?;
         if i % AGENTS_PER_HOST == 0 {

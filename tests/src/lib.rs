@@ -18,6 +18,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use fleet_agent::config::written;
 
 /// A generous bound for things that happen in milliseconds on an idle machine: CI machines are shared.
 pub const PATIENCE: Duration = Duration::from_secs(20);
@@ -40,9 +41,15 @@ pub fn bin(name: &str) -> PathBuf {
     };
     // `cargo test -p fleet-tests` alone does not rebuild the other packages' binaries: never test old ones.
     let crates: &[&str] = match name {
-        "fleet-agent" => &["proto", "node-agent"],
-        "fleet-coordinator" => &["proto", "coordinator"],
-        _ => &["proto", "coordinator", "cli"],
+        "fleet-agent" => &["coordinator/core", "proto", "node-agent"],
+        "fleet-coordinator" => &["coordinator/core", "proto", "coordinator"],
+        _ => &[
+            "coordinator/core",
+            "proto",
+            "coordinator",
+            "node-agent",
+            "cli",
+        ],
     };
     if let Some((source, changed)) = newest_source(crates) {
         assert!(
@@ -106,9 +113,12 @@ fn newest_source(crates: &[&str]) -> Option<(PathBuf, std::time::SystemTime)> {
 
 /// The fixture scripts that stand in for Windows tools.
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
+    fixtures().join(name)
+}
+
+/// Their folder, `tests/fixtures`.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
 /// Polls `check` until it returns `Some`, or fails after `within` with `what` and the last value seen.
@@ -485,31 +495,26 @@ impl Agent {
         extra: &str,
     ) -> Result<Self> {
         let tls = fleet.path(spec.tls_rel);
-        let config = top.to_string()
-            + &format!(
-                r#"node = "{node}"
-coordinator = "{coordinator}"
-state_dir = "state"
-[tls]
-ca = "{ca}"
-cert = "{cert}"
-key = "{key}"
-[reconnect]
-initial = "100ms"
-max = "500ms"
-[actions.facts]
-program = "{facts}"
-env = {{ {env}, FAKE_ESSO_SERVICE = "running", FAKE_ESSO_PRODUCTS = "biztalk" }}
-"#,
-                node = spec.node,
-                coordinator = spec.coordinator,
-                ca = tls.join("ca.pem").display(),
-                cert = tls.join("agent.pem").display(),
-                key = tls.join("agent-key.pem").display(),
-                facts = fixture("esso-facts").display(),
-                env = esso_env(fleet, spec.node),
-            )
-            + extra;
+        let file = |name: &str| tls.join(name).display().to_string();
+        let head = written::Head {
+            node: spec.node,
+            coordinator: spec.coordinator,
+            state_dir: "state",
+            ca: &file("ca.pem"),
+            cert: &file("agent.pem"),
+            key: &file("agent-key.pem"),
+            reconnect: Some(("100ms", "500ms")),
+        };
+        let [facts, ..] = written::simulated_esso(&fixtures());
+        let facts = facts.env(&format!(
+            "{}, {}",
+            esso_env(fleet, spec.node),
+            written::env(&[
+                ("FAKE_ESSO_SERVICE", "running"),
+                ("FAKE_ESSO_PRODUCTS", "biztalk")
+            ])
+        ));
+        let config = top.to_string() + &head.render() + &facts.render() + extra;
         // The simulated server's ESSO, at the version the spec says (none when empty).
         let home = fleet.path(&format!("agents/{}/esso", spec.node));
         std::fs::create_dir_all(&home)?;
@@ -530,11 +535,13 @@ env = {{ {env}, FAKE_ESSO_SERVICE = "running", FAKE_ESSO_PRODUCTS = "biztalk" }}
 
 /// The environment every fixture tool of `node` gets: its simulated ESSO home, its name, the shared log.
 pub fn esso_env(fleet: &Fleet, node: &str) -> String {
-    format!(
-        "FAKE_ESSO_HOME = \"{}\", FAKE_ESSO_NODE = \"{node}\", FAKE_ESSO_LOG = \"{}\"",
-        fleet.path(&format!("agents/{node}/esso")).display(),
-        fleet.path("esso.log").display()
-    )
+    let home = fleet.path(&format!("agents/{node}/esso"));
+    let log = fleet.path("esso.log");
+    written::env(&[
+        ("FAKE_ESSO_HOME", &home.display().to_string()),
+        ("FAKE_ESSO_NODE", node),
+        ("FAKE_ESSO_LOG", &log.display().to_string()),
+    ])
 }
 
 /// agent.toml lines for the upgrade actions (fixture tools) and a backup password; `extra_env` is
@@ -544,27 +551,12 @@ pub fn upgrade_actions(fleet: &Fleet, node: &str, extra_env: &str) -> Result<Str
         &format!("agents/{node}/backup-password"),
         "correct horse battery\n",
     )?;
-    let env = format!("env = {{ {}{extra_env} }}", esso_env(fleet, node));
-    Ok(format!(
-        r#"[secrets]
-backup_password_file = "{password}"
-[actions.backup_secret]
-program = "{ssoconfig}"
-args = ["-backupSecret", "{{backup_file}}"]
-{env}
-[actions.install_sso]
-program = "{setup}"
-args = ["{{target_version}}"]
-{env}
-[actions.verify_sso]
-program = "{verify}"
-{env}
-"#,
-        password = password.display(),
-        ssoconfig = fixture("ssoconfig").display(),
-        setup = fixture("esso-setup").display(),
-        verify = fixture("esso-verify").display(),
-    ))
+    let env = esso_env(fleet, node) + extra_env;
+    let [_, backup, install, verify] = written::simulated_esso(&fixtures());
+    Ok(written::secrets(&password.display().to_string())
+        + &[backup, install, verify]
+            .map(|action| action.env(&env).render())
+            .concat())
 }
 
 /// One line of the fixtures' own log: when, which node, which tool, start or end.

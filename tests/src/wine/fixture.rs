@@ -4,6 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+use fleet_agent::catalogue::ActionName;
+use fleet_agent::config::written::{self, Action};
+
 use super::{NODE, WineFleet, read, windows_bin_or_skip, windows_path};
 use crate::Fleet;
 
@@ -81,31 +84,21 @@ pub fn fixture_actions(fleet: &Fleet, bin: &Path, setup_ms: u32, install: &str) 
         )
         .expect("the backup password");
     let fixture = windows_path(&bin.join("esso-fixture.exe"));
-    let env = format!(
-        "env = {{ FIXTURE_HOME = '{}', FIXTURE_LOG = '{}', FIXTURE_SETUP_MS = \"{setup_ms}\" }}",
-        windows_path(&home),
-        windows_path(&fleet.path("fixture.log")),
-    );
-    format!(
-        r#"[secrets]
-backup_password_file = '{password}'
-[actions.facts]
-program = '{fixture}'
-args = ["facts"]
-{env}
-[actions.backup_secret]
-program = '{fixture}'
-args = ["backup", "-backupSecret", "{{backup_file}}"]
-{env}
-[actions.install_sso]
-program = '{fixture}'
-{install}
-{env}
-[actions.verify_sso]
-program = '{fixture}'
-args = ["verify"]
-{env}
-"#,
-        password = windows_path(&password),
-    )
+    let env = written::env(&[
+        ("FIXTURE_HOME", &windows_path(&home)),
+        ("FIXTURE_LOG", &windows_path(&fleet.path("fixture.log"))),
+        ("FIXTURE_SETUP_MS", &setup_ms.to_string()),
+    ]);
+    let actions = [
+        Action::new(ActionName::Facts, &fixture).args(&["facts"]),
+        Action::new(ActionName::BackupSecret, &fixture).args(&[
+            "backup",
+            "-backupSecret",
+            "{backup_file}",
+        ]),
+        Action::new(ActionName::InstallSso, &fixture).lines(install),
+        Action::new(ActionName::VerifySso, &fixture).args(&["verify"]),
+    ];
+    written::secrets(&windows_path(&password))
+        + &actions.map(|action| action.env(&env).render()).concat()
 }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result};
+use fleet_agent::config::written;
 
 use crate::{Fleet, Process};
 
@@ -103,19 +104,16 @@ pub fn lay_out_windows_agent_in(
 /// agent.toml's first part for a Windows agent laid out by [`lay_out_windows_agent`]: node,
 /// coordinator, state and certificates relative to the file's folder, a quick reconnect.
 pub fn windows_agent_toml(node: &str, coordinator: &str) -> String {
-    format!(
-        r#"node = "{node}"
-coordinator = "{coordinator}"
-state_dir = 'state'
-[tls]
-ca = 'tls\ca.pem'
-cert = 'tls\agent.pem'
-key = 'tls\agent-key.pem'
-[reconnect]
-initial = "100ms"
-max = "500ms"
-"#
-    )
+    written::Head {
+        node,
+        coordinator,
+        state_dir: "state",
+        ca: r"tls\ca.pem",
+        cert: r"tls\agent.pem",
+        key: r"tls\agent-key.pem",
+        reconnect: Some(("100ms", "500ms")),
+    }
+    .render()
 }
 
 /// Starts `fleet-agent.exe --config agent.toml` under Wine in `server`, in `dir` (laid out by

@@ -6,6 +6,7 @@
 //! `FLEET_WINE_BIN` names the folder `tests/wine/build` prints (default `target/wine/bin`). Without Wine
 //! or that folder the test says so loudly and is skipped, unless `FLEET_REQUIRE_WINE` is set (CI).
 
+use fleet_agent::config::written;
 use fleet_tests::wine::{WineServer as Server, windows_bin_or_skip};
 
 #[test]
@@ -19,11 +20,16 @@ fn the_windows_agent_reads_esso_from_the_registry_and_the_service_manager() {
     for file in ["fleet-agent.exe", "bcryptprimitives.dll"] {
         std::fs::copy(bin.join(file), agent.path().join(file)).unwrap();
     }
-    std::fs::write(
-        agent.path().join("agent.toml"),
-        "node = \"sso-dev-01\"\ncoordinator = \"https://127.0.0.1:1\"\nstate_dir = 'state'\n[tls]\nca = \"ca.pem\"\ncert = \"agent.pem\"\nkey = \"agent-key.pem\"\n",
-    )
-    .unwrap();
+    let config = written::Head {
+        node: "sso-dev-01",
+        coordinator: "https://127.0.0.1:1",
+        state_dir: "state",
+        ca: "ca.pem",
+        cert: "agent.pem",
+        key: "agent-key.pem",
+        reconnect: None,
+    };
+    std::fs::write(agent.path().join("agent.toml"), config.render()).unwrap();
     let facts = || {
         let o = server.wine(
             &["fleet-agent.exe", "--config", "agent.toml", "--facts"],

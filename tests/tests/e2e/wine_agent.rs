@@ -267,7 +267,7 @@ fn the_windows_agent_killed_mid_install_and_retried_at_once_never_runs_two_insta
     );
 
     // The master's agent detached (its stream ended with the killed process): the coordinator halted
-    // the environment (coordinator/src/engine: `master_lost`). The master is back, so the retry
+    // the environment (coordinator/core/src/engine: `master_lost`). The master is back, so the retry
     // lifted that too: no resume is needed (issue 18, item 8).
     let o = w.ctl(&["resume", &run_id]);
     assert!(!o.status.success(), "nothing left to resume: {o:?}");

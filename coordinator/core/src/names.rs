@@ -1,5 +1,19 @@
-//! Names shared by the coordinator and the agents: comparing server names as ESSO records them, and
-//! the text of a secret file.
+//! Names shared by the coordinator and the agents: the characters a node, environment or operator
+//! name may use, comparing server names as ESSO records them, and the text of a secret file.
+
+/// Whether `name` may name a node, an environment or an operator: letters, digits, `-`, `_` and
+/// `.`, starting with a letter or digit, at most 253 bytes (a DNS name's length).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
 
 /// Whether two names are the same server: case-insensitive, a trailing dot ignored, and a short
 /// (NetBIOS) name matches the first label of an FQDN (ESSO and SQL Server may record either). An

@@ -369,10 +369,7 @@ fn each_install_step_gets_its_mode_and_reason() {
     let (m, why) = mode("d1", StepKind::UpgradeMaster);
     assert_eq!(
         (m, why.as_str()),
-        (
-            InstallMode::Attended,
-            fleet_proto::install::NO_SILENT_ESSO_SETUP
-        )
+        (InstallMode::Attended, crate::install::NO_SILENT_ESSO_SETUP)
     );
     assert_eq!(
         mode("d2", StepKind::UpgradeMember),
@@ -443,10 +440,7 @@ fn each_install_step_gets_its_mode_and_reason() {
         .unwrap();
     assert_eq!(
         (i.mode, i.reason.as_str()),
-        (
-            InstallMode::Attended,
-            fleet_proto::install::NO_HIS_CONFIGURATION
-        )
+        (InstallMode::Attended, crate::install::NO_HIS_CONFIGURATION)
     );
     let i = step(&p, "d2", StepKind::UpgradeMember)
         .install

@@ -7,8 +7,8 @@
 //! `review-export` (the operator reviews the export and resolves conflicting mappings or names, as the
 //! HIS docs describe, before anything is imported) → `import-host-security` → `verify`.
 
-use fleet_proto::names::same_server;
-use fleet_proto::version::Standing;
+use crate::names::same_server;
+use crate::version::Standing;
 
 use super::build::{EnvSteps, install_expected, plan_hash, standing};
 use super::{EnvPlan, Expected, Plan, PlanError, Reports, StepKind, Workflow};

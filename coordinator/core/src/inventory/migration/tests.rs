@@ -209,7 +209,7 @@ fn the_backup_dir_is_required_and_no_directory_may_be_empty() {
 /// Server 4.0 alternative left out), is a valid migration of dev.
 #[test]
 fn the_deploy_example_migration_is_valid_when_uncommented() {
-    let example = include_str!("../../../../deploy/examples/fleet.toml");
+    let example = include_str!("../../../../../deploy/examples/fleet.toml");
     let mut in_block = false;
     let text: String = example
         .lines()

@@ -11,8 +11,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use fleet_proto::config::{ConfigError, LineIndex, Problem, deserialize, read_file};
-use fleet_proto::version::Version;
+use crate::config::{ConfigError, LineIndex, Problem, deserialize, read_file};
+use crate::version::Version;
 
 use crate::domain::{EnvName, NodeName, Role};
 

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use fleet_proto::version::{Standing, Version};
+use crate::version::{Standing, Version};
 use sha2::{Digest, Sha256};
 
 use super::migrate::migrate_plan;

@@ -357,7 +357,7 @@ fn a_target_version_that_is_not_a_version_names_file_line_and_key() {
             err.to_string(),
             format!(
                 "/etc/ssofleet/fleet.toml: line 3, key upgrade.target_version: {}",
-                fleet_proto::version::VersionError(bad.to_string())
+                crate::version::VersionError(bad.to_string())
             )
         );
     }

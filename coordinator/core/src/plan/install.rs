@@ -2,18 +2,18 @@
 //! supports"), decided once, here, when the plan is made: the plan stores the mode, the assignment
 //! carries it, `fleetctl plan` shows it with its reason.
 //!
-//! Which installs may be silent is `fleet_proto::install`'s rule, shared with the agent: a fresh
+//! Which installs may be silent is `crate::install`'s rule, shared with the agent: a fresh
 //! BizTalk install and Host Integration Server 2020 (with the customer's configuration) are documented
 //! as silent; a BizTalk upgrade and ESSO's own setup are not; a customer's own `[actions.install_sso]`
 //! command is the customer's method. An environment may always choose attended.
 
-use fleet_proto::install::{Overrides, unattended};
+use crate::install::{Overrides, unattended};
 
 use crate::inventory::InstallMode;
 
 use super::Reported;
 
-pub use fleet_proto::install::NO_SILENT_UPGRADE;
+pub use crate::install::NO_SILENT_UPGRADE;
 
 /// Why an install is attended where the environment says so (nothing more to explain).
 const ENVIRONMENT_ATTENDED: &str =

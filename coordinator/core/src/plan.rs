@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use fleet_proto::version::Version;
+use crate::version::Version;
 
 use crate::domain::{EnvName, NodeName, Role};
 use crate::inventory::Gate;

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use crate::text::quote;
+
 /// A node (SSO server) name: case-insensitive like a Windows host name, kept in lower case.
 #[derive(
     Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -14,14 +16,14 @@ impl NodeName {
     /// Checks the characters (letters, digits, `-`, `_`, `.`) and the length (a DNS name's, 253) and
     /// folds to lower case.
     pub fn new(raw: &str) -> Result<Self, String> {
-        fleet_proto::identity::valid_name(raw, "node name")
-            .map(|n| Self(n.to_ascii_lowercase()))
-            .map_err(|_| {
-                format!(
-                    "{} is not a valid node name (letters, digits, '-', '_' and '.', starting with a letter or digit, at most 253 bytes)",
-                    crate::input::quote(raw)
-                )
-            })
+        if crate::names::valid_name(raw) {
+            Ok(Self(raw.to_ascii_lowercase()))
+        } else {
+            Err(format!(
+                "{} is not a valid node name (letters, digits, '-', '_' and '.', starting with a letter or digit, at most 253 bytes)",
+                quote(raw)
+            ))
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -53,12 +55,13 @@ impl EnvName {
         if raw.is_empty() {
             return Err("the environment name is empty".into());
         }
-        match fleet_proto::identity::valid_name(raw, "environment name") {
-            Ok(name) => Ok(Self(name.to_string())),
-            Err(_) => Err(format!(
+        if crate::names::valid_name(raw) {
+            Ok(Self(raw.to_string()))
+        } else {
+            Err(format!(
                 "{} is not a valid environment name (letters, digits, '-', '_' and '.', starting with a letter or digit, at most 253 bytes)",
-                crate::input::quote(raw)
-            )),
+                quote(raw)
+            ))
         }
     }
 
