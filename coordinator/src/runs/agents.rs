@@ -83,7 +83,7 @@ impl Manager {
             .get(&node)
             .into_iter()
             .flatten()
-            .filter(|&&step| active.run.steps[step].state == StepState::Running)
+            .filter(|&&step| active.run.steps()[step].state() == StepState::Running)
             .filter_map(|step| active.attempts.get(step).cloned())
             .collect();
         if out.is_empty() {
@@ -180,11 +180,8 @@ impl Manager {
     ///   out, retried since, another run, none), the agent is told to drop it, so that the server
     ///   is not blocked for ever. Repeating any of this changes nothing.
     async fn agent_waits(&mut self, node: &NodeName, attempt_id: &str, waiting: &pb::StepWaiting) {
-        let current = self.current_attempt(attempt_id).filter(|_| {
-            self.active
-                .as_ref()
-                .is_some_and(|a| !a.run.status().is_final())
-        });
+        // A finished run hears neither (the engine's word), and wants no wait.
+        let current = self.current_attempt(attempt_id);
         if waiting.reason() == pb::WaitReason::Reboot {
             if let Some((step, attempt)) = current {
                 self.apply(Event::StepRebooting {
@@ -204,26 +201,19 @@ impl Manager {
             return;
         }
         if let Some((step, attempt)) = current {
-            let approved = self.active.as_ref().is_some_and(|a| {
-                let s = &a.run.steps[step];
-                s.approved == Some(attempt) && s.state == StepState::Running
-            });
-            if approved {
-                tracing::info!(node = %node, attempt_id, "{node} still waits for an approved install: telling it again");
-                self.tell_agent(step, AgentOrder::Continue, None).await;
-                return;
-            }
+            // The step waits for the operator now; or the operator approved it already, and its
+            // agent, which did not get the word, is told again (the engine's `Continue`).
             self.apply(Event::StepWaiting {
                 step,
                 attempt,
                 instruction: waiting.instruction.clone(),
             })
             .await;
-            let waits = self.active.as_ref().is_some_and(|a| {
-                let s = &a.run.steps[step];
-                s.attempt == attempt && s.state == StepState::Waiting
-            });
-            if waits {
+            if self
+                .active
+                .as_ref()
+                .is_some_and(|a| a.run.wants_wait(step, attempt))
+            {
                 return;
             }
         }
@@ -299,7 +289,7 @@ impl Manager {
         let step = *active.attempt_steps.get(attempt_id)?;
         // An earlier attempt of a step that was tried again is not current.
         (active.attempts.get(&step).map(String::as_str) == Some(attempt_id))
-            .then(|| (step, active.run.steps[step].attempt))
+            .then(|| (step, active.run.steps()[step].attempt()))
     }
 
     /// An attempt's result: stored once, applied to the run if it is the step's current attempt, then
@@ -340,10 +330,10 @@ impl Manager {
             && let Some(version) = result.outputs.get("version")
             && let Some(kind) = self.active.as_ref().and_then(|a| {
                 a.run
-                    .steps
+                    .steps()
                     .get(row.step)
                     .filter(|_| a.id == row.run_id)
-                    .map(|s| s.plan.kind)
+                    .map(|s| s.plan().kind)
             })
             && matches!(
                 kind,

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::complaints::Complaints;
 use crate::domain::{NodeName, Role};
-use crate::engine::{Command, Control, Event, Millis, Outcome, Run, StepState};
+use crate::engine::{Command, Control, Event, Millis, Outcome, Run, StepState, Unresolved};
 use crate::fleet::FleetHandle;
 use crate::input::{clip, quote};
 use crate::inventory::Inventory;
@@ -325,7 +325,7 @@ impl Active {
         at: Millis,
         kind: pb::run_event::Kind,
     ) {
-        let Some(s) = self.run.steps.get(step) else {
+        let Some(s) = self.run.steps().get(step) else {
             return;
         };
         let _ = self.events.send(pb::RunEvent {
@@ -333,9 +333,9 @@ impl Active {
             seq: 0,
             at_unix_ms: at,
             run_id: self.id.clone(),
-            environment: self.run.env_names[s.plan.env].clone(),
+            environment: self.run.env_name(s.plan().env).to_string(),
             node,
-            step: s.plan.kind.name().into(),
+            step: s.plan().kind.name().into(),
             attempt_id: attempt_id.to_string(),
             kind: Some(kind),
         });
@@ -630,20 +630,6 @@ impl Manager {
         let Some(active) = self.active.as_mut() else {
             return true;
         };
-        let running = active.run.has_running_steps();
-        // A finished (aborted) run still hears results of attempts it sent, learns which never
-        // arrived, and times out silent ones.
-        if active.run.status().is_final()
-            && !matches!(
-                event,
-                Event::StepFinished { .. } | Event::StepNotDelivered { .. } | Event::Tick
-            )
-        {
-            return true;
-        }
-        if active.run.status().is_final() && matches!(event, Event::Tick) && !running {
-            return true;
-        }
         let now = now_ms();
         let commands = match active.run.apply(event, now) {
             Ok(c) => c,
@@ -730,7 +716,7 @@ impl Manager {
             return;
         };
         let (Some(node), Some(attempt_id)) = (
-            active.run.steps[step].plan.node.clone(),
+            active.run.steps()[step].plan().node.clone(),
             active.attempts.get(&step).cloned(),
         ) else {
             return;
@@ -782,7 +768,7 @@ impl Manager {
         let Some(active) = self.active.as_ref() else {
             return Vec::new();
         };
-        let planned = &active.run.steps[step].plan;
+        let planned = active.run.steps()[step].plan();
         let Some(node) = planned.node.clone() else {
             return Vec::new();
         };
@@ -877,7 +863,7 @@ impl Manager {
         let Some(active) = self.active.as_ref() else {
             return Vec::new();
         };
-        let planned = &active.run.steps[step].plan;
+        let planned = active.run.steps()[step].plan();
         if planned.kind.awaits_operator() {
             let (kind, note, run_id) = (planned.kind, planned.note.clone(), active.id.clone());
             return self.operator_wait(step, attempt, kind, &note, &run_id);
@@ -892,12 +878,12 @@ impl Manager {
             }
             self.send_assignment(step, attempt, attempt_id).await
         } else if planned.kind == StepKind::Preflight {
-            let env_name = &active.run.env_names[planned.env];
+            let env_name = active.run.env_name(planned.env);
             let sso = active.inventory.environment(env_name).and_then(|e| {
                 e.sso_database.clone().map(|db| SsoCheck {
                     db,
                     master: e.master.clone(),
-                    env: env_name.clone(),
+                    env: env_name.to_string(),
                 })
             });
             let job = PreflightJob::new(
@@ -912,7 +898,7 @@ impl Manager {
             tokio::spawn(preflight(job, self.fleet.clone(), self.requests.clone()));
             Vec::new()
         } else if planned.kind == StepKind::BackupDatabase {
-            let env_name = active.run.env_names[planned.env].clone();
+            let env_name = active.run.env_name(planned.env).to_string();
             let Some((db, backup_dir)) = active
                 .inventory
                 .environment(&env_name)
@@ -992,8 +978,8 @@ impl Manager {
         self.active
             .as_ref()
             .filter(|a| a.id == run_id)
-            .and_then(|a| a.run.steps.get(step))
-            .is_some_and(|s| s.attempt == attempt && s.state == StepState::Running)
+            .and_then(|a| a.run.steps().get(step))
+            .is_some_and(|s| s.attempt() == attempt && s.state() == StepState::Running)
     }
 
     async fn preflight_done(
@@ -1164,81 +1150,33 @@ impl Manager {
                 "run {run_id} is not active in this coordinator"
             )));
         };
-        let find_step = || -> Result<usize, RunError> {
-            let Some(node) = request.node.as_ref() else {
-                // No node: the failed step of the coordinator's own (preflight, backup-database).
-                return active
-                    .run
-                    .steps
-                    .iter()
-                    .position(|s| s.plan.node.is_none() && s.state == StepState::Failed)
-                    .ok_or_else(|| {
-                        RunError::Invalid(
-                            "name the node: --node N (only a failed coordinator step, such as preflight, backup-database or a migration's review, is retried without one)"
-                                .into(),
-                        )
-                    });
-            };
-            let candidates: Vec<usize> = active
+        // Which step the control means is the engine's to say; how it is refused, the operator API's.
+        let unresolved = |why| unresolved(why, run_id);
+        let target = || {
+            active
                 .run
-                .steps
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.plan.node.as_ref() == Some(node))
-                .filter(|(_, s)| {
-                    request
-                        .step
-                        .as_deref()
-                        .is_none_or(|name| s.plan.kind.name() == name)
-                })
-                .map(|(i, _)| i)
-                .collect();
-            // The node's step the operator means: the failed one, else the first still pending.
-            candidates
-                .iter()
-                .copied()
-                .find(|&i| active.run.steps[i].state == StepState::Failed)
-                .or_else(|| {
-                    candidates
-                        .iter()
-                        .copied()
-                        .find(|&i| active.run.steps[i].state == StepState::Pending)
-                })
-                .ok_or_else(|| {
-                    RunError::Invalid(format!(
-                        "node {} has no failed or pending step in run {run_id}",
-                        quote(node.as_str())
-                    ))
-                })
+                .target(request.node.as_ref(), request.step.as_deref())
+                .map_err(unresolved)
         };
         let control = match request.action {
             pb::ControlAction::Pause => Control::Pause,
             pb::ControlAction::Resume => Control::Resume,
             pb::ControlAction::Abort => Control::Abort,
-            pb::ControlAction::Approve if request.node.is_some() => {
-                let waiting = active.run.steps.iter().position(|s| {
-                    s.plan.node == request.node
-                        && s.plan.kind.installs()
-                        && s.state == StepState::Waiting
-                });
-                let Some(step) = waiting else {
-                    return Err(RunError::Precondition(format!(
-                        "no attended install on {} waits for approval in run {run_id}",
-                        quote(request.node.as_ref().map_or("", NodeName::as_str))
-                    )));
-                };
-                Control::ApproveInstall { step }
-            }
-            pb::ControlAction::Approve => Control::Approve,
-            pb::ControlAction::Retry => Control::Retry { step: find_step()? },
-            pb::ControlAction::Skip => Control::Skip { step: find_step()? },
+            pb::ControlAction::Approve => match request.node.as_ref() {
+                Some(node) => Control::ApproveInstall {
+                    step: active.run.waiting_install(node).map_err(unresolved)?,
+                },
+                None => Control::Approve,
+            },
+            pb::ControlAction::Retry => Control::Retry { step: target()? },
+            pb::ControlAction::Skip => Control::Skip { step: target()? },
             pb::ControlAction::Unspecified => {
                 return Err(RunError::Invalid("no control action".into()));
             }
         };
         let (node, step_name) = match &control {
             Control::Retry { step } | Control::Skip { step } | Control::ApproveInstall { step } => {
-                let s = &active.run.steps[*step].plan;
+                let s = active.run.steps()[*step].plan();
                 (
                     s.node.as_ref().map(ToString::to_string),
                     Some(s.kind.name().to_string()),
@@ -1323,6 +1261,7 @@ impl Manager {
             windows,
             stored.records,
             stored.durable,
+            BTreeSet::new(),
         ) {
             Ok(run) => run,
             Err(e) => {
@@ -1341,11 +1280,11 @@ impl Manager {
             .collect();
         let (events, _) = broadcast::channel(4096);
         let in_flight: Vec<(usize, u32)> = run
-            .steps
+            .steps()
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.state == StepState::Running)
-            .map(|(i, s)| (i, s.attempt))
+            .filter(|(_, s)| s.state() == StepState::Running)
+            .map(|(i, s)| (i, s.attempt()))
             .collect();
         let note = format!(
             "the coordinator restarted (epoch {}) and resumed the run; {} step(s) in flight",
@@ -1361,18 +1300,12 @@ impl Manager {
             ));
             return;
         }
-        // The clock of steps out on agents starts again: time the coordinator was down is not theirs
-        // to answer for (their results may be waiting in the agents' journals).
+        // The clock of steps out on agents starts again (the engine decides nothing else on it).
         let mut run = run;
-        let restarted = now_ms();
-        for s in run
-            .steps
-            .iter_mut()
-            .filter(|s| s.state == StepState::Running)
-        {
-            s.dispatched_at = Some(restarted);
+        if let Err(refused) = run.apply(Event::Resumed, now_ms()) {
+            tracing::debug!("{refused}");
         }
-        let never_started = !run.started;
+        let never_started = !run.started();
         let node_steps = steps_by_node(&run);
         let installer_sha256 = InstallerHashes::stored(
             stored.plan.master_installer.as_deref(),
@@ -1407,7 +1340,7 @@ impl Manager {
             let Some(active) = self.active.as_ref() else {
                 return;
             };
-            let kind = active.run.steps[step].plan.kind;
+            let kind = active.run.steps()[step].plan().kind;
             if let Some((outcome, error)) = &a.result {
                 // Stored, not yet applied when the previous coordinator stopped.
                 let outcome = if outcome == "Succeeded" {
@@ -1432,12 +1365,30 @@ impl Manager {
     }
 }
 
+/// Why no step answers to what the operator's control named, as the operator API says it.
+fn unresolved(why: Unresolved, run_id: &str) -> RunError {
+    match why {
+        Unresolved::NodeNeeded => RunError::Invalid(
+            "name the node: --node N (only a failed coordinator step, such as preflight, backup-database or a migration's review, is retried without one)"
+                .into(),
+        ),
+        Unresolved::NothingOn(node) => RunError::Invalid(format!(
+            "node {} has no failed or pending step in run {run_id}",
+            quote(node.as_str())
+        )),
+        Unresolved::NoInstallWaits(node) => RunError::Precondition(format!(
+            "no attended install on {} waits for approval in run {run_id}",
+            quote(node.as_str())
+        )),
+    }
+}
+
 /// The maintenance window of each of the plan's environments, from `inventory`.
 /// Each node's steps, in plan order.
 fn steps_by_node(run: &Run) -> HashMap<NodeName, Vec<usize>> {
     let mut by_node: HashMap<NodeName, Vec<usize>> = HashMap::new();
-    for (i, step) in run.steps.iter().enumerate() {
-        if let Some(node) = &step.plan.node {
+    for (i, step) in run.steps().iter().enumerate() {
+        if let Some(node) = &step.plan().node {
             by_node.entry(node.clone()).or_default().push(i);
         }
     }

@@ -95,12 +95,12 @@ impl PreflightJob {
         epoch: u64,
         sso: Option<SsoCheck>,
     ) -> Self {
-        let env = run.steps[step].plan.env;
-        let steps = &run.steps[run.envs[env].steps.clone()];
+        let env = run.steps()[step].plan().env;
+        let steps = &run.steps()[run.envs()[env].steps()];
         let nodes = steps
             .iter()
-            .filter(|x| matches!(x.plan.expected, Expected::Run))
-            .filter_map(|x| x.plan.node.clone())
+            .filter(|x| matches!(x.plan().expected, Expected::Run))
+            .filter_map(|x| x.plan().node.clone())
             .collect();
         let mut groups: Vec<InstallerGroup> = Vec::new();
         for role in [Role::Master, Role::Member] {
@@ -120,9 +120,9 @@ impl PreflightJob {
             groups[index].nodes.extend(
                 steps
                     .iter()
-                    .filter(|x| matches!(x.plan.expected, Expected::Run))
-                    .filter(|x| x.plan.kind.installs() && x.plan.kind.role() == Some(role))
-                    .filter_map(|x| x.plan.node.clone()),
+                    .filter(|x| matches!(x.plan().expected, Expected::Run))
+                    .filter(|x| x.plan().kind.installs() && x.plan().kind.role() == Some(role))
+                    .filter_map(|x| x.plan().node.clone()),
             );
         }
         groups.retain(|g| !g.nodes.is_empty());

@@ -1,7 +1,7 @@
 //! The manager's read-only answers: a run, the list of runs, events from a cursor, step logs a page
 //! at a time.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use fleet_proto::pb;
 use tokio::sync::broadcast;
@@ -149,6 +149,7 @@ impl Manager {
             Vec::new(),
             stored.records,
             stored.durable,
+            BTreeSet::new(),
         )
         .map_err(|e| tracing::debug!(run = %run_id, "shown without its plan: {e}"))
         .ok()?;

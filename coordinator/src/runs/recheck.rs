@@ -53,7 +53,7 @@ impl Recheck {
         attempt_id: &str,
         epoch: u64,
     ) -> Option<Self> {
-        let planned = &active.run.steps.get(step)?.plan;
+        let planned = active.run.steps().get(step)?.plan();
         if !matches!(
             planned.kind,
             StepKind::UpgradeMaster | StepKind::UpgradeMember

@@ -26,7 +26,7 @@ pub(super) fn assignment(
     step: usize,
     attempt_id: &str,
 ) -> pb::StepAssignment {
-    let s = &run.steps[step].plan;
+    let s = run.steps()[step].plan();
     let env_name = &plan.environments[s.env].name;
     let env = inventory.environments.iter().find(|e| &e.name == env_name);
     let role = s.kind.role().unwrap_or(Role::Member);
@@ -84,7 +84,7 @@ pub(super) fn assignment(
         step: s.kind.name().to_string(),
         action: action as i32,
         params,
-        timeout_ms: u64::try_from(run.step_timeout_ms).unwrap_or(u64::MAX),
+        timeout_ms: u64::try_from(run.step_timeout_ms()).unwrap_or(u64::MAX),
         install_mode: install_mode as i32,
         expected_installer_sha256: String::new(),
     }
@@ -93,18 +93,18 @@ pub(super) fn assignment(
 /// When the install that a verify step verifies was dispatched: the same node's latest succeeded
 /// install step in the same environment. `None` for other steps and where nothing was installed.
 fn installed_at(run: &Run, step: usize) -> Option<crate::engine::Millis> {
-    let s = &run.steps[step].plan;
+    let s = run.steps()[step].plan();
     if !matches!(
         s.kind,
         StepKind::VerifyMaster | StepKind::VerifyMember | StepKind::VerifyMigration
     ) {
         return None;
     }
-    run.steps
+    run.steps()
         .iter()
-        .filter(|x| x.plan.env == s.env && x.plan.node == s.node && x.plan.kind.installs())
-        .filter(|x| x.state == crate::engine::StepState::Succeeded)
-        .filter_map(|x| x.dispatched_at)
+        .filter(|x| x.plan().env == s.env && x.plan().node == s.node && x.plan().kind.installs())
+        .filter(|x| x.state() == crate::engine::StepState::Succeeded)
+        .filter_map(|x| x.record().dispatched_at)
         .max()
 }
 
@@ -226,19 +226,19 @@ pub(super) fn environment_state(status: EnvStatus) -> pb::EnvironmentState {
 
 /// Every environment of a run, in plan order.
 pub(super) fn environments(run: &Run) -> Vec<pb::RunEnvironment> {
-    run.envs
+    run.envs()
         .iter()
         .enumerate()
         .map(|(env, e)| pb::RunEnvironment {
-            name: run.env_names[env].clone(),
-            state: environment_state(e.status) as i32,
+            name: run.env_name(env).to_string(),
+            state: environment_state(e.status()) as i32,
             // The migrate workflow has none.
             gate: run
                 .gate_step(env)
-                .map(|_| e.gate.to_string())
+                .map(|_| e.gate().to_string())
                 .unwrap_or_default(),
             waiting_for: waiting_for(run, env),
-            member_failures: e.member_failures,
+            member_failures: e.member_failures(),
         })
         .collect()
 }
@@ -247,14 +247,14 @@ pub(super) fn environments(run: &Run) -> Vec<pb::RunEnvironment> {
 /// for ([`gate_wait`]); in progress, the operator's approval of a step that waits for it (an
 /// attended install, a migration's review); otherwise nothing.
 fn waiting_for(run: &Run, env: usize) -> String {
-    match run.envs[env].status {
+    match run.envs()[env].status() {
         EnvStatus::WaitingGate => gate_wait(run, env),
-        EnvStatus::Running => run.steps[run.envs[env].steps.clone()]
+        EnvStatus::Running => run.steps()[run.envs()[env].steps()]
             .iter()
-            .find(|s| s.state == StepState::Waiting && s.plan.kind != StepKind::Gate)
-            .map(|s| match &s.plan.node {
-                Some(node) => format!("approval of {node} {}", s.plan.kind.name()),
-                None => format!("approval of {}", s.plan.kind.name()),
+            .find(|s| s.state() == StepState::Waiting && s.plan().kind != StepKind::Gate)
+            .map(|s| match &s.plan().node {
+                Some(node) => format!("approval of {node} {}", s.plan().kind.name()),
+                None => format!("approval of {}", s.plan().kind.name()),
             })
             .unwrap_or_default(),
         _ => String::new(),
@@ -264,10 +264,13 @@ fn waiting_for(run: &Run, env: usize) -> String {
 /// What an environment's gate waits for: `approval` (a manual gate), or `soak until <time>` (the
 /// soak's end, RFC 3339; `soak <duration>` before it began).
 fn gate_wait(run: &Run, env: usize) -> String {
-    match &run.envs[env].gate {
+    match run.envs()[env].gate() {
         Gate::Auto => String::new(),
         Gate::Manual => "approval".into(),
-        Gate::Soak(duration) => match run.gate_step(env).and_then(|g| run.steps[g].wait_until) {
+        Gate::Soak(duration) => match run
+            .gate_step(env)
+            .and_then(|g| run.steps()[g].record().wait_until)
+        {
             Some(until) => format!("soak until {}", rfc3339(until)),
             None => format!("soak {}", humantime::format_duration(*duration)),
         },
@@ -284,14 +287,14 @@ fn rfc3339(at: Millis) -> String {
 /// environment's gate waits for.
 pub(super) fn run_event(run_id: &str, run: &Run, e: &StoredEvent) -> pb::RunEvent {
     let mut event = plain_event(run_id, e);
-    if let Some(step) = e.step.and_then(|i| run.steps.get(i)) {
-        event.environment = run.env_names[step.plan.env].clone();
-        event.node = step.plan.node.as_ref().map(ToString::to_string);
-        event.step = step.plan.kind.name().to_string();
+    if let Some(step) = e.step.and_then(|i| run.steps().get(i)) {
+        event.environment = run.env_name(step.plan().env).to_string();
+        event.node = step.plan().node.as_ref().map(ToString::to_string);
+        event.step = step.plan().kind.name().to_string();
     }
     if let Some(pb::run_event::Kind::EnvironmentState(changed)) = &mut event.kind
         && changed.state() == pb::EnvironmentState::WaitingGate
-        && let Some(env) = run.env_names.iter().position(|n| *n == event.environment)
+        && let Some(env) = run.env_named(&event.environment)
     {
         changed.waiting_for = gate_wait(run, env);
     }
@@ -376,6 +379,7 @@ mod tests {
 
     use super::*;
     use crate::domain::NodeName;
+    use crate::engine::{Event, Outcome};
     use crate::plan::{Reported, Reports, Selection, Workflow, plan};
 
     const FLEET: &str = "[upgrade]\ntarget_version = \"3.0.7\"\ninstaller = 'D:\\media\\Setup.exe'\nmaster_installer = 'D:\\media\\Platform\\SSO\\Setup.exe'\n[[environment]]\nname = \"dev\"\ninstall = \"unattended\"\nmaster = \"m\"\nmembers = [\"a\", \"b\"]\nbackup_dir = 'B'\n[environment.migration]\nsource = \"his2000\"\nhost_security_server = \"PDC1\"\nbackup_dir = 'HB'\nlog_dir = 'C:\\hostsec\\log'\n";
@@ -395,10 +399,10 @@ mod tests {
         let inv = Inventory::parse(Path::new("fleet.toml"), FLEET).unwrap();
         let p = plan(&inv, &selection(workflow), reports).unwrap();
         let run = Run::new(&p, 60_000, BTreeSet::new());
-        (0..run.steps.len())
-            .filter(|&i| run.steps[i].plan.kind.on_agent())
+        (0..run.steps().len())
+            .filter(|&i| run.steps()[i].plan().kind.on_agent())
             .map(|i| {
-                let s = &run.steps[i].plan;
+                let s = &run.steps()[i].plan();
                 let name = format!(
                     "{} {}",
                     s.node.as_ref().map_or("-", NodeName::as_str),
@@ -417,12 +421,14 @@ mod tests {
             .map(|(n, v)| (NodeName::new(n).unwrap(), Reported::version(v)))
             .collect();
         let p = plan(&inv, &selection(Workflow::Upgrade), &reports).unwrap();
-        let mut run = Run::new(&p, 60_000, BTreeSet::new());
+        let nodes = ["m", "a", "b"].map(|n| NodeName::new(n).unwrap());
+        let mut run = Run::new(&p, 60_000, nodes.into_iter().collect());
         let index = |node: &str, kind: StepKind| {
-            run.steps
+            run.steps()
                 .iter()
                 .position(|x| {
-                    x.plan.kind == kind && x.plan.node.as_ref().map(NodeName::as_str) == Some(node)
+                    x.plan().kind == kind
+                        && x.plan().node.as_ref().map(NodeName::as_str) == Some(node)
                 })
                 .unwrap()
         };
@@ -433,8 +439,27 @@ mod tests {
         let other = index("a", StepKind::VerifyMember);
         let params = |run: &Run, i: usize| assignment(&inv, &p, "run", 7, run, i, "attempt").params;
         assert!(!params(&run, verify).contains_key("installed_at_unix_ms"));
-        run.steps[install].dispatched_at = Some(1_700_000_000_000);
-        run.steps[install].state = crate::engine::StepState::Succeeded;
+        // The run goes on, every step succeeding, until the master's install has (dispatched then).
+        let at = 1_700_000_000_000;
+        run.apply(Event::Start, at).unwrap();
+        while run.steps()[install].state() != StepState::Succeeded {
+            let step = run
+                .steps()
+                .iter()
+                .position(|s| s.state() == StepState::Running)
+                .unwrap();
+            let attempt = run.steps()[step].attempt();
+            let outcome = Outcome::Succeeded;
+            run.apply(
+                Event::StepFinished {
+                    step,
+                    attempt,
+                    outcome,
+                },
+                at,
+            )
+            .unwrap();
+        }
         assert_eq!(
             params(&run, verify)["installed_at_unix_ms"],
             "1700000000000"
@@ -614,8 +639,8 @@ mod tests {
         .unwrap();
         let p = plan(&sna, &selection(Workflow::Migrate), &reports).unwrap();
         let run = Run::new(&p, 60_000, BTreeSet::new());
-        let export = (0..run.steps.len())
-            .find(|&i| run.steps[i].plan.kind == StepKind::ExportHostSecurity)
+        let export = (0..run.steps().len())
+            .find(|&i| run.steps()[i].plan().kind == StepKind::ExportHostSecurity)
             .unwrap();
         let params = assignment(&sna, &p, "run", 7, &run, export, "attempt").params;
         assert_eq!(params["migration_source"], "sna4");

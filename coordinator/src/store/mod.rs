@@ -364,24 +364,24 @@ impl Store {
             params![
                 new.id, new.workflow, run.status().as_str(), new.started_at, new.started_by, new.inventory_toml,
                 new.selection_json, new.plan_hash, new.target_version, new.installer, new.step_timeout_ms,
-                run.max_parallel, run.max_failures, json(plan), json(&run.durable())
+                run.max_parallel(), run.max_failures(), json(plan), json(&run.durable())
             ],
         )
         .map_err(err)?;
-        for (i, step) in run.steps.iter().enumerate() {
+        for (i, step) in run.steps().iter().enumerate() {
             tx.execute(
                 "INSERT INTO steps (run_id, idx, environment, node, step, batch, expected, state, attempts, message)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9)",
                 params![
                     new.id,
                     i64::try_from(i).unwrap_or(i64::MAX),
-                    run.env_names[step.plan.env],
-                    step.plan.node.as_ref().map(|n| n.as_str()),
-                    step.plan.kind.name(),
-                    step.plan.batch,
-                    step.plan.expected.to_string(),
-                    step.state.as_str(),
-                    step.message,
+                    run.env_name(step.plan().env),
+                    step.plan().node.as_ref().map(|n| n.as_str()),
+                    step.plan().kind.name(),
+                    step.plan().batch,
+                    step.plan().expected.to_string(),
+                    step.state().as_str(),
+                    step.record().message,
                 ],
             )
             .map_err(err)?;
@@ -423,7 +423,7 @@ impl Store {
             let (step, kind, payload) = match command {
                 Command::Dispatch { step, attempt } => {
                     let id = uuid::Uuid::new_v4().to_string();
-                    let s = &run.steps[*step];
+                    let s = &run.steps()[*step];
                     tx.execute(
                         "INSERT INTO attempts (id, run_id, idx, number, node, state, dispatched_at)
                          VALUES (?1, ?2, ?3, ?4, ?5, 'dispatched', ?6)",
@@ -432,7 +432,7 @@ impl Store {
                             run_id,
                             *step as i64,
                             attempt,
-                            s.plan.node.as_ref().map(|n| n.as_str()),
+                            s.plan().node.as_ref().map(|n| n.as_str()),
                             now
                         ],
                     )
@@ -462,7 +462,7 @@ impl Store {
                 Command::EnvChanged { env, status } => (
                     None,
                     "environment",
-                    serde_json::json!({ "environment": run.env_names[*env], "status": format!("{status:?}") }),
+                    serde_json::json!({ "environment": run.env_name(*env), "status": format!("{status:?}") }),
                 ),
                 Command::RunChanged { status, reason } => {
                     let finished = status.is_final().then_some(now);

@@ -80,7 +80,7 @@ fn a_run_its_dispatches_and_changes_survive_reopening() {
         )
         .unwrap();
     store.commit("r1", &run, &commands, 3_000, None).unwrap();
-    assert_eq!(run.steps[0].state, StepState::Failed);
+    assert_eq!(run.steps()[0].state(), StepState::Failed);
     drop(store);
 
     let store = Store::open(dir.path()).unwrap();
@@ -306,9 +306,9 @@ fn a_stored_run_restores_to_the_same_run_at_every_point() {
         let control = commands.is_empty() && run.status() == crate::engine::RunStatus::Halted;
         if control {
             let failed = run
-                .steps
+                .steps()
                 .iter()
-                .position(|s| s.state == StepState::Failed)
+                .position(|s| s.state() == StepState::Failed)
                 .unwrap();
             commands = run
                 .apply(
@@ -322,35 +322,39 @@ fn a_stored_run_restores_to_the_same_run_at_every_point() {
             .commit("r1", &run, &commands, now, control.then_some(&audit))
             .unwrap();
         let stored = store.load_run("r1").unwrap();
-        let windows = vec![None; run.envs.len()];
-        let mut restored = Run::restore(
+        let windows = vec![None; run.envs().len()];
+        let restored = Run::restore(
             &stored.plan,
             stored.step_timeout_ms,
             windows,
             stored.records,
             stored.durable,
+            run.attached().clone(),
         )
         .unwrap();
-        restored.attached = run.attached.clone();
         assert_eq!(restored, run, "round {round}");
         // Each stored current attempt is the step's current attempt number.
         for a in &stored.attempts {
-            assert_eq!(a.number, run.steps[a.step].attempt);
+            assert_eq!(a.number, run.steps()[a.step].attempt());
         }
         if run.status().is_final() {
             break;
         }
         now += 1_000;
-        commands = match run.steps.iter().position(|s| s.state == StepState::Running) {
+        commands = match run
+            .steps()
+            .iter()
+            .position(|s| s.state() == StepState::Running)
+        {
             Some(step) => {
-                let fail = run.steps[step].plan.kind == crate::plan::StepKind::UpgradeMaster
-                    && run.steps[step].attempt == 1;
+                let fail = run.steps()[step].plan().kind == crate::plan::StepKind::UpgradeMaster
+                    && run.steps()[step].attempt() == 1;
                 let outcome = if fail {
                     Outcome::Failed("exit 1603".into())
                 } else {
                     Outcome::Succeeded
                 };
-                let attempt = run.steps[step].attempt;
+                let attempt = run.steps()[step].attempt();
                 run.apply(
                     Event::StepFinished {
                         step,

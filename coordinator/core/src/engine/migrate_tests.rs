@@ -11,6 +11,7 @@ use super::tests::{T0, dispatched, fail, name, ok, round_trip, run_to_quiet};
 use super::*;
 use crate::domain::{EnvName, NodeName};
 use crate::inventory::Inventory;
+use crate::plan::{Expected, Plan, StepKind};
 use crate::plan::{Reported, Reports, migrate_plan};
 
 /// `[environment.migration]` of each kind the planner lays out differently.
@@ -64,7 +65,7 @@ fn migrate_run(source: Source) -> Run {
 
 /// What the shell does with a dispatched wait: reports it waiting with what the operator must do.
 fn shell_waits(run: &mut Run, step: usize) -> Vec<Command> {
-    let attempt = run.steps[step].attempt;
+    let attempt = run.steps[step].record.attempt;
     let instruction = format!("{} (as the shell says it)", run.steps[step].plan.note);
     run.apply(
         Event::StepWaiting {
@@ -113,7 +114,7 @@ fn a_his2000_migration_waits_for_the_cache_stop_and_the_review_and_goes_on_only_
         ]
     );
     let stop = stop.unwrap();
-    assert_eq!(run.steps[stop].state, StepState::Waiting);
+    assert_eq!(run.steps[stop].record.state, StepState::Waiting);
     assert_eq!(run.status(), RunStatus::WaitingApproval);
     assert_eq!(
         run.reason(),
@@ -126,10 +127,10 @@ fn a_his2000_migration_waits_for_the_cache_stop_and_the_review_and_goes_on_only_
     // Waiting is no silence: no timeout, nothing else starts, however long the operator takes.
     let later = T0 + 10 * 3_600_000;
     assert!(dispatched(&run.apply(Event::Tick, later).unwrap()).is_empty());
-    assert_eq!(run.steps[stop].state, StepState::Waiting);
+    assert_eq!(run.steps[stop].record.state, StepState::Waiting);
 
     let export = approve(&mut run);
-    assert_eq!(run.steps[stop].message, "approved");
+    assert_eq!(run.steps[stop].record.message, "approved");
     assert_eq!(
         export
             .iter()
@@ -156,7 +157,7 @@ fn a_his2000_migration_waits_for_the_cache_stop_and_the_review_and_goes_on_only_
         run_to_quiet(&mut run, import),
         ["m1:import-host-security", "m1:verify"]
     );
-    assert_eq!(run.steps[review].state, StepState::Succeeded);
+    assert_eq!(run.steps[review].record.state, StepState::Succeeded);
     assert_eq!(run.status(), RunStatus::Succeeded);
 }
 
@@ -173,7 +174,7 @@ fn nothing_after_the_review_starts_before_the_operator_approves_it() {
     let review = review.unwrap();
     let import = review + 1;
     let m1 = NodeName::new("m1").unwrap();
-    let attempt = run.steps[review].attempt;
+    let attempt = run.steps[review].record.attempt;
     // Nothing an agent, the clock or the shell reports passes the review, and no other control does.
     let events = [
         Event::Tick,
@@ -201,14 +202,22 @@ fn nothing_after_the_review_starts_before_the_operator_approves_it() {
         if let Ok(commands) = run.apply(event, T0 + 1) {
             assert!(dispatched(&commands).is_empty(), "{what} dispatched");
         }
-        assert_eq!(run.steps[review].state, StepState::Waiting, "after {what}");
-        assert_eq!(run.steps[import].state, StepState::Pending, "after {what}");
+        assert_eq!(
+            run.steps[review].record.state,
+            StepState::Waiting,
+            "after {what}"
+        );
+        assert_eq!(
+            run.steps[import].record.state,
+            StepState::Pending,
+            "after {what}"
+        );
     }
     // The master going away meanwhile halts the environment; approving does not lift that.
     run.apply(Event::NodeDetached(m1.clone()), T0).unwrap();
     assert_eq!(run.status(), RunStatus::Halted);
     assert!(approve(&mut run).is_empty());
-    assert_eq!(run.steps[review].state, StepState::Succeeded);
+    assert_eq!(run.steps[review].record.state, StepState::Succeeded);
     run.apply(Event::NodeAttached(m1), T0).unwrap();
     let import_started = dispatched(&run.apply(Event::Control(Control::Resume), T0).unwrap());
     assert_eq!(import_started, [(import, 1)]);
@@ -231,8 +240,11 @@ fn an_sna4_migration_has_no_key_step_and_no_cache_stop_for_the_operator() {
             "-:review-export",
         ]
     );
-    assert_eq!(run.steps[1].state, StepState::Skipped);
-    assert_eq!(run.steps[1].message, "SNA Server 4.0 has no encryption key");
+    assert_eq!(run.steps[1].record.state, StepState::Skipped);
+    assert_eq!(
+        run.steps[1].record.message,
+        "SNA Server 4.0 has no encryption key"
+    );
     assert!(review.is_some());
     let rest = approve(&mut run);
     assert_eq!(run_to_quiet(&mut run, rest).len(), 2);
@@ -288,14 +300,14 @@ fn a_review_the_shell_cannot_prepare_fails_halts_and_is_retried() {
     };
     assert!(fail(&mut run, review).is_empty());
     assert_eq!(run.status(), RunStatus::Halted);
-    assert_eq!(run.steps[review + 1].state, StepState::Pending);
+    assert_eq!(run.steps[review + 1].record.state, StepState::Pending);
     let again = dispatched(
         &run.apply(Event::Control(Control::Retry { step: review }), T0)
             .unwrap(),
     );
     assert_eq!(again, [(review, 2)]);
     shell_waits(&mut run, review);
-    assert_eq!(run.steps[review].state, StepState::Waiting);
+    assert_eq!(run.steps[review].record.state, StepState::Waiting);
     assert_eq!(approve(&mut run), [(review + 1, 1)]);
 }
 
@@ -310,7 +322,7 @@ fn an_aborted_run_ends_its_wait_for_the_operator() {
         !commands.iter().any(|c| matches!(c, Command::Cancel { .. })),
         "no agent holds anything"
     );
-    assert_eq!(run.steps[review].state, StepState::Failed);
+    assert_eq!(run.steps[review].record.state, StepState::Failed);
     assert_eq!(run.status(), RunStatus::Aborted);
     assert!(!run.has_running_steps());
     assert!(run.apply(Event::Control(Control::Approve), T0).is_err());
@@ -322,7 +334,7 @@ fn already_on_the_target_esso_is_not_installed_again_but_the_migration_runs() {
     let first = dispatched(&run.apply(Event::Start, T0).unwrap());
     let (order, _) = to_next_wait(&mut run, first);
     assert!(!order.contains(&"m1:install-sso".to_string()), "{order:?}");
-    assert_eq!(run.steps[2].state, StepState::AlreadyCurrent);
+    assert_eq!(run.steps[2].record.state, StepState::AlreadyCurrent);
     let rest = approve(&mut run);
     run_to_quiet(&mut run, rest);
     assert_eq!(run.status(), RunStatus::Succeeded);
@@ -513,10 +525,10 @@ proptest! {
                 // A success claimed for any step's current attempt (a duplicate, or for a wait).
                 4 => {
                     let step = pick % steps;
-                    let attempt = run.steps[step].attempt;
+                    let attempt = run.steps[step].record.attempt;
                     let s = &run.steps[step];
-                    let finishes = s.state == StepState::Running
-                        || (s.state == StepState::Waiting && s.plan.kind.installs());
+                    let finishes = s.record.state == StepState::Running
+                        || (s.record.state == StepState::Waiting && s.plan.kind.installs());
                     if !s.plan.kind.awaits_operator() && finishes {
                         obs.outstanding.remove(&step);
                         obs.succeeded.insert(step);
@@ -535,7 +547,7 @@ proptest! {
                 },
                 9 if !obs.outstanding.is_empty() => {
                     let (&step, &attempt) = obs.outstanding.iter().nth(pick % obs.outstanding.len()).unwrap();
-                    if run.steps[step].state == StepState::Running {
+                    if run.steps[step].record.state == StepState::Running {
                         obs.outstanding.remove(&step);
                     }
                     Event::StepNotDelivered { step, attempt }
@@ -582,6 +594,6 @@ proptest! {
         }
         prop_assert_eq!(run.status(), RunStatus::Succeeded);
         prop_assert_eq!(approvals, waits);
-        prop_assert!(run.steps.iter().all(|s| s.state.is_done()));
+        prop_assert!(run.steps.iter().all(|s| s.record.state.is_done()));
     }
 }

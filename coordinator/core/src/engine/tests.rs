@@ -5,13 +5,18 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::*;
-use crate::inventory::Inventory;
-use crate::plan::Workflow;
+use crate::domain::NodeName;
+use crate::inventory::{Gate, Inventory};
+use crate::plan::{Expected, Plan, StepKind, Workflow};
 use crate::plan::{Reported, Reports, Selection, plan};
 
 pub(super) const T0: Millis = 1_000_000;
 
-fn inventory(envs: &[(&str, &[&str], &str)], max_parallel: u32, max_failures: u32) -> Inventory {
+pub(super) fn inventory(
+    envs: &[(&str, &[&str], &str)],
+    max_parallel: u32,
+    max_failures: u32,
+) -> Inventory {
     let mut text = format!(
         "[upgrade]\ntarget_version = \"3.0.7\"\ninstaller = 'setup.exe'\n[policy]\nmax_parallel = {max_parallel}\nmax_failures = {max_failures}\nstep_timeout = \"10m\"\n"
     );
@@ -26,7 +31,7 @@ fn inventory(envs: &[(&str, &[&str], &str)], max_parallel: u32, max_failures: u3
     Inventory::parse(Path::new("fleet.toml"), &text).unwrap()
 }
 
-fn all() -> Selection {
+pub(super) fn all() -> Selection {
     Selection {
         workflow: Workflow::Upgrade,
         environments: Vec::new(),
@@ -74,7 +79,7 @@ pub(super) fn name(run: &Run, step: usize) -> String {
 }
 
 pub(super) fn ok(run: &mut Run, step: usize) -> Vec<(usize, u32)> {
-    let attempt = run.steps[step].attempt;
+    let attempt = run.steps[step].record.attempt;
     dispatched(
         &run.apply(
             Event::StepFinished {
@@ -89,7 +94,7 @@ pub(super) fn ok(run: &mut Run, step: usize) -> Vec<(usize, u32)> {
 }
 
 pub(super) fn fail(run: &mut Run, step: usize) -> Vec<(usize, u32)> {
-    let attempt = run.steps[step].attempt;
+    let attempt = run.steps[step].record.attempt;
     dispatched(
         &run.apply(
             Event::StepFinished {
@@ -208,7 +213,7 @@ fn a_failing_master_halts_no_member_starts_and_retry_resumes() {
         run.steps
             .iter()
             .filter(|s| s.plan.kind.is_member_step())
-            .all(|s| s.attempt == 0)
+            .all(|s| s.record.attempt == 0)
     );
 
     let e = run
@@ -282,7 +287,7 @@ fn member_failures_halt_beyond_max_failures() {
         "with max_failures = 1 the run goes on"
     );
     assert_eq!(
-        run.steps[members[0].0 + 1].state,
+        run.steps[members[0].0 + 1].record.state,
         StepState::Skipped,
         "a's verify is skipped"
     );
@@ -304,13 +309,13 @@ fn an_accepted_failure_that_is_retried_does_not_excuse_a_later_one() {
     let b = run
         .steps
         .iter()
-        .position(|s| s.state == StepState::Running)
+        .position(|s| s.record.state == StepState::Running)
         .unwrap();
     ok(&mut run, b); // b upgraded; a's retried upgrade takes the slot
     let running = run
         .steps
         .iter()
-        .position(|s| s.state == StepState::Running)
+        .position(|s| s.record.state == StepState::Running)
         .unwrap();
     fail(&mut run, running);
     assert_eq!(
@@ -370,7 +375,7 @@ fn newer_nodes_are_done_like_current_ones_and_never_installed_on() {
         "attended",
     );
     let states: Vec<(String, &str)> = (0..run.steps.len())
-        .map(|i| (name(&run, i), run.steps[i].state.as_str()))
+        .map(|i| (name(&run, i), run.steps[i].record.state.as_str()))
         .collect();
     let newer: Vec<&str> = states
         .iter()
@@ -379,7 +384,7 @@ fn newer_nodes_are_done_like_current_ones_and_never_installed_on() {
         .collect();
     assert_eq!(newer, ["m:upgrade-master", "c:upgrade", "c:verify"]);
     assert_eq!(
-        run.steps[3].message,
+        run.steps[3].record.message,
         "on 3.0.8, newer than the target 3.0.7: never downgraded"
     );
     let first = dispatched(&run.apply(Event::Start, T0).unwrap());
@@ -531,7 +536,7 @@ fn a_detached_master_halts_its_environment_until_it_is_back_and_resumed() {
     );
     // Its step is not failed: the result may still come.
     let (backup, _) = next.pop().unwrap();
-    assert_eq!(run.steps[backup].state, StepState::Running);
+    assert_eq!(run.steps[backup].record.state, StepState::Running);
     assert!(
         ok(&mut run, backup).is_empty(),
         "halted: nothing new starts"
@@ -601,7 +606,7 @@ fn one_resume_lifts_a_pause_and_a_halt() {
         queue.extend(ok(&mut run, step));
     }
     assert_eq!(run.status(), RunStatus::Halted);
-    assert!(run.paused);
+    assert!(run.record.paused);
     let next = dispatched(&run.apply(Event::Control(Control::Resume), T0).unwrap());
     assert_eq!(run.status(), RunStatus::Running);
     assert_eq!(name(&run, next[0].0), "b:upgrade");
@@ -658,7 +663,7 @@ fn no_step_starts_outside_the_window_and_steps_in_flight_finish() {
     assert_eq!(name(&run, first[0].0), "-:preflight");
     // The window closes while the preflight runs: it finishes, nothing new starts.
     let closed = open + 10_000;
-    let attempt = run.steps[first[0].0].attempt;
+    let attempt = run.steps[first[0].0].record.attempt;
     let c = run
         .apply(
             Event::StepFinished {
@@ -670,7 +675,7 @@ fn no_step_starts_outside_the_window_and_steps_in_flight_finish() {
         )
         .unwrap();
     assert!(dispatched(&c).is_empty());
-    assert_eq!(run.steps[first[0].0].state, StepState::Succeeded);
+    assert_eq!(run.steps[first[0].0].record.state, StepState::Succeeded);
     let next = dispatched(&run.apply(Event::Tick, open + day).unwrap());
     assert_eq!(name(&run, next[0].0), "m:backup-secret");
 }
@@ -694,7 +699,7 @@ fn a_silent_step_fails_after_its_timeout_and_grace() {
     );
     run.apply(Event::Tick, T0 + 600_001 + RESULT_GRACE_MS)
         .unwrap();
-    assert_eq!(run.steps[first[0].0].state, StepState::Failed);
+    assert_eq!(run.steps[first[0].0].record.state, StepState::Failed);
     assert_eq!(run.status(), RunStatus::Halted);
 }
 
@@ -702,7 +707,7 @@ fn a_silent_step_fails_after_its_timeout_and_grace() {
 // Properties over random fleets, failures, orders, duplicates and operator actions.
 
 #[derive(Debug, Clone)]
-struct Shape {
+pub(super) struct Shape {
     /// Gate, member count, and per node (master first) its version: 0 older, 1 the target, 2 newer.
     envs: Vec<(Gate, usize, Vec<u8>)>,
     max_parallel: u32,
@@ -711,7 +716,7 @@ struct Shape {
     windows: Vec<Option<(u32, u32)>>,
 }
 
-fn shape() -> impl Strategy<Value = Shape> {
+pub(super) fn shape() -> impl Strategy<Value = Shape> {
     let gate = prop_oneof![
         Just(Gate::Auto),
         Just(Gate::Manual),
@@ -749,7 +754,7 @@ fn clock(seconds: u32) -> String {
     )
 }
 
-fn build(shape: &Shape) -> (Run, BTreeSet<usize>) {
+pub(super) fn build(shape: &Shape) -> (Run, BTreeSet<usize>) {
     let mut text = format!(
         "[upgrade]\ntarget_version = \"3.0.7\"\ninstaller = 's'\n[policy]\nmax_parallel = {}\nmax_failures = {}\n",
         shape.max_parallel, shape.max_failures
@@ -835,9 +840,15 @@ pub(super) fn round_trip(run: &Run) -> Run {
         warnings: Vec::new(),
         hash: String::new(),
     };
-    let mut restored = Run::restore(&plan, run.step_timeout_ms, windows, records, durable).unwrap();
-    restored.attached = run.attached.clone();
-    restored
+    Run::restore(
+        &plan,
+        run.step_timeout_ms,
+        windows,
+        records,
+        durable,
+        run.attached.clone(),
+    )
+    .unwrap()
 }
 
 /// What the test (acting as shell and agents) knows, built only from commands and its own deliveries.
@@ -1040,7 +1051,7 @@ proptest! {
             let waiting_env = run
                 .envs
                 .iter()
-                .position(|e| run.steps[e.steps.end - 1].state == StepState::Waiting);
+                .position(|e| run.steps[e.steps.end - 1].record.state == StepState::Waiting);
             if let Ok(c) = run.apply(event, now) {
                 if approve
                     && let Some(env) = waiting_env { obs.approved_after.insert(env, true); }
@@ -1067,7 +1078,7 @@ proptest! {
             }
         }
         prop_assert_eq!(run.status(), RunStatus::Succeeded);
-        prop_assert!(run.steps.iter().all(|s| s.state.is_done()));
+        prop_assert!(run.steps.iter().all(|s| s.record.state.is_done()));
     }
 }
 
@@ -1084,7 +1095,7 @@ fn to_master_upgrade(run: &mut Run) -> usize {
 }
 
 fn wait_for_operator(run: &mut Run, step: usize) -> Vec<Command> {
-    let attempt = run.steps[step].attempt;
+    let attempt = run.steps[step].record.attempt;
     run.apply(
         Event::StepWaiting {
             step,
@@ -1102,14 +1113,14 @@ fn an_attended_install_waits_for_the_operator_and_continues_the_same_attempt() {
     let mut run = run_of(&inv, &[]);
     let upgrade = to_master_upgrade(&mut run);
     wait_for_operator(&mut run, upgrade);
-    assert_eq!(run.steps[upgrade].state, StepState::Waiting);
+    assert_eq!(run.steps[upgrade].record.state, StepState::Waiting);
     assert_eq!(run.status(), RunStatus::WaitingApproval);
     assert_eq!(run.reason(), "attended install on m1: run setup.exe on m1");
     assert!(run.has_running_steps(), "the agent holds the attempt");
     // Waiting is not silence: no step timeout while the operator works.
     let later = T0 + 10 * 3_600_000;
     run.apply(Event::Tick, later).unwrap();
-    assert_eq!(run.steps[upgrade].state, StepState::Waiting);
+    assert_eq!(run.steps[upgrade].record.state, StepState::Waiting);
     // A gate approval is not an install approval.
     assert!(run.apply(Event::Control(Control::Approve), later).is_err());
     let verify_master = upgrade + 1;
@@ -1137,19 +1148,19 @@ fn an_attended_install_waits_for_the_operator_and_continues_the_same_attempt() {
         dispatched(&commands).is_empty(),
         "no new attempt: the same one continues"
     );
-    assert_eq!(run.steps[upgrade].state, StepState::Running);
-    assert_eq!(run.steps[upgrade].approved, Some(1));
+    assert_eq!(run.steps[upgrade].record.state, StepState::Running);
+    assert_eq!(run.steps[upgrade].record.approved, Some(1));
     assert_eq!(run.status(), RunStatus::Running);
     // A redelivered waiting event does not undo the approval.
     wait_for_operator(&mut run, upgrade);
-    assert_eq!(run.steps[upgrade].state, StepState::Running);
+    assert_eq!(run.steps[upgrade].record.state, StepState::Running);
     // The approval survives a restart of the coordinator.
     let restored = round_trip(&run);
-    assert_eq!(restored.steps[upgrade].approved, Some(1));
+    assert_eq!(restored.steps[upgrade].record.approved, Some(1));
     // The verification has the step timeout, counted from the approval.
     run.apply(Event::Tick, later + 600_000 + RESULT_GRACE_MS + 1)
         .unwrap();
-    assert_eq!(run.steps[upgrade].state, StepState::Failed);
+    assert_eq!(run.steps[upgrade].record.state, StepState::Failed);
 }
 
 #[test]
@@ -1191,13 +1202,13 @@ fn members_wait_for_the_master_install_and_each_attended_member_waits_alone() {
     // Nothing runs at a wait: the steps end at once, and the run with them (a dead server cannot
     // hold it open); the agents' late answers change nothing.
     for &(step, _) in &members {
-        assert_eq!(run.steps[step].state, StepState::Failed);
+        assert_eq!(run.steps[step].record.state, StepState::Failed);
     }
     assert!(!run.has_running_steps());
     assert_eq!(run.status(), RunStatus::Aborted);
     for &(step, _) in &members {
         ok(&mut run, step);
-        assert_eq!(run.steps[step].state, StepState::Failed);
+        assert_eq!(run.steps[step].record.state, StepState::Failed);
     }
 }
 
@@ -1233,8 +1244,8 @@ fn a_waiting_member_install_can_be_skipped_and_the_master_may_reboot_while_it_wa
         step: a,
         attempt: 1
     }));
-    assert_eq!(run.steps[a].state, StepState::Skipped);
-    assert_eq!(run.steps[a + 1].state, StepState::Skipped);
+    assert_eq!(run.steps[a].record.state, StepState::Skipped);
+    assert_eq!(run.steps[a + 1].record.state, StepState::Skipped);
     // The next member starts.
     assert_eq!(dispatched(&commands), [(a + 2, 1)]);
 }
@@ -1257,12 +1268,12 @@ fn a_reboot_gives_the_step_its_timeout_again() {
     // Past the first deadline, within the new one.
     run.apply(Event::Tick, T0 + 600_000 + RESULT_GRACE_MS + 1)
         .unwrap();
-    assert_eq!(run.steps[upgrade].state, StepState::Running);
+    assert_eq!(run.steps[upgrade].record.state, StepState::Running);
     run.apply(Event::Tick, later + 600_000 + RESULT_GRACE_MS + 1)
         .unwrap();
-    assert_eq!(run.steps[upgrade].state, StepState::Failed);
+    assert_eq!(run.steps[upgrade].record.state, StepState::Failed);
     // A stale attempt's reboot changes nothing.
-    assert_eq!(run.steps[upgrade].attempt, 1);
+    assert_eq!(run.steps[upgrade].record.attempt, 1);
 }
 
 #[test]
@@ -1280,7 +1291,7 @@ fn a_master_that_goes_away_for_its_announced_reboot_does_not_halt_the_environmen
         T0,
     )
     .unwrap();
-    assert_eq!(run.steps[upgrade].message, "restarting m1");
+    assert_eq!(run.steps[upgrade].record.message, "restarting m1");
     // It survives a coordinator restart.
     let mut run = round_trip(&run);
     run.apply(Event::NodeDetached(m1.clone()), T0).unwrap();
@@ -1325,7 +1336,7 @@ fn abort_cancels_running_steps_but_never_an_install() {
 
     // Preflight only reads: it ends with the abort, and the run is over at once.
     let (run, step, _, _) = abort_at("-:preflight");
-    assert_eq!(run.steps[step].state, StepState::Failed);
+    assert_eq!(run.steps[step].record.state, StepState::Failed);
     assert!(!run.has_running_steps());
     assert_eq!(run.reason(), "aborted by the operator");
 
