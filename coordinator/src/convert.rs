@@ -3,12 +3,12 @@
 
 use fleet_proto::pb;
 
-use crate::domain::NodeName;
+use crate::domain::{AttemptOutcome, NodeName};
 use crate::input::{self, quote};
 use crate::inventory::InstallMode;
 use crate::inventory::Inventory;
 use crate::plan::{Expected, Plan, Reported, Reports, Selection, StepKind, Workflow};
-use crate::runs::{ControlRequest, LogsQuery};
+use crate::runs::{ControlAction, ControlRequest, LogsQuery};
 use crate::store::LogPosition;
 
 /// A request's selection, checked against the inventory. `Err` is a message for the operator.
@@ -83,8 +83,16 @@ pub fn selection(
 
 /// A control request, checked: the run it names, and the control for the run's manager.
 pub fn control(raw: pb::ControlRequest) -> Result<(String, ControlRequest), String> {
-    let action = pb::ControlAction::try_from(raw.action)
-        .map_err(|_| format!("control action {} is not defined", raw.action))?;
+    let action = match pb::ControlAction::try_from(raw.action) {
+        Err(_) => return Err(format!("control action {} is not defined", raw.action)),
+        Ok(pb::ControlAction::Unspecified) => return Err("no control action".into()),
+        Ok(pb::ControlAction::Pause) => ControlAction::Pause,
+        Ok(pb::ControlAction::Resume) => ControlAction::Resume,
+        Ok(pb::ControlAction::Abort) => ControlAction::Abort,
+        Ok(pb::ControlAction::Approve) => ControlAction::Approve,
+        Ok(pb::ControlAction::Retry) => ControlAction::Retry,
+        Ok(pb::ControlAction::Skip) => ControlAction::Skip,
+    };
     let run_id = input::run_id(&raw.run_id)?.to_string();
     let control = ControlRequest {
         action,
@@ -215,6 +223,17 @@ pub fn fitness_warnings(plan: &Plan, nodes: &[pb::NodeStatus]) -> Vec<String> {
             .filter(|n| n.attached && running.contains(n.name.as_str()))
             .filter_map(|n| n.facts.as_ref().map(|f| (n.name.as_str(), checks(f)))),
     )
+}
+
+/// How an agent says an attempt ended.
+pub fn outcome(outcome: pb::StepOutcome) -> AttemptOutcome {
+    match outcome {
+        pb::StepOutcome::Unspecified => AttemptOutcome::Unreported,
+        pb::StepOutcome::Succeeded => AttemptOutcome::Succeeded,
+        pb::StepOutcome::Failed => AttemptOutcome::Failed,
+        pb::StepOutcome::TimedOut => AttemptOutcome::TimedOut,
+        pb::StepOutcome::Cancelled => AttemptOutcome::Cancelled,
+    }
 }
 
 /// An install mode on the wire.

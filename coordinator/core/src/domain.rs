@@ -92,6 +92,51 @@ impl Role {
     }
 }
 
+/// How an attempt ended, as stored with it (`attempts.outcome`, the payload of its `finished` event)
+/// and shown in its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// The agent reported no outcome (an agent that sends none is broken).
+    Unreported,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+}
+
+impl AttemptOutcome {
+    /// Every outcome, for the names' round trip.
+    pub const ALL: [AttemptOutcome; 5] = [
+        AttemptOutcome::Unreported,
+        AttemptOutcome::Succeeded,
+        AttemptOutcome::Failed,
+        AttemptOutcome::TimedOut,
+        AttemptOutcome::Cancelled,
+    ];
+
+    /// The stored name. These spellings are in existing databases: never change one.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Unreported => "Unspecified",
+            AttemptOutcome::Succeeded => "Succeeded",
+            AttemptOutcome::Failed => "Failed",
+            AttemptOutcome::TimedOut => "TimedOut",
+            AttemptOutcome::Cancelled => "Cancelled",
+        }
+    }
+
+    /// A stored name ([`Self::as_str`]) back; `None` for one this build does not know.
+    pub fn parse(stored: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.as_str() == stored)
+    }
+}
+
+impl fmt::Display for AttemptOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl TryFrom<String> for NodeName {
     type Error = String;
     fn try_from(raw: String) -> Result<Self, String> {

@@ -325,10 +325,11 @@ impl Manager {
                 note: a.note.clone(),
             })
             .collect();
+        let outcome = crate::convert::outcome(result.outcome());
         if let Err(e) = self.store.finish_attempt(
             attempt_id,
             now_ms(),
-            &format!("{:?}", result.outcome()),
+            outcome,
             &result.error,
             result.exit_code,
             &artifacts,
@@ -336,7 +337,7 @@ impl Manager {
             tracing::error!("cannot store a step result: {e}");
             return;
         }
-        if result.outcome() == pb::StepOutcome::Succeeded
+        if outcome == AttemptOutcome::Succeeded
             && let Some(version) = result.outputs.get("version")
             && let Some(kind) = self.active.as_ref().and_then(|a| {
                 a.run
@@ -352,10 +353,10 @@ impl Manager {
         {
             self.fleet.verified(node.clone(), version.clone()).await;
         }
-        let outcome = match result.outcome() {
-            pb::StepOutcome::Succeeded => Outcome::Succeeded,
+        let outcome = match outcome {
+            AttemptOutcome::Succeeded => Outcome::Succeeded,
             other => Outcome::Failed(if result.error.is_empty() {
-                format!("{other:?}")
+                other.as_str().to_string()
             } else {
                 result.error.clone()
             }),
@@ -428,7 +429,7 @@ impl Manager {
             ),
             Kind::Finished(f) => (
                 "finished",
-                serde_json::json!({ "outcome": format!("{:?}", f.outcome()), "error": f.error, "exit_code": f.exit_code }),
+                serde_json::json!({ "outcome": crate::convert::outcome(f.outcome()).as_str(), "error": f.error, "exit_code": f.exit_code }),
             ),
         };
         let Some(row) = self.attempt_of(&node, &event.attempt_id) else {

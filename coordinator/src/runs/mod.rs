@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::complaints::Complaints;
-use crate::domain::{NodeName, Role};
+use crate::domain::{AttemptOutcome, NodeName, Role};
 use crate::engine::{Command, Control, Event, Millis, Outcome, Run, StepState};
 use crate::fleet::FleetHandle;
 use crate::input::{clip, quote};
@@ -61,10 +61,36 @@ impl From<crate::store::StoreError> for RunError {
     }
 }
 
+/// What an operator's control asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlAction {
+    Pause,
+    Resume,
+    Abort,
+    Approve,
+    Retry,
+    Skip,
+}
+
+impl ControlAction {
+    /// The name the audit trail stores (`audit.action`). These spellings are in existing databases:
+    /// never change one.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ControlAction::Pause => "pause",
+            ControlAction::Resume => "resume",
+            ControlAction::Abort => "abort",
+            ControlAction::Approve => "approve",
+            ControlAction::Retry => "retry",
+            ControlAction::Skip => "skip",
+        }
+    }
+}
+
 /// An operator's control, as requested (node and step are resolved to a step of the run here).
 #[derive(Debug, Clone)]
 pub struct ControlRequest {
-    pub action: pb::ControlAction,
+    pub action: ControlAction,
     pub node: Option<NodeName>,
     pub step: Option<String>,
     pub comment: String,
@@ -856,10 +882,14 @@ impl Manager {
         let message = format!(
             "not installed again: the node already reports ESSO {found} with ENTSSO running, so an earlier attempt that was interrupted had installed it; its verify checks it"
         );
-        if let Err(e) =
-            self.store
-                .finish_attempt(&r.attempt_id, now_ms(), "Succeeded", &message, None, &[])
-        {
+        if let Err(e) = self.store.finish_attempt(
+            &r.attempt_id,
+            now_ms(),
+            AttemptOutcome::Succeeded,
+            &message,
+            None,
+            &[],
+        ) {
             tracing::error!("cannot store the result of attempt {}: {e}", r.attempt_id);
             return;
         }
@@ -1109,7 +1139,7 @@ impl Manager {
         }
         let (outcome, error, artifacts) = match &result {
             Ok(done) => (
-                "Succeeded",
+                AttemptOutcome::Succeeded,
                 String::new(),
                 vec![NewArtifact {
                     kind: "sso-database-backup".to_string(),
@@ -1119,7 +1149,7 @@ impl Manager {
                     note: String::new(),
                 }],
             ),
-            Err(e) => ("Failed", e.clone(), Vec::new()),
+            Err(e) => (AttemptOutcome::Failed, e.clone(), Vec::new()),
         };
         if let Err(e) =
             self.store
@@ -1148,13 +1178,13 @@ impl Manager {
         if let Some(broken) = &self.broken {
             return Err(RunError::Internal(broken.clone()));
         }
-        let action = format!("{:?}", request.action).to_ascii_lowercase();
+        let action = request.action.as_str();
         // Applied with this request id already (the answer was lost, the caller retried): nothing
         // changes again, and the answer is the run as it is now.
         if let Some(request_id) = request.request_id.as_deref()
             && let Some(applied) = self.store.control_by_request(run_id, request_id)?
         {
-            repeat::same_control(&applied, &action, &request, operator)?;
+            repeat::same_control(&applied, action, &request, operator)?;
             tracing::info!(run = %run_id, operator = %operator, "operator {operator}: {action} repeated with request id {request_id}: applied already, nothing changed");
             return self.get(run_id);
         }
@@ -1212,10 +1242,10 @@ impl Manager {
                 })
         };
         let control = match request.action {
-            pb::ControlAction::Pause => Control::Pause,
-            pb::ControlAction::Resume => Control::Resume,
-            pb::ControlAction::Abort => Control::Abort,
-            pb::ControlAction::Approve if request.node.is_some() => {
+            ControlAction::Pause => Control::Pause,
+            ControlAction::Resume => Control::Resume,
+            ControlAction::Abort => Control::Abort,
+            ControlAction::Approve if request.node.is_some() => {
                 let waiting = active.run.steps.iter().position(|s| {
                     s.plan.node == request.node
                         && s.plan.kind.installs()
@@ -1229,12 +1259,9 @@ impl Manager {
                 };
                 Control::ApproveInstall { step }
             }
-            pb::ControlAction::Approve => Control::Approve,
-            pb::ControlAction::Retry => Control::Retry { step: find_step()? },
-            pb::ControlAction::Skip => Control::Skip { step: find_step()? },
-            pb::ControlAction::Unspecified => {
-                return Err(RunError::Invalid("no control action".into()));
-            }
+            ControlAction::Approve => Control::Approve,
+            ControlAction::Retry => Control::Retry { step: find_step()? },
+            ControlAction::Skip => Control::Skip { step: find_step()? },
         };
         let (node, step_name) = match &control {
             Control::Retry { step } | Control::Skip { step } | Control::ApproveInstall { step } => {
@@ -1254,7 +1281,7 @@ impl Manager {
         let audit = AuditEntry {
             at: now,
             operator: operator.to_string(),
-            action: action.clone(),
+            action: action.to_string(),
             run_id: run_id.to_string(),
             node,
             step: step_name,
@@ -1410,7 +1437,7 @@ impl Manager {
             let kind = active.run.steps[step].plan.kind;
             if let Some((outcome, error)) = &a.result {
                 // Stored, not yet applied when the previous coordinator stopped.
-                let outcome = if outcome == "Succeeded" {
+                let outcome = if *outcome == AttemptOutcome::Succeeded {
                     Outcome::Succeeded
                 } else {
                     Outcome::Failed(error.clone())

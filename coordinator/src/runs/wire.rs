@@ -334,7 +334,8 @@ pub(super) fn plain_event(run_id: &str, e: &StoredEvent) -> pb::RunEvent {
                 state: e
                     .payload
                     .get("status")
-                    .and_then(|s| serde_json::from_value::<EnvStatus>(s.clone()).ok())
+                    .and_then(serde_json::Value::as_str)
+                    .and_then(EnvStatus::parse)
                     .map_or(pb::EnvironmentState::Unspecified, environment_state)
                     as i32,
                 waiting_for: String::new(),
