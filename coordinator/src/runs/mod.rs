@@ -9,9 +9,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use fleet_proto::pb;
-use fleet_proto::pb::agent_message::Body as AgentBody;
-use fleet_proto::pb::coordinator_message::Body as CoordinatorBody;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -22,22 +19,29 @@ use crate::fleet::FleetHandle;
 use crate::input::{clip, quote};
 use crate::inventory::Inventory;
 use crate::plan::{Plan, Selection, StepKind};
+use crate::protocol::{AttemptReport, FromAgent, Progress, ToAgent};
 use crate::store::{AuditEntry, NewArtifact, NewRun, Store};
 use fleet_proto::unix_ms;
 
 mod agents;
+mod assign;
 mod backup;
 mod preflight;
 mod queries;
 mod recheck;
 mod repeat;
+mod view;
 mod waits;
-mod wire;
 
+pub use assign::assignment;
 use backup::{BackupJob, backup_database};
 use preflight::{InstallerHashes, PreflightJob, SsoCheck, preflight};
 pub use queries::{LogsPage, LogsQuery};
-use wire::{assignment, run_event};
+use view::run_event;
+pub use view::{
+    EnvironmentView, RunEventKind, RunEventView, RunSummaryView, RunView, SelectionView, StepView,
+    plain_event, selection, selection_json,
+};
 
 /// Why a request about runs failed; the service maps each to a gRPC status.
 #[derive(Debug, thiserror::Error)]
@@ -118,23 +122,23 @@ enum Request {
         run_id: String,
         control: ControlRequest,
         operator: String,
-        reply: Reply<pb::Run>,
+        reply: Reply<RunView>,
     },
     Get {
         run_id: String,
-        reply: Reply<pb::Run>,
+        reply: Reply<RunView>,
     },
     List {
-        reply: Reply<Vec<pb::RunSummary>>,
+        reply: Reply<Vec<RunSummaryView>>,
     },
     Audit {
         run_id: Option<String>,
-        reply: Reply<Vec<pb::AuditEntry>>,
+        reply: Reply<Vec<AuditEntry>>,
     },
     Watch {
         run_id: String,
         after_seq: u64,
-        reply: Reply<(Vec<pb::RunEvent>, Option<broadcast::Receiver<pb::RunEvent>>)>,
+        reply: Reply<(Vec<RunEventView>, Option<broadcast::Receiver<RunEventView>>)>,
     },
     Logs {
         query: LogsQuery,
@@ -144,7 +148,7 @@ enum Request {
     Agent {
         node: NodeName,
         instance: Arc<str>,
-        body: Box<AgentBody>,
+        message: Box<FromAgent>,
     },
     /// A preflight task's result: the installers' SHA-256 the environment's nodes agree on, per role
     /// (none where a role installs nothing), or why the environment must not go on.
@@ -180,7 +184,7 @@ enum Request {
     Attached {
         node: NodeName,
         instance: Arc<str>,
-        reports: Vec<pb::AttemptReport>,
+        reports: Vec<AttemptReport>,
     },
 }
 
@@ -248,7 +252,7 @@ impl RunsHandle {
         run_id: String,
         control: ControlRequest,
         operator: String,
-    ) -> Result<pb::Run, RunError> {
+    ) -> Result<RunView, RunError> {
         self.ask(|reply| Request::Control {
             run_id,
             control,
@@ -258,15 +262,15 @@ impl RunsHandle {
         .await
     }
 
-    pub async fn get(&self, run_id: String) -> Result<pb::Run, RunError> {
+    pub async fn get(&self, run_id: String) -> Result<RunView, RunError> {
         self.ask(|reply| Request::Get { run_id, reply }).await
     }
 
-    pub async fn list(&self) -> Result<Vec<pb::RunSummary>, RunError> {
+    pub async fn list(&self) -> Result<Vec<RunSummaryView>, RunError> {
         self.ask(|reply| Request::List { reply }).await
     }
 
-    pub async fn audit(&self, run_id: Option<String>) -> Result<Vec<pb::AuditEntry>, RunError> {
+    pub async fn audit(&self, run_id: Option<String>) -> Result<Vec<AuditEntry>, RunError> {
         self.ask(|reply| Request::Audit { run_id, reply }).await
     }
 
@@ -275,7 +279,7 @@ impl RunsHandle {
         &self,
         run_id: String,
         after_seq: u64,
-    ) -> Result<(Vec<pb::RunEvent>, Option<broadcast::Receiver<pb::RunEvent>>), RunError> {
+    ) -> Result<(Vec<RunEventView>, Option<broadcast::Receiver<RunEventView>>), RunError> {
         self.ask(|reply| Request::Watch {
             run_id,
             after_seq,
@@ -288,13 +292,13 @@ impl RunsHandle {
         self.ask(|reply| Request::Logs { query, reply }).await
     }
 
-    pub async fn agent_message(&self, node: NodeName, instance: Arc<str>, body: AgentBody) {
+    pub async fn agent_message(&self, node: NodeName, instance: Arc<str>, message: FromAgent) {
         let _ = self
             .tx
             .send(Request::Agent {
                 node,
                 instance,
-                body: Box::new(body),
+                message: Box::new(message),
             })
             .await;
     }
@@ -304,12 +308,7 @@ impl RunsHandle {
     }
 
     /// A node's agent attached; `reports` are the attempts its journal reported in the hello.
-    pub async fn attached(
-        &self,
-        node: NodeName,
-        instance: Arc<str>,
-        reports: Vec<pb::AttemptReport>,
-    ) {
+    pub async fn attached(&self, node: NodeName, instance: Arc<str>, reports: Vec<AttemptReport>) {
         let _ = self
             .tx
             .send(Request::Attached {
@@ -333,7 +332,7 @@ struct Active {
     attempt_steps: HashMap<String, usize>,
     /// node → its steps, in plan order
     node_steps: HashMap<NodeName, Vec<usize>>,
-    events: broadcast::Sender<pb::RunEvent>,
+    events: broadcast::Sender<RunEventView>,
     last_seq: u64,
     /// Per role, recorded by the first preflight that read it; every later environment must match
     /// (invariant 8).
@@ -349,15 +348,15 @@ impl Active {
         node: Option<String>,
         attempt_id: &str,
         at: Millis,
-        kind: pb::run_event::Kind,
+        kind: RunEventKind,
     ) {
         let Some(s) = self.run.steps.get(step) else {
             return;
         };
-        let _ = self.events.send(pb::RunEvent {
+        let _ = self.events.send(RunEventView {
             // Not in the run's event log: no seq (operator.proto, `RunEvent.seq`).
             seq: 0,
-            at_unix_ms: at,
+            at,
             run_id: self.id.clone(),
             environment: self.run.env_names[s.plan.env].clone(),
             node,
@@ -468,21 +467,7 @@ impl Manager {
                 let entries = self
                     .store
                     .audit_entries(run_id.as_deref())
-                    .map_err(RunError::from)
-                    .map(|entries| {
-                        entries
-                            .into_iter()
-                            .map(|e| pb::AuditEntry {
-                                at_unix_ms: e.at,
-                                operator: e.operator,
-                                action: e.action,
-                                run_id: e.run_id,
-                                node: e.node,
-                                step: e.step,
-                                detail: e.detail,
-                            })
-                            .collect()
-                    });
+                    .map_err(RunError::from);
                 let _ = reply.send(entries);
             }
             Request::Watch {
@@ -498,8 +483,8 @@ impl Manager {
             Request::Agent {
                 node,
                 instance,
-                body,
-            } => self.agent(node, &instance, *body).await,
+                message,
+            } => self.agent(node, &instance, *message).await,
             Request::PreflightDone {
                 run_id,
                 step,
@@ -582,7 +567,7 @@ impl Manager {
             .list()
             .await
             .ok_or_else(|| RunError::Internal("the coordinator is shutting down".into()))?;
-        let reports = crate::convert::reports(&nodes);
+        let reports = crate::fleet::reports(&nodes);
         let plan = crate::plan::plan(&self.inventory, &selection, &reports)
             .map_err(|e| RunError::Invalid(e.to_string()))?;
         if let Some(expected) = plan_hash
@@ -602,7 +587,7 @@ impl Manager {
         let mut run = Run::new(&plan, step_timeout_ms, self.attached.clone());
         run.set_windows(windows_of(&self.inventory, &plan));
         let inventory_toml = self.inventory.source.clone();
-        let selection_json = wire::selection_json(&selection, &plan);
+        let selection_json = view::selection_json(&selection, &plan);
         let started_at = now_ms();
         let target_version = plan.target_version.to_string();
         self.store.create_run(
@@ -764,15 +749,12 @@ impl Manager {
         let operator = audit.map(|a| a.operator.clone()).unwrap_or_default();
         match order {
             AgentOrder::Continue => {
-                let body = CoordinatorBody::ContinueAttempt(pb::ContinueAttempt {
+                let message = ToAgent::Continue {
                     attempt_id,
                     operator,
                     epoch: self.epoch,
-                });
-                let _ = self
-                    .fleet
-                    .send(node, pb::CoordinatorMessage { body: Some(body) })
-                    .await;
+                };
+                let _ = self.fleet.send(node, message).await;
             }
             AgentOrder::Cancel => {
                 let reason = if operator.is_empty() {
@@ -830,9 +812,7 @@ impl Manager {
                 .cloned()
                 .unwrap_or_default();
         }
-        let message = pb::CoordinatorMessage {
-            body: Some(CoordinatorBody::Assign(assignment)),
-        };
+        let message = ToAgent::Assign(assignment);
         // Queued to a session that may be dying is not yet delivered: the agent is asked about the
         // attempt whenever it attaches, and an attempt it never got starts again.
         if self.fleet.send(node.clone(), message).await {
@@ -1120,7 +1100,7 @@ impl Manager {
             None,
             attempt_id,
             at,
-            pb::run_event::Kind::Progress(pb::StepProgress { percent, message }),
+            RunEventKind::Progress(Progress { percent, message }),
         );
     }
 
@@ -1174,7 +1154,7 @@ impl Manager {
         run_id: &str,
         request: ControlRequest,
         operator: &str,
-    ) -> Result<pb::Run, RunError> {
+    ) -> Result<RunView, RunError> {
         if let Some(broken) = &self.broken {
             return Err(RunError::Internal(broken.clone()));
         }

@@ -128,6 +128,21 @@ impl RunStatus {
             RunStatus::Aborted => "aborted",
         }
     }
+
+    /// A stored name ([`Self::as_str`]) back; `None` for one this build does not know.
+    pub fn parse(stored: &str) -> Option<Self> {
+        [
+            RunStatus::Running,
+            RunStatus::Paused,
+            RunStatus::WaitingApproval,
+            RunStatus::Halted,
+            RunStatus::Succeeded,
+            RunStatus::Failed,
+            RunStatus::Aborted,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == stored)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,13 +1,14 @@
-//! Conversions between the wire (proto) and the domain, at the service boundary: a proto change
-//! touches this file, not the planner or the engine.
+//! The operator API's requests and plans on the wire: what a caller sends, checked into the domain
+//! (selections, controls, log queries), and a plan as `Plan` answers it. With `agent_wire` and
+//! `run_wire`, a proto change touches this layer, not the planner, the engine or the run manager.
 
 use fleet_proto::pb;
 
-use crate::domain::{AttemptOutcome, NodeName};
+use crate::domain::AttemptOutcome;
 use crate::input::{self, quote};
 use crate::inventory::InstallMode;
 use crate::inventory::Inventory;
-use crate::plan::{Expected, Plan, Reported, Reports, Selection, StepKind, Workflow};
+use crate::plan::{Expected, Plan, Selection, StepKind, Workflow};
 use crate::runs::{ControlAction, ControlRequest, LogsQuery};
 use crate::store::LogPosition;
 
@@ -168,61 +169,6 @@ pub fn plan_hash(raw: Option<&str>) -> Result<Option<String>, String> {
 
 fn optional_step(raw: Option<&str>) -> Result<Option<String>, String> {
     raw.map(|s| input::step(s).map(str::to_string)).transpose()
-}
-
-/// What the attached nodes reported, from the fleet's node list: their ESSO version and whether their
-/// agent installs with its own command. Detached nodes are unknown: their last facts may be stale,
-/// and the run's preflight reads them afresh anyway.
-pub fn reports(nodes: &[pb::NodeStatus]) -> Reports {
-    nodes
-        .iter()
-        .filter(|n| n.attached)
-        .filter_map(|n| {
-            let overrides = |action: &str| {
-                n.facts
-                    .as_ref()
-                    .is_some_and(|f| f.overridden_actions.iter().any(|a| a == action))
-            };
-            NodeName::new(&n.name).ok().map(|name| {
-                let reported = Reported {
-                    version: n.version.clone().filter(|v| !v.trim().is_empty()),
-                    install_override: overrides(crate::plan::install::INSTALL_OVERRIDE),
-                    configure_override: overrides(crate::plan::install::CONFIGURE_OVERRIDE),
-                };
-                (name, reported)
-            })
-        })
-        .collect()
-}
-
-/// The fitness checks in an agent's facts.
-pub fn checks(facts: &pb::Facts) -> Vec<crate::fitness::Check> {
-    facts
-        .checks
-        .iter()
-        .map(|c| crate::fitness::Check {
-            name: c.name.clone(),
-            passed: c.passed,
-            detail: c.detail.clone(),
-        })
-        .collect()
-}
-
-/// What `plan` warns about the fitness of the nodes with steps to run (attached ones: the others are
-/// already warned about).
-pub fn fitness_warnings(plan: &Plan, nodes: &[pb::NodeStatus]) -> Vec<String> {
-    let running: std::collections::BTreeSet<&str> = plan
-        .steps
-        .iter()
-        .filter(|s| matches!(s.expected, Expected::Run))
-        .filter_map(|s| s.node.as_ref().map(NodeName::as_str))
-        .collect();
-    crate::fitness::plan_warnings(
-        nodes
-            .iter()
-            .filter(|n| n.attached && running.contains(n.name.as_str()))
-            .filter_map(|n| n.facts.as_ref().map(|f| (n.name.as_str(), checks(f)))),
-    )
 }
 
 /// How an agent says an attempt ended.
