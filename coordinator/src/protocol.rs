@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use crate::domain::AttemptOutcome;
+use crate::domain::{AttemptId, AttemptOutcome};
 use crate::fitness::Check;
 use crate::inventory::InstallMode;
 use crate::plan::StepKind;
@@ -64,24 +64,24 @@ pub enum ToAgent {
     /// Every event of the attempt with a seq up to `up_to_seq` is stored; `complete`: its result
     /// too, so the agent may forget it.
     EventAck {
-        attempt_id: String,
+        attempt_id: AttemptId,
         up_to_seq: u64,
         complete: bool,
         epoch: u64,
     },
     /// What does the agent hold of these attempts?
     AttemptQuery {
-        attempt_ids: Vec<String>,
+        attempt_ids: Vec<AttemptId>,
         epoch: u64,
     },
     Cancel {
-        attempt_id: String,
+        attempt_id: AttemptId,
         reason: String,
         epoch: u64,
     },
     /// The operator approved an attended install: verify and finish it.
     Continue {
-        attempt_id: String,
+        attempt_id: AttemptId,
         operator: String,
         epoch: u64,
     },
@@ -97,7 +97,7 @@ pub enum ToAgent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assignment {
     pub epoch: u64,
-    pub attempt_id: String,
+    pub attempt_id: AttemptId,
     pub run_id: String,
     pub environment: String,
     pub kind: StepKind,
@@ -120,7 +120,7 @@ pub enum FromAgent {
 /// One event of an attempt; `seq` counts 1, 2, 3, … per attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepEvent {
-    pub attempt_id: String,
+    pub attempt_id: AttemptId,
     pub seq: u64,
     pub at_unix_ms: i64,
     /// `None`: a kind this build does not know.
@@ -230,7 +230,7 @@ pub struct Artifact {
 /// An agent's answer to an assignment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AssignmentAck {
-    pub attempt_id: String,
+    pub attempt_id: AttemptId,
     pub decision: Decision,
     pub reason: String,
     /// With [`Decision::Duplicate`]: what the journal holds of the attempt.
@@ -259,7 +259,7 @@ pub enum Refusal {
 /// What an agent's journal holds of one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptReport {
-    pub attempt_id: String,
+    pub attempt_id: AttemptId,
     pub state: AttemptState,
     /// The highest event seq emitted.
     pub last_seq: u64,

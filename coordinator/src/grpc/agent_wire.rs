@@ -42,7 +42,7 @@ pub fn to_agent(message: Result<ToAgent, SessionEnd>) -> Result<pb::CoordinatorM
         }),
         ToAgent::Assign(a) => CoordinatorBody::Assign(pb::StepAssignment {
             epoch: a.epoch,
-            attempt_id: a.attempt_id,
+            attempt_id: a.attempt_id.into(),
             run_id: a.run_id,
             environment: a.environment,
             step: a.kind.name().to_string(),
@@ -61,20 +61,23 @@ pub fn to_agent(message: Result<ToAgent, SessionEnd>) -> Result<pb::CoordinatorM
             complete,
             epoch,
         } => CoordinatorBody::EventAck(pb::EventAck {
-            attempt_id,
+            attempt_id: attempt_id.into(),
             up_to_seq,
             complete,
             epoch,
         }),
         ToAgent::AttemptQuery { attempt_ids, epoch } => {
-            CoordinatorBody::AttemptQuery(pb::AttemptQuery { attempt_ids, epoch })
+            CoordinatorBody::AttemptQuery(pb::AttemptQuery {
+                attempt_ids: attempt_ids.into_iter().map(String::from).collect(),
+                epoch,
+            })
         }
         ToAgent::Cancel {
             attempt_id,
             reason,
             epoch,
         } => CoordinatorBody::Cancel(pb::CancelAttempt {
-            attempt_id,
+            attempt_id: attempt_id.into(),
             reason,
             epoch,
         }),
@@ -83,7 +86,7 @@ pub fn to_agent(message: Result<ToAgent, SessionEnd>) -> Result<pb::CoordinatorM
             operator,
             epoch,
         } => CoordinatorBody::ContinueAttempt(pb::ContinueAttempt {
-            attempt_id,
+            attempt_id: attempt_id.into(),
             operator,
             epoch,
         }),
@@ -129,7 +132,7 @@ fn step_event(e: pb::StepEvent) -> StepEvent {
         Kind::Finished(f) => StepEventKind::Finished(finished(f)),
     });
     StepEvent {
-        attempt_id: e.attempt_id,
+        attempt_id: e.attempt_id.into(),
         seq: e.seq,
         at_unix_ms: e.at_unix_ms,
         kind,
@@ -221,7 +224,7 @@ fn assignment_ack(a: pb::AssignmentAck) -> AssignmentAck {
         pb::AssignmentDecision::Invalid => Decision::Refused(Refusal::Invalid),
     };
     AssignmentAck {
-        attempt_id: a.attempt_id,
+        attempt_id: a.attempt_id.into(),
         decision,
         reason: a.reason,
         report: a.report.map(attempt_report),
@@ -240,7 +243,7 @@ pub fn attempt_report(r: pb::AttemptReport) -> AttemptReport {
         pb::AttemptState::Interrupted => AttemptState::Interrupted,
     };
     AttemptReport {
-        attempt_id: r.attempt_id,
+        attempt_id: r.attempt_id.into(),
         state,
         last_seq: r.last_seq,
         result: r.result.map(finished),

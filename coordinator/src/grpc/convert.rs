@@ -4,7 +4,7 @@
 
 use fleet_proto::pb;
 
-use crate::domain::AttemptOutcome;
+use crate::domain::{AttemptOutcome, RunId};
 use crate::input::{self, quote};
 use crate::inventory::InstallMode;
 use crate::inventory::Inventory;
@@ -83,7 +83,7 @@ pub fn selection(
 }
 
 /// A control request, checked: the run it names, and the control for the run's manager.
-pub fn control(raw: pb::ControlRequest) -> Result<(String, ControlRequest), String> {
+pub fn control(raw: pb::ControlRequest) -> Result<(RunId, ControlRequest), String> {
     let action = match pb::ControlAction::try_from(raw.action) {
         Err(_) => return Err(format!("control action {} is not defined", raw.action)),
         Ok(pb::ControlAction::Unspecified) => return Err("no control action".into()),
@@ -94,7 +94,7 @@ pub fn control(raw: pb::ControlRequest) -> Result<(String, ControlRequest), Stri
         Ok(pb::ControlAction::Retry) => ControlAction::Retry,
         Ok(pb::ControlAction::Skip) => ControlAction::Skip,
     };
-    let run_id = input::run_id(&raw.run_id)?.to_string();
+    let run_id = RunId::new(&raw.run_id)?;
     let control = ControlRequest {
         action,
         node: raw.node.as_deref().map(input::node).transpose()?,
@@ -108,7 +108,7 @@ pub fn control(raw: pb::ControlRequest) -> Result<(String, ControlRequest), Stri
 /// A `Logs` request, checked: which run, node and step, and where the page starts.
 pub fn logs(raw: &pb::LogsRequest) -> Result<LogsQuery, String> {
     Ok(LogsQuery {
-        run_id: input::run_id(&raw.run_id)?.to_string(),
+        run_id: RunId::new(&raw.run_id)?,
         node: raw.node.as_deref().map(input::node).transpose()?,
         step: optional_step(raw.step.as_deref())?,
         after: page_token(&raw.page_token)?,
@@ -156,9 +156,8 @@ pub fn watch(mut raw: pb::WatchRunRequest) -> Result<pb::WatchRunRequest, String
 }
 
 /// The run id of a request about one run.
-pub fn run_id(raw: String) -> Result<String, String> {
-    input::run_id(&raw)?;
-    Ok(raw)
+pub fn run_id(raw: &str) -> Result<RunId, String> {
+    RunId::new(raw)
 }
 
 /// A `StartRun` request's plan hash, if it names one.

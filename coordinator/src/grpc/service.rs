@@ -438,7 +438,9 @@ impl pb::operator_service_server::OperatorService for OperatorService {
             .start(selection, plan_hash, operator)
             .await
             .map_err(status)?;
-        Ok(Response::new(pb::StartRunResponse { run_id }))
+        Ok(Response::new(pb::StartRunResponse {
+            run_id: run_id.into(),
+        }))
     }
 
     type WatchRunStream = WatchStream;
@@ -448,10 +450,11 @@ impl pb::operator_service_server::OperatorService for OperatorService {
         request: Request<pb::WatchRunRequest>,
     ) -> Result<Response<Self::WatchRunStream>, Status> {
         let r = convert::watch(request.into_inner()).map_err(Status::invalid_argument)?;
+        let run_id = convert::run_id(&r.run_id).map_err(Status::invalid_argument)?;
         let (stored, live) = self
             .shared
             .runs
-            .watch(r.run_id.clone(), r.after_seq)
+            .watch(run_id, r.after_seq)
             .await
             .map_err(status)?;
         let keep = move |e: &RunEventView| {
@@ -500,7 +503,7 @@ impl pb::operator_service_server::OperatorService for OperatorService {
         request: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
         let run_id =
-            convert::run_id(request.into_inner().run_id).map_err(Status::invalid_argument)?;
+            convert::run_id(&request.into_inner().run_id).map_err(Status::invalid_argument)?;
         let run = self.shared.runs.get(run_id).await.map_err(status)?;
         Ok(Response::new(run_wire::run(run)))
     }
@@ -556,6 +559,7 @@ impl pb::operator_service_server::OperatorService for OperatorService {
         let run_id = request
             .into_inner()
             .run_id
+            .as_deref()
             .map(convert::run_id)
             .transpose()
             .map_err(Status::invalid_argument)?;

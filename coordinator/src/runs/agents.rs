@@ -5,6 +5,7 @@
 //! accepted it (SPEC §9).
 
 use super::*;
+use crate::domain::AttemptId;
 use crate::protocol::{
     AttemptState, Decision, Finished, LogStream, StepEvent, StepEventKind, WaitReason, Waiting,
 };
@@ -16,8 +17,8 @@ impl Manager {
             FromAgent::Ack(ack) => match ack.decision {
                 Decision::Accepted => {
                     // Who holds it: only that process's word that it never got it sends it again.
-                    if self.attempt_of(&node, &ack.attempt_id).is_some()
-                        && let Err(e) = self.store.accepted(&ack.attempt_id, instance)
+                    if self.attempt_of(&node, ack.attempt_id.as_str()).is_some()
+                        && let Err(e) = self.store.accepted(ack.attempt_id.as_str(), instance)
                     {
                         tracing::error!(
                             "cannot record who accepted attempt {}: {e}",
@@ -32,7 +33,7 @@ impl Manager {
                     }
                 }
                 Decision::Refused(decision) => {
-                    let row = self.attempt_of(&node, &ack.attempt_id);
+                    let row = self.attempt_of(&node, ack.attempt_id.as_str());
                     // A refusal after the attempt was accepted (a redelivery's answer arriving late)
                     // says nothing of the attempt that runs.
                     if let Some(by) = row.as_ref().and_then(|r| r.accepted_by.as_deref()) {
@@ -41,7 +42,7 @@ impl Manager {
                     }
                     tracing::warn!(node = %node, attempt_id = %ack.attempt_id, ?decision, "assignment refused: {}", clip(&ack.reason, 2000));
                     if row.is_some()
-                        && let Some((step, attempt)) = self.current_attempt(&ack.attempt_id)
+                        && let Some((step, attempt)) = self.current_attempt(ack.attempt_id.as_str())
                     {
                         let outcome =
                             Outcome::Failed(format!("{node} refused the step: {}", ack.reason));
@@ -93,7 +94,7 @@ impl Manager {
         }
         tracing::info!(node = %node, attempts = ?out, "asking {node} about {} attempt(s) it may have", out.len());
         let query = ToAgent::AttemptQuery {
-            attempt_ids: out,
+            attempt_ids: out.into_iter().map(AttemptId::from).collect(),
             epoch: self.epoch,
         };
         // Not sent: the agent detached again, and is asked when it is back.
@@ -105,13 +106,13 @@ impl Manager {
     /// accepted it: one that did may run it still (two agents for one node) or lost its journal, and
     /// then the outcome is unknown and the step fails saying so — never run twice (SPEC §9).
     async fn attempt_report(&mut self, node: NodeName, instance: &str, report: AttemptReport) {
-        let Some(row) = self.attempt_of(&node, &report.attempt_id) else {
+        let Some(row) = self.attempt_of(&node, report.attempt_id.as_str()) else {
             return;
         };
         match report.state {
             AttemptState::Unknown => {
                 let Some((step, attempt)) = self
-                    .current_attempt(&report.attempt_id)
+                    .current_attempt(report.attempt_id.as_str())
                     .filter(|(step, _)| row.step == *step)
                 else {
                     return;
@@ -148,8 +149,14 @@ impl Manager {
             }
             AttemptState::Finished | AttemptState::Interrupted => match report.result {
                 Some(result) => {
-                    self.finish(&node, &report.attempt_id, row, result, report.last_seq)
-                        .await;
+                    self.finish(
+                        &node,
+                        report.attempt_id.as_str(),
+                        row,
+                        result,
+                        report.last_seq,
+                    )
+                    .await;
                 }
                 None => {
                     tracing::warn!(node = %node, attempt_id = %report.attempt_id, "a finished attempt reported without its result")
@@ -168,7 +175,8 @@ impl Manager {
     /// event stored just before a coordinator crash and not yet applied).
     async fn waiting_report(&mut self, node: &NodeName, report: &AttemptReport) {
         if let Some(waiting) = report.waiting.as_ref() {
-            self.agent_waits(node, &report.attempt_id, waiting).await;
+            self.agent_waits(node, report.attempt_id.as_str(), waiting)
+                .await;
         }
     }
 
@@ -243,7 +251,7 @@ impl Manager {
         reason: String,
     ) {
         let message = ToAgent::Cancel {
-            attempt_id: attempt_id.to_string(),
+            attempt_id: attempt_id.into(),
             reason,
             epoch: self.epoch,
         };
@@ -382,7 +390,7 @@ impl Manager {
         };
         let complete = result_seq.is_some_and(|last| up_to >= last);
         let ack = ToAgent::EventAck {
-            attempt_id: attempt_id.to_string(),
+            attempt_id: attempt_id.into(),
             up_to_seq: up_to,
             complete,
             epoch: self.epoch,
@@ -421,7 +429,7 @@ impl Manager {
                 serde_json::json!({ "outcome": f.outcome.as_str(), "error": f.error, "exit_code": f.exit_code }),
             ),
         };
-        let Some(row) = self.attempt_of(&node, &event.attempt_id) else {
+        let Some(row) = self.attempt_of(&node, event.attempt_id.as_str()) else {
             return;
         };
         if event.seq == 0 {
@@ -430,7 +438,7 @@ impl Manager {
         }
         // Stored once, by (attempt, seq): a redelivery changes nothing.
         let fresh = match self.store.agent_event(
-            &event.attempt_id,
+            event.attempt_id.as_str(),
             event.seq,
             event.at_unix_ms,
             name,
@@ -444,16 +452,16 @@ impl Manager {
         };
         if let Kind::Finished(result) = kind {
             // Applied (and acknowledged complete) even when redelivered: see `finish`.
-            self.finish(&node, &event.attempt_id, row, result, event.seq)
+            self.finish(&node, event.attempt_id.as_str(), row, result, event.seq)
                 .await;
             return;
         }
         // Acknowledged once written, with the events that arrived with it.
         self.unacked
-            .insert((node.clone(), event.attempt_id.clone()));
+            .insert((node.clone(), event.attempt_id.to_string()));
         if let Kind::Waiting(w) = &kind {
             // Settled even when redelivered: it may have been stored just before a crash.
-            self.agent_waits(&node, &event.attempt_id, w).await;
+            self.agent_waits(&node, event.attempt_id.as_str(), w).await;
         }
         if !fresh {
             return;
@@ -471,7 +479,7 @@ impl Manager {
         active.send_live(
             row.step,
             Some(node.to_string()),
-            &event.attempt_id,
+            event.attempt_id.as_str(),
             event.at_unix_ms,
             live,
         );

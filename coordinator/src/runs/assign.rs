@@ -73,7 +73,7 @@ pub fn assignment(
     });
     Assignment {
         epoch,
-        attempt_id: attempt_id.to_string(),
+        attempt_id: attempt_id.into(),
         run_id: run_id.to_string(),
         environment: env_name.to_string(),
         kind: s.kind,

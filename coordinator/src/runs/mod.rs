@@ -13,7 +13,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::complaints::Complaints;
-use crate::domain::{AttemptOutcome, NodeName, Role};
+use crate::domain::{AttemptOutcome, NodeName, Role, RunId};
 use crate::engine::{Command, Control, Event, Millis, Outcome, Run, StepState};
 use crate::fleet::FleetHandle;
 use crate::input::{clip, quote};
@@ -116,27 +116,27 @@ enum Request {
         selection: Selection,
         plan_hash: Option<String>,
         operator: String,
-        reply: Reply<String>,
+        reply: Reply<RunId>,
     },
     Control {
-        run_id: String,
+        run_id: RunId,
         control: ControlRequest,
         operator: String,
         reply: Reply<RunView>,
     },
     Get {
-        run_id: String,
+        run_id: RunId,
         reply: Reply<RunView>,
     },
     List {
         reply: Reply<Vec<RunSummaryView>>,
     },
     Audit {
-        run_id: Option<String>,
+        run_id: Option<RunId>,
         reply: Reply<Vec<AuditEntry>>,
     },
     Watch {
-        run_id: String,
+        run_id: RunId,
         after_seq: u64,
         reply: Reply<(Vec<RunEventView>, Option<broadcast::Receiver<RunEventView>>)>,
     },
@@ -237,7 +237,7 @@ impl RunsHandle {
         selection: Selection,
         plan_hash: Option<String>,
         operator: String,
-    ) -> Result<String, RunError> {
+    ) -> Result<RunId, RunError> {
         self.ask(|reply| Request::Start {
             selection,
             plan_hash,
@@ -249,7 +249,7 @@ impl RunsHandle {
 
     pub async fn control(
         &self,
-        run_id: String,
+        run_id: RunId,
         control: ControlRequest,
         operator: String,
     ) -> Result<RunView, RunError> {
@@ -262,7 +262,7 @@ impl RunsHandle {
         .await
     }
 
-    pub async fn get(&self, run_id: String) -> Result<RunView, RunError> {
+    pub async fn get(&self, run_id: RunId) -> Result<RunView, RunError> {
         self.ask(|reply| Request::Get { run_id, reply }).await
     }
 
@@ -270,14 +270,14 @@ impl RunsHandle {
         self.ask(|reply| Request::List { reply }).await
     }
 
-    pub async fn audit(&self, run_id: Option<String>) -> Result<Vec<AuditEntry>, RunError> {
+    pub async fn audit(&self, run_id: Option<RunId>) -> Result<Vec<AuditEntry>, RunError> {
         self.ask(|reply| Request::Audit { run_id, reply }).await
     }
 
     /// Stored events after `after_seq`, and live ones after those while the run is active.
     pub async fn watch(
         &self,
-        run_id: String,
+        run_id: RunId,
         after_seq: u64,
     ) -> Result<(Vec<RunEventView>, Option<broadcast::Receiver<RunEventView>>), RunError> {
         self.ask(|reply| Request::Watch {
@@ -447,7 +447,9 @@ impl Manager {
                 operator,
                 reply,
             } => {
-                let _ = reply.send(self.start(selection, plan_hash, operator).await);
+                let started = self.start(selection, plan_hash, operator).await;
+                let _ =
+                    reply.send(started.and_then(|id| RunId::new(&id).map_err(RunError::Internal)));
             }
             Request::Control {
                 run_id,
@@ -455,10 +457,10 @@ impl Manager {
                 operator,
                 reply,
             } => {
-                let _ = reply.send(self.control(&run_id, control, &operator).await);
+                let _ = reply.send(self.control(run_id.as_str(), control, &operator).await);
             }
             Request::Get { run_id, reply } => {
-                let _ = reply.send(self.get(&run_id));
+                let _ = reply.send(self.get(run_id.as_str()));
             }
             Request::List { reply } => {
                 let _ = reply.send(self.list());
@@ -466,7 +468,7 @@ impl Manager {
             Request::Audit { run_id, reply } => {
                 let entries = self
                     .store
-                    .audit_entries(run_id.as_deref())
+                    .audit_entries(run_id.as_ref().map(RunId::as_str))
                     .map_err(RunError::from);
                 let _ = reply.send(entries);
             }
@@ -475,7 +477,7 @@ impl Manager {
                 after_seq,
                 reply,
             } => {
-                let _ = reply.send(self.watch(&run_id, after_seq));
+                let _ = reply.send(self.watch(run_id.as_str(), after_seq));
             }
             Request::Logs { query, reply } => {
                 let _ = reply.send(self.logs(&query));
@@ -750,7 +752,7 @@ impl Manager {
         match order {
             AgentOrder::Continue => {
                 let message = ToAgent::Continue {
-                    attempt_id,
+                    attempt_id: attempt_id.into(),
                     operator,
                     epoch: self.epoch,
                 };

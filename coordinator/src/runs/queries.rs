@@ -11,7 +11,7 @@ use super::view::{
     run_event,
 };
 use super::{Manager, RunError};
-use crate::domain::NodeName;
+use crate::domain::{NodeName, RunId};
 use crate::engine::{Run, RunStatus, StepState};
 use crate::plan::Plan;
 use crate::protocol::Artifact;
@@ -25,7 +25,7 @@ const LOG_ROWS_READ: usize = 256;
 /// A page of a run's log, as an operator asks for it.
 #[derive(Debug, Clone)]
 pub struct LogsQuery {
-    pub run_id: String,
+    pub run_id: RunId,
     pub node: Option<NodeName>,
     pub step: Option<String>,
     /// Where the previous page ended; none: from the start.
@@ -211,14 +211,14 @@ impl Manager {
     /// A page of the run's log: at most `query.max_events` events, and no more than [`PAGE_BYTES`]
     /// on the wire (one larger event comes alone), with where the next page starts if any follows.
     pub(super) fn logs(&mut self, query: &LogsQuery) -> Result<LogsPage, RunError> {
-        self.store.run(&query.run_id)?;
+        self.store.run(query.run_id.as_str())?;
         let node = query.node.as_ref().map(NodeName::as_str);
         let mut page = LogsPage::default();
         let mut after = query.after;
         let mut bytes = 0;
         loop {
             let rows = self.store.step_log_page(
-                &query.run_id,
+                query.run_id.as_str(),
                 node,
                 query.step.as_deref(),
                 after,
@@ -227,7 +227,7 @@ impl Manager {
             let more = rows.len() == LOG_ROWS_READ;
             for row in rows {
                 let position = row.position;
-                if let Some(event) = log_event(&query.run_id, row) {
+                if let Some(event) = log_event(query.run_id.as_str(), row) {
                     let size = event.size();
                     let full = page.events.len() >= query.max_events
                         || (!page.events.is_empty() && bytes + size > PAGE_BYTES);

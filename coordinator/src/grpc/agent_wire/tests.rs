@@ -253,3 +253,54 @@ fn a_stored_run_migration_step_has_no_phase() {
     assert!(!a.params.contains_key("migration_phase"));
     assert_eq!(a.params["migration_source"], "his2000");
 }
+
+/// An agent's facts go into the fleet and come back out in `ListNodes` as the agent sent them.
+#[test]
+fn facts_come_back_in_list_nodes_as_the_agent_sent_them() {
+    let sent = pb::Facts {
+        esso_version: Some("3.0.6".into()),
+        install_path: r"C:\Program Files\Common Files\Enterprise Single Sign-On".into(),
+        service: pb::ServiceState::Pending as i32,
+        products: vec!["biztalk".into()],
+        master_secret_server: true,
+        reboot_pending: true,
+        hostname: "m".into(),
+        os: "Windows Server 2019".into(),
+        installer_sha256: Some("aa".into()),
+        extra: [("k".to_string(), "v".to_string())].into(),
+        error: "partial".into(),
+        collected_at_unix_ms: 1_700_000_000_000,
+        overridden_actions: vec!["install_sso".into()],
+        checks: vec![pb::FitnessCheck {
+            name: "msdtc".into(),
+            passed: false,
+            detail: "start MSDTC".into(),
+        }],
+    };
+    let view = crate::fleet::NodeView {
+        name: NodeName::new("m").unwrap(),
+        environment: crate::domain::EnvName::new("dev").unwrap(),
+        role: crate::domain::Role::Master,
+        attached: true,
+        last_seen: None,
+        attached_since: None,
+        agent_version: "1.0".into(),
+        remote_addr: None,
+        facts: Some(super::facts(sent.clone())),
+        standing: None,
+        refused_agent: None,
+    };
+    let shown = super::node_status(view);
+    assert_eq!(shown.facts, Some(sent));
+    assert_eq!(shown.version.as_deref(), Some("3.0.6"));
+    assert_eq!(shown.role(), pb::Role::Master);
+}
+
+/// The coordinator ends a stream with the status the agent tells apart: replaced, or timed out.
+#[test]
+fn a_session_end_is_told_with_its_status() {
+    use crate::fleet::SessionEnd;
+    let code = |end| to_agent(Err(end)).unwrap_err().code();
+    assert_eq!(code(SessionEnd::Replaced), tonic::Code::Aborted);
+    assert_eq!(code(SessionEnd::HeartbeatTimeout), tonic::Code::Unavailable);
+}
