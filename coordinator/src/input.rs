@@ -8,10 +8,8 @@
 
 pub use fleet_core::text::quote;
 
-use crate::domain::{EnvName, NodeName};
-
-/// A run id: the coordinator makes UUIDs (36 bytes).
-pub const MAX_RUN_ID: usize = 64;
+pub use crate::domain::MAX_RUN_ID;
+use crate::domain::{EnvName, NodeName, RunId};
 /// A step name, such as `backup-secret` (the longest today is 25 bytes).
 pub const MAX_STEP: usize = 64;
 /// An operator's comment, kept in the audit trail.
@@ -33,20 +31,9 @@ pub fn clip(text: &str, max: usize) -> String {
     }
 }
 
-/// A run id as a caller sent it.
+/// A run id as a caller sent it, by the domain's rule ([`RunId`]).
 pub fn run_id(raw: &str) -> Result<&str, String> {
-    if raw.is_empty() {
-        return Err("no run id".into());
-    }
-    let ok = raw.len() <= MAX_RUN_ID && raw.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
-    if ok {
-        Ok(raw)
-    } else {
-        Err(format!(
-            "{} is not a run id (letters, digits and '-', at most {MAX_RUN_ID} bytes; `fleetctl runs` lists them)",
-            quote(raw)
-        ))
-    }
+    RunId::new(raw).map(|_| raw)
 }
 
 /// A node name as a caller sent it, by the inventory's rule.

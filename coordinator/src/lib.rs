@@ -12,11 +12,12 @@
 //! The server:
 //! - [`settings`]: command-line flags and `coordinator.toml`.
 //! - [`epoch`]: the durable start counter that fences stale coordinators.
+//! - [`protocol`]: the agent protocol in the coordinator's terms (facts, messages to and from agents).
 //! - [`fleet`]: the live view of attached agents, owned by one task.
-//! - [`convert`]: proto ↔ domain conversions at the service boundary.
 //! - [`input`]: what the operator API accepts from a caller (lengths, forms) and how errors quote it.
 //! - [`runs`]: the shell around the engine: store, dispatch, agent events, controls, watchers.
-//! - [`service`]: the gRPC services and their certificate-based authorization.
+//! - [`grpc`]: the wire: the gRPC services, their certificate-based authorization, and every
+//!   proto ↔ domain conversion. `pb::` and `tonic::` appear only there and in the server setup below.
 //!
 //! [`run`] serves on an already-bound listener until `shutdown` is cancelled, so tests can start the
 //! same server on `127.0.0.1:0`.
@@ -25,12 +26,12 @@
 pub use fleet_core::{domain, engine, fitness, inventory, plan};
 
 pub mod complaints;
-pub mod convert;
 pub mod epoch;
 pub mod fleet;
+pub mod grpc;
 pub mod input;
+pub mod protocol;
 pub mod runs;
-pub mod service;
 pub mod settings;
 pub mod sql;
 pub mod store;
@@ -47,8 +48,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::fleet::FleetHandle;
+use crate::grpc::service::{AgentService, OperatorService, Shared, require_role};
 use crate::inventory::Inventory;
-use crate::service::{AgentService, OperatorService, Shared, require_role};
 
 /// Why the coordinator could not start or stopped serving. Each is a configuration problem (exit 2)
 /// except `Serve`.

@@ -92,6 +92,129 @@ impl Role {
     }
 }
 
+/// A run id: the coordinator makes UUIDs (36 bytes).
+pub const MAX_RUN_ID: usize = 64;
+
+/// A run's id, as the coordinator made it (a UUID) and an operator names it: letters, digits and
+/// '-', at most [`MAX_RUN_ID`] bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RunId(String);
+
+impl RunId {
+    pub fn new(raw: &str) -> Result<Self, String> {
+        if raw.is_empty() {
+            return Err("no run id".into());
+        }
+        let ok =
+            raw.len() <= MAX_RUN_ID && raw.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if ok {
+            Ok(Self(raw.to_string()))
+        } else {
+            Err(format!(
+                "{} is not a run id (letters, digits and '-', at most {MAX_RUN_ID} bytes; `fleetctl runs` lists them)",
+                quote(raw)
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<RunId> for String {
+    fn from(id: RunId) -> String {
+        id.0
+    }
+}
+
+/// An attempt's id: a UUID the coordinator made when it dispatched the attempt, which the attempt's
+/// agent echoes in everything it says of it. Opaque: compared, stored and shown, never parsed. (The
+/// gRPC layer bounds the length of one an agent sends.)
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AttemptId(String);
+
+impl AttemptId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for AttemptId {
+    fn from(id: String) -> Self {
+        Self(id)
+    }
+}
+
+impl From<&str> for AttemptId {
+    fn from(id: &str) -> Self {
+        Self(id.to_string())
+    }
+}
+
+impl From<AttemptId> for String {
+    fn from(id: AttemptId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for AttemptId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How an attempt ended, as stored with it (`attempts.outcome`, the payload of its `finished` event)
+/// and shown in its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// The agent reported no outcome (an agent that sends none is broken).
+    Unreported,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+}
+
+impl AttemptOutcome {
+    /// Every outcome, for the names' round trip.
+    pub const ALL: [AttemptOutcome; 5] = [
+        AttemptOutcome::Unreported,
+        AttemptOutcome::Succeeded,
+        AttemptOutcome::Failed,
+        AttemptOutcome::TimedOut,
+        AttemptOutcome::Cancelled,
+    ];
+
+    /// The stored name. These spellings are in existing databases: never change one.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Unreported => "Unspecified",
+            AttemptOutcome::Succeeded => "Succeeded",
+            AttemptOutcome::Failed => "Failed",
+            AttemptOutcome::TimedOut => "TimedOut",
+            AttemptOutcome::Cancelled => "Cancelled",
+        }
+    }
+
+    /// A stored name ([`Self::as_str`]) back; `None` for one this build does not know.
+    pub fn parse(stored: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.as_str() == stored)
+    }
+}
+
+impl fmt::Display for AttemptOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl TryFrom<String> for NodeName {
     type Error = String;
     fn try_from(raw: String) -> Result<Self, String> {

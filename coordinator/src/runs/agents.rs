@@ -5,16 +5,20 @@
 //! accepted it (SPEC §9).
 
 use super::*;
+use crate::domain::AttemptId;
+use crate::protocol::{
+    AttemptState, Decision, Finished, LogStream, StepEvent, StepEventKind, WaitReason, Waiting,
+};
 
 impl Manager {
-    pub(super) async fn agent(&mut self, node: NodeName, instance: &str, body: AgentBody) {
-        match body {
-            AgentBody::Event(event) => self.step_event(node, event).await,
-            AgentBody::AssignmentAck(ack) => match ack.decision() {
-                pb::AssignmentDecision::Accepted => {
+    pub(super) async fn agent(&mut self, node: NodeName, instance: &str, message: FromAgent) {
+        match message {
+            FromAgent::Event(event) => self.step_event(node, event).await,
+            FromAgent::Ack(ack) => match ack.decision {
+                Decision::Accepted => {
                     // Who holds it: only that process's word that it never got it sends it again.
-                    if self.attempt_of(&node, &ack.attempt_id).is_some()
-                        && let Err(e) = self.store.accepted(&ack.attempt_id, instance)
+                    if self.attempt_of(&node, ack.attempt_id.as_str()).is_some()
+                        && let Err(e) = self.store.accepted(ack.attempt_id.as_str(), instance)
                     {
                         tracing::error!(
                             "cannot record who accepted attempt {}: {e}",
@@ -22,14 +26,14 @@ impl Manager {
                         );
                     }
                 }
-                pb::AssignmentDecision::Duplicate => {
+                Decision::Duplicate => {
                     // Redelivered: the agent answers with what its journal holds, never runs it again.
                     if let Some(report) = ack.report {
                         self.attempt_report(node, instance, report).await;
                     }
                 }
-                decision => {
-                    let row = self.attempt_of(&node, &ack.attempt_id);
+                Decision::Refused(decision) => {
+                    let row = self.attempt_of(&node, ack.attempt_id.as_str());
                     // A refusal after the attempt was accepted (a redelivery's answer arriving late)
                     // says nothing of the attempt that runs.
                     if let Some(by) = row.as_ref().and_then(|r| r.accepted_by.as_deref()) {
@@ -38,7 +42,7 @@ impl Manager {
                     }
                     tracing::warn!(node = %node, attempt_id = %ack.attempt_id, ?decision, "assignment refused: {}", clip(&ack.reason, 2000));
                     if row.is_some()
-                        && let Some((step, attempt)) = self.current_attempt(&ack.attempt_id)
+                        && let Some((step, attempt)) = self.current_attempt(ack.attempt_id.as_str())
                     {
                         let outcome =
                             Outcome::Failed(format!("{node} refused the step: {}", ack.reason));
@@ -51,8 +55,7 @@ impl Manager {
                     }
                 }
             },
-            AgentBody::AttemptReport(report) => self.attempt_report(node, instance, report).await,
-            AgentBody::Hello(_) | AgentBody::Heartbeat(_) | AgentBody::Facts(_) => {}
+            FromAgent::Report(report) => self.attempt_report(node, instance, report).await,
         }
     }
 
@@ -63,7 +66,7 @@ impl Manager {
         &mut self,
         node: NodeName,
         instance: &str,
-        reports: Vec<pb::AttemptReport>,
+        reports: Vec<AttemptReport>,
     ) {
         if reports.is_empty() {
             // Looked at with the others that attach now: after a coordinator restart, thousands do.
@@ -90,11 +93,9 @@ impl Manager {
             return;
         }
         tracing::info!(node = %node, attempts = ?out, "asking {node} about {} attempt(s) it may have", out.len());
-        let query = pb::CoordinatorMessage {
-            body: Some(CoordinatorBody::AttemptQuery(pb::AttemptQuery {
-                attempt_ids: out,
-                epoch: self.epoch,
-            })),
+        let query = ToAgent::AttemptQuery {
+            attempt_ids: out.into_iter().map(AttemptId::from).collect(),
+            epoch: self.epoch,
         };
         // Not sent: the agent detached again, and is asked when it is back.
         let _ = self.fleet.send(node, query).await;
@@ -104,14 +105,14 @@ impl Manager {
     /// duplicate assignment. "Never received" sends the attempt again only when no agent process
     /// accepted it: one that did may run it still (two agents for one node) or lost its journal, and
     /// then the outcome is unknown and the step fails saying so — never run twice (SPEC §9).
-    async fn attempt_report(&mut self, node: NodeName, instance: &str, report: pb::AttemptReport) {
-        let Some(row) = self.attempt_of(&node, &report.attempt_id) else {
+    async fn attempt_report(&mut self, node: NodeName, instance: &str, report: AttemptReport) {
+        let Some(row) = self.attempt_of(&node, report.attempt_id.as_str()) else {
             return;
         };
-        match report.state() {
-            pb::AttemptState::Unknown => {
+        match report.state {
+            AttemptState::Unknown => {
                 let Some((step, attempt)) = self
-                    .current_attempt(&report.attempt_id)
+                    .current_attempt(report.attempt_id.as_str())
                     .filter(|(step, _)| row.step == *step)
                 else {
                     return;
@@ -146,16 +147,22 @@ impl Manager {
                     }
                 }
             }
-            pb::AttemptState::Finished | pb::AttemptState::Interrupted => match report.result {
+            AttemptState::Finished | AttemptState::Interrupted => match report.result {
                 Some(result) => {
-                    self.finish(&node, &report.attempt_id, row, result, report.last_seq)
-                        .await;
+                    self.finish(
+                        &node,
+                        report.attempt_id.as_str(),
+                        row,
+                        result,
+                        report.last_seq,
+                    )
+                    .await;
                 }
                 None => {
                     tracing::warn!(node = %node, attempt_id = %report.attempt_id, "a finished attempt reported without its result")
                 }
             },
-            pb::AttemptState::Waiting => self.waiting_report(&node, &report).await,
+            AttemptState::Waiting => self.waiting_report(&node, &report).await,
             state => {
                 tracing::debug!(node = %node, attempt_id = %report.attempt_id, ?state, "attempt still in progress on its agent");
             }
@@ -166,9 +173,10 @@ impl Manager {
     /// approved it already, the agent did not get the word: it is told again (or, in an aborted run,
     /// told to end the attempt). Otherwise the step waits for the operator (this also covers a waiting
     /// event stored just before a coordinator crash and not yet applied).
-    async fn waiting_report(&mut self, node: &NodeName, report: &pb::AttemptReport) {
+    async fn waiting_report(&mut self, node: &NodeName, report: &AttemptReport) {
         if let Some(waiting) = report.waiting.as_ref() {
-            self.agent_waits(node, &report.attempt_id, waiting).await;
+            self.agent_waits(node, report.attempt_id.as_str(), waiting)
+                .await;
         }
     }
 
@@ -179,10 +187,10 @@ impl Manager {
     ///   agent did not get the word and is told again; where no run wants this wait (aborted, timed
     ///   out, retried since, another run, none), the agent is told to drop it, so that the server
     ///   is not blocked for ever. Repeating any of this changes nothing.
-    async fn agent_waits(&mut self, node: &NodeName, attempt_id: &str, waiting: &pb::StepWaiting) {
+    async fn agent_waits(&mut self, node: &NodeName, attempt_id: &str, waiting: &Waiting) {
         // A finished run hears neither (the engine's word), and wants no wait.
         let current = self.current_attempt(attempt_id);
-        if waiting.reason() == pb::WaitReason::Reboot {
+        if waiting.reason == WaitReason::Reboot {
             if let Some((step, attempt)) = current {
                 self.apply(Event::StepRebooting {
                     step,
@@ -195,8 +203,8 @@ impl Manager {
         }
         // The operator's part: an attended install, or restarting a server whose reboot did not come.
         if !matches!(
-            waiting.reason(),
-            pb::WaitReason::AttendedInstall | pb::WaitReason::RestartByHand
+            waiting.reason,
+            WaitReason::AttendedInstall | WaitReason::RestartByHand
         ) {
             return;
         }
@@ -232,15 +240,12 @@ impl Manager {
         attempt_id: &str,
         reason: String,
     ) {
-        let body = CoordinatorBody::Cancel(pb::CancelAttempt {
-            attempt_id: attempt_id.to_string(),
+        let message = ToAgent::Cancel {
+            attempt_id: attempt_id.into(),
             reason,
             epoch: self.epoch,
-        });
-        let _ = self
-            .fleet
-            .send(node, pb::CoordinatorMessage { body: Some(body) })
-            .await;
+        };
+        let _ = self.fleet.send(node, message).await;
     }
 
     /// The stored attempt, if it exists and belongs to `node`.
@@ -301,7 +306,7 @@ impl Manager {
         node: &NodeName,
         attempt_id: &str,
         row: crate::store::AttemptRow,
-        result: pb::StepFinished,
+        result: Finished,
         last_seq: u64,
     ) {
         let artifacts: Vec<NewArtifact> = result
@@ -315,10 +320,11 @@ impl Manager {
                 note: a.note.clone(),
             })
             .collect();
+        let outcome = result.outcome;
         if let Err(e) = self.store.finish_attempt(
             attempt_id,
             now_ms(),
-            &format!("{:?}", result.outcome()),
+            outcome,
             &result.error,
             result.exit_code,
             &artifacts,
@@ -326,7 +332,7 @@ impl Manager {
             tracing::error!("cannot store a step result: {e}");
             return;
         }
-        if result.outcome() == pb::StepOutcome::Succeeded
+        if outcome == AttemptOutcome::Succeeded
             && let Some(version) = result.outputs.get("version")
             && let Some(kind) = self.active.as_ref().and_then(|a| {
                 a.run
@@ -342,10 +348,10 @@ impl Manager {
         {
             self.fleet.verified(node.clone(), version.clone()).await;
         }
-        let outcome = match result.outcome() {
-            pb::StepOutcome::Succeeded => Outcome::Succeeded,
+        let outcome = match outcome {
+            AttemptOutcome::Succeeded => Outcome::Succeeded,
             other => Outcome::Failed(if result.error.is_empty() {
-                format!("{other:?}")
+                other.as_str().to_string()
             } else {
                 result.error.clone()
             }),
@@ -373,30 +379,22 @@ impl Manager {
             return;
         };
         let complete = result_seq.is_some_and(|last| up_to >= last);
-        let ack = pb::EventAck {
-            attempt_id: attempt_id.to_string(),
+        let ack = ToAgent::EventAck {
+            attempt_id: attempt_id.into(),
             up_to_seq: up_to,
             complete,
             epoch: self.epoch,
         };
-        let _ = self
-            .fleet
-            .send(
-                node.clone(),
-                pb::CoordinatorMessage {
-                    body: Some(CoordinatorBody::EventAck(ack)),
-                },
-            )
-            .await;
+        let _ = self.fleet.send(node.clone(), ack).await;
     }
 
-    async fn step_event(&mut self, node: NodeName, event: pb::StepEvent) {
-        use pb::step_event::Kind;
+    async fn step_event(&mut self, node: NodeName, event: StepEvent) {
+        use StepEventKind as Kind;
         let Some(kind) = event.kind.clone() else {
             return;
         };
         let (name, payload) = match &kind {
-            Kind::Started(s) => ("started", serde_json::json!({ "command": s.command })),
+            Kind::Started { command } => ("started", serde_json::json!({ "command": command })),
             Kind::Progress(p) => (
                 "progress",
                 serde_json::json!({ "percent": p.percent, "message": p.message }),
@@ -407,21 +405,21 @@ impl Manager {
             ),
             Kind::Log(l) => (
                 "log",
-                serde_json::json!({ "line": l.line, "stderr": l.stream() == pb::LogStream::Stderr }),
+                serde_json::json!({ "line": l.line, "stderr": l.stream == LogStream::Stderr }),
             ),
             Kind::Waiting(w) => (
                 "waiting",
                 serde_json::json!({
                     "instruction": w.instruction,
-                    "reason": wire::wait_reason_name(w.reason()),
+                    "reason": w.reason.as_str(),
                 }),
             ),
             Kind::Finished(f) => (
                 "finished",
-                serde_json::json!({ "outcome": format!("{:?}", f.outcome()), "error": f.error, "exit_code": f.exit_code }),
+                serde_json::json!({ "outcome": f.outcome.as_str(), "error": f.error, "exit_code": f.exit_code }),
             ),
         };
-        let Some(row) = self.attempt_of(&node, &event.attempt_id) else {
+        let Some(row) = self.attempt_of(&node, event.attempt_id.as_str()) else {
             return;
         };
         if event.seq == 0 {
@@ -430,7 +428,7 @@ impl Manager {
         }
         // Stored once, by (attempt, seq): a redelivery changes nothing.
         let fresh = match self.store.agent_event(
-            &event.attempt_id,
+            event.attempt_id.as_str(),
             event.seq,
             event.at_unix_ms,
             name,
@@ -444,16 +442,16 @@ impl Manager {
         };
         if let Kind::Finished(result) = kind {
             // Applied (and acknowledged complete) even when redelivered: see `finish`.
-            self.finish(&node, &event.attempt_id, row, result, event.seq)
+            self.finish(&node, event.attempt_id.as_str(), row, result, event.seq)
                 .await;
             return;
         }
         // Acknowledged once written, with the events that arrived with it.
         self.unacked
-            .insert((node.clone(), event.attempt_id.clone()));
+            .insert((node.clone(), event.attempt_id.to_string()));
         if let Kind::Waiting(w) = &kind {
             // Settled even when redelivered: it may have been stored just before a crash.
-            self.agent_waits(&node, &event.attempt_id, w).await;
+            self.agent_waits(&node, event.attempt_id.as_str(), w).await;
         }
         if !fresh {
             return;
@@ -462,16 +460,16 @@ impl Manager {
             return;
         };
         let live = match kind {
-            Kind::Progress(p) => pb::run_event::Kind::Progress(p),
-            Kind::Output(o) => pb::run_event::Kind::Output(o),
-            Kind::Log(l) => pb::run_event::Kind::Log(l),
-            Kind::Waiting(w) => pb::run_event::Kind::Waiting(w),
-            Kind::Started(_) | Kind::Finished(_) => return,
+            Kind::Progress(p) => RunEventKind::Progress(p),
+            Kind::Output(o) => RunEventKind::Output(o),
+            Kind::Log(l) => RunEventKind::Log(l),
+            Kind::Waiting(w) => RunEventKind::Waiting(w),
+            Kind::Started { .. } | Kind::Finished(_) => return,
         };
         active.send_live(
             row.step,
             Some(node.to_string()),
-            &event.attempt_id,
+            event.attempt_id.as_str(),
             event.at_unix_ms,
             live,
         );

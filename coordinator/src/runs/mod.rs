@@ -9,35 +9,39 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use fleet_proto::pb;
-use fleet_proto::pb::agent_message::Body as AgentBody;
-use fleet_proto::pb::coordinator_message::Body as CoordinatorBody;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::complaints::Complaints;
-use crate::domain::{NodeName, Role};
+use crate::domain::{AttemptOutcome, NodeName, Role, RunId};
 use crate::engine::{Command, Control, Event, Millis, Outcome, Run, StepState, Unresolved};
 use crate::fleet::FleetHandle;
 use crate::input::{clip, quote};
 use crate::inventory::Inventory;
 use crate::plan::{Plan, Selection, StepKind};
+use crate::protocol::{AttemptReport, FromAgent, Progress, ToAgent};
 use crate::store::{AuditEntry, NewArtifact, NewRun, Store};
 use fleet_proto::unix_ms;
 
 mod agents;
+mod assign;
 mod backup;
 mod preflight;
 mod queries;
 mod recheck;
 mod repeat;
+mod view;
 mod waits;
-mod wire;
 
+pub use assign::assignment;
 use backup::{BackupJob, backup_database};
 use preflight::{InstallerHashes, PreflightJob, SsoCheck, preflight};
 pub use queries::{LogsPage, LogsQuery};
-use wire::{assignment, run_event};
+use view::run_event;
+pub use view::{
+    EnvironmentView, RunEventKind, RunEventView, RunSummaryView, RunView, SelectionView, StepView,
+    plain_event, selection, selection_json,
+};
 
 /// Why a request about runs failed; the service maps each to a gRPC status.
 #[derive(Debug, thiserror::Error)]
@@ -61,10 +65,36 @@ impl From<crate::store::StoreError> for RunError {
     }
 }
 
+/// What an operator's control asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlAction {
+    Pause,
+    Resume,
+    Abort,
+    Approve,
+    Retry,
+    Skip,
+}
+
+impl ControlAction {
+    /// The name the audit trail stores (`audit.action`). These spellings are in existing databases:
+    /// never change one.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ControlAction::Pause => "pause",
+            ControlAction::Resume => "resume",
+            ControlAction::Abort => "abort",
+            ControlAction::Approve => "approve",
+            ControlAction::Retry => "retry",
+            ControlAction::Skip => "skip",
+        }
+    }
+}
+
 /// An operator's control, as requested (node and step are resolved to a step of the run here).
 #[derive(Debug, Clone)]
 pub struct ControlRequest {
-    pub action: pb::ControlAction,
+    pub action: ControlAction,
     pub node: Option<NodeName>,
     pub step: Option<String>,
     pub comment: String,
@@ -86,29 +116,29 @@ enum Request {
         selection: Selection,
         plan_hash: Option<String>,
         operator: String,
-        reply: Reply<String>,
+        reply: Reply<RunId>,
     },
     Control {
-        run_id: String,
+        run_id: RunId,
         control: ControlRequest,
         operator: String,
-        reply: Reply<pb::Run>,
+        reply: Reply<RunView>,
     },
     Get {
-        run_id: String,
-        reply: Reply<pb::Run>,
+        run_id: RunId,
+        reply: Reply<RunView>,
     },
     List {
-        reply: Reply<Vec<pb::RunSummary>>,
+        reply: Reply<Vec<RunSummaryView>>,
     },
     Audit {
-        run_id: Option<String>,
-        reply: Reply<Vec<pb::AuditEntry>>,
+        run_id: Option<RunId>,
+        reply: Reply<Vec<AuditEntry>>,
     },
     Watch {
-        run_id: String,
+        run_id: RunId,
         after_seq: u64,
-        reply: Reply<(Vec<pb::RunEvent>, Option<broadcast::Receiver<pb::RunEvent>>)>,
+        reply: Reply<(Vec<RunEventView>, Option<broadcast::Receiver<RunEventView>>)>,
     },
     Logs {
         query: LogsQuery,
@@ -118,7 +148,7 @@ enum Request {
     Agent {
         node: NodeName,
         instance: Arc<str>,
-        body: Box<AgentBody>,
+        message: Box<FromAgent>,
     },
     /// A preflight task's result: the installers' SHA-256 the environment's nodes agree on, per role
     /// (none where a role installs nothing), or why the environment must not go on.
@@ -154,7 +184,7 @@ enum Request {
     Attached {
         node: NodeName,
         instance: Arc<str>,
-        reports: Vec<pb::AttemptReport>,
+        reports: Vec<AttemptReport>,
     },
 }
 
@@ -207,7 +237,7 @@ impl RunsHandle {
         selection: Selection,
         plan_hash: Option<String>,
         operator: String,
-    ) -> Result<String, RunError> {
+    ) -> Result<RunId, RunError> {
         self.ask(|reply| Request::Start {
             selection,
             plan_hash,
@@ -219,10 +249,10 @@ impl RunsHandle {
 
     pub async fn control(
         &self,
-        run_id: String,
+        run_id: RunId,
         control: ControlRequest,
         operator: String,
-    ) -> Result<pb::Run, RunError> {
+    ) -> Result<RunView, RunError> {
         self.ask(|reply| Request::Control {
             run_id,
             control,
@@ -232,24 +262,24 @@ impl RunsHandle {
         .await
     }
 
-    pub async fn get(&self, run_id: String) -> Result<pb::Run, RunError> {
+    pub async fn get(&self, run_id: RunId) -> Result<RunView, RunError> {
         self.ask(|reply| Request::Get { run_id, reply }).await
     }
 
-    pub async fn list(&self) -> Result<Vec<pb::RunSummary>, RunError> {
+    pub async fn list(&self) -> Result<Vec<RunSummaryView>, RunError> {
         self.ask(|reply| Request::List { reply }).await
     }
 
-    pub async fn audit(&self, run_id: Option<String>) -> Result<Vec<pb::AuditEntry>, RunError> {
+    pub async fn audit(&self, run_id: Option<RunId>) -> Result<Vec<AuditEntry>, RunError> {
         self.ask(|reply| Request::Audit { run_id, reply }).await
     }
 
     /// Stored events after `after_seq`, and live ones after those while the run is active.
     pub async fn watch(
         &self,
-        run_id: String,
+        run_id: RunId,
         after_seq: u64,
-    ) -> Result<(Vec<pb::RunEvent>, Option<broadcast::Receiver<pb::RunEvent>>), RunError> {
+    ) -> Result<(Vec<RunEventView>, Option<broadcast::Receiver<RunEventView>>), RunError> {
         self.ask(|reply| Request::Watch {
             run_id,
             after_seq,
@@ -262,13 +292,13 @@ impl RunsHandle {
         self.ask(|reply| Request::Logs { query, reply }).await
     }
 
-    pub async fn agent_message(&self, node: NodeName, instance: Arc<str>, body: AgentBody) {
+    pub async fn agent_message(&self, node: NodeName, instance: Arc<str>, message: FromAgent) {
         let _ = self
             .tx
             .send(Request::Agent {
                 node,
                 instance,
-                body: Box::new(body),
+                message: Box::new(message),
             })
             .await;
     }
@@ -278,12 +308,7 @@ impl RunsHandle {
     }
 
     /// A node's agent attached; `reports` are the attempts its journal reported in the hello.
-    pub async fn attached(
-        &self,
-        node: NodeName,
-        instance: Arc<str>,
-        reports: Vec<pb::AttemptReport>,
-    ) {
+    pub async fn attached(&self, node: NodeName, instance: Arc<str>, reports: Vec<AttemptReport>) {
         let _ = self
             .tx
             .send(Request::Attached {
@@ -307,7 +332,7 @@ struct Active {
     attempt_steps: HashMap<String, usize>,
     /// node → its steps, in plan order
     node_steps: HashMap<NodeName, Vec<usize>>,
-    events: broadcast::Sender<pb::RunEvent>,
+    events: broadcast::Sender<RunEventView>,
     last_seq: u64,
     /// Per role, recorded by the first preflight that read it; every later environment must match
     /// (invariant 8).
@@ -323,15 +348,15 @@ impl Active {
         node: Option<String>,
         attempt_id: &str,
         at: Millis,
-        kind: pb::run_event::Kind,
+        kind: RunEventKind,
     ) {
         let Some(s) = self.run.steps().get(step) else {
             return;
         };
-        let _ = self.events.send(pb::RunEvent {
+        let _ = self.events.send(RunEventView {
             // Not in the run's event log: no seq (operator.proto, `RunEvent.seq`).
             seq: 0,
-            at_unix_ms: at,
+            at,
             run_id: self.id.clone(),
             environment: self.run.env_name(s.plan().env).to_string(),
             node,
@@ -422,7 +447,9 @@ impl Manager {
                 operator,
                 reply,
             } => {
-                let _ = reply.send(self.start(selection, plan_hash, operator).await);
+                let started = self.start(selection, plan_hash, operator).await;
+                let _ =
+                    reply.send(started.and_then(|id| RunId::new(&id).map_err(RunError::Internal)));
             }
             Request::Control {
                 run_id,
@@ -430,10 +457,10 @@ impl Manager {
                 operator,
                 reply,
             } => {
-                let _ = reply.send(self.control(&run_id, control, &operator).await);
+                let _ = reply.send(self.control(run_id.as_str(), control, &operator).await);
             }
             Request::Get { run_id, reply } => {
-                let _ = reply.send(self.get(&run_id));
+                let _ = reply.send(self.get(run_id.as_str()));
             }
             Request::List { reply } => {
                 let _ = reply.send(self.list());
@@ -441,22 +468,8 @@ impl Manager {
             Request::Audit { run_id, reply } => {
                 let entries = self
                     .store
-                    .audit_entries(run_id.as_deref())
-                    .map_err(RunError::from)
-                    .map(|entries| {
-                        entries
-                            .into_iter()
-                            .map(|e| pb::AuditEntry {
-                                at_unix_ms: e.at,
-                                operator: e.operator,
-                                action: e.action,
-                                run_id: e.run_id,
-                                node: e.node,
-                                step: e.step,
-                                detail: e.detail,
-                            })
-                            .collect()
-                    });
+                    .audit_entries(run_id.as_ref().map(RunId::as_str))
+                    .map_err(RunError::from);
                 let _ = reply.send(entries);
             }
             Request::Watch {
@@ -464,7 +477,7 @@ impl Manager {
                 after_seq,
                 reply,
             } => {
-                let _ = reply.send(self.watch(&run_id, after_seq));
+                let _ = reply.send(self.watch(run_id.as_str(), after_seq));
             }
             Request::Logs { query, reply } => {
                 let _ = reply.send(self.logs(&query));
@@ -472,8 +485,8 @@ impl Manager {
             Request::Agent {
                 node,
                 instance,
-                body,
-            } => self.agent(node, &instance, *body).await,
+                message,
+            } => self.agent(node, &instance, *message).await,
             Request::PreflightDone {
                 run_id,
                 step,
@@ -556,7 +569,7 @@ impl Manager {
             .list()
             .await
             .ok_or_else(|| RunError::Internal("the coordinator is shutting down".into()))?;
-        let reports = crate::convert::reports(&nodes);
+        let reports = crate::fleet::reports(&nodes);
         let plan = crate::plan::plan(&self.inventory, &selection, &reports)
             .map_err(|e| RunError::Invalid(e.to_string()))?;
         if let Some(expected) = plan_hash
@@ -576,7 +589,7 @@ impl Manager {
         let mut run = Run::new(&plan, step_timeout_ms, self.attached.clone());
         run.set_windows(windows_of(&self.inventory, &plan));
         let inventory_toml = self.inventory.source.clone();
-        let selection_json = wire::selection_json(&selection, &plan);
+        let selection_json = view::selection_json(&selection, &plan);
         let started_at = now_ms();
         let target_version = plan.target_version.to_string();
         self.store.create_run(
@@ -724,15 +737,12 @@ impl Manager {
         let operator = audit.map(|a| a.operator.clone()).unwrap_or_default();
         match order {
             AgentOrder::Continue => {
-                let body = CoordinatorBody::ContinueAttempt(pb::ContinueAttempt {
-                    attempt_id,
+                let message = ToAgent::Continue {
+                    attempt_id: attempt_id.into(),
                     operator,
                     epoch: self.epoch,
-                });
-                let _ = self
-                    .fleet
-                    .send(node, pb::CoordinatorMessage { body: Some(body) })
-                    .await;
+                };
+                let _ = self.fleet.send(node, message).await;
             }
             AgentOrder::Cancel => {
                 let reason = if operator.is_empty() {
@@ -790,9 +800,7 @@ impl Manager {
                 .cloned()
                 .unwrap_or_default();
         }
-        let message = pb::CoordinatorMessage {
-            body: Some(CoordinatorBody::Assign(assignment)),
-        };
+        let message = ToAgent::Assign(assignment);
         // Queued to a session that may be dying is not yet delivered: the agent is asked about the
         // attempt whenever it attaches, and an attempt it never got starts again.
         if self.fleet.send(node.clone(), message).await {
@@ -842,10 +850,14 @@ impl Manager {
         let message = format!(
             "not installed again: the node already reports ESSO {found} with ENTSSO running, so an earlier attempt that was interrupted had installed it; its verify checks it"
         );
-        if let Err(e) =
-            self.store
-                .finish_attempt(&r.attempt_id, now_ms(), "Succeeded", &message, None, &[])
-        {
+        if let Err(e) = self.store.finish_attempt(
+            &r.attempt_id,
+            now_ms(),
+            AttemptOutcome::Succeeded,
+            &message,
+            None,
+            &[],
+        ) {
             tracing::error!("cannot store the result of attempt {}: {e}", r.attempt_id);
             return;
         }
@@ -1076,7 +1088,7 @@ impl Manager {
             None,
             attempt_id,
             at,
-            pb::run_event::Kind::Progress(pb::StepProgress { percent, message }),
+            RunEventKind::Progress(Progress { percent, message }),
         );
     }
 
@@ -1095,7 +1107,7 @@ impl Manager {
         }
         let (outcome, error, artifacts) = match &result {
             Ok(done) => (
-                "Succeeded",
+                AttemptOutcome::Succeeded,
                 String::new(),
                 vec![NewArtifact {
                     kind: "sso-database-backup".to_string(),
@@ -1105,7 +1117,7 @@ impl Manager {
                     note: String::new(),
                 }],
             ),
-            Err(e) => ("Failed", e.clone(), Vec::new()),
+            Err(e) => (AttemptOutcome::Failed, e.clone(), Vec::new()),
         };
         if let Err(e) =
             self.store
@@ -1130,17 +1142,17 @@ impl Manager {
         run_id: &str,
         request: ControlRequest,
         operator: &str,
-    ) -> Result<pb::Run, RunError> {
+    ) -> Result<RunView, RunError> {
         if let Some(broken) = &self.broken {
             return Err(RunError::Internal(broken.clone()));
         }
-        let action = format!("{:?}", request.action).to_ascii_lowercase();
+        let action = request.action.as_str();
         // Applied with this request id already (the answer was lost, the caller retried): nothing
         // changes again, and the answer is the run as it is now.
         if let Some(request_id) = request.request_id.as_deref()
             && let Some(applied) = self.store.control_by_request(run_id, request_id)?
         {
-            repeat::same_control(&applied, &action, &request, operator)?;
+            repeat::same_control(&applied, action, &request, operator)?;
             tracing::info!(run = %run_id, operator = %operator, "operator {operator}: {action} repeated with request id {request_id}: applied already, nothing changed");
             return self.get(run_id);
         }
@@ -1159,20 +1171,17 @@ impl Manager {
                 .map_err(unresolved)
         };
         let control = match request.action {
-            pb::ControlAction::Pause => Control::Pause,
-            pb::ControlAction::Resume => Control::Resume,
-            pb::ControlAction::Abort => Control::Abort,
-            pb::ControlAction::Approve => match request.node.as_ref() {
+            ControlAction::Pause => Control::Pause,
+            ControlAction::Resume => Control::Resume,
+            ControlAction::Abort => Control::Abort,
+            ControlAction::Approve => match request.node.as_ref() {
                 Some(node) => Control::ApproveInstall {
                     step: active.run.waiting_install(node).map_err(unresolved)?,
                 },
                 None => Control::Approve,
             },
-            pb::ControlAction::Retry => Control::Retry { step: target()? },
-            pb::ControlAction::Skip => Control::Skip { step: target()? },
-            pb::ControlAction::Unspecified => {
-                return Err(RunError::Invalid("no control action".into()));
-            }
+            ControlAction::Retry => Control::Retry { step: target()? },
+            ControlAction::Skip => Control::Skip { step: target()? },
         };
         let (node, step_name) = match &control {
             Control::Retry { step } | Control::Skip { step } | Control::ApproveInstall { step } => {
@@ -1192,7 +1201,7 @@ impl Manager {
         let audit = AuditEntry {
             at: now,
             operator: operator.to_string(),
-            action: action.clone(),
+            action: action.to_string(),
             run_id: run_id.to_string(),
             node,
             step: step_name,
@@ -1343,7 +1352,7 @@ impl Manager {
             let kind = active.run.steps()[step].plan().kind;
             if let Some((outcome, error)) = &a.result {
                 // Stored, not yet applied when the previous coordinator stopped.
-                let outcome = if outcome == "Succeeded" {
+                let outcome = if *outcome == AttemptOutcome::Succeeded {
                     Outcome::Succeeded
                 } else {
                     Outcome::Failed(error.clone())

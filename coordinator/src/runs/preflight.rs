@@ -5,18 +5,17 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use fleet_proto::pb;
-use fleet_proto::pb::coordinator_message::Body as CoordinatorBody;
 use tokio::sync::mpsc;
 
 use super::Request;
 use crate::domain::{NodeName, Role};
 use crate::engine::Run;
+use crate::fitness;
 use crate::fleet::FleetHandle;
 use crate::inventory::SsoDatabase;
 use crate::plan::{Expected, Plan};
+use crate::protocol::{Facts, ToAgent};
 use crate::sql;
-use crate::{convert, fitness};
 
 /// How long preflight waits for the environment's nodes to attach.
 const ATTACH_WAIT: Duration = Duration::from_secs(60);
@@ -197,11 +196,9 @@ async fn check_nodes(job: &PreflightJob, fleet: &FleetHandle) -> Result<Installe
     // request to the fleet per installer, then all the answers looked at together.
     let mut waiting: Vec<(usize, NodeName, u64)> = Vec::new();
     for (g, group) in job.groups.iter().enumerate() {
-        let message = pb::CoordinatorMessage {
-            body: Some(CoordinatorBody::RefreshFacts(pb::RefreshFacts {
-                installer: group.installer.clone(),
-                epoch: job.epoch,
-            })),
+        let message = ToAgent::RefreshFacts {
+            installer: group.installer.clone(),
+            epoch: job.epoch,
         };
         let asked = fleet
             .ask_facts(group.nodes.clone(), message)
@@ -216,7 +213,7 @@ async fn check_nodes(job: &PreflightJob, fleet: &FleetHandle) -> Result<Installe
     }
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut problems = Vec::new();
-    let mut answered: Vec<(usize, NodeName, pb::Facts)> = Vec::new();
+    let mut answered: Vec<(usize, NodeName, Facts)> = Vec::new();
     while !waiting.is_empty() {
         let since = waiting.iter().map(|(_, n, b)| (n.clone(), *b)).collect();
         let facts = fleet.facts_since(since).await.unwrap_or_default();
@@ -250,7 +247,7 @@ async fn check_nodes(job: &PreflightJob, fleet: &FleetHandle) -> Result<Installe
             problems.push(format!("{node}: {}", f.error));
             continue;
         }
-        problems.extend(fitness::failures(node.as_str(), &convert::checks(&f)));
+        problems.extend(fitness::failures(node.as_str(), &f.checks));
         match f.installer_sha256 {
             Some(hash) => hashes[g].push((node, hash)),
             None => problems.push(format!(
@@ -267,7 +264,7 @@ async fn check_nodes(job: &PreflightJob, fleet: &FleetHandle) -> Result<Installe
                 if !facts.error.is_empty() {
                     problems.push(format!("{node}: {}", facts.error));
                 }
-                problems.extend(fitness::failures(node.as_str(), &convert::checks(&facts)));
+                problems.extend(fitness::failures(node.as_str(), &facts.checks));
             }
             None => problems.push(format!("{node} has reported no facts")),
         }

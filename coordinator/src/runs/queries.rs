@@ -3,15 +3,18 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use fleet_proto::pb;
 use tokio::sync::broadcast;
 
 use super::preflight::InstallerHashes;
-use super::wire::{self, plain_event, run_event, run_state, step_state};
+use super::view::{
+    self, EnvironmentView, RunEventView, RunSummaryView, RunView, StepView, log_event, plain_event,
+    run_event,
+};
 use super::{Manager, RunError};
-use crate::domain::NodeName;
-use crate::engine::Run;
+use crate::domain::{NodeName, RunId};
+use crate::engine::{Run, RunStatus, StepState};
 use crate::plan::Plan;
+use crate::protocol::Artifact;
 use crate::store::LogPosition;
 
 /// A `Logs` page stays under this many bytes on the wire (gRPC refuses messages over 4 MB).
@@ -22,7 +25,7 @@ const LOG_ROWS_READ: usize = 256;
 /// A page of a run's log, as an operator asks for it.
 #[derive(Debug, Clone)]
 pub struct LogsQuery {
-    pub run_id: String,
+    pub run_id: RunId,
     pub node: Option<NodeName>,
     pub step: Option<String>,
     /// Where the previous page ended; none: from the start.
@@ -33,14 +36,14 @@ pub struct LogsQuery {
 /// One page of a run's log, and where the next starts if more follow.
 #[derive(Debug, Clone, Default)]
 pub struct LogsPage {
-    pub events: Vec<pb::RunEvent>,
+    pub events: Vec<RunEventView>,
     pub next: Option<LogPosition>,
 }
 
 impl Manager {
     /// The run as `GetRun` shows it, read back from the store (the active run's engine state and
     /// plan from memory, a past run's restored from the store).
-    pub(super) fn get(&mut self, run_id: &str) -> Result<pb::Run, RunError> {
+    pub(super) fn get(&mut self, run_id: &str) -> Result<RunView, RunError> {
         let row = self.store.run(run_id)?;
         let steps = self.store.steps(run_id)?;
         let artifacts = self.store.artifacts(run_id)?;
@@ -48,13 +51,13 @@ impl Manager {
         let past = self.past_run(run_id);
         let shown = self.shown(run_id, past.as_ref());
         let environments = match shown {
-            Some((run, ..)) => wire::environments(run),
+            Some((run, ..)) => view::environments(run),
             // A run stored before its plan was: names only.
             None => self
                 .store
                 .run_environments(run_id)?
                 .into_iter()
-                .map(|name| pb::RunEnvironment {
+                .map(|name| EnvironmentView {
                     name,
                     ..Default::default()
                 })
@@ -66,19 +69,19 @@ impl Manager {
             row.installer_sha256,
             row.master_installer_sha256,
         );
-        Ok(pb::Run {
+        Ok(RunView {
             id: row.id.clone(),
-            workflow: wire::workflow(&row.workflow) as i32,
-            state: run_state(&row.state) as i32,
-            started_at_unix_ms: row.started_at,
-            finished_at_unix_ms: row.finished_at,
+            workflow: view::workflow(&row.workflow),
+            state: RunStatus::parse(&row.state),
+            started_at: row.started_at,
+            finished_at: row.finished_at,
             started_by: row.started_by,
             reason: row.reason,
             last_event_seq: shown.map_or(0, |(.., last_seq)| last_seq),
             target_version: row.target_version,
             installer: row.installer,
             plan_hash: row.plan_hash,
-            selection: Some(wire::selection(&row.selection_json, &row.workflow)),
+            selection: view::selection(&row.selection_json, &row.workflow),
             environments,
             // The members' installer, else the master's where it is the same file.
             installer_sha256: if master_installer.is_some() {
@@ -95,30 +98,30 @@ impl Manager {
             steps: steps
                 .into_iter()
                 .map(|s| {
-                    let state = step_state(&s.state);
+                    let state = StepState::parse(&s.state);
                     let report = reports.remove(&s.index).unwrap_or_default();
-                    pb::RunStep {
-                        index: u32::try_from(s.index).unwrap_or(u32::MAX),
+                    StepView {
+                        index: s.index,
                         environment: s.environment,
                         node: s.node,
                         step: s.step,
-                        state: state as i32,
+                        state,
                         attempts: s.attempts,
                         attempt_id: report.attempt_id,
-                        percent: if state == pb::StepState::Succeeded {
+                        percent: if state == Some(StepState::Succeeded) {
                             100
                         } else {
                             report.percent
                         },
                         outputs: report.outputs,
                         message: s.message,
-                        started_at_unix_ms: s.started_at,
-                        finished_at_unix_ms: s.finished_at,
+                        started_at: s.started_at,
+                        finished_at: s.finished_at,
                         batch: s.batch,
                         artifacts: artifacts
                             .iter()
                             .filter(|a| a.step == s.index)
-                            .map(|a| pb::Artifact {
+                            .map(|a| Artifact {
                                 kind: a.kind.clone(),
                                 path: a.path.clone(),
                                 size_bytes: a.size_bytes,
@@ -168,18 +171,18 @@ impl Manager {
         }
     }
 
-    pub(super) fn list(&self) -> Result<Vec<pb::RunSummary>, RunError> {
+    pub(super) fn list(&self) -> Result<Vec<RunSummaryView>, RunError> {
         self.store
             .runs()?
             .into_iter()
             .map(|r| {
-                Ok(pb::RunSummary {
+                Ok(RunSummaryView {
                     environments: self.store.run_environments(&r.id)?,
                     id: r.id,
-                    workflow: wire::workflow(&r.workflow) as i32,
-                    state: run_state(&r.state) as i32,
-                    started_at_unix_ms: r.started_at,
-                    finished_at_unix_ms: r.finished_at,
+                    workflow: view::workflow(&r.workflow),
+                    state: RunStatus::parse(&r.state),
+                    started_at: r.started_at,
+                    finished_at: r.finished_at,
                     started_by: r.started_by,
                 })
             })
@@ -190,7 +193,7 @@ impl Manager {
         &self,
         run_id: &str,
         after_seq: u64,
-    ) -> Result<(Vec<pb::RunEvent>, Option<broadcast::Receiver<pb::RunEvent>>), RunError> {
+    ) -> Result<(Vec<RunEventView>, Option<broadcast::Receiver<RunEventView>>), RunError> {
         self.store.run(run_id)?;
         let stored = self.store.run_events(run_id, after_seq, usize::MAX)?;
         let past = self.past_run(run_id);
@@ -209,14 +212,14 @@ impl Manager {
     /// A page of the run's log: at most `query.max_events` events, and no more than [`PAGE_BYTES`]
     /// on the wire (one larger event comes alone), with where the next page starts if any follows.
     pub(super) fn logs(&mut self, query: &LogsQuery) -> Result<LogsPage, RunError> {
-        self.store.run(&query.run_id)?;
+        self.store.run(query.run_id.as_str())?;
         let node = query.node.as_ref().map(NodeName::as_str);
         let mut page = LogsPage::default();
         let mut after = query.after;
         let mut bytes = 0;
         loop {
             let rows = self.store.step_log_page(
-                &query.run_id,
+                query.run_id.as_str(),
                 node,
                 query.step.as_deref(),
                 after,
@@ -225,8 +228,8 @@ impl Manager {
             let more = rows.len() == LOG_ROWS_READ;
             for row in rows {
                 let position = row.position;
-                if let Some(event) = log_event(&query.run_id, row) {
-                    let size = prost::Message::encoded_len(&event);
+                if let Some(event) = log_event(query.run_id.as_str(), row) {
+                    let size = event.size();
                     let full = page.events.len() >= query.max_events
                         || (!page.events.is_empty() && bytes + size > PAGE_BYTES);
                     if full {
@@ -294,69 +297,4 @@ fn step_reports(rows: Vec<crate::store::StepReportRow>) -> HashMap<usize, StepRe
         }
     }
     reports
-}
-
-/// One stored agent event as `Logs` shows it; `None` for kinds it does not show.
-fn log_event(run_id: &str, row: crate::store::LogRow) -> Option<pb::RunEvent> {
-    let crate::store::LogRow {
-        node,
-        step,
-        kind,
-        payload,
-        ..
-    } = row;
-    let text = |k: &str| {
-        payload
-            .get(k)
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_string()
-    };
-    let kind = match kind.as_str() {
-        "log" => pb::run_event::Kind::Log(pb::StepLog {
-            stream: if payload.get("stderr").and_then(serde_json::Value::as_bool) == Some(true) {
-                pb::LogStream::Stderr
-            } else {
-                pb::LogStream::Stdout
-            } as i32,
-            line: text("line"),
-        }),
-        "progress" => pb::run_event::Kind::Progress(pb::StepProgress {
-            percent: u32::try_from(
-                payload
-                    .get("percent")
-                    .and_then(serde_json::Value::as_u64)
-                    .unwrap_or(0),
-            )
-            .unwrap_or(0),
-            message: text("message"),
-        }),
-        "output" => pb::run_event::Kind::Output(pb::StepOutput {
-            key: text("key"),
-            value: text("value"),
-        }),
-        "finished" => pb::run_event::Kind::Log(pb::StepLog {
-            stream: pb::LogStream::Agent as i32,
-            line: format!("finished: {} {}", text("outcome"), text("error"))
-                .trim_end()
-                .to_string(),
-        }),
-        "waiting" => pb::run_event::Kind::Waiting(pb::StepWaiting {
-            instruction: text("instruction"),
-            reason: super::wire::wait_reason(&text("reason")) as i32,
-            boot_id: String::new(),
-        }),
-        "started" => pb::run_event::Kind::Log(pb::StepLog {
-            stream: pb::LogStream::Agent as i32,
-            line: format!("started: {}", text("command")),
-        }),
-        _ => return None,
-    };
-    Some(pb::RunEvent {
-        run_id: run_id.to_string(),
-        node: (!node.is_empty()).then_some(node),
-        step,
-        kind: Some(kind),
-        ..Default::default()
-    })
 }

@@ -8,8 +8,6 @@
 
 use std::time::Duration;
 
-use fleet_proto::pb;
-use fleet_proto::pb::coordinator_message::Body as CoordinatorBody;
 use fleet_proto::version::{Standing, Version};
 use tokio::sync::mpsc;
 
@@ -17,6 +15,7 @@ use super::{Active, Request};
 use crate::domain::NodeName;
 use crate::fleet::FleetHandle;
 use crate::plan::StepKind;
+use crate::protocol::{Facts, ServiceState, ToAgent};
 
 /// How long the node has to answer with fresh facts.
 const WAIT: Duration = Duration::from_secs(20);
@@ -76,7 +75,7 @@ impl Recheck {
 pub(super) async fn run(job: Recheck, fleet: FleetHandle, requests: mpsc::Sender<Request>) {
     let found = fresh_facts(&job, &fleet)
         .await
-        .filter(|f| f.service() == pb::ServiceState::Running)
+        .filter(|f| f.service == ServiceState::Running)
         .and_then(|f| f.esso_version)
         .filter(|v| {
             v.parse::<Version>()
@@ -104,12 +103,10 @@ pub(super) async fn run(job: Recheck, fleet: FleetHandle, requests: mpsc::Sender
 
 /// The facts the node sends after being asked; `None` when it is not attached or does not answer
 /// within [`WAIT`].
-async fn fresh_facts(job: &Recheck, fleet: &FleetHandle) -> Option<pb::Facts> {
-    let message = pb::CoordinatorMessage {
-        body: Some(CoordinatorBody::RefreshFacts(pb::RefreshFacts {
-            installer: String::new(),
-            epoch: job.epoch,
-        })),
+async fn fresh_facts(job: &Recheck, fleet: &FleetHandle) -> Option<Facts> {
+    let message = ToAgent::RefreshFacts {
+        installer: String::new(),
+        epoch: job.epoch,
     };
     let asked = fleet.ask_facts(vec![job.node.clone()], message).await?;
     let before = asked.first().and_then(|(_, generation)| *generation)?;

@@ -41,9 +41,8 @@ pub(super) fn same_control(
 
 #[cfg(test)]
 mod tests {
-    use fleet_proto::pb;
-
     use super::*;
+    use crate::runs::ControlAction;
 
     fn applied(action: &str, node: Option<&str>, step: Option<&str>) -> AuditEntry {
         AuditEntry {
@@ -58,11 +57,7 @@ mod tests {
         }
     }
 
-    fn request(
-        action: pb::ControlAction,
-        node: Option<&str>,
-        step: Option<&str>,
-    ) -> ControlRequest {
+    fn request(action: ControlAction, node: Option<&str>, step: Option<&str>) -> ControlRequest {
         ControlRequest {
             action,
             node: node.map(|n| NodeName::new(n).unwrap()),
@@ -75,9 +70,9 @@ mod tests {
     #[test]
     fn a_repeat_is_the_same_control_and_anything_else_is_refused() {
         let pause = applied("pause", None, None);
-        let again = request(pb::ControlAction::Pause, None, None);
+        let again = request(ControlAction::Pause, None, None);
         assert!(same_control(&pause, "pause", &again, "alice").is_ok());
-        let resume = request(pb::ControlAction::Resume, None, None);
+        let resume = request(ControlAction::Resume, None, None);
         let refused = same_control(&pause, "resume", &resume, "alice").unwrap_err();
         assert_eq!(
             refused.to_string(),
@@ -91,12 +86,12 @@ mod tests {
         // A retry resolved to a node's step: the same node (any case), with or without the step.
         let retry = applied("retry", Some("a1"), Some("upgrade"));
         for step in [None, Some("upgrade")] {
-            let again = request(pb::ControlAction::Retry, Some("A1"), step);
+            let again = request(ControlAction::Retry, Some("A1"), step);
             assert!(same_control(&retry, "retry", &again, "alice").is_ok());
         }
-        let other_node = request(pb::ControlAction::Retry, Some("a2"), None);
+        let other_node = request(ControlAction::Retry, Some("a2"), None);
         assert!(same_control(&retry, "retry", &other_node, "alice").is_err());
-        let other_step = request(pb::ControlAction::Retry, Some("a1"), Some("verify"));
+        let other_step = request(ControlAction::Retry, Some("a1"), Some("verify"));
         assert!(same_control(&retry, "retry", &other_step, "alice").is_err());
     }
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::domain::Role;
+use crate::domain::{AttemptOutcome, Role};
 use crate::engine::{Command, Durable, Millis, Run, StepRecord, StepState};
 use crate::plan::Plan;
 
@@ -218,7 +218,7 @@ pub struct StoredAttempt {
     pub id: String,
     pub node: Option<String>,
     /// `Some((outcome, error))` once its result is stored.
-    pub result: Option<(String, String)>,
+    pub result: Option<(AttemptOutcome, String)>,
 }
 
 pub struct Store {
@@ -462,7 +462,7 @@ impl Store {
                 Command::EnvChanged { env, status } => (
                     None,
                     "environment",
-                    serde_json::json!({ "environment": run.env_name(*env), "status": format!("{status:?}") }),
+                    serde_json::json!({ "environment": run.env_name(*env), "status": status.as_str() }),
                 ),
                 Command::RunChanged { status, reason } => {
                     let finished = status.is_final().then_some(now);
@@ -594,15 +594,30 @@ impl Store {
             |r| {
                 let outcome: Option<String> = r.get(4)?;
                 let error: String = r.get(5)?;
-                Ok(StoredAttempt {
-                    step: r.get::<_, i64>(0)? as usize,
-                    number: r.get(1)?,
-                    id: r.get(2)?,
-                    node: r.get(3)?,
-                    result: outcome.map(|o| (o, error)),
-                })
+                Ok((
+                    outcome,
+                    error,
+                    StoredAttempt {
+                        step: r.get::<_, i64>(0)? as usize,
+                        number: r.get(1)?,
+                        id: r.get(2)?,
+                        node: r.get(3)?,
+                        result: None,
+                    },
+                ))
             },
         )?;
+        let attempts = attempts
+            .into_iter()
+            .map(|(outcome, error, mut attempt)| {
+                if let Some(outcome) = outcome {
+                    let parsed = AttemptOutcome::parse(&outcome)
+                        .ok_or_else(|| corrupt(format!("unknown attempt outcome {outcome:?}")))?;
+                    attempt.result = Some((parsed, error));
+                }
+                Ok(attempt)
+            })
+            .collect::<Result<Vec<_>>>()?;
         let last_seq: i64 = self
             .conn
             .query_row(
@@ -906,7 +921,7 @@ impl Store {
         &mut self,
         attempt_id: &str,
         at: Millis,
-        outcome: &str,
+        outcome: AttemptOutcome,
         error: &str,
         exit_code: Option<i32>,
         artifacts: &[NewArtifact],
@@ -922,7 +937,7 @@ impl Store {
             .execute(
                 "UPDATE attempts SET state = 'finished', finished_at = ?2, outcome = ?3, error = ?4, exit_code = ?5
                  WHERE id = ?1 AND state <> 'finished'",
-                params![attempt_id, at, outcome, error, exit_code],
+                params![attempt_id, at, outcome.as_str(), error, exit_code],
             )
             .map_err(err)?;
         if changed == 0 {

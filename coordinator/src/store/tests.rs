@@ -426,7 +426,14 @@ fn installer_hashes_are_kept_per_role_and_artifacts_keep_their_note() {
     };
     assert!(
         store
-            .finish_attempt(&attempt, 3_000, "Succeeded", "", Some(0), &[artifact])
+            .finish_attempt(
+                &attempt,
+                3_000,
+                crate::domain::AttemptOutcome::Succeeded,
+                "",
+                Some(0),
+                &[artifact],
+            )
             .unwrap()
     );
     let rows = store.artifacts("r1").unwrap();
@@ -451,4 +458,71 @@ fn a_plan_stored_before_versions_and_install_modes_still_loads() {
             .iter()
             .all(|s| s.install.is_none() && !s.accept_newer)
     );
+}
+
+/// Outcomes, environment statuses and control actions are stored by name; a database written by an
+/// earlier build (these exact spellings) still loads, and each name reads back as what wrote it.
+#[test]
+fn rows_written_with_the_stored_spellings_still_load() {
+    use crate::domain::AttemptOutcome;
+    use crate::engine::EnvStatus;
+    use crate::runs::ControlAction;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (store, attempt) = store_with_an_attempt(dir.path());
+    for (name, outcome) in [
+        ("Unspecified", AttemptOutcome::Unreported),
+        ("Succeeded", AttemptOutcome::Succeeded),
+        ("Failed", AttemptOutcome::Failed),
+        ("TimedOut", AttemptOutcome::TimedOut),
+        ("Cancelled", AttemptOutcome::Cancelled),
+    ] {
+        assert_eq!(outcome.as_str(), name);
+        store
+            .conn
+            .execute(
+                "UPDATE attempts SET state = 'finished', outcome = ?2, error = 'e' WHERE id = ?1",
+                params![attempt, name],
+            )
+            .unwrap();
+        let stored = store.load_run("r1").unwrap();
+        assert_eq!(stored.attempts[0].result, Some((outcome, "e".to_string())));
+    }
+    store
+        .conn
+        .execute(
+            "UPDATE attempts SET outcome = 'Exploded' WHERE id = ?1",
+            [&attempt],
+        )
+        .unwrap();
+    assert!(
+        store.load_run("r1").is_err(),
+        "an unknown outcome is corrupt, not a success"
+    );
+
+    let events = store.run_events("r1", 0, 100).unwrap();
+    let environment = events.iter().find(|e| e.kind == "environment").unwrap();
+    assert_eq!(environment.payload["status"], "Running");
+    for (name, status) in [
+        ("Pending", EnvStatus::Pending),
+        ("Running", EnvStatus::Running),
+        ("WaitingGate", EnvStatus::WaitingGate),
+        ("Halted", EnvStatus::Halted),
+        ("Succeeded", EnvStatus::Succeeded),
+    ] {
+        assert_eq!(status.as_str(), name);
+        assert_eq!(EnvStatus::parse(name), Some(status));
+    }
+    assert_eq!(EnvStatus::parse("waiting-gate"), None);
+
+    for (name, action) in [
+        ("pause", ControlAction::Pause),
+        ("resume", ControlAction::Resume),
+        ("abort", ControlAction::Abort),
+        ("approve", ControlAction::Approve),
+        ("retry", ControlAction::Retry),
+        ("skip", ControlAction::Skip),
+    ] {
+        assert_eq!(action.as_str(), name);
+    }
 }

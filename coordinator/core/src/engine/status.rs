@@ -37,6 +37,21 @@ impl RunStatus {
             RunStatus::Aborted => "aborted",
         }
     }
+
+    /// A stored name ([`Self::as_str`]) back; `None` for one this build does not know.
+    pub fn parse(stored: &str) -> Option<Self> {
+        [
+            RunStatus::Running,
+            RunStatus::Paused,
+            RunStatus::WaitingApproval,
+            RunStatus::Halted,
+            RunStatus::Succeeded,
+            RunStatus::Failed,
+            RunStatus::Aborted,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == stored)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +61,34 @@ pub enum EnvStatus {
     WaitingGate,
     Halted,
     Succeeded,
+}
+
+impl EnvStatus {
+    /// Every status, for the names' round trip.
+    pub const ALL: [EnvStatus; 5] = [
+        EnvStatus::Pending,
+        EnvStatus::Running,
+        EnvStatus::WaitingGate,
+        EnvStatus::Halted,
+        EnvStatus::Succeeded,
+    ];
+
+    /// The name an environment event is stored with (its `status`). These spellings are in existing
+    /// databases: never change one.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnvStatus::Pending => "Pending",
+            EnvStatus::Running => "Running",
+            EnvStatus::WaitingGate => "WaitingGate",
+            EnvStatus::Halted => "Halted",
+            EnvStatus::Succeeded => "Succeeded",
+        }
+    }
+
+    /// A stored name ([`Self::as_str`]) back; `None` for one this build does not know.
+    pub fn parse(stored: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == stored)
+    }
 }
 
 impl Run {

@@ -1,5 +1,5 @@
-//! The gRPC layer: authorization by certificate identity, the agent service and the operator service.
-//! `tonic::Status` appears only here.
+//! The gRPC services: authorization by certificate identity, the agent service and the operator
+//! service. Errors become a `tonic::Status` here.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,20 +8,19 @@ use std::time::{Duration, SystemTime};
 use fleet_proto::identity::{PeerIdentity, Role};
 use fleet_proto::pb;
 use fleet_proto::pb::agent_message::Body as AgentBody;
-use fleet_proto::pb::coordinator_message::Body as CoordinatorBody;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use super::{agent_wire, convert, run_wire};
 use crate::complaints::Complaints;
-use crate::convert;
 use crate::domain::NodeName;
-use crate::fleet::{FleetHandle, Session};
+use crate::fleet::{FleetHandle, Session, SessionEnd};
 use crate::inventory::Inventory;
-use crate::runs::{RunError, RunsHandle};
-use fleet_proto::unix_ms;
+use crate::protocol::ToAgent;
+use crate::runs::{RunError, RunEventView, RunsHandle};
 
 /// How long an agent has to send its `Hello` after opening the stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -121,13 +120,14 @@ pub struct AgentService {
     pub shared: Arc<Shared>,
 }
 
-fn millis_u32(d: Duration) -> u32 {
-    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
-}
+/// The stream to an agent: the fleet's messages, on the wire.
+type ToAgentStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>,
+>;
 
 #[tonic::async_trait]
 impl pb::agent_service_server::AgentService for AgentService {
-    type AttachStream = ReceiverStream<Result<pb::CoordinatorMessage, Status>>;
+    type AttachStream = ToAgentStream;
 
     async fn attach(
         &self,
@@ -210,15 +210,11 @@ impl pb::agent_service_server::AgentService for AgentService {
             )));
         }
         let (tx, rx) = mpsc::channel(256);
-        let welcome = pb::CoordinatorMessage {
-            body: Some(CoordinatorBody::Welcome(pb::Welcome {
-                epoch: shared.epoch,
-                coordinator_id: shared.coordinator_id.clone(),
-                heartbeat_interval_ms: millis_u32(shared.heartbeat_interval),
-                heartbeat_timeout_ms: millis_u32(shared.heartbeat_timeout),
-                acks: Vec::new(),
-                protocol_version: fleet_proto::PROTOCOL_VERSION,
-            })),
+        let welcome = ToAgent::Welcome {
+            epoch: shared.epoch,
+            coordinator_id: shared.coordinator_id.clone(),
+            heartbeat_interval: shared.heartbeat_interval,
+            heartbeat_timeout: shared.heartbeat_timeout,
         };
         // Queued before the session can be seen (nothing else is sent to it before the welcome).
         tx.send(Ok(welcome))
@@ -238,14 +234,26 @@ impl pb::agent_service_server::AgentService for AgentService {
         let instance: Arc<str> = Arc::from(hello.agent_instance_id.as_str());
         shared
             .fleet
-            .attach(cert_node.clone(), session, hello.facts)
+            .attach(
+                cert_node.clone(),
+                session,
+                hello.facts.map(agent_wire::facts),
+            )
             .await
-            .map_err(Status::already_exists)?;
+            .map_err(|refused| Status::already_exists(refused.to_string()))?;
         // Before anything the agent sends on this stream: the run settles what the agent's journal
         // reported and asks about attempts it may have missed.
         shared
             .runs
-            .attached(cert_node.clone(), instance.clone(), hello.attempts)
+            .attached(
+                cert_node.clone(),
+                instance.clone(),
+                hello
+                    .attempts
+                    .into_iter()
+                    .map(agent_wire::attempt_report)
+                    .collect(),
+            )
             .await;
 
         tokio::spawn(send_heartbeats(
@@ -266,12 +274,13 @@ impl pb::agent_service_server::AgentService for AgentService {
             )
             .instrument(span),
         );
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let outbound = tokio_stream::StreamExt::map(ReceiverStream::new(rx), agent_wire::to_agent);
+        Ok(Response::new(Box::pin(outbound)))
     }
 }
 
 async fn send_heartbeats(
-    tx: mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
+    tx: mpsc::Sender<Result<ToAgent, SessionEnd>>,
     interval: Duration,
     closed: CancellationToken,
 ) {
@@ -282,11 +291,8 @@ async fn send_heartbeats(
             () = closed.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let beat = pb::CoordinatorMessage {
-            body: Some(CoordinatorBody::Heartbeat(pb::Heartbeat {
-                sent_at_unix_ms: unix_ms(SystemTime::now()),
-                attempts_in_flight: 0,
-            })),
+        let beat = ToAgent::Heartbeat {
+            sent_at: SystemTime::now(),
         };
         // An agent that stops reading fills the buffer: skip the beat rather than block (and hold the
         // stream open) past the session's end.
@@ -322,15 +328,21 @@ async fn receive(
                 }
                 match body {
                     AgentBody::Heartbeat(_) => {}
-                    AgentBody::Facts(facts) => fleet.facts(node.clone(), session, facts).await,
+                    AgentBody::Facts(facts) => {
+                        fleet
+                            .facts(node.clone(), session, agent_wire::facts(facts))
+                            .await;
+                    }
                     AgentBody::Hello(_) => {
                         tracing::warn!(node = %node, "agent {node} sent a second hello; ignored");
                     }
                     body @ (AgentBody::Event(_)
                     | AgentBody::AssignmentAck(_)
                     | AgentBody::AttemptReport(_)) => {
-                        runs.agent_message(node.clone(), instance.clone(), body)
-                            .await;
+                        if let Some(message) = agent_wire::from_agent(body) {
+                            runs.agent_message(node.clone(), instance.clone(), message)
+                                .await;
+                        }
                     }
                 }
             }
@@ -385,7 +397,9 @@ impl pb::operator_service_server::OperatorService for OperatorService {
             .list()
             .await
             .ok_or_else(|| Status::unavailable("the coordinator is shutting down"))?;
-        Ok(Response::new(pb::ListNodesResponse { nodes }))
+        Ok(Response::new(pb::ListNodesResponse {
+            nodes: nodes.into_iter().map(agent_wire::node_status).collect(),
+        }))
     }
 
     async fn plan(
@@ -401,10 +415,10 @@ impl pb::operator_service_server::OperatorService for OperatorService {
             .list()
             .await
             .ok_or_else(|| Status::unavailable("the coordinator is shutting down"))?;
-        let mut plan = crate::plan::plan(inventory, &selection, &convert::reports(&nodes))
+        let mut plan = crate::plan::plan(inventory, &selection, &crate::fleet::reports(&nodes))
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         plan.warnings
-            .extend(convert::fitness_warnings(&plan, &nodes));
+            .extend(crate::fleet::fitness_warnings(&plan, &nodes));
         Ok(Response::new(convert::plan_response(&plan, inventory)))
     }
 
@@ -424,7 +438,9 @@ impl pb::operator_service_server::OperatorService for OperatorService {
             .start(selection, plan_hash, operator)
             .await
             .map_err(status)?;
-        Ok(Response::new(pb::StartRunResponse { run_id }))
+        Ok(Response::new(pb::StartRunResponse {
+            run_id: run_id.into(),
+        }))
     }
 
     type WatchRunStream = WatchStream;
@@ -434,13 +450,14 @@ impl pb::operator_service_server::OperatorService for OperatorService {
         request: Request<pb::WatchRunRequest>,
     ) -> Result<Response<Self::WatchRunStream>, Status> {
         let r = convert::watch(request.into_inner()).map_err(Status::invalid_argument)?;
+        let run_id = convert::run_id(&r.run_id).map_err(Status::invalid_argument)?;
         let (stored, live) = self
             .shared
             .runs
-            .watch(r.run_id.clone(), r.after_seq)
+            .watch(run_id, r.after_seq)
             .await
             .map_err(status)?;
-        let keep = move |e: &pb::RunEvent| {
+        let keep = move |e: &RunEventView| {
             r.node.as_ref().is_none_or(|n| e.node.as_ref() == Some(n))
                 && r.step.as_ref().is_none_or(|s| &e.step == s)
         };
@@ -448,7 +465,7 @@ impl pb::operator_service_server::OperatorService for OperatorService {
         let follow = r.follow;
         tokio::spawn(async move {
             for event in stored.into_iter().filter(|e| keep(e)) {
-                if tx.send(Ok(event)).await.is_err() {
+                if tx.send(Ok(run_wire::run_event(event))).await.is_err() {
                     return;
                 }
             }
@@ -458,9 +475,8 @@ impl pb::operator_service_server::OperatorService for OperatorService {
             loop {
                 match live.recv().await {
                     Ok(event) => {
-                        let done = matches!(&event.kind, Some(pb::run_event::Kind::RunState(s))
-                            if matches!(s.state(), pb::RunState::Succeeded | pb::RunState::Failed | pb::RunState::Aborted));
-                        if keep(&event) && tx.send(Ok(event)).await.is_err() {
+                        let done = event.ends_the_run();
+                        if keep(&event) && tx.send(Ok(run_wire::run_event(event))).await.is_err() {
                             return;
                         }
                         if done {
@@ -487,9 +503,9 @@ impl pb::operator_service_server::OperatorService for OperatorService {
         request: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
         let run_id =
-            convert::run_id(request.into_inner().run_id).map_err(Status::invalid_argument)?;
+            convert::run_id(&request.into_inner().run_id).map_err(Status::invalid_argument)?;
         let run = self.shared.runs.get(run_id).await.map_err(status)?;
-        Ok(Response::new(run))
+        Ok(Response::new(run_wire::run(run)))
     }
 
     async fn list_runs(
@@ -501,7 +517,9 @@ impl pb::operator_service_server::OperatorService for OperatorService {
         if limit > 0 {
             runs.truncate(limit);
         }
-        Ok(Response::new(pb::ListRunsResponse { runs }))
+        Ok(Response::new(pb::ListRunsResponse {
+            runs: runs.into_iter().map(run_wire::run_summary).collect(),
+        }))
     }
 
     async fn control(
@@ -517,7 +535,9 @@ impl pb::operator_service_server::OperatorService for OperatorService {
             .control(run_id, control, operator)
             .await
             .map_err(status)?;
-        Ok(Response::new(pb::ControlResponse { run: Some(run) }))
+        Ok(Response::new(pb::ControlResponse {
+            run: Some(run_wire::run(run)),
+        }))
     }
 
     async fn logs(
@@ -527,7 +547,7 @@ impl pb::operator_service_server::OperatorService for OperatorService {
         let query = convert::logs(request.get_ref()).map_err(Status::invalid_argument)?;
         let page = self.shared.runs.logs(query).await.map_err(status)?;
         Ok(Response::new(pb::LogsResponse {
-            events: page.events,
+            events: page.events.into_iter().map(run_wire::run_event).collect(),
             next_page_token: convert::next_page_token(page.next),
         }))
     }
@@ -539,11 +559,14 @@ impl pb::operator_service_server::OperatorService for OperatorService {
         let run_id = request
             .into_inner()
             .run_id
+            .as_deref()
             .map(convert::run_id)
             .transpose()
             .map_err(Status::invalid_argument)?;
         let entries = self.shared.runs.audit(run_id).await.map_err(status)?;
-        Ok(Response::new(pb::AuditResponse { entries }))
+        Ok(Response::new(pb::AuditResponse {
+            entries: entries.into_iter().map(run_wire::audit_entry).collect(),
+        }))
     }
 }
 

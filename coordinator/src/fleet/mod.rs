@@ -14,17 +14,35 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use fleet_proto::version::Version;
-use fleet_proto::{pb, unix_ms};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
 
 use crate::complaints::Complaints;
-use crate::domain::{NodeName, Role};
+use crate::domain::NodeName;
 use crate::inventory::Inventory;
+use crate::protocol::{Facts, ToAgent};
 
-/// Outbound half of an agent's stream.
-pub type AgentSender = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;
+mod view;
+
+pub use view::{NodeView, RefusedView, fitness_warnings, reports};
+
+/// Outbound half of an agent's stream: messages, or why the coordinator ends the stream.
+pub type AgentSender = mpsc::Sender<Result<ToAgent, SessionEnd>>;
+
+/// Why the coordinator ends an agent's stream (the gRPC layer tells the agent with a status).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionEnd {
+    /// The same agent process attached again.
+    #[error("replaced by a new stream of the same agent process")]
+    Replaced,
+    #[error("heartbeat timeout: stream closed by the coordinator")]
+    HeartbeatTimeout,
+}
+
+/// Why an attach was refused, for the agent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct AttachRefused(pub String);
 
 /// A live stream from one agent process.
 #[derive(Debug)]
@@ -44,7 +62,7 @@ struct NodeEntry {
     attached_since: Option<SystemTime>,
     last_seen: Option<SystemTime>,
     last_seen_at: Option<tokio::time::Instant>,
-    facts: Option<pb::Facts>,
+    facts: Option<Facts>,
     /// Counts facts received, so a caller can wait for facts newer than its request (no clocks compared).
     facts_generation: u64,
     agent_version: String,
@@ -68,8 +86,8 @@ enum Command {
     Attach {
         node: NodeName,
         session: Session,
-        facts: Option<pb::Facts>,
-        reply: oneshot::Sender<Result<(), String>>,
+        facts: Option<Facts>,
+        reply: oneshot::Sender<Result<(), AttachRefused>>,
     },
     Seen {
         node: NodeName,
@@ -78,18 +96,18 @@ enum Command {
     Facts {
         node: NodeName,
         session: u64,
-        facts: pb::Facts,
+        facts: Facts,
     },
     Detach {
         node: NodeName,
         session: u64,
         reason: String,
     },
-    List(oneshot::Sender<Vec<pb::NodeStatus>>),
+    List(oneshot::Sender<Vec<NodeView>>),
     Attached(oneshot::Sender<BTreeSet<NodeName>>),
     FactsOf {
         node: NodeName,
-        reply: oneshot::Sender<Option<(u64, pb::Facts)>>,
+        reply: oneshot::Sender<Option<(u64, Facts)>>,
     },
     Verified {
         node: NodeName,
@@ -97,16 +115,16 @@ enum Command {
     },
     AskFacts {
         nodes: Vec<NodeName>,
-        message: pb::CoordinatorMessage,
+        message: ToAgent,
         reply: oneshot::Sender<Vec<(NodeName, Option<u64>)>>,
     },
     FactsSince {
         nodes: Vec<(NodeName, u64)>,
-        reply: oneshot::Sender<Vec<Option<pb::Facts>>>,
+        reply: oneshot::Sender<Vec<Option<Facts>>>,
     },
     Send {
         node: NodeName,
-        message: pb::CoordinatorMessage,
+        message: ToAgent,
         reply: oneshot::Sender<bool>,
     },
 }
@@ -144,8 +162,9 @@ impl FleetHandle {
         &self,
         node: NodeName,
         session: Session,
-        facts: Option<pb::Facts>,
-    ) -> Result<(), String> {
+        facts: Option<Facts>,
+    ) -> Result<(), AttachRefused> {
+        let shutting_down = || AttachRefused("the coordinator is shutting down".to_string());
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Attach {
@@ -155,16 +174,15 @@ impl FleetHandle {
                 reply,
             })
             .await
-            .map_err(|_| "the coordinator is shutting down".to_string())?;
-        rx.await
-            .map_err(|_| "the coordinator is shutting down".to_string())?
+            .map_err(|_| shutting_down())?;
+        rx.await.map_err(|_| shutting_down())?
     }
 
     pub async fn seen(&self, node: NodeName, session: u64) {
         let _ = self.tx.send(Command::Seen { node, session }).await;
     }
 
-    pub async fn facts(&self, node: NodeName, session: u64, facts: pb::Facts) {
+    pub async fn facts(&self, node: NodeName, session: u64, facts: Facts) {
         let _ = self
             .tx
             .send(Command::Facts {
@@ -187,7 +205,7 @@ impl FleetHandle {
     }
 
     /// The node's latest facts and their generation (which grows with every facts message).
-    pub async fn facts_of(&self, node: NodeName) -> Option<(u64, pb::Facts)> {
+    pub async fn facts_of(&self, node: NodeName) -> Option<(u64, Facts)> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Command::FactsOf { node, reply }).await.ok()?;
         rx.await.ok().flatten()
@@ -198,7 +216,7 @@ impl FleetHandle {
     pub async fn ask_facts(
         &self,
         nodes: Vec<NodeName>,
-        message: pb::CoordinatorMessage,
+        message: ToAgent,
     ) -> Option<Vec<(NodeName, Option<u64>)>> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -213,7 +231,7 @@ impl FleetHandle {
     }
 
     /// For each (node, generation): its facts if newer than that generation, in the same order.
-    pub async fn facts_since(&self, nodes: Vec<(NodeName, u64)>) -> Option<Vec<Option<pb::Facts>>> {
+    pub async fn facts_since(&self, nodes: Vec<(NodeName, u64)>) -> Option<Vec<Option<Facts>>> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::FactsSince { nodes, reply })
@@ -230,7 +248,7 @@ impl FleetHandle {
 
     /// Sends `message` on the node's live stream; false when it was not queued: the node is not
     /// attached, or its buffer is full (then the session is ended, and the agent re-attaches).
-    pub async fn send(&self, node: NodeName, message: pb::CoordinatorMessage) -> bool {
+    pub async fn send(&self, node: NodeName, message: ToAgent) -> bool {
         let (reply, rx) = oneshot::channel();
         if self
             .tx
@@ -248,7 +266,7 @@ impl FleetHandle {
     }
 
     /// Every inventory node, in inventory order; `None` once the task has stopped.
-    pub async fn list(&self) -> Option<Vec<pb::NodeStatus>> {
+    pub async fn list(&self) -> Option<Vec<NodeView>> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Command::List(tx)).await.ok()?;
         rx.await.ok()
@@ -300,18 +318,18 @@ impl FleetTask {
                 reply,
             } => {
                 let Some(entry) = self.nodes.get_mut(&node) else {
-                    let _ = reply.send(Err(format!("node {node} is not in the inventory")));
+                    let _ = reply.send(Err(AttachRefused(format!(
+                        "node {node} is not in the inventory"
+                    ))));
                     return;
                 };
                 if let Err(refusal) = refuse_second_agent(&node, entry, &session) {
-                    let _ = reply.send(Err(refusal));
+                    let _ = reply.send(Err(AttachRefused(refusal)));
                     return;
                 }
                 if let Some(old) = entry.session.take() {
                     tracing::info!(node = %node, "agent {node} re-attached; closing its previous stream");
-                    let _ = old.sender.try_send(Err(Status::aborted(
-                        "replaced by a new stream of the same agent process",
-                    )));
+                    let _ = old.sender.try_send(Err(SessionEnd::Replaced));
                     old.closed.cancel();
                 }
                 let _ = reply.send(Ok(()));
@@ -435,7 +453,7 @@ impl FleetTask {
 
     /// Queues `message` on the node's live stream; false when it was not queued: the node is not
     /// attached, or its buffer is full (then the session is ended, and the agent re-attaches).
-    fn send(&mut self, node: &NodeName, message: pb::CoordinatorMessage) -> bool {
+    fn send(&mut self, node: &NodeName, message: ToAgent) -> bool {
         let Some(entry) = self.nodes.get_mut(node) else {
             return false;
         };
@@ -478,9 +496,7 @@ impl FleetTask {
                 .is_some_and(|seen| now.duration_since(seen) > self.heartbeat_timeout);
             if entry.session.is_some() && silent {
                 if let Some(session) = entry.session.take() {
-                    let _ = session.sender.try_send(Err(Status::unavailable(
-                        "heartbeat timeout: stream closed by the coordinator",
-                    )));
+                    let _ = session.sender.try_send(Err(SessionEnd::HeartbeatTimeout));
                     session.closed.cancel();
                 }
                 entry.attached_since = None;
@@ -493,7 +509,7 @@ impl FleetTask {
         }
     }
 
-    fn statuses(&self) -> Vec<pb::NodeStatus> {
+    fn statuses(&self) -> Vec<NodeView> {
         let target = &self.inventory.upgrade.target_version;
         self.inventory
             .nodes()
@@ -506,32 +522,23 @@ impl FleetTask {
                     .and_then(|f| f.esso_version.as_deref())
                     .and_then(|v| v.parse::<Version>().ok())
                     .map(|found| target.compare(&found));
-                pb::NodeStatus {
-                    name: node.to_string(),
-                    environment: env.name.to_string(),
-                    role: match role {
-                        Role::Master => pb::Role::Master,
-                        Role::Member => pb::Role::Member,
-                    } as i32,
+                NodeView {
+                    name: node.clone(),
+                    environment: env.name.clone(),
+                    role,
                     attached: entry.is_some_and(|e| e.session.is_some()),
-                    version: facts.as_ref().and_then(|f| f.esso_version.clone()),
-                    last_seen_unix_ms: entry.and_then(|e| e.last_seen).map(unix_ms),
-                    attached_since_unix_ms: entry.and_then(|e| e.attached_since).map(unix_ms),
+                    last_seen: entry.and_then(|e| e.last_seen),
+                    attached_since: entry.and_then(|e| e.attached_since),
                     agent_version: entry.map(|e| e.agent_version.clone()).unwrap_or_default(),
-                    remote_addr: entry
-                        .and_then(|e| e.remote_addr)
-                        .map(|a| a.to_string())
-                        .unwrap_or_default(),
+                    remote_addr: entry.and_then(|e| e.remote_addr),
                     facts,
-                    standing: crate::convert::standing(standing) as i32,
-                    refused_agent: entry.and_then(|e| e.refused.as_ref()).map(|r| {
-                        pb::RefusedAgent {
-                            instance_id: r.instance_id.clone(),
-                            remote_addr: r.remote_addr.map(|a| a.to_string()).unwrap_or_default(),
-                            last_refused_unix_ms: unix_ms(r.at),
-                            times: r.times,
-                            attached_instance_id: r.attached_instance_id.clone(),
-                        }
+                    standing,
+                    refused_agent: entry.and_then(|e| e.refused.as_ref()).map(|r| RefusedView {
+                        instance_id: r.instance_id.clone(),
+                        remote_addr: r.remote_addr,
+                        last_refused: r.at,
+                        times: r.times,
+                        attached_instance_id: r.attached_instance_id.clone(),
                     }),
                 }
             })

@@ -1,14 +1,15 @@
-//! Conversions between the wire (proto) and the domain, at the service boundary: a proto change
-//! touches this file, not the planner or the engine.
+//! The operator API's requests and plans on the wire: what a caller sends, checked into the domain
+//! (selections, controls, log queries), and a plan as `Plan` answers it. With `agent_wire` and
+//! `run_wire`, a proto change touches this layer, not the planner, the engine or the run manager.
 
 use fleet_proto::pb;
 
-use crate::domain::NodeName;
+use crate::domain::{AttemptOutcome, RunId};
 use crate::input::{self, quote};
 use crate::inventory::InstallMode;
 use crate::inventory::Inventory;
-use crate::plan::{Expected, Plan, Reported, Reports, Selection, StepKind, Workflow};
-use crate::runs::{ControlRequest, LogsQuery};
+use crate::plan::{Expected, Plan, Selection, StepKind, Workflow};
+use crate::runs::{ControlAction, ControlRequest, LogsQuery};
 use crate::store::LogPosition;
 
 /// A request's selection, checked against the inventory. `Err` is a message for the operator.
@@ -82,10 +83,18 @@ pub fn selection(
 }
 
 /// A control request, checked: the run it names, and the control for the run's manager.
-pub fn control(raw: pb::ControlRequest) -> Result<(String, ControlRequest), String> {
-    let action = pb::ControlAction::try_from(raw.action)
-        .map_err(|_| format!("control action {} is not defined", raw.action))?;
-    let run_id = input::run_id(&raw.run_id)?.to_string();
+pub fn control(raw: pb::ControlRequest) -> Result<(RunId, ControlRequest), String> {
+    let action = match pb::ControlAction::try_from(raw.action) {
+        Err(_) => return Err(format!("control action {} is not defined", raw.action)),
+        Ok(pb::ControlAction::Unspecified) => return Err("no control action".into()),
+        Ok(pb::ControlAction::Pause) => ControlAction::Pause,
+        Ok(pb::ControlAction::Resume) => ControlAction::Resume,
+        Ok(pb::ControlAction::Abort) => ControlAction::Abort,
+        Ok(pb::ControlAction::Approve) => ControlAction::Approve,
+        Ok(pb::ControlAction::Retry) => ControlAction::Retry,
+        Ok(pb::ControlAction::Skip) => ControlAction::Skip,
+    };
+    let run_id = RunId::new(&raw.run_id)?;
     let control = ControlRequest {
         action,
         node: raw.node.as_deref().map(input::node).transpose()?,
@@ -99,7 +108,7 @@ pub fn control(raw: pb::ControlRequest) -> Result<(String, ControlRequest), Stri
 /// A `Logs` request, checked: which run, node and step, and where the page starts.
 pub fn logs(raw: &pb::LogsRequest) -> Result<LogsQuery, String> {
     Ok(LogsQuery {
-        run_id: input::run_id(&raw.run_id)?.to_string(),
+        run_id: RunId::new(&raw.run_id)?,
         node: raw.node.as_deref().map(input::node).transpose()?,
         step: optional_step(raw.step.as_deref())?,
         after: page_token(&raw.page_token)?,
@@ -147,9 +156,8 @@ pub fn watch(mut raw: pb::WatchRunRequest) -> Result<pb::WatchRunRequest, String
 }
 
 /// The run id of a request about one run.
-pub fn run_id(raw: String) -> Result<String, String> {
-    input::run_id(&raw)?;
-    Ok(raw)
+pub fn run_id(raw: &str) -> Result<RunId, String> {
+    RunId::new(raw)
 }
 
 /// A `StartRun` request's plan hash, if it names one.
@@ -162,59 +170,15 @@ fn optional_step(raw: Option<&str>) -> Result<Option<String>, String> {
     raw.map(|s| input::step(s).map(str::to_string)).transpose()
 }
 
-/// What the attached nodes reported, from the fleet's node list: their ESSO version and whether their
-/// agent installs with its own command. Detached nodes are unknown: their last facts may be stale,
-/// and the run's preflight reads them afresh anyway.
-pub fn reports(nodes: &[pb::NodeStatus]) -> Reports {
-    nodes
-        .iter()
-        .filter(|n| n.attached)
-        .filter_map(|n| {
-            let overrides = |action: &str| {
-                n.facts
-                    .as_ref()
-                    .is_some_and(|f| f.overridden_actions.iter().any(|a| a == action))
-            };
-            NodeName::new(&n.name).ok().map(|name| {
-                let reported = Reported {
-                    version: n.version.clone().filter(|v| !v.trim().is_empty()),
-                    install_override: overrides(crate::plan::install::INSTALL_OVERRIDE),
-                    configure_override: overrides(crate::plan::install::CONFIGURE_OVERRIDE),
-                };
-                (name, reported)
-            })
-        })
-        .collect()
-}
-
-/// The fitness checks in an agent's facts.
-pub fn checks(facts: &pb::Facts) -> Vec<crate::fitness::Check> {
-    facts
-        .checks
-        .iter()
-        .map(|c| crate::fitness::Check {
-            name: c.name.clone(),
-            passed: c.passed,
-            detail: c.detail.clone(),
-        })
-        .collect()
-}
-
-/// What `plan` warns about the fitness of the nodes with steps to run (attached ones: the others are
-/// already warned about).
-pub fn fitness_warnings(plan: &Plan, nodes: &[pb::NodeStatus]) -> Vec<String> {
-    let running: std::collections::BTreeSet<&str> = plan
-        .steps
-        .iter()
-        .filter(|s| matches!(s.expected, Expected::Run))
-        .filter_map(|s| s.node.as_ref().map(NodeName::as_str))
-        .collect();
-    crate::fitness::plan_warnings(
-        nodes
-            .iter()
-            .filter(|n| n.attached && running.contains(n.name.as_str()))
-            .filter_map(|n| n.facts.as_ref().map(|f| (n.name.as_str(), checks(f)))),
-    )
+/// How an agent says an attempt ended.
+pub fn outcome(outcome: pb::StepOutcome) -> AttemptOutcome {
+    match outcome {
+        pb::StepOutcome::Unspecified => AttemptOutcome::Unreported,
+        pb::StepOutcome::Succeeded => AttemptOutcome::Succeeded,
+        pb::StepOutcome::Failed => AttemptOutcome::Failed,
+        pb::StepOutcome::TimedOut => AttemptOutcome::TimedOut,
+        pb::StepOutcome::Cancelled => AttemptOutcome::Cancelled,
+    }
 }
 
 /// An install mode on the wire.
