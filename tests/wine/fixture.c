@@ -33,6 +33,22 @@ static void out(const char *fmt, ...) {
   fflush(stdout);
 }
 
+/* Appends from several processes are serialised by a mutex named for the log: a log line lost to two
+ * appends landing at the same offset was seen once under load in the Windows tier (Wine writes an
+ * append-only handle at the end of file it knows; whether that is atomic across processes is to
+ * confirm). Held at most 10 s; a holder that died leaves it abandoned, which still grants it. */
+static HANDLE lock_log(void) {
+  HANDLE m = CreateMutexA(NULL, FALSE, "ssofleet-tests-log-append");
+  if (m) WaitForSingleObject(m, 10000);
+  return m;
+}
+
+static void unlock_log(HANDLE m) {
+  if (!m) return;
+  ReleaseMutex(m);
+  CloseHandle(m);
+}
+
 static void log_line(const char *mode, const char *what) {
   char path[MAX_PATH * 2];
   DWORD n = GetEnvironmentVariableA("FIXTURE_LOG", path, sizeof path);
@@ -47,13 +63,19 @@ static void log_line(const char *mode, const char *what) {
   int size = snprintf(line, sizeof line, "%llu %lu %s %s %s\n", ticks, (unsigned long)GetCurrentProcessId(),
                       mode, what, cmdline);
   if (size < 0 || size >= (int)sizeof line) size = (int)strlen(line);
+  HANDLE lock = lock_log();
   HANDLE f = CreateFileA(path, FILE_APPEND_DATA, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE,
                          NULL, OPEN_ALWAYS, FILE_ATTRIBUTE_NORMAL, NULL);
-  if (f == INVALID_HANDLE_VALUE) return;
-  DWORD written;
-  WriteFile(f, line, (DWORD)size, &written, NULL);
-  FlushFileBuffers(f);
-  CloseHandle(f);
+  DWORD written = 0;
+  if (f == INVALID_HANDLE_VALUE) {
+    fprintf(stderr, "esso-fixture: cannot open FIXTURE_LOG %s: error %lu\n", path, GetLastError());
+  } else {
+    if (!WriteFile(f, line, (DWORD)size, &written, NULL) || written != (DWORD)size)
+      fprintf(stderr, "esso-fixture: cannot append to FIXTURE_LOG %s: error %lu\n", path, GetLastError());
+    FlushFileBuffers(f);
+    CloseHandle(f);
+  }
+  unlock_log(lock);
 }
 
 /* FIXTURE_HOME\<name>, or 0 when FIXTURE_HOME is not set. */

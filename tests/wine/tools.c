@@ -64,15 +64,37 @@ static void err(const char *fmt, ...) {
   fflush(stderr);
 }
 
+/* Appends from several processes are serialised by a mutex named for the log: a log line lost to two
+ * appends landing at the same offset was seen once under load in the Windows tier (Wine writes an
+ * append-only handle at the end of file it knows; whether that is atomic across processes is to
+ * confirm). Held at most 10 s; a holder that died leaves it abandoned, which still grants it. */
+static HANDLE lock_log(void) {
+  HANDLE m = CreateMutexA(NULL, FALSE, "ssofleet-tests-log-append");
+  if (m) WaitForSingleObject(m, 10000);
+  return m;
+}
+
+static void unlock_log(HANDLE m) {
+  if (!m) return;
+  ReleaseMutex(m);
+  CloseHandle(m);
+}
+
 static void append(const char *path, const char *text, size_t size) {
   if (!path[0]) return;
+  HANDLE lock = lock_log();
   HANDLE f = CreateFileA(path, FILE_APPEND_DATA, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE, NULL,
                          OPEN_ALWAYS, FILE_ATTRIBUTE_NORMAL, NULL);
-  if (f == INVALID_HANDLE_VALUE) return;
-  DWORD written;
-  WriteFile(f, text, (DWORD)size, &written, NULL);
-  FlushFileBuffers(f);
-  CloseHandle(f);
+  DWORD written = 0;
+  if (f == INVALID_HANDLE_VALUE) {
+    fprintf(stderr, "%s: cannot open %s: error %lu\n", tool, path, GetLastError());
+  } else {
+    if (!WriteFile(f, text, (DWORD)size, &written, NULL) || written != (DWORD)size)
+      fprintf(stderr, "%s: cannot append to %s: error %lu\n", tool, path, GetLastError());
+    FlushFileBuffers(f);
+    CloseHandle(f);
+  }
+  unlock_log(lock);
 }
 
 /* One log line: `<tool>\t<pid>\t<kind>\t<text>`, line ends in `text` written as \n. */
