@@ -1,6 +1,11 @@
 use std::path::PathBuf;
+use std::time::Duration;
 
+use tiberius::error::IoErrorKind;
+
+use super::session::config;
 use super::*;
+use crate::inventory::{SqlAuth, SqlEncryption};
 
 fn db() -> SsoDatabase {
     SsoDatabase {
