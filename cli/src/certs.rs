@@ -14,7 +14,7 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::error::{CliError, Result};
 
-pub const DEFAULT_TRUST_DOMAIN: &str = "ssofleet.local";
+pub(crate) const DEFAULT_TRUST_DOMAIN: &str = "ssofleet.local";
 const CA_DAYS: i64 = 3650;
 
 /// What one certificate is for.
@@ -140,7 +140,7 @@ fn sign(params: &CertificateParams, issuer: &Issuer<'_, KeyPair>) -> Result<(Str
 }
 
 /// `certs init`: a CA, a coordinator certificate and an operator certificate.
-pub fn init(
+pub(crate) fn init(
     out: &Path,
     trust_domain: &str,
     sans: &[String],
@@ -211,13 +211,13 @@ pub fn init(
 }
 
 /// Whom `certs issue` makes a certificate for.
-pub enum IssueFor<'a> {
+pub(crate) enum IssueFor<'a> {
     Agent(&'a str),
     Operator(&'a str),
 }
 
 /// `certs issue`: one more certificate, signed by the CA in `ca_dir`.
-pub fn issue(
+pub(crate) fn issue(
     out: &Path,
     ca_dir: &Path,
     who: IssueFor<'_>,

@@ -115,11 +115,11 @@ fn agent_toml(dir: &Path, tools: &Path, node: &str, port: u16) -> String {
 /// First thing in `main`: the demo runs its agents in this process, and an agent starts an
 /// install's program under a step host of its own executable (`fleet-agent --step-host`): here,
 /// fleetctl itself, which then serves as that step host and exits.
-pub fn step_host_if_asked() {
+pub(crate) fn step_host_if_asked() {
     fleet_agent::runner::step_host::run_if_asked();
 }
 
-pub async fn run(output: Output) -> Result<()> {
+pub(crate) async fn run(output: Output) -> Result<()> {
     let temp = tempfile::Builder::new()
         .prefix("ssofleet-demo-")
         .tempdir()

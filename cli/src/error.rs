@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 #[derive(Debug, thiserror::Error)]
-pub enum CliError {
+pub(crate) enum CliError {
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]
@@ -14,7 +14,7 @@ pub enum CliError {
 }
 
 impl CliError {
-    pub fn exit_code(&self) -> ExitCode {
+    pub(crate) fn exit_code(&self) -> ExitCode {
         ExitCode::from(match self {
             CliError::Failed(_) => 1,
             CliError::Usage(_) => 2,
@@ -23,7 +23,7 @@ impl CliError {
     }
 
     /// Maps a gRPC status from the coordinator.
-    pub fn from_status(status: &tonic::Status, coordinator: &str) -> Self {
+    pub(crate) fn from_status(status: &tonic::Status, coordinator: &str) -> Self {
         use tonic::Code;
         let message = status.message();
         match status.code() {
@@ -56,4 +56,4 @@ impl CliError {
     }
 }
 
-pub type Result<T, E = CliError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = CliError> = std::result::Result<T, E>;

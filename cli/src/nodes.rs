@@ -9,7 +9,7 @@ use crate::Output;
 use crate::error::{CliError, Result};
 use crate::remote::Remote;
 
-pub async fn show(remote: &mut Remote, output: Output) -> Result<()> {
+pub(crate) async fn show(remote: &mut Remote, output: Output) -> Result<()> {
     let nodes = remote
         .client
         .list_nodes(pb::ListNodesRequest {})

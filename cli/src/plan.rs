@@ -9,7 +9,7 @@ use crate::Output;
 use crate::error::{CliError, Result};
 use crate::remote::Remote;
 
-pub fn selection(
+pub(crate) fn selection(
     all: bool,
     envs: &[String],
     master_only: bool,
@@ -26,7 +26,11 @@ pub fn selection(
     }
 }
 
-pub async fn show(remote: &mut Remote, selection: pb::RunSelection, output: Output) -> Result<()> {
+pub(crate) async fn show(
+    remote: &mut Remote,
+    selection: pb::RunSelection,
+    output: Output,
+) -> Result<()> {
     let plan = remote
         .client
         .plan(pb::PlanRequest {

@@ -12,7 +12,7 @@ use crate::error::{CliError, Result};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub struct Remote {
+pub(crate) struct Remote {
     pub url: String,
     pub client: OperatorServiceClient<Channel>,
     tls_dir: Option<PathBuf>,
@@ -20,13 +20,13 @@ pub struct Remote {
 
 impl Remote {
     /// Connects again (the coordinator restarted, the link dropped).
-    pub async fn reconnect(&mut self) -> Result<()> {
+    pub(crate) async fn reconnect(&mut self) -> Result<()> {
         *self = connect(&self.url, self.tls_dir.as_ref()).await?;
         Ok(())
     }
 }
 
-pub async fn connect(coordinator: &str, tls_dir: Option<&PathBuf>) -> Result<Remote> {
+pub(crate) async fn connect(coordinator: &str, tls_dir: Option<&PathBuf>) -> Result<Remote> {
     let tls_dir = tls_dir.ok_or_else(|| {
         CliError::Usage(
             "no TLS directory: pass --tls-dir DIR or set FLEET_TLS_DIR (it holds ca.pem, operator.pem, operator-key.pem)"

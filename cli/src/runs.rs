@@ -53,7 +53,7 @@ pub(crate) fn time(ms: i64) -> String {
 }
 
 /// `run show` as JSON (SPEC §8).
-pub fn run_json(run: &pb::Run) -> Value {
+pub(crate) fn run_json(run: &pb::Run) -> Value {
     json!({
         "id": run.id,
         "workflow": workflow(run.workflow()),
@@ -152,7 +152,7 @@ fn final_result(run: &pb::Run) -> Result<()> {
     }
 }
 
-pub async fn upgrade(
+pub(crate) async fn upgrade(
     remote: &mut Remote,
     selection: pb::RunSelection,
     plan_hash: Option<String>,
@@ -185,7 +185,7 @@ pub async fn upgrade(
 }
 
 /// Follows a run until it succeeds, fails, halts or is aborted; then shows it (exit 1 unless it succeeded).
-pub async fn follow(remote: &mut Remote, run_id: &str, output: Output) -> Result<()> {
+pub(crate) async fn follow(remote: &mut Remote, run_id: &str, output: Output) -> Result<()> {
     follow_from(remote, run_id, output, false).await
 }
 
@@ -559,7 +559,7 @@ async fn get(remote: &mut Remote, run_id: &str) -> Result<pb::Run> {
         .into_inner())
 }
 
-pub async fn show(remote: &mut Remote, run_id: &str, output: Output) -> Result<()> {
+pub(crate) async fn show(remote: &mut Remote, run_id: &str, output: Output) -> Result<()> {
     let run = get(remote, run_id).await?;
     match output {
         Output::Json => println!("{}", run_json(&run)),
@@ -568,7 +568,7 @@ pub async fn show(remote: &mut Remote, run_id: &str, output: Output) -> Result<(
     Ok(())
 }
 
-pub async fn list(remote: &mut Remote, output: Output) -> Result<()> {
+pub(crate) async fn list(remote: &mut Remote, output: Output) -> Result<()> {
     let runs = remote
         .client
         .list_runs(pb::ListRunsRequest { limit: 0 })
@@ -605,7 +605,7 @@ pub async fn list(remote: &mut Remote, output: Output) -> Result<()> {
 }
 
 /// `logs`: every page of the run's log, printed as it comes (as text) or as one JSON array.
-pub async fn logs(
+pub(crate) async fn logs(
     remote: &mut Remote,
     run_id: &str,
     node: Option<String>,
@@ -676,7 +676,7 @@ fn log_line(e: &pb::RunEvent, every_node: bool) -> Option<(String, String)> {
 }
 
 /// What a control names besides the run: a node's step, and why.
-pub struct ControlArgs {
+pub(crate) struct ControlArgs {
     pub node: Option<String>,
     pub step: Option<String>,
     pub comment: String,
@@ -687,7 +687,7 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A control, with a request id of its own: asked again once, with the same id, when the answer does
 /// not come (timeout, connection lost), so that the coordinator applies it once whatever happened.
-pub async fn control(
+pub(crate) async fn control(
     remote: &mut Remote,
     run_id: &str,
     action: pb::ControlAction,
@@ -740,7 +740,11 @@ pub async fn control(
     Ok(())
 }
 
-pub async fn audit(remote: &mut Remote, run_id: Option<String>, output: Output) -> Result<()> {
+pub(crate) async fn audit(
+    remote: &mut Remote,
+    run_id: Option<String>,
+    output: Output,
+) -> Result<()> {
     let entries = remote
         .client
         .audit(pb::AuditRequest { run_id })

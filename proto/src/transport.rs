@@ -172,5 +172,5 @@ pub fn describe_chain(error: &(dyn StdError + 'static)) -> String {
 }
 
 mod http_error {
-    pub use tonic::codegen::http::uri::InvalidUri;
+    pub(super) use tonic::codegen::http::uri::InvalidUri;
 }

@@ -18,7 +18,7 @@ use crate::protocol::Artifact;
 use crate::store::LogPosition;
 
 /// A `Logs` page stays under this many bytes on the wire (gRPC refuses messages over 4 MB).
-pub const PAGE_BYTES: usize = 1 << 20;
+pub(super) const PAGE_BYTES: usize = 1 << 20;
 /// Stored events read at a time while a page fills.
 const LOG_ROWS_READ: usize = 256;
 

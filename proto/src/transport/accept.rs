@@ -31,7 +31,7 @@ pub(crate) struct Limits {
 }
 
 impl Limits {
-    pub const DEFAULT: Limits = Limits {
+    pub(super) const DEFAULT: Limits = Limits {
         // A real client sends its ClientHello the moment TCP connects. 3 s still covers a lost
         // segment retransmitted twice (1 s, then 2 s, on a new connection) and a stalled scheduler.
         first_bytes: Duration::from_secs(3),

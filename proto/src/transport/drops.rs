@@ -50,7 +50,7 @@ pub(crate) struct DropLog {
 }
 
 impl DropLog {
-    pub fn new(quoted: Quoted) -> Self {
+    pub(super) fn new(quoted: Quoted) -> Self {
         Self {
             quoted,
             by_address: HashMap::new(),
@@ -58,7 +58,7 @@ impl DropLog {
     }
 
     /// Counts one closed connection; the line to log now if it is its address's first in a while.
-    pub fn record(&mut self, peer: SocketAddr, why: Dropped) -> Option<String> {
+    pub(super) fn record(&mut self, peer: SocketAddr, why: Dropped) -> Option<String> {
         let address = peer.ip();
         if let Some(counts) = self.by_address.get_mut(&address) {
             match why {
@@ -89,7 +89,7 @@ impl DropLog {
 
     /// Ends an interval: one line per address that had more since its last line. An address with
     /// none in a whole interval is forgotten, so its next one has a line of its own again.
-    pub fn flush(&mut self) -> Vec<String> {
+    pub(super) fn flush(&mut self) -> Vec<String> {
         let q = self.quoted;
         let mut lines = Vec::new();
         self.by_address.retain(|address, counts| {

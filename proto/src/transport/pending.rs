@@ -54,7 +54,7 @@ pub(crate) struct Pending<T> {
 }
 
 impl<T> Pending<T> {
-    pub fn new(caps: Caps) -> Self {
+    pub(super) fn new(caps: Caps) -> Self {
         Self {
             caps: Caps {
                 per_address: caps.per_address.max(1),
@@ -68,16 +68,16 @@ impl<T> Pending<T> {
     }
 
     /// Whether a newcomer can be admitted: there is room, or an idle socket to give way.
-    pub fn can_admit(&self) -> bool {
+    pub(super) fn can_admit(&self) -> bool {
         self.len() < self.caps.total || self.idle > 0
     }
 
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.address_of.len()
     }
 
     /// How many handshakes from `address` are in flight.
-    pub fn at(&self, address: IpAddr) -> usize {
+    pub(super) fn at(&self, address: IpAddr) -> usize {
         self.by_address
             .get(&source(address))
             .map_or(0, BTreeMap::len)
@@ -86,7 +86,7 @@ impl<T> Pending<T> {
     /// Admits a handshake from `address`, first making room under the caps. Returns its id and the
     /// tokens of the idle sockets that give way for it (none, one, or two: one for the address cap,
     /// one for the total), or the newcomer's own token when nothing can give way for it.
-    pub fn admit(&mut self, address: IpAddr, token: T) -> Result<(u64, Vec<T>), T> {
+    pub(super) fn admit(&mut self, address: IpAddr, token: T) -> Result<(u64, Vec<T>), T> {
         let address = source(address);
         let mut evicted = Vec::new();
         if self.at(address) >= self.caps.per_address {
@@ -116,7 +116,7 @@ impl<T> Pending<T> {
     }
 
     /// The peer of handshake `id` has sent its first bytes.
-    pub fn started(&mut self, id: u64) {
+    pub(super) fn started(&mut self, id: u64) {
         if let Some(address) = self.address_of.get(&id)
             && let Some(entry) = self
                 .by_address
@@ -130,7 +130,7 @@ impl<T> Pending<T> {
     }
 
     /// Handshake `id` ended (established, refused, timed out); false if it had already given way.
-    pub fn finish(&mut self, id: u64) -> bool {
+    pub(super) fn finish(&mut self, id: u64) -> bool {
         let Some(address) = self.address_of.remove(&id) else {
             return false;
         };
@@ -146,7 +146,7 @@ impl<T> Pending<T> {
     }
 
     /// Makes room for one: the oldest idle socket of the busiest address that has one.
-    pub fn evict_one(&mut self) -> Option<T> {
+    pub(super) fn evict_one(&mut self) -> Option<T> {
         if self.idle == 0 {
             return None;
         }
