@@ -134,13 +134,16 @@ impl Agent {
         }
         // Attempts that wait for a reboot: in another boot the install is verified now and the attempt
         // finished; in the same boot (the agent restarted, the server did not) they wait on.
-        match self.journal.waiting_for_reboot() {
+        match self.journal.off_worker(|j| j.waiting_for_reboot()).await {
             Ok(waiting) if !waiting.is_empty() => {
                 let boot = host::boot_id(self.config.tools.boot_id.as_deref()).await;
-                let _enter = span.enter();
-                for w in waiting {
-                    self.after_start(w, &boot);
+                async {
+                    for w in waiting {
+                        self.after_start(w, &boot).await;
+                    }
                 }
+                .instrument(span.clone())
+                .await;
             }
             Ok(_) => {}
             Err(e) => tracing::error!("cannot read the journal: {e}"),
@@ -149,7 +152,7 @@ impl Agent {
         self.attach_forever(shutdown).instrument(span).await;
         // What the journal knows stays there: a running attempt's program runs on, and the next start
         // waits for it (or reports it interrupted); a waiting one waits on.
-        let in_flight = journal.in_flight();
+        let in_flight = journal.off_worker(|j| Ok(j.in_flight())).await.unwrap_or(0);
         if in_flight > 0 {
             tracing::warn!(
                 "the agent stops with {in_flight} step attempt(s) running or waiting: their programs are left to finish, and the next start reports them as the journal knows them"
@@ -218,7 +221,7 @@ impl Agent {
                 Err(e) => return SessionEnd::Connect(e.to_string()),
             };
         let (tx, rx) = mpsc::channel::<pb::AgentMessage>(256);
-        let unsettled = match self.journal.unsettled() {
+        let unsettled = match self.journal.off_worker(|j| j.unsettled()).await {
             Ok(attempts) => attempts,
             Err(e) => return SessionEnd::Lost(format!("cannot read the journal: {e}")),
         };
@@ -270,7 +273,8 @@ impl Agent {
                 welcome.epoch, self.highest_epoch
             ));
         }
-        if let Err(e) = self.journal.see_epoch(welcome.epoch) {
+        let epoch = welcome.epoch;
+        if let Err(e) = self.journal.off_worker(move |j| j.see_epoch(epoch)).await {
             return SessionEnd::Lost(format!("cannot record the coordinator's epoch: {e}"));
         }
         *welcomed = Some(std::time::Instant::now());
@@ -297,7 +301,7 @@ impl Agent {
         // Per attempt, the highest event seq queued in this session; a new session starts from what
         // the journal still holds (everything not acknowledged).
         let mut sent: HashMap<String, u64> = HashMap::new();
-        if let Err(e) = self.pull(&mut sent, &mut queue, outbox) {
+        if let Err(e) = self.pull(&mut sent, &mut queue, outbox).await {
             return SessionEnd::Lost(format!("cannot read the journal: {e}"));
         }
         loop {
@@ -322,10 +326,17 @@ impl Agent {
                     continue;
                 }
                 _ = heartbeat.tick() => {
-                    self.journal.purge_if_due();
+                    let in_flight = self
+                        .journal
+                        .off_worker(|j| {
+                            j.purge_if_due();
+                            Ok(j.in_flight())
+                        })
+                        .await
+                        .unwrap_or(0);
                     let beat = pb::Heartbeat {
                         sent_at_unix_ms: unix_ms(SystemTime::now()),
-                        attempts_in_flight: self.journal.in_flight(),
+                        attempts_in_flight: in_flight,
                     };
                     // A full outbound buffer means the link is stuck: skip this beat, never block on it.
                     if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(message(AgentBody::Heartbeat(beat))) {
@@ -334,7 +345,7 @@ impl Agent {
                     continue;
                 }
                 () = self.journal.changed().notified() => {
-                    if let Err(e) = self.pull(&mut sent, &mut queue, outbox) {
+                    if let Err(e) = self.pull(&mut sent, &mut queue, outbox).await {
                         tracing::error!("cannot read the journal: {e}");
                     }
                     continue;
@@ -358,9 +369,10 @@ impl Agent {
                 CoordinatorBody::EventAck(ack) => {
                     if ack.epoch < self.highest_epoch {
                         tracing::warn!(attempt_id = %ack.attempt_id, "an acknowledgement from older epoch {}; ignored", ack.epoch);
-                    } else if let Err(e) =
-                        self.journal
-                            .ack(&ack.attempt_id, ack.up_to_seq, ack.complete)
+                    } else if let Err(e) = self
+                        .journal
+                        .off_worker(move |j| j.ack(&ack.attempt_id, ack.up_to_seq, ack.complete))
+                        .await
                     {
                         tracing::error!("cannot record an acknowledgement: {e}");
                     }
@@ -382,7 +394,7 @@ impl Agent {
                     });
                 }
                 CoordinatorBody::Assign(assignment) => {
-                    let ack = self.assign(assignment);
+                    let ack = self.assign(assignment).await;
                     queue.push_back(message(AgentBody::AssignmentAck(ack)));
                 }
                 CoordinatorBody::AttemptQuery(query) => {
@@ -394,7 +406,11 @@ impl Agent {
                         continue;
                     }
                     for attempt_id in query.attempt_ids {
-                        match self.journal.report(&attempt_id) {
+                        match self
+                            .journal
+                            .off_worker(move |j| j.report(&attempt_id))
+                            .await
+                        {
                             Ok(report) => {
                                 queue.push_back(message(AgentBody::AttemptReport(report)))
                             }
@@ -404,7 +420,12 @@ impl Agent {
                     }
                 }
                 CoordinatorBody::Cancel(c) if c.epoch >= self.highest_epoch => {
-                    match self.journal.cancel_waiting(&c.attempt_id, &c.reason) {
+                    let (id, reason) = (c.attempt_id.clone(), c.reason.clone());
+                    match self
+                        .journal
+                        .off_worker(move |j| j.cancel_waiting(&id, &reason))
+                        .await
+                    {
                         Ok(true) => {
                             tracing::info!(attempt_id = %c.attempt_id, "the waiting attempt was cancelled: {}", c.reason)
                         }
@@ -440,12 +461,17 @@ impl Agent {
                             c.operator.as_str()
                         }
                     );
-                    if !self.take_up(&c.attempt_id, pb::WaitReason::AttendedInstall, &why)
-                        && !self.take_up(&c.attempt_id, pb::WaitReason::RestartByHand, &verify_now)
+                    if !self
+                        .take_up(&c.attempt_id, pb::WaitReason::AttendedInstall, &why)
+                        .await
+                        && !self
+                            .take_up(&c.attempt_id, pb::WaitReason::RestartByHand, &verify_now)
+                            .await
                     {
                         // Not waiting here (never received, lost with its journal, or already
                         // going on): the coordinator hears what the journal knows of it.
-                        match self.journal.report(&c.attempt_id) {
+                        let id = c.attempt_id.clone();
+                        match self.journal.off_worker(move |j| j.report(&id)).await {
                             Ok(report) => {
                                 queue.push_back(message(AgentBody::AttemptReport(report)))
                             }
@@ -462,13 +488,19 @@ impl Agent {
 
     /// Queues what is new: first the non-durable messages already waiting (facts read before a
     /// result must reach the coordinator before it), then journaled events not yet queued.
-    fn pull(
+    async fn pull(
         &self,
         sent: &mut HashMap<String, u64>,
         queue: &mut VecDeque<pb::AgentMessage>,
         outbox: &mut mpsc::Receiver<pb::AgentMessage>,
     ) -> Result<(), JournalError> {
-        let events = self.journal.unsent(sent)?;
+        let mut cursors = std::mem::take(sent);
+        let (events, cursors) = self
+            .journal
+            .off_worker(move |j| Ok((j.unsent(&mut cursors), cursors)))
+            .await?;
+        *sent = cursors;
+        let events = events?;
         while let Ok(out) = outbox.try_recv() {
             queue.push_back(out);
         }
@@ -477,7 +509,7 @@ impl Agent {
     }
 
     /// Decides on an assignment and, when accepted, starts it in its own task.
-    fn assign(&self, raw: pb::StepAssignment) -> pb::AssignmentAck {
+    async fn assign(&self, raw: pb::StepAssignment) -> pb::AssignmentAck {
         let attempt_id = raw.attempt_id.clone();
         let refuse = |decision: pb::AssignmentDecision,
                       reason: String,
@@ -513,13 +545,17 @@ impl Agent {
             Ok(a) => a,
             Err((decision, reason)) => return refuse(decision, reason, None),
         };
-        match self.journal.accept_with(
-            &assignment.attempt_id,
+        let (id, epoch, run_id, step) = (
+            assignment.attempt_id.clone(),
             assignment.epoch,
-            &assignment.run_id,
-            &assignment.step,
-            Some(&kept),
-        ) {
+            assignment.run_id.clone(),
+            assignment.step.clone(),
+        );
+        let accepted = self
+            .journal
+            .off_worker(move |j| j.accept_with(&id, epoch, &run_id, &step, Some(&kept)))
+            .await;
+        match accepted {
             Ok(Accept::New) => {}
             Ok(Accept::Busy(running)) => {
                 return refuse(
@@ -598,7 +634,7 @@ impl Agent {
     /// An attempt that waits for a reboot, at the agent's start in `boot`: verified when the server
     /// restarted since the install (or when the install's boot is unknown, as with an older agent);
     /// otherwise it waits for a restart by hand, and says so.
-    fn after_start(&self, w: Waiting, boot: &Result<String, String>) {
+    async fn after_start(&self, w: Waiting, boot: &Result<String, String>) {
         let then = w.waiting.boot_id.as_str();
         let not_rebooted = match boot {
             _ if then.is_empty() => None,
@@ -615,7 +651,8 @@ impl Agent {
                 &w.attempt_id,
                 w.waiting.reason(),
                 "the server restarted after the install",
-            );
+            )
+            .await;
             return;
         };
         tracing::warn!(attempt_id = %w.attempt_id, "{problem}: the install waits for a restart of the server");
@@ -635,15 +672,20 @@ impl Agent {
                 boot_id: w.waiting.boot_id.clone(),
             })),
         };
-        if let Err(e) = self.journal.record(&event) {
+        if let Err(e) = self.journal.off_worker(move |j| j.record(&event)).await {
             tracing::error!(attempt_id = %w.attempt_id, "cannot journal a step event: {e}");
         }
     }
 
     /// Goes on with an attempt the journal holds as waiting, if it waits for `reason`; false when
     /// it does not.
-    fn take_up(&self, attempt_id: &str, reason: pb::WaitReason, why: &str) -> bool {
-        let waiting = match self.journal.take_up(attempt_id, reason) {
+    async fn take_up(&self, attempt_id: &str, reason: pb::WaitReason, why: &str) -> bool {
+        let id = attempt_id.to_string();
+        let waiting = match self
+            .journal
+            .off_worker(move |j| j.take_up(&id, reason))
+            .await
+        {
             Ok(Some(waiting)) => waiting,
             Ok(None) => {
                 tracing::debug!(
@@ -675,7 +717,12 @@ impl Agent {
                     ),
                     ..Default::default()
                 };
-                if let Err(e) = self.journal.finish(attempt_id, waiting.last_seq, result) {
+                let (id, last_seq) = (attempt_id.to_string(), waiting.last_seq);
+                if let Err(e) = self
+                    .journal
+                    .off_worker(move |j| j.finish(&id, last_seq, result))
+                    .await
+                {
                     tracing::error!(attempt_id, "cannot journal a step event: {e}");
                 }
             }

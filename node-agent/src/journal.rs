@@ -22,6 +22,8 @@
 //! - An attempt may wait (`waiting`): for the operator's attended install, or for the reboot its
 //!   installer asked for. It keeps its assignment, so that it can go on after an agent restart (the
 //!   reboot) or the operator's approval; nothing else runs on the server while it waits.
+//! - Its calls are synchronous: an async task makes them through [`Journal::off_worker`], so that a
+//!   write's fsync (`synchronous = FULL`) never holds an async worker.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -80,10 +82,16 @@ CREATE TABLE IF NOT EXISTS events (
 ";
 
 #[derive(Debug, thiserror::Error)]
-#[error("journal {}: {source}", path.display())]
-pub struct JournalError {
-    path: PathBuf,
-    source: rusqlite::Error,
+pub enum JournalError {
+    #[error("journal {}: {source}", path.display())]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    /// A call [`Journal::off_worker`] sent to the blocking pool did not run: the runtime is shutting
+    /// down.
+    #[error("journal {}: not read or written: the agent is stopping", path.display())]
+    Stopping { path: PathBuf },
 }
 
 /// The journal, shared by the session and the running attempts; [`Journal::changed`] wakes the
@@ -109,7 +117,7 @@ impl Journal {
     /// recorded it, else [`Journal::wait_and_interrupt`]).
     pub fn open(state_dir: &Path) -> Result<(Self, Vec<(String, ProcessId)>), JournalError> {
         let path = state_dir.join(FILE);
-        let err = |source| JournalError {
+        let err = |source| JournalError::Sqlite {
             path: path.clone(),
             source,
         };
@@ -280,10 +288,36 @@ impl Journal {
             .conn
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        f(&mut conn).map_err(|source| JournalError {
+        f(&mut conn).map_err(|source| JournalError::Sqlite {
             path: self.inner.path.clone(),
             source,
         })
+    }
+
+    /// Runs `f` with the journal without holding an async worker: how an async task calls the
+    /// journal, so that its SQLite work, and a write's fsync, never stall the tasks that share the
+    /// worker. On a multi-thread runtime (the agent's) `f` runs in place, the worker's other tasks
+    /// handed to another thread first (`block_in_place`: no hop to another thread on the way); on a
+    /// current-thread one, on the blocking pool (`spawn_blocking`). Awaited, it keeps the caller's
+    /// order: what `f` journals is on disk before the caller goes on (and sends it, or records how
+    /// far a program's output was read). What `f` logs is in the caller's span.
+    pub async fn off_worker<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Journal) -> Result<T, JournalError> + Send + 'static,
+    ) -> Result<T, JournalError> {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        if let Ok(RuntimeFlavor::MultiThread) = Handle::try_current().map(|h| h.runtime_flavor()) {
+            return tokio::task::block_in_place(|| f(self));
+        }
+        let journal = self.clone();
+        let span = tracing::Span::current();
+        match tokio::task::spawn_blocking(move || span.in_scope(|| f(&journal))).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(JournalError::Stopping {
+                path: self.inner.path.clone(),
+            }),
+        }
     }
 
     /// Notified whenever an event is journaled.
@@ -386,7 +420,11 @@ impl Journal {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
         let detail = format!(" (its process {} ran on, and has ended)", process.pid);
-        if let Err(e) = self.interrupt(attempt_id, &detail, None) {
+        let id = attempt_id.to_string();
+        let interrupted = self
+            .off_worker(move |j| j.interrupt(&id, &detail, None))
+            .await;
+        if let Err(e) = interrupted {
             tracing::error!(attempt_id, "cannot record an interrupted attempt: {e}");
         }
     }

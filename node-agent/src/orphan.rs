@@ -56,11 +56,13 @@ pub async fn follow(journal: Journal, state_dir: &Path, attempt_id: &str, proces
         dir: dir.display().to_string(),
         failed: false,
     };
-    follower.note(format!(
-        "the agent restarted while the step's program (process {}) ran: its output follows from {}",
-        process.pid,
-        program.out().display()
-    ));
+    follower
+        .note(format!(
+            "the agent restarted while the step's program (process {}) ran: its output follows from {}",
+            process.pid,
+            program.out().display()
+        ))
+        .await;
     let mut recorded = (out_at, err_at);
     loop {
         let alive = tokio::task::spawn_blocking(move || host::tree_alive(process))
@@ -71,7 +73,7 @@ pub async fn follow(journal: Journal, state_dir: &Path, attempt_id: &str, proces
             let (mut out, mut err) = (Vec::new(), Vec::new());
             let out_done = stdout.read(&mut out, !alive);
             let err_done = stderr.read(&mut err, !alive);
-            follower.lines(out, err);
+            follower.lines(out, err).await;
             let at = (stdout.consumed, stderr.consumed);
             // Only once its lines are journaled, and only when it moved.
             if at != recorded && !follower.failed {
@@ -102,7 +104,11 @@ pub async fn follow(journal: Journal, state_dir: &Path, attempt_id: &str, proces
         " (its process {} ran on, and has ended: {ended}; the agent's own work after it, its checks of the result, a reboot or ESSO's configuration, did not run)",
         process.pid
     );
-    if let Err(e) = journal.interrupt(attempt_id, &detail, exit.and_then(|e| e.code())) {
+    let (id, code) = (attempt_id.to_string(), exit.and_then(|e| e.code()));
+    let interrupted = journal
+        .off_worker(move |j| j.interrupt(&id, &detail, code))
+        .await;
+    if let Err(e) = interrupted {
         tracing::error!(attempt_id, "cannot record an interrupted attempt: {e}");
     }
 }
@@ -118,24 +124,39 @@ struct Follower<'a> {
 }
 
 impl Follower<'_> {
-    fn lines(&mut self, out: Vec<String>, err: Vec<String>) {
+    async fn lines(&mut self, out: Vec<String>, err: Vec<String>) {
         let reports = out
             .iter()
             .map(|line| parse_line(line))
             .chain(err.into_iter().map(Report::Stderr));
-        for kind in reports.filter_map(event_of) {
-            if let Some(kind) = self.budget.admit(kind, &self.dir) {
-                self.record(kind);
-            }
+        let kinds = reports
+            .filter_map(event_of)
+            .filter_map(|kind| self.budget.admit(kind, &self.dir))
+            .collect();
+        self.record(kinds).await;
+    }
+
+    async fn note(&mut self, line: String) {
+        self.record(vec![agent_log(line)]).await;
+    }
+
+    /// Journals `kinds` in order, in one call off the worker.
+    async fn record(&mut self, kinds: Vec<fleet_proto::pb::step_event::Kind>) {
+        if kinds.is_empty() {
+            return;
         }
-    }
-
-    fn note(&mut self, line: String) {
-        self.record(agent_log(line));
-    }
-
-    fn record(&mut self, kind: fleet_proto::pb::step_event::Kind) {
-        if let Err(e) = self.journal.append(self.attempt_id, kind) {
+        let id = self.attempt_id.to_string();
+        let errors = self
+            .journal
+            .off_worker(move |j| {
+                Ok(kinds
+                    .into_iter()
+                    .filter_map(|kind| j.append(&id, kind).err())
+                    .collect::<Vec<_>>())
+            })
+            .await
+            .unwrap_or_else(|e| vec![e]);
+        for e in errors {
             self.failed = true;
             tracing::error!(
                 attempt_id = self.attempt_id,

@@ -8,13 +8,16 @@
 //! each would be asked about attempts only the other has (SPEC §9). The refusal is logged (once a
 //! minute per node) and shown in `nodes`. A session silent past the heartbeat timeout is closed and
 //! the node shown detached, so a newcomer is let in once the first process is gone.
+//!
+//! Whoever waits for the fleet to change (preflight waits for nodes to attach and for fresh facts)
+//! is woken by [`FleetHandle::changes`] rather than asking again and again.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use fleet_proto::version::Version;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::complaints::Complaints;
@@ -133,6 +136,7 @@ enum Command {
 #[derive(Clone)]
 pub struct FleetHandle {
     tx: mpsc::Sender<Command>,
+    changes: watch::Receiver<u64>,
 }
 
 impl FleetHandle {
@@ -147,13 +151,21 @@ impl FleetHandle {
             .nodes()
             .map(|(_, n, _)| (n.clone(), NodeEntry::default()))
             .collect();
+        let (changed, changes) = watch::channel(0);
         let task = FleetTask {
             inventory,
             nodes,
             heartbeat_timeout,
+            changed,
         };
         tokio::spawn(task.run(rx, shutdown));
-        Self { tx }
+        Self { tx, changes }
+    }
+
+    /// Changes whenever an agent attaches or detaches, or a node's facts arrive: wait on it, then
+    /// look again (what changed is not said). Its value counts the changes.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.clone()
     }
 
     /// Makes `session` the node's live session, or refuses it (the reason, for the agent) while
@@ -285,6 +297,8 @@ struct FleetTask {
     inventory: Inventory,
     nodes: HashMap<NodeName, NodeEntry>,
     heartbeat_timeout: Duration,
+    /// Counts attaches, detaches and facts received: see [`FleetHandle::changes`].
+    changed: watch::Sender<u64>,
 }
 
 impl FleetTask {
@@ -358,6 +372,7 @@ impl FleetTask {
                     entry.facts_generation += 1;
                 }
                 entry.session = Some(session);
+                self.changed();
             }
             Command::Seen { node, session } => {
                 if let Some(entry) = self.live_entry(&node, session) {
@@ -375,6 +390,7 @@ impl FleetTask {
                     entry.facts_generation += 1;
                     entry.last_seen = Some(SystemTime::now());
                     entry.last_seen_at = Some(tokio::time::Instant::now());
+                    self.changed();
                 }
             }
             Command::Detach {
@@ -388,6 +404,7 @@ impl FleetTask {
                     }
                     entry.attached_since = None;
                     tracing::warn!(node = %node, "agent {node} detached: {reason}");
+                    self.changed();
                 }
             }
             Command::List(reply) => {
@@ -475,6 +492,7 @@ impl FleetTask {
                 }
                 entry.attached_since = None;
                 tracing::warn!(node = %node, "agent {node} detached: it does not read its stream (send buffer full)");
+                self.changed();
                 false
             }
             Some(false) => false,
@@ -490,6 +508,7 @@ impl FleetTask {
 
     fn expire_silent(&mut self) {
         let now = tokio::time::Instant::now();
+        let mut expired = false;
         for (node, entry) in &mut self.nodes {
             let silent = entry
                 .last_seen_at
@@ -505,8 +524,18 @@ impl FleetTask {
                     "agent {node} detached: nothing heard for more than {}",
                     humantime::format_duration(self.heartbeat_timeout)
                 );
+                expired = true;
             }
         }
+        if expired {
+            self.changed();
+        }
+    }
+
+    /// Wakes whoever waits on [`FleetHandle::changes`].
+    fn changed(&self) {
+        self.changed
+            .send_modify(|count| *count = count.wrapping_add(1));
     }
 
     fn statuses(&self) -> Vec<NodeView> {
@@ -592,4 +621,56 @@ fn refuse_second_agent(
     }
     entry.refused = Some(refused);
     Err(reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const FLEET: &str = "[upgrade]\ntarget_version = \"3.0.7\"\ninstaller = 's'\n[[environment]]\nname = \"dev\"\nmaster = \"m\"\nmembers = [\"a\"]\nbackup_dir = 'b'\n";
+
+    fn session(id: u64) -> Session {
+        Session {
+            id,
+            sender: mpsc::channel(8).0,
+            closed: CancellationToken::new(),
+            remote_addr: None,
+            agent_version: "1".into(),
+            agent_instance_id: "i".into(),
+        }
+    }
+
+    /// Whether `changes` changed, once every command sent before is handled (they are in order).
+    async fn changed(fleet: &FleetHandle, changes: &mut watch::Receiver<u64>) -> bool {
+        fleet.list().await.unwrap();
+        let changed = changes.has_changed().unwrap();
+        changes.mark_unchanged();
+        changed
+    }
+
+    #[tokio::test]
+    async fn an_attach_facts_and_a_detach_change_the_fleet_a_heartbeat_does_not() {
+        let inventory = Inventory::parse(Path::new("fleet.toml"), FLEET).unwrap();
+        let shutdown = CancellationToken::new();
+        let fleet = FleetHandle::spawn(inventory, Duration::from_secs(60), shutdown.clone());
+        let mut changes = fleet.changes();
+        let a = NodeName::new("a").unwrap();
+        assert!(!changed(&fleet, &mut changes).await);
+        fleet.attach(a.clone(), session(1), None).await.unwrap();
+        assert!(changed(&fleet, &mut changes).await, "an attach");
+        fleet.seen(a.clone(), 1).await;
+        assert!(!changed(&fleet, &mut changes).await, "a heartbeat");
+        fleet.facts(a.clone(), 1, Facts::default()).await;
+        assert!(changed(&fleet, &mut changes).await, "facts");
+        fleet.facts(a.clone(), 2, Facts::default()).await;
+        assert!(
+            !changed(&fleet, &mut changes).await,
+            "facts of a stale session"
+        );
+        fleet.detach(a, 1, "gone".into()).await;
+        assert!(changed(&fleet, &mut changes).await, "a detach");
+        shutdown.cancel();
+    }
 }

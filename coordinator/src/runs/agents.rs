@@ -18,7 +18,8 @@ impl Manager {
                 Decision::Accepted => {
                     // Who holds it: only that process's word that it never got it sends it again.
                     if self.attempt_of(&node, ack.attempt_id.as_str()).is_some()
-                        && let Err(e) = self.store.accepted(ack.attempt_id.as_str(), instance)
+                        && let Err(e) =
+                            off_worker(|| self.store.accepted(ack.attempt_id.as_str(), instance))
                     {
                         tracing::error!(
                             "cannot record who accepted attempt {}: {e}",
@@ -321,14 +322,16 @@ impl Manager {
             })
             .collect();
         let outcome = result.outcome;
-        if let Err(e) = self.store.finish_attempt(
-            attempt_id,
-            now_ms(),
-            outcome,
-            &result.error,
-            result.exit_code,
-            &artifacts,
-        ) {
+        if let Err(e) = off_worker(|| {
+            self.store.finish_attempt(
+                attempt_id,
+                now_ms(),
+                outcome,
+                &result.error,
+                result.exit_code,
+                &artifacts,
+            )
+        }) {
             tracing::error!("cannot store a step result: {e}");
             return;
         }
@@ -375,7 +378,8 @@ impl Manager {
     /// Tells the agent which of an attempt's events are stored; with `result_seq` (the seq of its
     /// result, applied), that the attempt is complete, if every event up to it is stored.
     pub(super) async fn ack(&mut self, node: &NodeName, attempt_id: &str, result_seq: Option<u64>) {
-        let Ok(up_to) = self.store.contiguous_seq(attempt_id) else {
+        // It writes the events taken since the last flush first, if any.
+        let Ok(up_to) = off_worker(|| self.store.contiguous_seq(attempt_id)) else {
             return;
         };
         let complete = result_seq.is_some_and(|last| up_to >= last);

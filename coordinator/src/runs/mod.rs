@@ -3,6 +3,10 @@
 //! what the engine decided (a dispatch is durable before it is sent), runs the coordinator's own steps,
 //! sends assignments to agents and streams run events to watchers.
 //!
+//! Its SQLite work (a write waits for its fsync, `synchronous = FULL`) runs through [`off_worker`]: the
+//! task waits for it, so decisions stay in order and each is committed before it is sent, but the
+//! runtime worker it ran on goes on serving the agents' and operators' streams meanwhile.
+//!
 //! One run at a time: two runs over the same servers could break the ordering invariants.
 
 use std::collections::{BTreeSet, HashMap};
@@ -395,6 +399,21 @@ fn now_ms() -> Millis {
     unix_ms(SystemTime::now())
 }
 
+/// Runs the state store's blocking work `f` where the manager's task is, without holding a runtime
+/// worker: tokio hands the worker's other tasks to another thread first (`block_in_place`). The task
+/// itself waits for `f`, as it did, so the order of what it does is unchanged. On a current-thread
+/// runtime (no other thread to hand them to) `f` simply runs.
+///
+/// Through here: every write (each waits for an fsync) and the operators' queries. The indexed reads
+/// made for each agent message (which attempt, whether an event is stored) are cache hits that cost
+/// less than the hand-over, and stay inline.
+fn off_worker<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 impl Manager {
     async fn run(mut self, mut rx: mpsc::Receiver<Request>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -429,7 +448,7 @@ impl Manager {
     /// Writes the agent events taken since the last flush, then acknowledges them to their agents.
     /// Not written: nothing is acknowledged, and the agents send them again when they re-attach.
     async fn flush_events(&mut self) {
-        if let Err(e) = self.store.flush_events() {
+        if let Err(e) = off_worker(|| self.store.flush_events()) {
             tracing::error!("cannot store agent events: {e}");
             self.unacked.clear();
             return;
@@ -460,16 +479,15 @@ impl Manager {
                 let _ = reply.send(self.control(run_id.as_str(), control, &operator).await);
             }
             Request::Get { run_id, reply } => {
-                let _ = reply.send(self.get(run_id.as_str()));
+                let _ = reply.send(off_worker(|| self.get(run_id.as_str())));
             }
             Request::List { reply } => {
-                let _ = reply.send(self.list());
+                let _ = reply.send(off_worker(|| self.list()));
             }
             Request::Audit { run_id, reply } => {
-                let entries = self
-                    .store
-                    .audit_entries(run_id.as_ref().map(RunId::as_str))
-                    .map_err(RunError::from);
+                let entries =
+                    off_worker(|| self.store.audit_entries(run_id.as_ref().map(RunId::as_str)))
+                        .map_err(RunError::from);
                 let _ = reply.send(entries);
             }
             Request::Watch {
@@ -477,10 +495,10 @@ impl Manager {
                 after_seq,
                 reply,
             } => {
-                let _ = reply.send(self.watch(run_id.as_str(), after_seq));
+                let _ = reply.send(off_worker(|| self.watch(run_id.as_str(), after_seq)));
             }
             Request::Logs { query, reply } => {
-                let _ = reply.send(self.logs(&query));
+                let _ = reply.send(off_worker(|| self.logs(&query)));
             }
             Request::Agent {
                 node,
@@ -592,32 +610,34 @@ impl Manager {
         let selection_json = view::selection_json(&selection, &plan);
         let started_at = now_ms();
         let target_version = plan.target_version.to_string();
-        self.store.create_run(
-            &NewRun {
-                id: &id,
-                workflow: plan.workflow.as_str(),
-                started_by: &operator,
-                started_at,
-                inventory_toml: &inventory_toml,
-                selection_json: &selection_json,
-                plan_hash: &plan.hash,
-                target_version: &target_version,
-                installer: &plan.installer,
-                step_timeout_ms,
-            },
-            &plan,
-            &run,
-            Some(&AuditEntry {
-                at: started_at,
-                operator: operator.clone(),
-                action: "start".into(),
-                run_id: id.clone(),
-                node: None,
-                step: None,
-                detail: format!("plan {}", plan.hash),
-                request_id: None,
-            }),
-        )?;
+        off_worker(|| {
+            self.store.create_run(
+                &NewRun {
+                    id: &id,
+                    workflow: plan.workflow.as_str(),
+                    started_by: &operator,
+                    started_at,
+                    inventory_toml: &inventory_toml,
+                    selection_json: &selection_json,
+                    plan_hash: &plan.hash,
+                    target_version: &target_version,
+                    installer: &plan.installer,
+                    step_timeout_ms,
+                },
+                &plan,
+                &run,
+                Some(&AuditEntry {
+                    at: started_at,
+                    operator: operator.clone(),
+                    action: "start".into(),
+                    run_id: id.clone(),
+                    node: None,
+                    step: None,
+                    detail: format!("plan {}", plan.hash),
+                    request_id: None,
+                }),
+            )
+        })?;
         tracing::info!(run = %id, operator = %operator, plan = %plan.hash, workflow = plan.workflow.as_str(), "run started");
         let (events, _) = broadcast::channel(4096);
         let node_steps = steps_by_node(&run);
@@ -668,10 +688,10 @@ impl Manager {
         let Some(active) = self.active.as_mut() else {
             return true;
         };
-        let ids = match self
-            .store
-            .commit(&active.id, &active.run, &commands, now, audit.as_ref())
-        {
+        let store = &mut self.store;
+        let ids = match off_worker(|| {
+            store.commit(&active.id, &active.run, &commands, now, audit.as_ref())
+        }) {
             Ok(ids) => ids,
             Err(e) => {
                 // Nothing is sent that is not stored, and the run in memory is now ahead of the
@@ -760,9 +780,8 @@ impl Manager {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        if let Ok(stored) = self
-            .store
-            .run_events(&active.id, active.last_seq, usize::MAX)
+        let store = &self.store;
+        if let Ok(stored) = off_worker(|| store.run_events(&active.id, active.last_seq, usize::MAX))
         {
             for event in stored {
                 active.last_seq = event.seq;
@@ -850,14 +869,16 @@ impl Manager {
         let message = format!(
             "not installed again: the node already reports ESSO {found} with ENTSSO running, so an earlier attempt that was interrupted had installed it; its verify checks it"
         );
-        if let Err(e) = self.store.finish_attempt(
-            &r.attempt_id,
-            now_ms(),
-            AttemptOutcome::Succeeded,
-            &message,
-            None,
-            &[],
-        ) {
+        if let Err(e) = off_worker(|| {
+            self.store.finish_attempt(
+                &r.attempt_id,
+                now_ms(),
+                AttemptOutcome::Succeeded,
+                &message,
+                None,
+                &[],
+            )
+        }) {
             tracing::error!("cannot store the result of attempt {}: {e}", r.attempt_id);
             return;
         }
@@ -934,7 +955,7 @@ impl Manager {
                 attempt_id: attempt_id.to_string(),
                 db,
                 path,
-                first_seq: self.store.contiguous_seq(attempt_id).unwrap_or(0) + 1,
+                first_seq: off_worker(|| self.store.contiguous_seq(attempt_id)).unwrap_or(0) + 1,
             };
             tokio::spawn(backup_database(job, self.requests.clone()));
             Vec::new()
@@ -958,10 +979,10 @@ impl Manager {
         run_id: &str,
     ) -> Vec<Event> {
         let export_log = if kind == StepKind::ReviewExport {
-            match self
-                .store
-                .step_log(run_id, None, Some(waits::EXPORT_STEP.name()))
-            {
+            match off_worker(|| {
+                self.store
+                    .step_log(run_id, None, Some(waits::EXPORT_STEP.name()))
+            }) {
                 Ok(log) => log,
                 Err(e) => {
                     return vec![Event::StepFinished {
@@ -1036,7 +1057,8 @@ impl Manager {
                     active.plan.installer_for(role)
                 )),
                 None => {
-                    if let Err(e) = self.store.set_installer_sha256(run_id, role, hash) {
+                    let store = &mut self.store;
+                    if let Err(e) = off_worker(|| store.set_installer_sha256(run_id, role, hash)) {
                         tracing::error!("cannot record the installer's SHA-256: {e}");
                         return;
                     }
@@ -1119,10 +1141,10 @@ impl Manager {
             ),
             Err(e) => (AttemptOutcome::Failed, e.clone(), Vec::new()),
         };
-        if let Err(e) =
+        if let Err(e) = off_worker(|| {
             self.store
                 .finish_attempt(attempt_id, now_ms(), outcome, &error, None, &artifacts)
-        {
+        }) {
             tracing::error!("cannot store the result of backup-database: {e}");
             return;
         }
@@ -1150,14 +1172,14 @@ impl Manager {
         // Applied with this request id already (the answer was lost, the caller retried): nothing
         // changes again, and the answer is the run as it is now.
         if let Some(request_id) = request.request_id.as_deref()
-            && let Some(applied) = self.store.control_by_request(run_id, request_id)?
+            && let Some(applied) = off_worker(|| self.store.control_by_request(run_id, request_id))?
         {
             repeat::same_control(&applied, action, &request, operator)?;
             tracing::info!(run = %run_id, operator = %operator, "operator {operator}: {action} repeated with request id {request_id}: applied already, nothing changed");
-            return self.get(run_id);
+            return off_worker(|| self.get(run_id));
         }
         let Some(active) = self.active.as_mut().filter(|a| a.id == run_id) else {
-            self.store.run(run_id)?;
+            off_worker(|| self.store.run(run_id))?;
             return Err(RunError::Precondition(format!(
                 "run {run_id} is not active in this coordinator"
             )));
@@ -1213,14 +1235,14 @@ impl Manager {
             return Err(RunError::Internal(self.broken.clone().unwrap_or_default()));
         }
         tracing::info!(run = %run_id, operator = %operator, "operator {operator}: {action}");
-        self.get(run_id)
+        off_worker(|| self.get(run_id))
     }
 
     /// At start: takes up the run the previous coordinator left unfinished. Steps out on agents stay
     /// running; each agent is asked about them when it attaches. A result stored just before the
     /// crash is applied now; a preflight that was running starts over (it only reads).
     async fn resume(&mut self) {
-        let ids = match self.store.unfinished_runs() {
+        let ids = match off_worker(|| self.store.unfinished_runs()) {
             Ok(ids) => ids,
             Err(e) => {
                 self.broken = Some(format!("cannot read the state database: {e}"));
@@ -1239,7 +1261,7 @@ impl Manager {
                 older.join(", ")
             ));
         }
-        let stored = match self.store.load_run(newest) {
+        let stored = match off_worker(|| self.store.load_run(newest)) {
             Ok(stored) => stored,
             Err(e) => {
                 let problem = format!("cannot resume run {newest}: {e}");
@@ -1301,7 +1323,7 @@ impl Manager {
             in_flight.len()
         );
         tracing::info!(run = %newest, status = run.status().as_str(), "{note}");
-        if let Err(e) = self.store.note(newest, now_ms(), &note) {
+        if let Err(e) = off_worker(|| self.store.note(newest, now_ms(), &note)) {
             let problem = format!("cannot resume run {newest}: {e}");
             tracing::error!(run = %newest, "{problem}");
             self.broken = Some(format!(

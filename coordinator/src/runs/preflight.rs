@@ -5,7 +5,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use super::Request;
 use crate::domain::{NodeName, Role};
@@ -170,9 +171,13 @@ pub(super) async fn preflight(
 /// The nodes' part of preflight: attached, healthy facts, the installers' SHA-256 per role.
 async fn check_nodes(job: &PreflightJob, fleet: &FleetHandle) -> Result<InstallerHashes, String> {
     const WAIT: Duration = Duration::from_secs(120);
+    // Looked at again whenever the fleet changes (an attach, a detach, facts), never polled.
+    let mut changes = fleet.changes();
     // Nodes that are away (a restarted coordinator, an agent re-attaching) get a while to attach.
-    let attach_deadline = tokio::time::Instant::now() + ATTACH_WAIT;
+    let attach_deadline = Instant::now() + ATTACH_WAIT;
+    let mut past = false;
     let detached = loop {
+        changes.mark_unchanged();
         let attached: BTreeSet<NodeName> = fleet.attached().await.unwrap_or_default();
         let detached: Vec<String> = job
             .nodes
@@ -180,10 +185,10 @@ async fn check_nodes(job: &PreflightJob, fleet: &FleetHandle) -> Result<Installe
             .filter(|n| !attached.contains(*n))
             .map(|n| format!("{n} is not attached"))
             .collect();
-        if detached.is_empty() || tokio::time::Instant::now() > attach_deadline {
+        if detached.is_empty() || past {
             break detached;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        past = !changed_before(&mut changes, attach_deadline).await;
     };
     if !detached.is_empty() {
         return Err(format!(
@@ -211,10 +216,12 @@ async fn check_nodes(job: &PreflightJob, fleet: &FleetHandle) -> Result<Installe
             }
         }
     }
-    let deadline = tokio::time::Instant::now() + WAIT;
+    let deadline = Instant::now() + WAIT;
+    let mut past = false;
     let mut problems = Vec::new();
     let mut answered: Vec<(usize, NodeName, Facts)> = Vec::new();
     while !waiting.is_empty() {
+        changes.mark_unchanged();
         let since = waiting.iter().map(|(_, n, b)| (n.clone(), *b)).collect();
         let facts = fleet.facts_since(since).await.unwrap_or_default();
         let mut still = Vec::new();
@@ -228,7 +235,7 @@ async fn check_nodes(job: &PreflightJob, fleet: &FleetHandle) -> Result<Installe
         if waiting.is_empty() {
             break;
         }
-        if tokio::time::Instant::now() > deadline {
+        if past {
             problems.extend(waiting.iter().map(|(_, node, _)| {
                 format!(
                     "{node} did not report its facts within {} s",
@@ -237,7 +244,7 @@ async fn check_nodes(job: &PreflightJob, fleet: &FleetHandle) -> Result<Installe
             }));
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        past = !changed_before(&mut changes, deadline).await;
     }
     // In the order asked (by name), so that the first hash is the same at every run.
     answered.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
@@ -294,6 +301,20 @@ async fn check_nodes(job: &PreflightJob, fleet: &FleetHandle) -> Result<Installe
         }
     }
     Ok(read)
+}
+
+/// Waits until the fleet changes after the last look (`mark_unchanged`), or until `deadline`: false
+/// when the deadline came first (the caller looks once more, then gives up). A fleet task that has
+/// stopped changes nothing more.
+async fn changed_before(changes: &mut watch::Receiver<u64>, deadline: Instant) -> bool {
+    match tokio::time::timeout_at(deadline, changes.changed()).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => {
+            tokio::time::sleep_until(deadline).await;
+            false
+        }
+        Err(_) => false,
+    }
 }
 
 /// The master secret server recorded in the SSO database must be the inventory's master (SPEC §5):

@@ -5,7 +5,8 @@
 //! as dispatched before it leaves the process ([`Store::commit`]). Agent events are keyed by
 //! (attempt, sequence): a redelivered event is stored once ([`Store::agent_event`]). They are written
 //! in groups, one transaction (one fsync) for all that arrived together ([`Store::flush_events`]);
-//! the coordinator acknowledges an event to its agent only once it is written.
+//! the coordinator acknowledges an event to its agent only once it is written, up to the first gap
+//! ([`Store::contiguous_seq`], kept per attempt as events are written: `contiguous`).
 //! The schema is versioned with `PRAGMA user_version`; [`MIGRATIONS`] bring any older database up.
 
 use std::path::{Path, PathBuf};
@@ -15,6 +16,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::domain::{AttemptOutcome, Role};
 use crate::engine::{Command, Durable, Millis, Run, StepRecord, StepState};
 use crate::plan::Plan;
+
+mod contiguous;
+use contiguous::Contiguous;
 
 /// The file name of the database in the state directory.
 pub const FILE: &str = "ssofleet.db";
@@ -227,6 +231,9 @@ pub struct Store {
     /// Agent events accepted but not yet written: see [`Store::flush_events`].
     pending: Vec<PendingEvent>,
     pending_keys: std::collections::HashSet<(String, u64)>,
+    /// Per attempt asked about since the last run started: its stored events' sequence numbers, kept
+    /// as events are written (what [`Store::contiguous_seq`] answers from).
+    contiguous: std::collections::HashMap<String, Contiguous>,
 }
 
 /// An agent event waiting for the next [`Store::flush_events`].
@@ -251,6 +258,7 @@ impl Store {
             path,
             pending: Vec::new(),
             pending_keys: std::collections::HashSet::new(),
+            contiguous: std::collections::HashMap::new(),
         };
         store.init()?;
         Ok(store)
@@ -335,6 +343,7 @@ impl Store {
             path,
             pending: Vec::new(),
             pending_keys: std::collections::HashSet::new(),
+            contiguous: std::collections::HashMap::new(),
         };
         store.init()?;
         Ok(store)
@@ -350,6 +359,8 @@ impl Store {
         audit: Option<&AuditEntry>,
     ) -> Result<()> {
         self.flush_events()?;
+        // The attempts asked about so far are of runs before: read back if they are asked about again.
+        self.contiguous.clear();
         let path = self.path.clone();
         let err = |source| StoreError::Sqlite {
             path: path.clone(),
@@ -738,6 +749,11 @@ impl Store {
             }
         }
         tx.commit().map_err(err)?;
+        for e in &self.pending {
+            if let Some(contiguous) = self.contiguous.get_mut(&e.attempt_id) {
+                contiguous.insert(e.seq as i64);
+            }
+        }
         self.pending.clear();
         self.pending_keys.clear();
         Ok(())
@@ -750,23 +766,22 @@ impl Store {
     }
 
     /// The highest sequence number stored for an attempt with no gap below it (what may be acknowledged).
+    /// Read from the database the first time an attempt is asked about, then kept as its events are
+    /// written.
     pub fn contiguous_seq(&mut self, attempt_id: &str) -> Result<u64> {
         self.flush_events()?;
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT seq FROM attempt_events WHERE attempt_id = ?1 ORDER BY seq")
-            .map_err(self.err())?;
-        let seqs = stmt
-            .query_map([attempt_id], |r| r.get::<_, i64>(0))
-            .map_err(self.err())?;
-        let mut expected = 1u64;
-        for seq in seqs {
-            if u64::try_from(seq.map_err(self.err())?).ok() != Some(expected) {
-                break;
-            }
-            expected += 1;
+        if let Some(contiguous) = self.contiguous.get(attempt_id) {
+            return Ok(contiguous.up_to());
         }
-        Ok(expected - 1)
+        let stored = self.query(
+            "SELECT seq FROM attempt_events WHERE attempt_id = ?1 ORDER BY seq",
+            [attempt_id],
+            |r| r.get::<_, i64>(0),
+        )?;
+        let contiguous = Contiguous::of(stored);
+        let up_to = contiguous.up_to();
+        self.contiguous.insert(attempt_id.to_string(), contiguous);
+        Ok(up_to)
     }
 
     /// Run events after `after_seq`, oldest first, at most `limit`.

@@ -111,7 +111,11 @@ fn a_run_its_dispatches_and_changes_survive_reopening() {
 
 /// A store in `dir` with run r1 started: the uuid of its first dispatched attempt.
 fn store_with_an_attempt(dir: &std::path::Path) -> (Store, String) {
-    let mut store = Store::open(dir).unwrap();
+    with_an_attempt(Store::open(dir).unwrap())
+}
+
+/// `store` with run r1 started: the uuid of its first dispatched attempt.
+fn with_an_attempt(mut store: Store) -> (Store, String) {
     let (p, mut run) = new_plan_and_run();
     store.create_run(&new_meta("r1"), &p, &run, None).unwrap();
     let commands = run.apply(Event::Start, 2_000).unwrap();
@@ -140,6 +144,60 @@ fn agent_events_are_stored_once_and_acknowledged_up_to_a_gap() {
     );
     assert!(store.agent_event(&attempt, 2, 1, "progress", &p).unwrap());
     assert_eq!(store.contiguous_seq(&attempt).unwrap(), 3);
+}
+
+/// The highest seq stored for `attempt` with none missing below it, from a scan of all its stored
+/// events in order (how [`Store::contiguous_seq`] answered before it kept the answer).
+fn rescanned(store: &Store, attempt: &str) -> u64 {
+    let stored = store
+        .query(
+            "SELECT seq FROM attempt_events WHERE attempt_id = ?1 ORDER BY seq",
+            [attempt],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap();
+    let mut expected = 1u64;
+    for seq in stored {
+        if u64::try_from(seq).ok() != Some(expected) {
+            break;
+        }
+        expected += 1;
+    }
+    expected - 1
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+    /// However an attempt's events arrive (in any order, redelivered, written in groups of any size,
+    /// asked about at any point, now and then a seq below 1 or one stored as negative), what
+    /// `contiguous_seq` keeps is what a scan of every stored event finds.
+    #[test]
+    fn the_contiguous_seq_kept_is_a_full_rescans(
+        arrivals in proptest::collection::vec(
+            (
+                proptest::prop_oneof![30 => 1u64..40, 1 => proptest::strategy::Just(0), 1 => proptest::strategy::Just(u64::MAX)],
+                proptest::prelude::any::<bool>(),
+                proptest::prelude::any::<bool>(),
+            ),
+            1..80,
+        ),
+    ) {
+        let (mut store, attempt) = with_an_attempt(Store::in_memory().unwrap());
+        let p = serde_json::json!({ "line": "x" });
+        for (seq, flush, ask) in arrivals {
+            store.agent_event(&attempt, seq, 1, "log", &p).unwrap();
+            if flush {
+                store.flush_events().unwrap();
+            }
+            if ask {
+                let kept = store.contiguous_seq(&attempt).unwrap();
+                proptest::prop_assert_eq!(kept, rescanned(&store, &attempt));
+            }
+        }
+        let kept = store.contiguous_seq(&attempt).unwrap();
+        proptest::prop_assert_eq!(kept, rescanned(&store, &attempt));
+    }
 }
 
 #[test]
