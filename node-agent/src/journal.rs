@@ -22,8 +22,8 @@
 //! - An attempt may wait (`waiting`): for the operator's attended install, or for the reboot its
 //!   installer asked for. It keeps its assignment, so that it can go on after an agent restart (the
 //!   reboot) or the operator's approval; nothing else runs on the server while it waits.
-//! - Its calls are synchronous: an async task makes them through [`Journal::off_worker`], so that a
-//!   write's fsync (`synchronous = FULL`) never holds an async worker.
+//! - Its calls are synchronous: an async task makes them through [`Journal::off_worker`], on the
+//!   runtime's blocking threads, so that a write's fsync (`synchronous = FULL`) never holds a worker.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -88,8 +88,7 @@ pub enum JournalError {
         path: PathBuf,
         source: rusqlite::Error,
     },
-    /// A call [`Journal::off_worker`] sent to the blocking pool did not run: the runtime is shutting
-    /// down.
+    /// A call made through [`Journal::off_worker`] did not run: the runtime is shutting down.
     #[error("journal {}: not read or written: the agent is stopping", path.display())]
     Stopping { path: PathBuf },
 }
@@ -294,21 +293,15 @@ impl Journal {
         })
     }
 
-    /// Runs `f` with the journal without holding an async worker: how an async task calls the
-    /// journal, so that its SQLite work, and a write's fsync, never stall the tasks that share the
-    /// worker. On a multi-thread runtime (the agent's) `f` runs in place, the worker's other tasks
-    /// handed to another thread first (`block_in_place`: no hop to another thread on the way); on a
-    /// current-thread one, on the blocking pool (`spawn_blocking`). Awaited, it keeps the caller's
-    /// order: what `f` journals is on disk before the caller goes on (and sends it, or records how
-    /// far a program's output was read). What `f` logs is in the caller's span.
+    /// Runs `f` with the journal on the runtime's blocking threads (`spawn_blocking`): how an async
+    /// task calls the journal, so that its SQLite work, and a write's fsync, never holds a worker
+    /// thread. Awaited, it keeps the caller's order: what `f` journals is on disk before the caller
+    /// goes on (and sends it, or records how far a program's output was read). What `f` logs is in the
+    /// caller's span.
     pub async fn off_worker<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Journal) -> Result<T, JournalError> + Send + 'static,
     ) -> Result<T, JournalError> {
-        use tokio::runtime::{Handle, RuntimeFlavor};
-        if let Ok(RuntimeFlavor::MultiThread) = Handle::try_current().map(|h| h.runtime_flavor()) {
-            return tokio::task::block_in_place(|| f(self));
-        }
         let journal = self.clone();
         let span = tracing::Span::current();
         match tokio::task::spawn_blocking(move || span.in_scope(|| f(&journal))).await {
