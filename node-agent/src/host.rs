@@ -251,10 +251,10 @@ fn scm_started() -> Result<String, String> {
 /// parent). The same on Linux and under Wine.
 #[cfg(test)]
 pub(crate) mod testing {
-    pub const SLEEP: &str = "sleep";
-    pub const ORPHAN: &str = "orphan";
+    pub(crate) const SLEEP: &str = "sleep";
+    pub(crate) const ORPHAN: &str = "orphan";
 
-    pub fn helper(mode: &str) -> std::process::Command {
+    pub(crate) fn helper(mode: &str) -> std::process::Command {
         let mut c = std::process::Command::new(std::env::current_exe().unwrap());
         c.args([
             "--exact",
@@ -271,14 +271,14 @@ pub(crate) mod testing {
     }
 
     /// The grandchild's id in a line an `ORPHAN` helper printed.
-    pub fn grandchild(line: &str) -> Option<u32> {
+    pub(crate) fn grandchild(line: &str) -> Option<u32> {
         let (_, after) = line.split_once("grandchild=")?;
         after.split_whitespace().next()?.parse().ok()
     }
 
     /// Reads an `ORPHAN` helper's output up to the grandchild's id (not to its end: on Windows the
     /// grandchild inherits the pipe, which stays open while it runs).
-    pub fn read_grandchild(stdout: impl std::io::Read) -> u32 {
+    pub(crate) fn read_grandchild(stdout: impl std::io::Read) -> u32 {
         use std::io::BufRead;
         std::io::BufReader::new(stdout)
             .lines()
@@ -288,7 +288,7 @@ pub(crate) mod testing {
     }
 
     /// Ends the helper with this id (a grandchild the test no longer needs).
-    pub fn kill(pid: u32) {
+    pub(crate) fn kill(pid: u32) {
         if let Some(system) = super::processes(sysinfo::ProcessesToUpdate::All)
             && let Some(p) = system.process(sysinfo::Pid::from_u32(pid))
         {

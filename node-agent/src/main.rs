@@ -172,7 +172,7 @@ async fn wait_for_signal() {
 mod service {
     use std::process::ExitCode;
 
-    pub fn run(_args: super::Args) -> ExitCode {
+    pub(crate) fn run(_args: super::Args) -> ExitCode {
         eprintln!(
             "fleet-agent: --service runs the agent as a Windows service; on this platform run it without --service (e.g. from systemd: deploy/systemd/fleet-agent.service)"
         );
@@ -198,13 +198,13 @@ mod service {
     use windows_service::{define_windows_service, service_dispatcher};
 
     /// The service name `install-agent.ps1` registers.
-    pub const NAME: &str = "ssofleet-agent";
+    pub(crate) const NAME: &str = "ssofleet-agent";
 
     static ARGS: OnceLock<super::Args> = OnceLock::new();
 
     define_windows_service!(ffi_service_main, service_main);
 
-    pub fn run(args: super::Args) -> ExitCode {
+    pub(crate) fn run(args: super::Args) -> ExitCode {
         let _ = ARGS.set(args);
         match service_dispatcher::start(NAME, ffi_service_main) {
             Ok(()) => ExitCode::SUCCESS,

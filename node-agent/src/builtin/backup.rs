@@ -14,7 +14,7 @@ use super::session::{Echo, Fail, Session};
 use super::tools::{Tool, join};
 use crate::esso;
 
-pub async fn backup_secret(s: &mut Session<'_>) -> Result<(), Fail> {
+pub(super) async fn backup_secret(s: &mut Session<'_>) -> Result<(), Fail> {
     let password = s
         .ctx
         .stdin_secret

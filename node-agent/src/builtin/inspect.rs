@@ -18,12 +18,12 @@ use crate::esso::{self, EventVerdict};
 /// ESSO's key. KB 2908466: its version is in the values `Server` and `Administration` under
 /// `HKLM\SOFTWARE\Wow6432Node\Microsoft\ENTSSO`, the 32-bit view of this key (read first, then the
 /// native view). Only the master secret server has the subkey `SSOSS` (event 10520's text).
-pub const ENTSSO_KEY: &str = r"HKLM\SOFTWARE\Microsoft\ENTSSO";
+pub(super) const ENTSSO_KEY: &str = r"HKLM\SOFTWARE\Microsoft\ENTSSO";
 const VERSION_VALUES: [&str; 2] = ["Server", "Administration"];
 /// Verified: BizTalk's docs say this key lists the version, install path and edition.
-pub const BIZTALK_KEY: &str = r"HKLM\SOFTWARE\Microsoft\BizTalk Server\3.0";
+pub(super) const BIZTALK_KEY: &str = r"HKLM\SOFTWARE\Microsoft\BizTalk Server\3.0";
 /// Its existence marks Host Integration Server (to confirm per HIS version).
-pub const HIS_KEY: &str = r"HKLM\SOFTWARE\Microsoft\Host Integration Server";
+pub(super) const HIS_KEY: &str = r"HKLM\SOFTWARE\Microsoft\Host Integration Server";
 /// Where Windows records a pending restart (the three places Cluster-Aware Updating and the Windows
 /// Update agent look at; to confirm on a real server that an ESSO install sets one of them).
 const REBOOT_PENDING_KEYS: [(&str, &str); 2] = [
@@ -69,13 +69,13 @@ async fn products(s: &mut Session<'_>) -> Result<(Vec<String>, Option<String>), 
     Ok((products, biztalk))
 }
 
-pub async fn master_secret_server(s: &mut Session<'_>) -> Result<bool, Fail> {
+pub(super) async fn master_secret_server(s: &mut Session<'_>) -> Result<bool, Fail> {
     s.reg_key_exists_any_view(&format!(r"{ENTSSO_KEY}\SSOSS"))
         .await
 }
 
 /// Whether ESSO is installed here, and the products, as the install needs them.
-pub async fn esso_present(s: &mut Session<'_>) -> Result<(bool, Vec<String>), Fail> {
+pub(super) async fn esso_present(s: &mut Session<'_>) -> Result<(bool, Vec<String>), Fail> {
     let version = esso_version(s).await?;
     let service = s.service(ENTSSO_SERVICE).await?;
     let (products, _) = products(s).await?;
@@ -85,7 +85,7 @@ pub async fn esso_present(s: &mut Session<'_>) -> Result<(bool, Vec<String>), Fa
     ))
 }
 
-pub async fn facts(s: &mut Session<'_>) -> Result<(), Fail> {
+pub(super) async fn facts(s: &mut Session<'_>) -> Result<(), Fail> {
     s.progress(10, "querying the ENTSSO service").await;
     let service = s.service(ENTSSO_SERVICE).await?;
     s.output("service", service.state.as_str()).await;
@@ -281,7 +281,7 @@ async fn identity_checks(s: &mut Session<'_>, entsso: ServiceState) -> Result<()
 /// Reads what verification judges (`esso::verify_problem`, in the executor, for built-in and
 /// configured verify commands alike): ENTSSO's state once it had its start budget, the version, the
 /// SSO system as `ssomanage -displaydb` shows it. ESSO's events are judged here, by `esso::event_verdict`.
-pub async fn verify(s: &mut Session<'_>) -> Result<(), Fail> {
+pub(super) async fn verify(s: &mut Session<'_>) -> Result<(), Fail> {
     let master = s.require_param("master")?;
     s.progress(10, "querying the ENTSSO service").await;
     let service = wait_for_entsso(s).await?;

@@ -27,7 +27,7 @@ const INSTALL_LOG_TAIL: usize = 12;
 
 /// The installer's own exit code is the outcome's (3010 and 1641 keep their meaning for the
 /// executor's reboot policy).
-pub async fn install(s: &mut Session<'_>) -> Result<i32, Fail> {
+pub(super) async fn install(s: &mut Session<'_>) -> Result<i32, Fail> {
     let installer = s.require_param("installer")?;
     let run_id = s.require_param("run_id")?;
     let node = s.require_param("node")?;
@@ -110,7 +110,7 @@ pub async fn install(s: &mut Session<'_>) -> Result<i32, Fail> {
     result
 }
 
-pub async fn configure(s: &mut Session<'_>) -> Result<(), Fail> {
+pub(super) async fn configure(s: &mut Session<'_>) -> Result<(), Fail> {
     let installer = s.require_param("installer")?;
     let run_id = s.require_param("run_id")?;
     let node = s.require_param("node")?;
@@ -266,7 +266,7 @@ async fn configuration_program(s: &mut Session<'_>) -> Result<PathBuf, Fail> {
 }
 
 /// The folder of files that hold a secret while a program reads them.
-pub const SECRET_FILES: &str = "secret-files";
+pub(super) const SECRET_FILES: &str = "secret-files";
 
 /// Deletes what a crashed agent left in `<state_dir>/secret-files/` (a configuration file holds the
 /// service account's password). Returns what it deleted, for the log.
@@ -284,7 +284,7 @@ pub fn remove_leftover_secret_files(state_dir: &Path) -> Vec<PathBuf> {
 
 /// Writes a file only its owner can read where the platform allows saying so (on Windows the folder's
 /// ACL decides: the agent's state directory is its account's alone).
-pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(super) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
@@ -308,7 +308,7 @@ fn create_parent(path: &Path) -> Result<(), Fail> {
 
 /// The installer's exit code judged by ESSO's rules (`esso::install_exit`): success and
 /// reboot-pending keep their code (0, 3010, 1641); anything else fails with the code and the log.
-pub fn installer_outcome(code: Option<i32>, log: &str) -> Result<i32, Fail> {
+pub(super) fn installer_outcome(code: Option<i32>, log: &str) -> Result<i32, Fail> {
     match (esso::install_exit(code), code) {
         (InstallExit::Success | InstallExit::RebootPending, Some(c)) => Ok(c),
         (_, code) => Err(Fail {
@@ -327,7 +327,7 @@ pub fn installer_outcome(code: Option<i32>, log: &str) -> Result<i32, Fail> {
 
 /// The last `n` non-empty lines of an installer log. Windows Installer and setup.exe often write
 /// UTF-16LE with a byte order mark; otherwise the text is read as UTF-8 (lossily).
-pub fn log_tail(bytes: &[u8], n: usize) -> Vec<String> {
+pub(super) fn log_tail(bytes: &[u8], n: usize) -> Vec<String> {
     let text = match bytes {
         [0xFF, 0xFE, rest @ ..] => {
             let units: Vec<u16> = rest

@@ -43,7 +43,7 @@ fn migration_dir(s: &Session<'_>) -> Result<PathBuf, Fail> {
     })
 }
 
-pub async fn export_key(s: &mut Session<'_>) -> Result<(), Fail> {
+pub(super) async fn export_key(s: &mut Session<'_>) -> Result<(), Fail> {
     if source_kind(s)? == Source::Sna4 {
         return Err(Fail::new(
             "SNA Server 4.0 has no encryption key to export: udbkey /showkey is Host Integration Server 2000's (ESSO.md, migration step 2)",
@@ -85,7 +85,7 @@ pub async fn export_key(s: &mut Session<'_>) -> Result<(), Fail> {
     Ok(())
 }
 
-pub async fn copy_utility(s: &mut Session<'_>) -> Result<(), Fail> {
+pub(super) async fn copy_utility(s: &mut Session<'_>) -> Result<(), Fail> {
     let media = match s.param("media_root") {
         Some(m) => m.to_string(),
         None => {
@@ -161,7 +161,7 @@ enum Phase {
     Both,
 }
 
-pub async fn run(s: &mut Session<'_>) -> Result<(), Fail> {
+pub(super) async fn run(s: &mut Session<'_>) -> Result<(), Fail> {
     let phase = match s.param("migration_phase") {
         Some("export") => Phase::Export,
         Some("import") => Phase::Import,

@@ -8,16 +8,16 @@ use super::session::Fail;
 use super::tools::join;
 
 /// `ISSOConfigSS.BackupSecret`; the password and reminder on standard input.
-pub const BACKUP_SECRET: (&str, &str) = (
+pub(super) const BACKUP_SECRET: (&str, &str) = (
     "backup-secret.ps1",
     include_str!("scripts/backup-secret.ps1"),
 );
 
 /// The fitness checks that need the caller's identity or a drive.
-pub const FITNESS: (&str, &str) = ("fitness.ps1", include_str!("scripts/fitness.ps1"));
+pub(super) const FITNESS: (&str, &str) = ("fitness.ps1", include_str!("scripts/fitness.ps1"));
 
 /// Writes the script and returns its path.
-pub fn ship(state_dir: &Path, (name, text): (&str, &str)) -> Result<PathBuf, Fail> {
+pub(super) fn ship(state_dir: &Path, (name, text): (&str, &str)) -> Result<PathBuf, Fail> {
     let dir = join(state_dir, "scripts");
     let path = join(&dir, name);
     std::fs::create_dir_all(&dir)

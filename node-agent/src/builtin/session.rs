@@ -20,14 +20,14 @@ const POLL: Duration = Duration::from_secs(2);
 
 /// A failed step: the message (last line of the failure) and the exit code to report.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fail {
+pub(super) struct Fail {
     pub message: String,
     pub exit_code: Option<i32>,
     pub timed_out: bool,
 }
 
 impl Fail {
-    pub fn new(message: impl Into<String>) -> Self {
+    pub(super) fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
             exit_code: Some(1),
@@ -38,18 +38,18 @@ impl Fail {
 
 /// A tool's run: its exit code and output lines.
 #[derive(Debug, Clone, Default)]
-pub struct Ran {
+pub(super) struct Ran {
     pub exit_code: Option<i32>,
     pub stdout: Vec<String>,
     pub stderr: Vec<String>,
 }
 
 impl Ran {
-    pub fn stdout_text(&self) -> String {
+    pub(super) fn stdout_text(&self) -> String {
         self.stdout.join("\n")
     }
 
-    pub fn all_text(&self) -> String {
+    pub(super) fn all_text(&self) -> String {
         self.stdout
             .iter()
             .chain(&self.stderr)
@@ -58,14 +58,14 @@ impl Ran {
             .join("\n")
     }
 
-    pub fn ok(&self) -> bool {
+    pub(super) fn ok(&self) -> bool {
         self.exit_code == Some(0)
     }
 }
 
 /// Whether a tool's output may be forwarded as log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Echo {
+pub(super) enum Echo {
     Forward,
     /// Secret output (the encryption key): kept for the caller, only its line count is logged.
     Withhold,
@@ -74,7 +74,7 @@ pub enum Echo {
     Quiet,
 }
 
-pub struct Session<'a> {
+pub(super) struct Session<'a> {
     pub action: ActionName,
     pub tools: &'a Tools,
     pub ctx: &'a Context,
@@ -86,7 +86,7 @@ pub struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    pub fn new(
+    pub(super) fn new(
         action: ActionName,
         tools: &'a Tools,
         ctx: &'a Context,
@@ -104,11 +104,11 @@ impl<'a> Session<'a> {
         }
     }
 
-    pub fn tool(&self, tool: Tool) -> Result<PathBuf, Fail> {
+    pub(super) fn tool(&self, tool: Tool) -> Result<PathBuf, Fail> {
         self.tools.require(self.action, tool).map_err(Fail::new)
     }
 
-    pub fn param(&self, name: &str) -> Option<&str> {
+    pub(super) fn param(&self, name: &str) -> Option<&str> {
         self.ctx
             .params
             .get(name)
@@ -116,7 +116,7 @@ impl<'a> Session<'a> {
             .filter(|v| !v.trim().is_empty())
     }
 
-    pub fn require_param(&self, name: &str) -> Result<String, Fail> {
+    pub(super) fn require_param(&self, name: &str) -> Result<String, Fail> {
         self.param(name).map(str::to_string).ok_or_else(|| {
             Fail::new(format!(
                 "the coordinator sent no {name} for {}",
@@ -125,7 +125,7 @@ impl<'a> Session<'a> {
         })
     }
 
-    pub async fn progress(&self, percent: u32, message: impl Into<String>) {
+    pub(super) async fn progress(&self, percent: u32, message: impl Into<String>) {
         let _ = self
             .reports
             .send(Report::Progress {
@@ -135,7 +135,7 @@ impl<'a> Session<'a> {
             .await;
     }
 
-    pub async fn output(&mut self, key: &str, value: impl Into<String>) {
+    pub(super) async fn output(&mut self, key: &str, value: impl Into<String>) {
         let value = value.into();
         self.outputs.insert(key.to_string(), value.clone());
         let _ = self
@@ -148,7 +148,7 @@ impl<'a> Session<'a> {
     }
 
     /// A log line of the agent's own (on standard error when it explains a problem).
-    pub async fn note(&mut self, line: impl Into<String>, problem: bool) {
+    pub(super) async fn note(&mut self, line: impl Into<String>, problem: bool) {
         let line = self.redact(line.into());
         if problem {
             self.push_tail(line.clone());
@@ -171,7 +171,7 @@ impl<'a> Session<'a> {
     }
 
     /// Runs one tool to its end (or the step's deadline).
-    pub async fn exec(
+    pub(super) async fn exec(
         &mut self,
         invocation: &Invocation,
         stdin: Option<String>,
@@ -272,7 +272,7 @@ impl<'a> Session<'a> {
     }
 
     /// Polls the service until it is in `want` (or not installed), for at most `budget`.
-    pub async fn wait_for(
+    pub(super) async fn wait_for(
         &mut self,
         service: &str,
         want: ServiceState,
@@ -298,7 +298,7 @@ impl<'a> Session<'a> {
 
     /// The single outcome: exit code 0 (or `code`, e.g. the installer's) on success; the failure's
     /// message as the last line of the standard error tail otherwise.
-    pub async fn finish(mut self, result: Result<i32, Fail>) -> Outcome {
+    pub(super) async fn finish(mut self, result: Result<i32, Fail>) -> Outcome {
         let (exit_code, timed_out) = match result {
             Ok(code) => (Some(code), false),
             Err(fail) if fail.timed_out => {

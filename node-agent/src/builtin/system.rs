@@ -79,7 +79,7 @@ pub const SERVICE_DOES_NOT_EXIST: i32 = 1060;
 
 impl Session<'_> {
     /// Whether `key` (`HKLM\…`) exists in `view`.
-    pub async fn reg_key_exists(&mut self, view: RegView, key: &str) -> Result<bool, Fail> {
+    pub(super) async fn reg_key_exists(&mut self, view: RegView, key: &str) -> Result<bool, Fail> {
         #[cfg(windows)]
         {
             let key = key.to_string();
@@ -93,7 +93,7 @@ impl Session<'_> {
 
     /// The value `name` of `key` as text (strings as they are, numbers in decimal); `None` when the
     /// key or the value is missing.
-    pub async fn reg_value(
+    pub(super) async fn reg_value(
         &mut self,
         view: RegView,
         key: &str,
@@ -111,7 +111,7 @@ impl Session<'_> {
     }
 
     /// The first view (32-bit, then native) that has `key`'s value `name`.
-    pub async fn reg_value_any_view(
+    pub(super) async fn reg_value_any_view(
         &mut self,
         key: &str,
         name: &str,
@@ -125,7 +125,7 @@ impl Session<'_> {
     }
 
     /// Whether either view has `key`.
-    pub async fn reg_key_exists_any_view(&mut self, key: &str) -> Result<bool, Fail> {
+    pub(super) async fn reg_key_exists_any_view(&mut self, key: &str) -> Result<bool, Fail> {
         for view in [RegView::Wow32, RegView::Native] {
             if self.reg_key_exists(view, key).await? {
                 return Ok(true);
@@ -135,7 +135,7 @@ impl Session<'_> {
     }
 
     /// The service's state.
-    pub async fn service(&mut self, service: &str) -> Result<ServiceStatus, Fail> {
+    pub(super) async fn service(&mut self, service: &str) -> Result<ServiceStatus, Fail> {
         #[cfg(windows)]
         let status = {
             let name = service.to_string();
@@ -147,7 +147,7 @@ impl Session<'_> {
     }
 
     /// Asks the service controller to start the service (already running is fine).
-    pub async fn start_service(&mut self, service: &str) -> Result<(), Fail> {
+    pub(super) async fn start_service(&mut self, service: &str) -> Result<(), Fail> {
         self.note(format!("starting the {service} service"), false)
             .await;
         #[cfg(windows)]
@@ -162,7 +162,7 @@ impl Session<'_> {
     }
 
     /// Asks the service controller to stop the service (already stopped is fine).
-    pub async fn stop_service(&mut self, service: &str) -> Result<(), Fail> {
+    pub(super) async fn stop_service(&mut self, service: &str) -> Result<(), Fail> {
         self.note(format!("stopping the {service} service"), false)
             .await;
         #[cfg(windows)]

@@ -13,7 +13,7 @@ use crate::config::SsoSettings;
 use crate::esso::SsoConfigure;
 
 /// The answers, secrets included, for one configuration.
-pub struct Settings {
+pub(super) struct Settings {
     domain: String,
     user: String,
     password: String,
@@ -26,7 +26,7 @@ pub struct Settings {
 }
 
 /// The backup Create makes of the new master secret (its password is the agent's backup password).
-pub struct NewSecretBackup {
+pub(super) struct NewSecretBackup {
     pub file: String,
     pub password: String,
     pub reminder: String,
@@ -35,7 +35,7 @@ pub struct NewSecretBackup {
 impl Settings {
     /// Whether `[sso]` has what the configuration needs (the account, its password file, the SQL
     /// Server), before an install that will need it; the password is not read here.
-    pub fn check(sso: &SsoSettings) -> Result<(), String> {
+    pub(super) fn check(sso: &SsoSettings) -> Result<(), String> {
         let missing: Vec<&str> = [
             ("service_account", sso.service_account.is_none()),
             ("service_password_file", sso.service_password_file.is_none()),
@@ -56,7 +56,7 @@ impl Settings {
 
     /// Reads `[sso]` and the service account's password file; `backup` is the new secret's backup
     /// for Create. `Err` names what is missing.
-    pub fn read(
+    pub(super) fn read(
         sso: &SsoSettings,
         answer: SsoConfigure,
         backup: Option<NewSecretBackup>,
@@ -132,7 +132,7 @@ fn xml(text: &str) -> String {
 
 /// BizTalk Server's `Configuration.exe /S` file for the ESSO feature: Create where the settings carry
 /// the new secret's backup (only Create's do), Join otherwise.
-pub fn biztalk(s: &Settings) -> String {
+pub(super) fn biztalk(s: &Settings) -> String {
     let create = match &s.backup {
         Some(b) => format!(
             "      <Answer Value=\"Create\" Selected=\"Yes\">\n\

@@ -8,11 +8,15 @@ use crate::builtin::commands::{self, Invocation};
 use crate::builtin::session::{Echo, Fail, Ran, Session};
 use crate::builtin::tools::Tool;
 
-pub async fn key_exists(s: &mut Session<'_>, view: RegView, key: &str) -> Result<bool, Fail> {
+pub(super) async fn key_exists(
+    s: &mut Session<'_>,
+    view: RegView,
+    key: &str,
+) -> Result<bool, Fail> {
     Ok(query(s, view, key, None).await?.is_some())
 }
 
-pub async fn value(
+pub(super) async fn value(
     s: &mut Session<'_>,
     view: RegView,
     key: &str,
@@ -53,18 +57,18 @@ async fn sc(s: &mut Session<'_>, verb: &str, service: &str) -> Result<Ran, Fail>
         .await
 }
 
-pub async fn service(s: &mut Session<'_>, service: &str) -> Result<ServiceStatus, Fail> {
+pub(super) async fn service(s: &mut Session<'_>, service: &str) -> Result<ServiceStatus, Fail> {
     let ran = sc(s, "query", service).await?;
     parse_sc_query(&ran.all_text(), ran.exit_code).map_err(Fail::new)
 }
 
 /// `sc start`; 1056: already running.
-pub async fn start(s: &mut Session<'_>, service: &str) -> Result<(), Fail> {
+pub(super) async fn start(s: &mut Session<'_>, service: &str) -> Result<(), Fail> {
     control(s, "start", service, 1056).await
 }
 
 /// `sc stop`; 1062: not started.
-pub async fn stop(s: &mut Session<'_>, service: &str) -> Result<(), Fail> {
+pub(super) async fn stop(s: &mut Session<'_>, service: &str) -> Result<(), Fail> {
     control(s, "stop", service, 1062).await
 }
 
@@ -104,7 +108,10 @@ fn last_line(text: &str) -> &str {
 }
 
 /// Reads `sc query <service>`'s output (both streams) and exit code.
-pub fn parse_sc_query(output: &str, exit_code: Option<i32>) -> Result<ServiceStatus, String> {
+pub(super) fn parse_sc_query(
+    output: &str,
+    exit_code: Option<i32>,
+) -> Result<ServiceStatus, String> {
     if exit_code == Some(SERVICE_DOES_NOT_EXIST) || output.contains("FAILED 1060") {
         return Ok(ServiceStatus {
             state: ServiceState::NotInstalled,
@@ -141,7 +148,7 @@ pub fn parse_sc_query(output: &str, exit_code: Option<i32>) -> Result<ServiceSta
 
 /// A registry value as `reg query` prints it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RegData {
+pub(super) enum RegData {
     Sz(String),
     /// Printed unexpanded (`%CommonProgramFiles%\…`).
     ExpandSz(String),
@@ -157,7 +164,7 @@ pub enum RegData {
 
 impl RegData {
     /// The value as text: strings as they are, numbers in decimal.
-    pub fn text(&self) -> String {
+    pub(super) fn text(&self) -> String {
         match self {
             RegData::Sz(s) | RegData::ExpandSz(s) => s.clone(),
             RegData::Dword(n) => n.to_string(),
@@ -169,14 +176,14 @@ impl RegData {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RegValue {
+pub(super) struct RegValue {
     pub name: String,
     pub data: RegData,
 }
 
 /// One key: its values and, when queried without `/v`, its subkeys (full paths).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RegKey {
+pub(super) struct RegKey {
     pub path: String,
     pub values: Vec<RegValue>,
     pub subkeys: Vec<String>,
@@ -184,7 +191,7 @@ pub struct RegKey {
 
 impl RegKey {
     /// The value named `name` (case-insensitive, as the registry is).
-    pub fn value(&self, name: &str) -> Option<&RegData> {
+    pub(super) fn value(&self, name: &str) -> Option<&RegData> {
         self.values
             .iter()
             .find(|v| v.name.eq_ignore_ascii_case(name))
@@ -194,7 +201,7 @@ impl RegKey {
 
 /// What `reg query` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RegQuery {
+pub(super) enum RegQuery {
     Found(RegKey),
     /// The key or value does not exist.
     Missing,
@@ -203,7 +210,7 @@ pub enum RegQuery {
 const REG_MISSING: &str = "unable to find the specified registry key or value";
 
 /// Reads `reg query`'s standard output, standard error and exit code.
-pub fn parse_reg_query(
+pub(super) fn parse_reg_query(
     stdout: &str,
     stderr: &str,
     exit_code: Option<i32>,

@@ -33,11 +33,11 @@ fn open(view: RegView, key: &str) -> Result<Option<RegKey>, String> {
     }
 }
 
-pub fn key_exists(view: RegView, key: &str) -> Result<bool, String> {
+pub(super) fn key_exists(view: RegView, key: &str) -> Result<bool, String> {
     Ok(open(view, key)?.is_some())
 }
 
-pub fn value(view: RegView, key: &str, name: &str) -> Result<Option<String>, String> {
+pub(super) fn value(view: RegView, key: &str, name: &str) -> Result<Option<String>, String> {
     let Some(k) = open(view, key)? else {
         return Ok(None);
     };
@@ -75,7 +75,7 @@ fn described(e: &windows_service::Error) -> String {
     }
 }
 
-pub fn service(name: &str) -> Result<ServiceStatus, String> {
+pub(super) fn service(name: &str) -> Result<ServiceStatus, String> {
     let service = match manager()?.open_service(name, ServiceAccess::QUERY_STATUS) {
         Ok(s) => s,
         Err(e) if win32_code(&e) == Some(SERVICE_DOES_NOT_EXIST) => {
@@ -104,7 +104,7 @@ pub fn service(name: &str) -> Result<ServiceStatus, String> {
     })
 }
 
-pub fn start(name: &str) -> Result<(), String> {
+pub(super) fn start(name: &str) -> Result<(), String> {
     let service = manager()?
         .open_service(name, ServiceAccess::START | ServiceAccess::QUERY_STATUS)
         .map_err(|e| format!("cannot open the {name} service: {}", described(&e)))?;
@@ -118,7 +118,7 @@ pub fn start(name: &str) -> Result<(), String> {
     }
 }
 
-pub fn stop(name: &str) -> Result<(), String> {
+pub(super) fn stop(name: &str) -> Result<(), String> {
     let service = manager()?
         .open_service(name, ServiceAccess::STOP | ServiceAccess::QUERY_STATUS)
         .map_err(|e| format!("cannot open the {name} service: {}", described(&e)))?;
