@@ -207,21 +207,11 @@ mod tests {
 
     use super::*;
     use crate::inventory::Inventory;
-    use crate::plan::{Reports, Selection, plan};
+    use crate::plan::{Reports, plan};
     use crate::runs::selection_json;
     use crate::store::StoredEvent;
 
     const FLEET: &str = "[upgrade]\ntarget_version = \"3.0.7\"\ninstaller = 'D:\\media\\Setup.exe'\n[[environment]]\nname = \"dev\"\nmaster = \"m\"\nmembers = [\"a\", \"b\"]\nbackup_dir = 'B'\n";
-
-    fn selection(workflow: Workflow) -> Selection {
-        Selection {
-            workflow,
-            environments: vec![crate::domain::EnvName::new("dev").unwrap()],
-            master_only: false,
-            max_parallel: None,
-            max_failures: None,
-        }
-    }
 
     /// A stored event as `WatchRun` sends it (without the run: a run stored before its plan was).
     fn plain_event(run_id: &str, e: &StoredEvent) -> pb::RunEvent {
@@ -263,7 +253,7 @@ mod tests {
     #[test]
     fn a_selection_reads_back_with_the_limits_the_run_applies() {
         let inv = Inventory::parse(Path::new("fleet.toml"), FLEET).unwrap();
-        let mut chosen = selection(Workflow::Upgrade);
+        let mut chosen = crate::grpc::dev_selection(Workflow::Upgrade);
         chosen.max_failures = Some(4);
         let p = plan(&inv, &chosen, &Reports::new()).unwrap();
         let shown = stored_selection(&selection_json(&chosen, &p), "upgrade");

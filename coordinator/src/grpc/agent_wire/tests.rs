@@ -10,8 +10,9 @@ use fleet_proto::pb::coordinator_message::Body as CoordinatorBody;
 use super::to_agent;
 use crate::domain::NodeName;
 use crate::engine::{Event, Outcome, Run, StepState};
+use crate::grpc::dev_selection;
 use crate::inventory::Inventory;
-use crate::plan::{Reported, Reports, Selection, StepKind, Workflow, plan};
+use crate::plan::{Reported, Reports, StepKind, Workflow, plan};
 use crate::protocol::ToAgent;
 
 /// The assignment as its agent gets it.
@@ -35,20 +36,10 @@ fn assignment(
 
 const FLEET: &str = "[upgrade]\ntarget_version = \"3.0.7\"\ninstaller = 'D:\\media\\Setup.exe'\nmaster_installer = 'D:\\media\\Platform\\SSO\\Setup.exe'\n[[environment]]\nname = \"dev\"\ninstall = \"unattended\"\nmaster = \"m\"\nmembers = [\"a\", \"b\"]\nbackup_dir = 'B'\n[environment.migration]\nsource = \"his2000\"\nhost_security_server = \"PDC1\"\nbackup_dir = 'HB'\nlog_dir = 'C:\\hostsec\\log'\n";
 
-fn selection(workflow: Workflow) -> Selection {
-    Selection {
-        workflow,
-        environments: vec![crate::domain::EnvName::new("dev").unwrap()],
-        master_only: false,
-        max_parallel: None,
-        max_failures: None,
-    }
-}
-
 /// Each step of the plan (as `node step`) with its assignment.
 fn assignments(workflow: Workflow, reports: &Reports) -> Vec<(String, pb::StepAssignment)> {
     let inv = Inventory::parse(Path::new("fleet.toml"), FLEET).unwrap();
-    let p = plan(&inv, &selection(workflow), reports).unwrap();
+    let p = plan(&inv, &dev_selection(workflow), reports).unwrap();
     let run = Run::new(&p, 60_000, BTreeSet::new());
     (0..run.steps().len())
         .filter(|&i| run.steps()[i].plan().kind.on_agent())
@@ -71,7 +62,7 @@ fn a_verification_after_an_install_reads_the_events_since_it() {
         .into_iter()
         .map(|(n, v)| (NodeName::new(n).unwrap(), Reported::version(v)))
         .collect();
-    let p = plan(&inv, &selection(Workflow::Upgrade), &reports).unwrap();
+    let p = plan(&inv, &dev_selection(Workflow::Upgrade), &reports).unwrap();
     let nodes = ["m", "a", "b"].map(|n| NodeName::new(n).unwrap());
     let mut run = Run::new(&p, 60_000, nodes.into_iter().collect());
     let index = |node: &str, kind: StepKind| {
@@ -243,7 +234,7 @@ fn migrate_steps_carry_the_migration_and_their_phase() {
         ),
     )
     .unwrap();
-    let p = plan(&sna, &selection(Workflow::Migrate), &reports).unwrap();
+    let p = plan(&sna, &dev_selection(Workflow::Migrate), &reports).unwrap();
     let run = Run::new(&p, 60_000, BTreeSet::new());
     let export = (0..run.steps().len())
         .find(|&i| run.steps()[i].plan().kind == StepKind::ExportHostSecurity)
@@ -259,7 +250,7 @@ fn migrate_steps_carry_the_migration_and_their_phase() {
 fn a_stored_run_migration_step_has_no_phase() {
     let inv = Inventory::parse(Path::new("fleet.toml"), FLEET).unwrap();
     let reports: Reports = [(NodeName::new("m").unwrap(), Reported::version(""))].into();
-    let mut p = plan(&inv, &selection(Workflow::Migrate), &reports).unwrap();
+    let mut p = plan(&inv, &dev_selection(Workflow::Migrate), &reports).unwrap();
     let export = p
         .steps
         .iter()
