@@ -28,24 +28,25 @@ pub async fn run(
     let journaled = async {
         // Once an event could not be journaled, the position stays before it.
         let mut all_journaled = true;
-        let mut items = Vec::new();
-        // What arrived together is journaled in one call off the worker, in order.
-        while rx.recv_many(&mut items, 256).await > 0 {
-            for item in &mut items {
-                if let Journaled::Event(event) = item
-                    && let Some(pb::step_event::Kind::Finished(result)) = &mut event.kind
-                {
-                    ticket.judge(result);
+        while let Some(item) = rx.recv().await {
+            match item {
+                Journaled::Event(mut event) => {
+                    if let Some(pb::step_event::Kind::Finished(result)) = &mut event.kind {
+                        ticket.judge(result);
+                    }
+                    let seq = event.seq;
+                    if let Err(e) = journal.off_worker(move |j| j.record(&event)).await {
+                        all_journaled = false;
+                        tracing::error!(seq, "cannot journal a step event: {e}");
+                    }
                 }
+                Journaled::ReadTo(program, at) if all_journaled => {
+                    if let Err(e) = program.write_pos(at) {
+                        tracing::warn!("cannot record how far the output was read: {e}");
+                    }
+                }
+                Journaled::ReadTo(..) => {}
             }
-            let batch = std::mem::take(&mut items);
-            all_journaled = journal
-                .off_worker(move |j| Ok(journal_in_order(j, batch, all_journaled)))
-                .await
-                .unwrap_or_else(|e| {
-                    tracing::error!("cannot journal step events: {e}");
-                    false
-                });
         }
     };
     // The step's programs write their output into the attempt's folder (`runner::files`).
@@ -99,26 +100,4 @@ pub async fn run(
             Some(result)
         }
     }
-}
-
-/// Journals `items` in order, each event before anything after it: a program's position is recorded
-/// only while every event so far was journaled (`all_journaled`, returned as it is after them).
-fn journal_in_order(journal: &Journal, items: Vec<Journaled>, mut all_journaled: bool) -> bool {
-    for item in items {
-        match item {
-            Journaled::Event(event) => {
-                if let Err(e) = journal.record(&event) {
-                    all_journaled = false;
-                    tracing::error!(seq = event.seq, "cannot journal a step event: {e}");
-                }
-            }
-            Journaled::ReadTo(program, at) if all_journaled => {
-                if let Err(e) = program.write_pos(at) {
-                    tracing::warn!("cannot record how far the output was read: {e}");
-                }
-            }
-            Journaled::ReadTo(..) => {}
-        }
-    }
-    all_journaled
 }

@@ -296,15 +296,13 @@ impl Journal {
     /// Runs `f` with the journal on the runtime's blocking threads (`spawn_blocking`): how an async
     /// task calls the journal, so that its SQLite work, and a write's fsync, never holds a worker
     /// thread. Awaited, it keeps the caller's order: what `f` journals is on disk before the caller
-    /// goes on (and sends it, or records how far a program's output was read). What `f` logs is in the
-    /// caller's span.
+    /// goes on (and sends it, or records how far a program's output was read).
     pub async fn off_worker<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Journal) -> Result<T, JournalError> + Send + 'static,
     ) -> Result<T, JournalError> {
         let journal = self.clone();
-        let span = tracing::Span::current();
-        match tokio::task::spawn_blocking(move || span.in_scope(|| f(&journal))).await {
+        match tokio::task::spawn_blocking(move || f(&journal)).await {
             Ok(result) => result,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => Err(JournalError::Stopping {

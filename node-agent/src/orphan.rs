@@ -129,34 +129,20 @@ impl Follower<'_> {
             .iter()
             .map(|line| parse_line(line))
             .chain(err.into_iter().map(Report::Stderr));
-        let kinds = reports
-            .filter_map(event_of)
-            .filter_map(|kind| self.budget.admit(kind, &self.dir))
-            .collect();
-        self.record(kinds).await;
+        for kind in reports.filter_map(event_of) {
+            if let Some(kind) = self.budget.admit(kind, &self.dir) {
+                self.record(kind).await;
+            }
+        }
     }
 
     async fn note(&mut self, line: String) {
-        self.record(vec![agent_log(line)]).await;
+        self.record(agent_log(line)).await;
     }
 
-    /// Journals `kinds` in order, in one call off the worker.
-    async fn record(&mut self, kinds: Vec<fleet_proto::pb::step_event::Kind>) {
-        if kinds.is_empty() {
-            return;
-        }
+    async fn record(&mut self, kind: fleet_proto::pb::step_event::Kind) {
         let id = self.attempt_id.to_string();
-        let errors = self
-            .journal
-            .off_worker(move |j| {
-                Ok(kinds
-                    .into_iter()
-                    .filter_map(|kind| j.append(&id, kind).err())
-                    .collect::<Vec<_>>())
-            })
-            .await
-            .unwrap_or_else(|e| vec![e]);
-        for e in errors {
+        if let Err(e) = self.journal.off_worker(move |j| j.append(&id, kind)).await {
             self.failed = true;
             tracing::error!(
                 attempt_id = self.attempt_id,
