@@ -134,16 +134,13 @@ impl Agent {
         }
         // Attempts that wait for a reboot: in another boot the install is verified now and the attempt
         // finished; in the same boot (the agent restarted, the server did not) they wait on.
-        match self.journal.off_worker(|j| j.waiting_for_reboot()).await {
+        match self.journal.waiting_for_reboot() {
             Ok(waiting) if !waiting.is_empty() => {
                 let boot = host::boot_id(self.config.tools.boot_id.as_deref()).await;
-                async {
-                    for w in waiting {
-                        self.after_start(w, &boot).await;
-                    }
+                let _enter = span.enter();
+                for w in waiting {
+                    self.after_start(w, &boot);
                 }
-                .instrument(span.clone())
-                .await;
             }
             Ok(_) => {}
             Err(e) => tracing::error!("cannot read the journal: {e}"),
@@ -152,7 +149,7 @@ impl Agent {
         self.attach_forever(shutdown).instrument(span).await;
         // What the journal knows stays there: a running attempt's program runs on, and the next start
         // waits for it (or reports it interrupted); a waiting one waits on.
-        let in_flight = journal.off_worker(|j| Ok(j.in_flight())).await.unwrap_or(0);
+        let in_flight = journal.in_flight();
         if in_flight > 0 {
             tracing::warn!(
                 "the agent stops with {in_flight} step attempt(s) running or waiting: their programs are left to finish, and the next start reports them as the journal knows them"
@@ -221,7 +218,7 @@ impl Agent {
                 Err(e) => return SessionEnd::Connect(e.to_string()),
             };
         let (tx, rx) = mpsc::channel::<pb::AgentMessage>(256);
-        let unsettled = match self.journal.off_worker(|j| j.unsettled()).await {
+        let unsettled = match self.journal.unsettled() {
             Ok(attempts) => attempts,
             Err(e) => return SessionEnd::Lost(format!("cannot read the journal: {e}")),
         };
@@ -273,8 +270,7 @@ impl Agent {
                 welcome.epoch, self.highest_epoch
             ));
         }
-        let epoch = welcome.epoch;
-        if let Err(e) = self.journal.off_worker(move |j| j.see_epoch(epoch)).await {
+        if let Err(e) = self.journal.see_epoch(welcome.epoch) {
             return SessionEnd::Lost(format!("cannot record the coordinator's epoch: {e}"));
         }
         *welcomed = Some(std::time::Instant::now());
@@ -301,7 +297,7 @@ impl Agent {
         // Per attempt, the highest event seq queued in this session; a new session starts from what
         // the journal still holds (everything not acknowledged).
         let mut sent: HashMap<String, u64> = HashMap::new();
-        if let Err(e) = self.pull(&mut sent, &mut queue, outbox).await {
+        if let Err(e) = self.pull(&mut sent, &mut queue, outbox) {
             return SessionEnd::Lost(format!("cannot read the journal: {e}"));
         }
         loop {
@@ -326,17 +322,10 @@ impl Agent {
                     continue;
                 }
                 _ = heartbeat.tick() => {
-                    let in_flight = self
-                        .journal
-                        .off_worker(|j| {
-                            j.purge_if_due();
-                            Ok(j.in_flight())
-                        })
-                        .await
-                        .unwrap_or(0);
+                    self.journal.purge_if_due();
                     let beat = pb::Heartbeat {
                         sent_at_unix_ms: unix_ms(SystemTime::now()),
-                        attempts_in_flight: in_flight,
+                        attempts_in_flight: self.journal.in_flight(),
                     };
                     // A full outbound buffer means the link is stuck: skip this beat, never block on it.
                     if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(message(AgentBody::Heartbeat(beat))) {
@@ -345,7 +334,7 @@ impl Agent {
                     continue;
                 }
                 () = self.journal.changed().notified() => {
-                    if let Err(e) = self.pull(&mut sent, &mut queue, outbox).await {
+                    if let Err(e) = self.pull(&mut sent, &mut queue, outbox) {
                         tracing::error!("cannot read the journal: {e}");
                     }
                     continue;
@@ -369,10 +358,9 @@ impl Agent {
                 CoordinatorBody::EventAck(ack) => {
                     if ack.epoch < self.highest_epoch {
                         tracing::warn!(attempt_id = %ack.attempt_id, "an acknowledgement from older epoch {}; ignored", ack.epoch);
-                    } else if let Err(e) = self
-                        .journal
-                        .off_worker(move |j| j.ack(&ack.attempt_id, ack.up_to_seq, ack.complete))
-                        .await
+                    } else if let Err(e) =
+                        self.journal
+                            .ack(&ack.attempt_id, ack.up_to_seq, ack.complete)
                     {
                         tracing::error!("cannot record an acknowledgement: {e}");
                     }
@@ -394,7 +382,7 @@ impl Agent {
                     });
                 }
                 CoordinatorBody::Assign(assignment) => {
-                    let ack = self.assign(assignment).await;
+                    let ack = self.assign(assignment);
                     queue.push_back(message(AgentBody::AssignmentAck(ack)));
                 }
                 CoordinatorBody::AttemptQuery(query) => {
@@ -406,11 +394,7 @@ impl Agent {
                         continue;
                     }
                     for attempt_id in query.attempt_ids {
-                        match self
-                            .journal
-                            .off_worker(move |j| j.report(&attempt_id))
-                            .await
-                        {
+                        match self.journal.report(&attempt_id) {
                             Ok(report) => {
                                 queue.push_back(message(AgentBody::AttemptReport(report)))
                             }
@@ -420,12 +404,7 @@ impl Agent {
                     }
                 }
                 CoordinatorBody::Cancel(c) if c.epoch >= self.highest_epoch => {
-                    let (id, reason) = (c.attempt_id.clone(), c.reason.clone());
-                    match self
-                        .journal
-                        .off_worker(move |j| j.cancel_waiting(&id, &reason))
-                        .await
-                    {
+                    match self.journal.cancel_waiting(&c.attempt_id, &c.reason) {
                         Ok(true) => {
                             tracing::info!(attempt_id = %c.attempt_id, "the waiting attempt was cancelled: {}", c.reason)
                         }
@@ -461,17 +440,12 @@ impl Agent {
                             c.operator.as_str()
                         }
                     );
-                    if !self
-                        .take_up(&c.attempt_id, pb::WaitReason::AttendedInstall, &why)
-                        .await
-                        && !self
-                            .take_up(&c.attempt_id, pb::WaitReason::RestartByHand, &verify_now)
-                            .await
+                    if !self.take_up(&c.attempt_id, pb::WaitReason::AttendedInstall, &why)
+                        && !self.take_up(&c.attempt_id, pb::WaitReason::RestartByHand, &verify_now)
                     {
                         // Not waiting here (never received, lost with its journal, or already
                         // going on): the coordinator hears what the journal knows of it.
-                        let id = c.attempt_id.clone();
-                        match self.journal.off_worker(move |j| j.report(&id)).await {
+                        match self.journal.report(&c.attempt_id) {
                             Ok(report) => {
                                 queue.push_back(message(AgentBody::AttemptReport(report)))
                             }
@@ -488,19 +462,13 @@ impl Agent {
 
     /// Queues what is new: first the non-durable messages already waiting (facts read before a
     /// result must reach the coordinator before it), then journaled events not yet queued.
-    async fn pull(
+    fn pull(
         &self,
         sent: &mut HashMap<String, u64>,
         queue: &mut VecDeque<pb::AgentMessage>,
         outbox: &mut mpsc::Receiver<pb::AgentMessage>,
     ) -> Result<(), JournalError> {
-        let mut cursors = std::mem::take(sent);
-        let (events, cursors) = self
-            .journal
-            .off_worker(move |j| Ok((j.unsent(&mut cursors), cursors)))
-            .await?;
-        *sent = cursors;
-        let events = events?;
+        let events = self.journal.unsent(sent)?;
         while let Ok(out) = outbox.try_recv() {
             queue.push_back(out);
         }
@@ -509,7 +477,7 @@ impl Agent {
     }
 
     /// Decides on an assignment and, when accepted, starts it in its own task.
-    async fn assign(&self, raw: pb::StepAssignment) -> pb::AssignmentAck {
+    fn assign(&self, raw: pb::StepAssignment) -> pb::AssignmentAck {
         let attempt_id = raw.attempt_id.clone();
         let refuse = |decision: pb::AssignmentDecision,
                       reason: String,
@@ -545,17 +513,13 @@ impl Agent {
             Ok(a) => a,
             Err((decision, reason)) => return refuse(decision, reason, None),
         };
-        let (id, epoch, run_id, step) = (
-            assignment.attempt_id.clone(),
+        match self.journal.accept_with(
+            &assignment.attempt_id,
             assignment.epoch,
-            assignment.run_id.clone(),
-            assignment.step.clone(),
-        );
-        let accepted = self
-            .journal
-            .off_worker(move |j| j.accept_with(&id, epoch, &run_id, &step, Some(&kept)))
-            .await;
-        match accepted {
+            &assignment.run_id,
+            &assignment.step,
+            Some(&kept),
+        ) {
             Ok(Accept::New) => {}
             Ok(Accept::Busy(running)) => {
                 return refuse(
@@ -634,7 +598,7 @@ impl Agent {
     /// An attempt that waits for a reboot, at the agent's start in `boot`: verified when the server
     /// restarted since the install (or when the install's boot is unknown, as with an older agent);
     /// otherwise it waits for a restart by hand, and says so.
-    async fn after_start(&self, w: Waiting, boot: &Result<String, String>) {
+    fn after_start(&self, w: Waiting, boot: &Result<String, String>) {
         let then = w.waiting.boot_id.as_str();
         let not_rebooted = match boot {
             _ if then.is_empty() => None,
@@ -651,8 +615,7 @@ impl Agent {
                 &w.attempt_id,
                 w.waiting.reason(),
                 "the server restarted after the install",
-            )
-            .await;
+            );
             return;
         };
         tracing::warn!(attempt_id = %w.attempt_id, "{problem}: the install waits for a restart of the server");
@@ -672,20 +635,15 @@ impl Agent {
                 boot_id: w.waiting.boot_id.clone(),
             })),
         };
-        if let Err(e) = self.journal.off_worker(move |j| j.record(&event)).await {
+        if let Err(e) = self.journal.record(&event) {
             tracing::error!(attempt_id = %w.attempt_id, "cannot journal a step event: {e}");
         }
     }
 
     /// Goes on with an attempt the journal holds as waiting, if it waits for `reason`; false when
     /// it does not.
-    async fn take_up(&self, attempt_id: &str, reason: pb::WaitReason, why: &str) -> bool {
-        let id = attempt_id.to_string();
-        let waiting = match self
-            .journal
-            .off_worker(move |j| j.take_up(&id, reason))
-            .await
-        {
+    fn take_up(&self, attempt_id: &str, reason: pb::WaitReason, why: &str) -> bool {
+        let waiting = match self.journal.take_up(attempt_id, reason) {
             Ok(Some(waiting)) => waiting,
             Ok(None) => {
                 tracing::debug!(
@@ -717,12 +675,7 @@ impl Agent {
                     ),
                     ..Default::default()
                 };
-                let (id, last_seq) = (attempt_id.to_string(), waiting.last_seq);
-                if let Err(e) = self
-                    .journal
-                    .off_worker(move |j| j.finish(&id, last_seq, result))
-                    .await
-                {
+                if let Err(e) = self.journal.finish(attempt_id, waiting.last_seq, result) {
                     tracing::error!(attempt_id, "cannot journal a step event: {e}");
                 }
             }

@@ -34,10 +34,9 @@ pub async fn run(
                     if let Some(pb::step_event::Kind::Finished(result)) = &mut event.kind {
                         ticket.judge(result);
                     }
-                    let seq = event.seq;
-                    if let Err(e) = journal.off_worker(move |j| j.record(&event)).await {
+                    if let Err(e) = journal.record(&event) {
                         all_journaled = false;
-                        tracing::error!(seq, "cannot journal a step event: {e}");
+                        tracing::error!(seq = event.seq, "cannot journal a step event: {e}");
                     }
                 }
                 Journaled::ReadTo(program, at) if all_journaled => {
@@ -87,14 +86,10 @@ pub async fn run(
         // for it is dropped, and the journal records it cancelled after its last event.
         None => {
             let result = ticket.abandoned();
-            let (id, finished) = (assignment.attempt_id.clone(), result.clone());
-            let journaled = journal
-                .off_worker(move |j| {
-                    let last_seq = j.report(&id).map_or(0, |r| r.last_seq);
-                    j.finish(&id, last_seq, finished)
-                })
-                .await;
-            if let Err(e) = journaled {
+            let last_seq = journal
+                .report(&assignment.attempt_id)
+                .map_or(0, |r| r.last_seq);
+            if let Err(e) = journal.finish(&assignment.attempt_id, last_seq, result.clone()) {
                 tracing::error!("cannot journal a step event: {e}");
             }
             Some(result)

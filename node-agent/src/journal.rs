@@ -22,8 +22,6 @@
 //! - An attempt may wait (`waiting`): for the operator's attended install, or for the reboot its
 //!   installer asked for. It keeps its assignment, so that it can go on after an agent restart (the
 //!   reboot) or the operator's approval; nothing else runs on the server while it waits.
-//! - Its calls are synchronous: an async task makes them through [`Journal::off_worker`], on the
-//!   runtime's blocking threads, so that a write's fsync (`synchronous = FULL`) never holds a worker.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -82,15 +80,10 @@ CREATE TABLE IF NOT EXISTS events (
 ";
 
 #[derive(Debug, thiserror::Error)]
-pub enum JournalError {
-    #[error("journal {}: {source}", path.display())]
-    Sqlite {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
-    /// A call made through [`Journal::off_worker`] did not run: the runtime is shutting down.
-    #[error("journal {}: not read or written: the agent is stopping", path.display())]
-    Stopping { path: PathBuf },
+#[error("journal {}: {source}", path.display())]
+pub struct JournalError {
+    path: PathBuf,
+    source: rusqlite::Error,
 }
 
 /// The journal, shared by the session and the running attempts; [`Journal::changed`] wakes the
@@ -116,7 +109,7 @@ impl Journal {
     /// recorded it, else [`Journal::wait_and_interrupt`]).
     pub fn open(state_dir: &Path) -> Result<(Self, Vec<(String, ProcessId)>), JournalError> {
         let path = state_dir.join(FILE);
-        let err = |source| JournalError::Sqlite {
+        let err = |source| JournalError {
             path: path.clone(),
             source,
         };
@@ -287,28 +280,10 @@ impl Journal {
             .conn
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        f(&mut conn).map_err(|source| JournalError::Sqlite {
+        f(&mut conn).map_err(|source| JournalError {
             path: self.inner.path.clone(),
             source,
         })
-    }
-
-    /// Runs `f` with the journal on the runtime's blocking threads (`spawn_blocking`): how an async
-    /// task calls the journal, so that its SQLite work, and a write's fsync, never holds a worker
-    /// thread. Awaited, it keeps the caller's order: what `f` journals is on disk before the caller
-    /// goes on (and sends it, or records how far a program's output was read).
-    pub async fn off_worker<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Journal) -> Result<T, JournalError> + Send + 'static,
-    ) -> Result<T, JournalError> {
-        let journal = self.clone();
-        match tokio::task::spawn_blocking(move || f(&journal)).await {
-            Ok(result) => result,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => Err(JournalError::Stopping {
-                path: self.inner.path.clone(),
-            }),
-        }
     }
 
     /// Notified whenever an event is journaled.
@@ -411,11 +386,7 @@ impl Journal {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
         let detail = format!(" (its process {} ran on, and has ended)", process.pid);
-        let id = attempt_id.to_string();
-        let interrupted = self
-            .off_worker(move |j| j.interrupt(&id, &detail, None))
-            .await;
-        if let Err(e) = interrupted {
+        if let Err(e) = self.interrupt(attempt_id, &detail, None) {
             tracing::error!(attempt_id, "cannot record an interrupted attempt: {e}");
         }
     }

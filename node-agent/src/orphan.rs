@@ -56,13 +56,11 @@ pub async fn follow(journal: Journal, state_dir: &Path, attempt_id: &str, proces
         dir: dir.display().to_string(),
         failed: false,
     };
-    follower
-        .note(format!(
-            "the agent restarted while the step's program (process {}) ran: its output follows from {}",
-            process.pid,
-            program.out().display()
-        ))
-        .await;
+    follower.note(format!(
+        "the agent restarted while the step's program (process {}) ran: its output follows from {}",
+        process.pid,
+        program.out().display()
+    ));
     let mut recorded = (out_at, err_at);
     loop {
         let alive = tokio::task::spawn_blocking(move || host::tree_alive(process))
@@ -73,7 +71,7 @@ pub async fn follow(journal: Journal, state_dir: &Path, attempt_id: &str, proces
             let (mut out, mut err) = (Vec::new(), Vec::new());
             let out_done = stdout.read(&mut out, !alive);
             let err_done = stderr.read(&mut err, !alive);
-            follower.lines(out, err).await;
+            follower.lines(out, err);
             let at = (stdout.consumed, stderr.consumed);
             // Only once its lines are journaled, and only when it moved.
             if at != recorded && !follower.failed {
@@ -104,11 +102,7 @@ pub async fn follow(journal: Journal, state_dir: &Path, attempt_id: &str, proces
         " (its process {} ran on, and has ended: {ended}; the agent's own work after it, its checks of the result, a reboot or ESSO's configuration, did not run)",
         process.pid
     );
-    let (id, code) = (attempt_id.to_string(), exit.and_then(|e| e.code()));
-    let interrupted = journal
-        .off_worker(move |j| j.interrupt(&id, &detail, code))
-        .await;
-    if let Err(e) = interrupted {
+    if let Err(e) = journal.interrupt(attempt_id, &detail, exit.and_then(|e| e.code())) {
         tracing::error!(attempt_id, "cannot record an interrupted attempt: {e}");
     }
 }
@@ -124,25 +118,24 @@ struct Follower<'a> {
 }
 
 impl Follower<'_> {
-    async fn lines(&mut self, out: Vec<String>, err: Vec<String>) {
+    fn lines(&mut self, out: Vec<String>, err: Vec<String>) {
         let reports = out
             .iter()
             .map(|line| parse_line(line))
             .chain(err.into_iter().map(Report::Stderr));
         for kind in reports.filter_map(event_of) {
             if let Some(kind) = self.budget.admit(kind, &self.dir) {
-                self.record(kind).await;
+                self.record(kind);
             }
         }
     }
 
-    async fn note(&mut self, line: String) {
-        self.record(agent_log(line)).await;
+    fn note(&mut self, line: String) {
+        self.record(agent_log(line));
     }
 
-    async fn record(&mut self, kind: fleet_proto::pb::step_event::Kind) {
-        let id = self.attempt_id.to_string();
-        if let Err(e) = self.journal.off_worker(move |j| j.append(&id, kind)).await {
+    fn record(&mut self, kind: fleet_proto::pb::step_event::Kind) {
+        if let Err(e) = self.journal.append(self.attempt_id, kind) {
             self.failed = true;
             tracing::error!(
                 attempt_id = self.attempt_id,
